@@ -1,0 +1,49 @@
+# Two commands matter: `make demo` and `make test`. Both build .venv from nothing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export LOYALTY_PROJECT_ROOT := $(CURDIR)
+export AIRFLOW_HOME ?= $(CURDIR)/.local/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+
+.PHONY: install demo test sandbox api bench bench-api db-stop constraints clean
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m loyalty_moengage.cli demo $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+sandbox: install
+	$(PY) -m loyalty_moengage.cli sandbox $(ARGS)
+
+api: install
+	$(PY) -m loyalty_moengage.cli api $(ARGS)
+
+bench: install
+	$(PY) -m loyalty_moengage.cli bench $(if $(SCALE),--scale) $(ARGS)
+
+bench-api: install
+	$(PY) -m loyalty_moengage.cli bench-api $(ARGS)
+
+db-stop: install
+	$(PY) -m loyalty_moengage.cli db stop
+
+constraints: install
+	$(PY) -m pip freeze --exclude-editable | sed '1i # Every package of a tested install (pip freeze). Regenerate with `make constraints`.' > constraints.txt
+
+clean:
+	-$(PY) -m loyalty_moengage.cli db stop
+	rm -rf .local

@@ -1,0 +1,100 @@
+"""Connections to the loyalty database and to the sync's own state tables.
+
+One rule decides which database is used, everywhere (tasks, CLI, API, tests):
+1. the Airflow Connection (``loyalty_db`` unless the program says otherwise), if it exists;
+2. else the ``LOYALTY_DB_URL`` environment variable;
+3. else the embedded PostgreSQL under ``.local/pgdata``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from loyalty_moengage.paths import sql_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONN_ID = "loyalty_db"
+
+
+def _airflow_connection(conn_id: str) -> Any | None:
+    """The Airflow Connection, or None when it is not defined anywhere Airflow looks."""
+    env_name = f"AIRFLOW_CONN_{conn_id.upper()}"
+    try:
+        from airflow.sdk import BaseHook
+
+        return BaseHook.get_connection(conn_id)
+    except Exception as exc:  # AirflowNotFoundException, or no Airflow context at all
+        if os.environ.get(env_name):
+            # Defined, but unreadable outside a task: parse the env var the way Airflow does.
+            from airflow.sdk import Connection
+
+            value = os.environ[env_name]
+            if value.lstrip().startswith("{"):
+                return Connection.from_json(value, conn_id=conn_id)
+            return Connection.from_uri(value, conn_id=conn_id)
+        log.debug("connection %s not found: %s", conn_id, type(exc).__name__)
+        return None
+
+
+def dsn_from_connection(conn: Any) -> str:
+    """libpq URI for an Airflow postgres Connection; a host starting with / is a socket folder."""
+    user = quote(conn.login or "postgres", safe="")
+    password = f":{quote(conn.password, safe='')}" if conn.password else ""
+    database = conn.schema or "postgres"
+    host = conn.host or ""
+    extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
+    params = {k: v for k, v in (extra or {}).items() if k in {"sslmode", "sslrootcert", "application_name", "options"}}
+    if host.startswith("/"):
+        params["host"] = host
+        netloc = ""
+    else:
+        netloc = f"{host}:{conn.port or 5432}"
+    query = "&".join(f"{k}={quote(str(v), safe='/')}" for k, v in params.items())
+    return f"postgresql://{user}{password}@{netloc}/{database}" + (f"?{query}" if query else "")
+
+
+def loyalty_dsn(conn_id: str = DEFAULT_CONN_ID) -> str:
+    conn = _airflow_connection(conn_id)
+    if conn is not None:
+        return dsn_from_connection(conn)
+    url = os.environ.get("LOYALTY_DB_URL")
+    if url:
+        return url
+    from loyalty_moengage.embedded import ensure_server
+
+    return ensure_server()
+
+
+def connect(dsn: str, *, autocommit: bool = False, application_name: str = "loyalty_moengage"):
+    import psycopg
+
+    return psycopg.connect(dsn, autocommit=autocommit, application_name=application_name)
+
+
+def run_sql_files(dsn: str, files: list[Path]) -> None:
+    with connect(dsn, autocommit=True) as conn:
+        for path in files:
+            conn.execute(path.read_text())
+
+
+def schema_files() -> list[Path]:
+    return sorted((sql_dir() / "schema").glob("*.sql"))
+
+
+def apply_schema(dsn: str) -> None:
+    """Create the reference loyalty schema and the sync's state schema (idempotent)."""
+    from loyalty_moengage.paths import PACKAGE_DIR
+
+    run_sql_files(dsn, schema_files() + sorted((PACKAGE_DIR / "sql").glob("*.sql")))
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced, for logs and reports."""
+    import re
+
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
