@@ -1,0 +1,82 @@
+"""
+### Nightly loyalty -> MoEngage sync
+
+One DAG per enabled program in `include/programs.yaml` (`moengage_sync_<program>`), run at
+12 AM in the program's time zone for the night that just ended.
+
+`preflight` (MoEngage credentials on the configured data centre, SQL template columns) ->
+`plan` (member-id chunks) -> `transform` (mapped: SQL extract, row checks, payload batches
+into the Postgres outbox) -> `guard` (anomaly checks before anything is sent) -> `load`
+(mapped, paced sends) -> `report` (always runs; writes `moengage_sync.run_reports`).
+
+Reruns, cleared tasks and backfills never send an event twice: see README, "Backfills and reruns".
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task, teardown
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from loyalty_moengage import tasks
+from loyalty_moengage.notify import failure_callbacks
+from loyalty_moengage.programs import Program, load_programs
+
+
+def build(program: Program):
+    @dag(
+        dag_id=program.dag_id,
+        description=f"Nightly loyalty events and member attributes of {program.name} to MoEngage",
+        schedule=CronDataIntervalTimetable("0 0 * * *", timezone=program.time_zone),
+        start_date=pendulum.parse(str(program.start_date), tz=program.time_zone),
+        catchup=program.catchup,
+        max_active_runs=1,
+        tags=["moengage", "loyalty", f"program:{program.id}"],
+        doc_md=__doc__,
+        default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True},
+        params={"skip_anomaly_guard": Param(False, type="boolean",
+                                            description="Send even if the anomaly guard objects")},
+        on_failure_callback=failure_callbacks(program),
+    )
+    def sync():
+        @task
+        def preflight(**context):
+            return tasks.preflight(program, context)
+
+        @task
+        def plan(**context):
+            return tasks.plan(program, context)
+
+        @task(map_index_template="{{ chunk_label }}", max_active_tis_per_dagrun=2)
+        def transform(chunk: dict, **context):
+            context["chunk_label"] = chunk["label"]
+            return tasks.transform(program, chunk, context)
+
+        @task(retries=0)
+        def guard(**context):
+            return tasks.guard(program, context)
+
+        @task(map_index_template="load slot {{ slot_label }}", retries=3)
+        def load(slot: int, **context):
+            context["slot_label"] = slot
+            return tasks.load(program, slot, context)
+
+        @teardown
+        def report(**context):
+            return tasks.report(program, context)
+
+        chunks = plan()
+        preflight() >> chunks
+        transformed = transform.expand(chunk=chunks)
+        checked = guard()
+        loaded = load.expand(slot=list(range(program.load_parallelism)))
+        transformed >> checked >> loaded >> report()
+
+    return sync()
+
+
+for _program in load_programs():
+    if _program.enabled:
+        globals()[_program.dag_id] = build(_program)

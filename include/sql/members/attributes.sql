@@ -1,0 +1,108 @@
+-- Member attributes: one row per member enrolled before the end of the night, as of the end
+-- of the night (rows recorded later are ignored, so a rerun gives the same values).
+-- Returns: customer_id (required) and the 14 attributes of the integration guide:
+--   points_available, points_accrued_lifetime, points_redeemed_lifetime, points_expired_lifetime,
+--   tier, status, enrollment_date, last_transaction_date, total_transactions,
+--   days_since_last_activity, points_expiring_30d, points_expiring_60d, points_expiring_90d.
+-- Every further column becomes a user attribute of that name. Dates are local dates in the
+-- program's time zone; days_since_last_activity counts from the night, not from the wall clock.
+-- Parameters: %(program_id)s, %(window_end)s, %(night)s, %(time_zone)s,
+--   %(member_lo)s, %(member_hi)s.
+WITH mem AS (
+    SELECT m.member_id, m.relation_reference, m.tier, m.status, m.enrolled_at
+    FROM loyalty.members m
+    WHERE m.program_id = %(program_id)s
+      AND m.enrolled_at < %(window_end)s
+      AND m.member_id >= %(member_lo)s AND m.member_id < %(member_hi)s
+),
+ledger AS (
+    SELECT l.member_id,
+           sum(l.points)                                                    AS available,
+           COALESCE(sum(l.points) FILTER (WHERE l.entry_type = 'earn'), 0)  AS accrued,
+           COALESCE(-sum(l.points) FILTER (WHERE l.entry_type IN ('redeem', 'reversal')), 0) AS redeemed,
+           COALESCE(-sum(l.points) FILTER (WHERE l.entry_type = 'expire'), 0) AS expired
+    FROM loyalty.points_ledger l
+    WHERE l.program_id = %(program_id)s
+      AND l.recorded_at < %(window_end)s
+      AND l.member_id >= %(member_lo)s AND l.member_id < %(member_hi)s
+    GROUP BY l.member_id
+),
+lots AS (
+    SELECT lot.member_id, lot.expires_on - %(night)s::date AS days_left,
+           lot.points + COALESCE(sum(d.points), 0) AS remaining
+    FROM loyalty.points_ledger lot
+    LEFT JOIN loyalty.points_ledger d
+           ON d.lot_entry_id = lot.entry_id AND d.recorded_at < %(window_end)s
+    WHERE lot.program_id = %(program_id)s
+      AND lot.entry_type = 'earn'
+      AND lot.recorded_at < %(window_end)s
+      AND lot.expires_on > %(night)s::date AND lot.expires_on <= %(night)s::date + 90
+      AND lot.member_id >= %(member_lo)s AND lot.member_id < %(member_hi)s
+    GROUP BY lot.entry_id
+),
+expiring AS (
+    SELECT member_id,
+           sum(remaining) FILTER (WHERE days_left <= 30) AS d30,
+           sum(remaining) FILTER (WHERE days_left <= 60) AS d60,
+           sum(remaining)                                AS d90
+    FROM lots
+    GROUP BY member_id
+),
+txn AS (
+    SELECT t.member_id, max(t.occurred_at) AS last_at, count(*) AS n
+    FROM loyalty.transactions t
+    WHERE t.program_id = %(program_id)s
+      AND t.recorded_at < %(window_end)s
+      AND t.member_id >= %(member_lo)s AND t.member_id < %(member_hi)s
+    GROUP BY t.member_id
+),
+tier_before AS (
+    SELECT DISTINCT ON (c.member_id) c.member_id, c.to_tier
+    FROM loyalty.member_tier_changes c
+    WHERE c.recorded_at < %(window_end)s
+      AND c.member_id >= %(member_lo)s AND c.member_id < %(member_hi)s
+    ORDER BY c.member_id, c.recorded_at DESC, c.change_id DESC
+),
+tier_after AS (
+    SELECT DISTINCT ON (c.member_id) c.member_id, c.from_tier
+    FROM loyalty.member_tier_changes c
+    WHERE c.recorded_at >= %(window_end)s
+      AND c.member_id >= %(member_lo)s AND c.member_id < %(member_hi)s
+    ORDER BY c.member_id, c.recorded_at, c.change_id
+),
+status_before AS (
+    SELECT DISTINCT ON (c.member_id) c.member_id, c.to_status
+    FROM loyalty.member_status_changes c
+    WHERE c.recorded_at < %(window_end)s
+      AND c.member_id >= %(member_lo)s AND c.member_id < %(member_hi)s
+    ORDER BY c.member_id, c.recorded_at DESC, c.change_id DESC
+),
+status_after AS (
+    SELECT DISTINCT ON (c.member_id) c.member_id, c.from_status
+    FROM loyalty.member_status_changes c
+    WHERE c.recorded_at >= %(window_end)s
+      AND c.member_id >= %(member_lo)s AND c.member_id < %(member_hi)s
+    ORDER BY c.member_id, c.recorded_at, c.change_id
+)
+SELECT mem.relation_reference                                  AS customer_id,
+       COALESCE(ledger.available, 0)                           AS points_available,
+       COALESCE(ledger.accrued, 0)                             AS points_accrued_lifetime,
+       COALESCE(ledger.redeemed, 0)                            AS points_redeemed_lifetime,
+       COALESCE(ledger.expired, 0)                             AS points_expired_lifetime,
+       COALESCE(tier_before.to_tier, tier_after.from_tier, mem.tier)        AS tier,
+       COALESCE(status_before.to_status, status_after.from_status, mem.status) AS status,
+       (mem.enrolled_at AT TIME ZONE %(time_zone)s)::date      AS enrollment_date,
+       (txn.last_at AT TIME ZONE %(time_zone)s)::date          AS last_transaction_date,
+       COALESCE(txn.n, 0)                                      AS total_transactions,
+       %(night)s::date - (txn.last_at AT TIME ZONE %(time_zone)s)::date AS days_since_last_activity,
+       COALESCE(expiring.d30, 0)                               AS points_expiring_30d,
+       COALESCE(expiring.d60, 0)                               AS points_expiring_60d,
+       COALESCE(expiring.d90, 0)                               AS points_expiring_90d
+FROM mem
+LEFT JOIN ledger        ON ledger.member_id = mem.member_id
+LEFT JOIN expiring      ON expiring.member_id = mem.member_id
+LEFT JOIN txn           ON txn.member_id = mem.member_id
+LEFT JOIN tier_before   ON tier_before.member_id = mem.member_id
+LEFT JOIN tier_after    ON tier_after.member_id = mem.member_id
+LEFT JOIN status_before ON status_before.member_id = mem.member_id
+LEFT JOIN status_after  ON status_after.member_id = mem.member_id

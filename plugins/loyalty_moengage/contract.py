@@ -1,0 +1,148 @@
+"""The SQL output contract between analysts' templates and the code.
+
+Event templates return ``event_id, event_name, customer_id, event_time`` and any further
+columns, each of which becomes an event attribute. The member template returns
+``customer_id`` and the guide's 14 attributes, and any further column becomes a user attribute.
+A template that breaks the contract fails the task with a message naming the template and the
+column; a row that breaks it is quarantined with a reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from loyalty_moengage.paths import sql_dir
+
+EVENT_NAMES = (
+    "loyalty_points_earned",
+    "loyalty_points_redeemed",
+    "loyalty_points_expired",
+    "loyalty_points_expiring_soon",
+    "loyalty_tier_upgraded",
+    "loyalty_tier_downgraded",
+    "loyalty_segment_entered",
+    "loyalty_segment_exited",
+    "loyalty_redemption_reversed",
+    "loyalty_member_activated",
+    "loyalty_member_suspended",
+)
+EARNING_TYPES = ("accrual", "campaign_bonus", "manual_bonus", "tier_bonus")
+MEMBER_STATUSES = ("active", "inactive", "suspended", "blocked", "cancelled")
+MEMBER_ATTRIBUTES = (
+    "points_available",
+    "points_accrued_lifetime",
+    "points_redeemed_lifetime",
+    "points_expired_lifetime",
+    "tier",
+    "status",
+    "enrollment_date",
+    "last_transaction_date",
+    "total_transactions",
+    "days_since_last_activity",
+    "points_expiring_30d",
+    "points_expiring_60d",
+    "points_expiring_90d",
+)
+# The guide's tables name these 13 attributes; with customer_id they are the 14 columns the
+# member template must return (the issues call them "the 14 attributes").
+EVENT_REQUIRED = ("event_id", "event_name", "customer_id", "event_time")
+MEMBER_REQUIRED = ("customer_id",) + MEMBER_ATTRIBUTES
+
+# Columns that must hold numbers when present (a text column with "abc" is quarantined).
+NUMERIC_COLUMNS = frozenset({
+    "points", "points_returned", "amount", "days_out",
+    "points_available", "points_accrued_lifetime", "points_redeemed_lifetime",
+    "points_expired_lifetime", "total_transactions", "days_since_last_activity",
+    "points_expiring_30d", "points_expiring_60d", "points_expiring_90d",
+})
+
+# MoEngage refuses these as customer_id (compared lower-cased and stripped).
+DISALLOWED_CUSTOMER_IDS = frozenset({
+    "unknown", "guest", "null", "0", "1", "true", "false", "user_attribute_unique_id", "",
+    "na", "n/a", "''", "dummy_seller_code", "user_id", "id", "customer_id", "uid", "userid",
+    "none", "-2", "-1", "2",
+})
+MAX_VALUE_CHARS = 512
+MAX_NAME_CHARS = 200
+MAX_EVENT_ATTRIBUTES = 100
+_EVENT_NAME_FORBIDDEN = re.compile(r"[\s$.<>+%!`&*#|{}?\"=/:\\@']")
+_ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\- ]*$")
+
+
+class ContractError(ValueError):
+    """A template's output columns break the contract (names the template and the column)."""
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str          # path relative to include/sql, e.g. "events/points_earned.sql"
+    kind: str          # "events" | "members"
+    sql: str
+
+
+def load_templates(root: Path | None = None) -> list[Template]:
+    root = root or sql_dir()
+    templates = [
+        Template(str(p.relative_to(root)), "events", p.read_text())
+        for p in sorted((root / "events").glob("*.sql"))
+    ]
+    templates += [
+        Template(str(p.relative_to(root)), "members", p.read_text())
+        for p in sorted((root / "members").glob("*.sql"))
+    ]
+    if not any(t.kind == "members" for t in templates):
+        raise ContractError(f"{root}/members: no member attribute template (*.sql) found")
+    return templates
+
+
+def check_columns(template: Template, columns: list[str]) -> None:
+    """Fail loudly when a template's columns break the contract."""
+    required = EVENT_REQUIRED if template.kind == "events" else MEMBER_REQUIRED
+    for column in required:
+        if column not in columns:
+            raise ContractError(
+                f"SQL template {template.name!r} does not return the required column {column!r} "
+                f"(it returns: {', '.join(columns) or 'nothing'}). Required for {template.kind} "
+                f"templates: {', '.join(required)}. See README, 'The SQL contract'."
+            )
+    seen: set[str] = set()
+    for column in columns:
+        if column in seen:
+            raise ContractError(f"SQL template {template.name!r} returns column {column!r} twice")
+        seen.add(column)
+        if column in required:
+            continue
+        problem = attribute_name_problem(column, user=template.kind == "members")
+        if problem:
+            raise ContractError(f"SQL template {template.name!r}, column {column!r}: {problem}")
+    if template.kind == "events":
+        extra = [c for c in columns if c not in EVENT_REQUIRED]
+        if len(extra) > MAX_EVENT_ATTRIBUTES:
+            raise ContractError(
+                f"SQL template {template.name!r} returns {len(extra)} attribute columns; "
+                f"MoEngage allows at most {MAX_EVENT_ATTRIBUTES} attributes per event"
+            )
+
+
+def attribute_name_problem(name: str, *, user: bool) -> str | None:
+    if not name:
+        return "attribute names cannot be empty"
+    if len(name) > MAX_NAME_CHARS:
+        return f"attribute names are limited to {MAX_NAME_CHARS} characters by MoEngage"
+    if name.lower().startswith("moe_"):
+        return "MoEngage reserves the 'moe_' prefix; rename the column"
+    if user and name in {"id", "_id"}:
+        return "MoEngage blocks the user attribute names 'id' and '_id'; rename the column"
+    if not _ATTRIBUTE_NAME.match(name):
+        return "use letters, digits, underscores, hyphens or spaces in attribute names"
+    return None
+
+
+def event_name_problem(name: str) -> str | None:
+    if name not in EVENT_NAMES:
+        return "unknown event name"
+    if _EVENT_NAME_FORBIDDEN.search(name):  # pragma: no cover - the known names are clean
+        return "event name has a character MoEngage refuses"
+    return None

@@ -1,0 +1,88 @@
+"""The anomaly guard: stop a night before anything is sent when its extract looks broken.
+
+A broken template must not fire an empty or wrong campaign, so the guard runs after every
+chunk is enqueued and before any load: too few members, too many quarantined rows, or events
+far below recent nights fail the run, and this run's unsent batches are withdrawn (with their
+event keys) so a corrected rerun enqueues them again.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+
+class AnomalyError(RuntimeError):
+    pass
+
+
+def run_totals(conn: Any, program_id: str, run_id: str) -> dict[str, Any]:
+    rows = conn.execute(
+        "SELECT stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s AND stage = 'transform'",
+        (program_id, run_id),
+    ).fetchall()
+    totals: dict[str, Any] = {"rows_extracted": 0, "members_extracted": 0, "events_enqueued": 0,
+                              "events_already_sent": 0, "quarantined": 0, "chunks": len(rows)}
+    for (stats,) in rows:
+        totals["rows_extracted"] += stats["rows_extracted"]
+        totals["members_extracted"] += stats["members_extracted"]
+        totals["events_enqueued"] += stats["events_enqueued"]
+        totals["events_already_sent"] += stats["events_already_sent"]
+        totals["quarantined"] += sum(stats["quarantined"].values())
+    return totals
+
+
+def recent_event_average(conn: Any, program_id: str, night: date, lookback: int) -> float | None:
+    rows = conn.execute(
+        "SELECT DISTINCT ON (night) events_enqueued + events_already_sent FROM moengage_sync.run_reports "
+        "WHERE program_id = %s AND night < %s AND night >= %s::date - %s AND outcome = 'success' "
+        "ORDER BY night, reported_at DESC",
+        (program_id, night, night, lookback),
+    ).fetchall()
+    if not rows:
+        return None
+    return sum(r[0] for r in rows) / len(rows)
+
+
+def check(conn: Any, *, program: Any, night: date, run_id: str) -> dict[str, Any]:
+    """Raise AnomalyError naming what looks wrong and where to look; else return the totals."""
+    totals = run_totals(conn, program.id, run_id)
+    problems = []
+    where = (f"SELECT reason, count(*) FROM moengage_sync.quarantine WHERE program_id = '{program.id}' "
+             f"AND run_id = '{run_id}' GROUP BY reason")
+    if totals["members_extracted"] < program.min_members:
+        problems.append(
+            f"{totals['members_extracted']} members extracted (min_members is {program.min_members}); "
+            "check include/sql/members/ and the loyalty_db connection"
+        )
+    if totals["rows_extracted"]:
+        share = totals["quarantined"] / totals["rows_extracted"]
+        if share > program.reject_threshold:
+            problems.append(
+                f"{totals['quarantined']} of {totals['rows_extracted']} rows ({share:.1%}) were quarantined, "
+                f"over reject_threshold {program.reject_threshold:.1%}; see: {where}"
+            )
+    events = totals["events_enqueued"] + totals["events_already_sent"]
+    average = recent_event_average(conn, program.id, night, program.anomaly_lookback_nights)
+    if average and events < average * (1 - program.max_event_drop_pct / 100):
+        problems.append(
+            f"{events} events tonight vs an average of {average:.0f} over recent nights "
+            f"(down more than max_event_drop_pct {program.max_event_drop_pct:g}%); check include/sql/events/"
+        )
+    totals["problems"] = problems
+    return totals
+
+
+def withdraw_run(conn: Any, program_id: str, run_id: str) -> int:
+    """Remove a held run's unsent batches and their event keys (nothing of them was sent)."""
+    conn.execute(
+        "DELETE FROM moengage_sync.event_keys k USING moengage_sync.batches b "
+        "WHERE k.batch_id = b.batch_id AND b.program_id = %s AND b.run_id = %s AND b.state = 'pending'",
+        (program_id, run_id),
+    )
+    cur = conn.execute(
+        "DELETE FROM moengage_sync.batches WHERE program_id = %s AND run_id = %s AND state = 'pending'",
+        (program_id, run_id),
+    )
+    conn.commit()
+    return cur.rowcount

@@ -1,0 +1,192 @@
+"""The Postgres outbox: ready payload batches and their explicit delivery states.
+
+States: ``pending`` -> ``sending`` -> ``sent`` | ``rejected`` | ``uncertain``.
+A batch is marked ``sending`` (and committed) before its POST, so a worker that dies mid-send
+leaves evidence: the next attempt of the same load slot turns its ``sending`` batches into
+``uncertain`` (outcome unknown) instead of silently resending them. Transient failures put a
+batch back to ``pending`` for the next attempt or the next night; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Iterable
+
+STATES = ("pending", "sending", "sent", "rejected", "uncertain")
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    kind: str              # "events" | "users"
+    body: bytes
+    element_count: int
+    users: int
+    events: int
+
+
+@dataclass(frozen=True)
+class ClaimedBatch:
+    batch_id: int
+    night: date
+    kind: str
+    body: bytes
+    users: int
+    events: int
+    attempts: int
+
+
+def existing_event_ids(conn: Any, program_id: str, event_ids: list[str]) -> set[str]:
+    """Which of these event_ids were already enqueued for the program (by any run, ever)."""
+    if not event_ids:
+        return set()
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _candidates (event_id text) ON COMMIT DELETE ROWS")
+    with conn.cursor() as cur:
+        with cur.copy("COPY _candidates (event_id) FROM STDIN") as copy:
+            copy.write("\n".join(_copy_text(e) for e in event_ids) + "\n")
+        cur.execute(
+            "SELECT c.event_id FROM _candidates c JOIN moengage_sync.event_keys k "
+            "ON k.program_id = %s AND k.event_id = c.event_id",
+            (program_id,),
+        )
+        found = {r[0] for r in cur.fetchall()}
+        cur.execute("TRUNCATE _candidates")
+    return found
+
+
+def _copy_text(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def allocate_batch_ids(conn: Any, count: int) -> list[int]:
+    if count == 0:
+        return []
+    rows = conn.execute(
+        "SELECT nextval(pg_get_serial_sequence('moengage_sync.batches', 'batch_id')) "
+        "FROM generate_series(1, %s)",
+        (count,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def insert_batches(conn: Any, *, program_id: str, night: date, run_id: str, chunk_label: str,
+                   batch_ids: list[int], batches: list[NewBatch]) -> None:
+    with conn.cursor() as cur:
+        with cur.copy(
+            "COPY moengage_sync.batches (batch_id, program_id, night, run_id, kind, chunk_label, "
+            "element_count, users, events, body, body_bytes) FROM STDIN"
+        ) as copy:
+            for batch_id, b in zip(batch_ids, batches):
+                copy.write_row((batch_id, program_id, night, run_id, b.kind, chunk_label,
+                                b.element_count, b.users, b.events, b.body, len(b.body)))
+
+
+def insert_event_keys(conn: Any, csv_bytes: bytes) -> None:
+    """COPY (program_id, event_id, night, event_name, batch_id) rows given as CSV."""
+    with conn.cursor() as cur:
+        with cur.copy(
+            "COPY moengage_sync.event_keys (program_id, event_id, night, event_name, batch_id) "
+            "FROM STDIN WITH (FORMAT csv)"
+        ) as copy:
+            copy.write(csv_bytes)
+
+
+def insert_quarantine(conn: Any, *, program_id: str, night: date, run_id: str,
+                      rows: Iterable[tuple[str, str, str | None, bytes]]) -> int:
+    """rows: (template, reason, row_key, row_json)."""
+    n = 0
+    with conn.cursor() as cur:
+        with cur.copy(
+            "COPY moengage_sync.quarantine (program_id, night, run_id, template, reason, row_key, row_data) "
+            "FROM STDIN"
+        ) as copy:
+            for template, reason, key, row_json in rows:
+                copy.write_row((program_id, night, run_id, template, reason, key, row_json.decode()))
+                n += 1
+    return n
+
+
+def users_already_enqueued(conn: Any, *, program_id: str, run_id: str, chunk_label: str) -> bool:
+    """True when an earlier attempt of this run's chunk already enqueued its attribute refresh."""
+    row = conn.execute(
+        "SELECT 1 FROM moengage_sync.batches WHERE program_id = %s AND run_id = %s "
+        "AND chunk_label = %s AND kind = 'users' LIMIT 1",
+        (program_id, run_id, chunk_label),
+    ).fetchone()
+    return row is not None
+
+
+# ---- load side -------------------------------------------------------------------------
+
+def orphans_to_uncertain(conn: Any, program_id: str, slot_key: str) -> int:
+    """Batches this slot left in 'sending' (a dead attempt): their outcome is unknown."""
+    cur = conn.execute(
+        "UPDATE moengage_sync.batches SET state = 'uncertain', updated_at = now(), "
+        "error = 'worker stopped after marking the batch sending; MoEngage may or may not have it' "
+        "WHERE program_id = %s AND state = 'sending' AND claimed_by = %s",
+        (program_id, slot_key),
+    )
+    conn.commit()
+    return cur.rowcount
+
+
+def requeue_uncertain(conn: Any, program_id: str) -> int:
+    cur = conn.execute(
+        "UPDATE moengage_sync.batches SET state = 'pending', updated_at = now() "
+        "WHERE program_id = %s AND state = 'uncertain' AND body IS NOT NULL",
+        (program_id,),
+    )
+    conn.commit()
+    return cur.rowcount
+
+
+def claim(conn: Any, program_id: str, slot_key: str, limit: int, *, up_to_night: date) -> list[ClaimedBatch]:
+    """Mark up to ``limit`` pending batches 'sending' for this slot, oldest night first."""
+    rows = conn.execute(
+        """
+        UPDATE moengage_sync.batches b
+        SET state = 'sending', claimed_by = %(slot)s, attempts = attempts + 1, updated_at = now()
+        FROM (
+            SELECT batch_id FROM moengage_sync.batches
+            WHERE program_id = %(program)s AND state = 'pending' AND night <= %(night)s
+            ORDER BY night, kind, batch_id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) c
+        WHERE b.batch_id = c.batch_id
+        RETURNING b.batch_id, b.night, b.kind, b.body, b.users, b.events, b.attempts
+        """,
+        {"slot": slot_key, "program": program_id, "limit": limit, "night": up_to_night},
+    ).fetchall()
+    conn.commit()
+    batches = [ClaimedBatch(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in rows]
+    batches.sort(key=lambda b: (b.night, b.kind, b.batch_id))
+    return batches
+
+
+def mark(conn: Any, batch_id: int, state: str, *, request_id: str | None = None,
+         http_status: int | None = None, error: str | None = None) -> None:
+    assert state in STATES
+    conn.execute(
+        "UPDATE moengage_sync.batches SET state = %s, request_id = %s, http_status = %s, error = %s, "
+        "updated_at = now(), sent_at = CASE WHEN %s = 'sent' THEN now() ELSE sent_at END "
+        "WHERE batch_id = %s",
+        (state, request_id, http_status, error, state, batch_id),
+    )
+
+
+def batch_states(conn: Any, program_id: str, night: date) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT state, count(*) FROM moengage_sync.batches WHERE program_id = %s AND night = %s GROUP BY state",
+        (program_id, night),
+    ).fetchall()
+    return {state: n for state, n in rows}
+
+
+def to_csv(table: Any) -> bytes:
+    import pyarrow.csv as pacsv
+
+    buf = io.BytesIO()
+    pacsv.write_csv(table, buf, write_options=pacsv.WriteOptions(include_header=False))
+    return buf.getvalue()

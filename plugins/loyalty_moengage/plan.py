@@ -1,0 +1,67 @@
+"""Split a night into member-id chunks and decide whether this night refreshes attributes."""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+log = logging.getLogger(__name__)
+
+MEMBER_ID_MAX = 2**63 - 1
+
+
+def plan_chunks(conn: Any, program_id: str, *, chunk_members: int, max_chunks: int = 1000) -> list[dict[str, Any]]:
+    """Keyset chunks of about ``chunk_members`` members each, never more than ``max_chunks``.
+
+    The first chunk starts at 0 and the last one is open-ended, so a member enrolled after the
+    plan still belongs to exactly one chunk.
+    """
+    total = conn.execute("SELECT count(*) FROM loyalty.members WHERE program_id = %s", (program_id,)).fetchone()[0]
+    size = max(chunk_members, math.ceil(total / max_chunks)) if total else chunk_members
+    starts = [r[0] for r in conn.execute(
+        "SELECT member_id FROM (SELECT member_id, row_number() OVER (ORDER BY member_id) AS rn "
+        "FROM loyalty.members WHERE program_id = %s) t WHERE (rn - 1) %% %s = 0 ORDER BY member_id",
+        (program_id, size),
+    )]
+    if not starts:
+        return [{"lo": 0, "hi": MEMBER_ID_MAX, "label": "members (none)"}]
+    chunks = []
+    for k, start in enumerate(starts):
+        lo = 0 if k == 0 else start
+        hi = starts[k + 1] if k + 1 < len(starts) else MEMBER_ID_MAX
+        first, last = k * size + 1, min((k + 1) * size, total)
+        chunks.append({"lo": lo, "hi": hi, "label": f"members {first:,}-{last:,}"})
+    return chunks
+
+
+def latest_complete_night(now: datetime, time_zone: str) -> date:
+    """The newest night whose midnight has passed in the program's zone."""
+    return now.astimezone(ZoneInfo(time_zone)).date() - timedelta(days=1)
+
+
+def decide_attribute_refresh(conn: Any, *, program_id: str, night: date, run_id: str,
+                             latest_night: date) -> tuple[bool, str | None]:
+    """Attributes are last-write-wins in MoEngage: only the newest night may refresh them.
+
+    Returns (refresh, reason_if_skipped). Moves the program's watermark when refreshing.
+    """
+    row = conn.execute(
+        "SELECT night FROM moengage_sync.attribute_watermark WHERE program_id = %s FOR UPDATE",
+        (program_id,),
+    ).fetchone()
+    if row and row[0] > night:
+        conn.commit()
+        return False, f"a newer night ({row[0]}) already sent the attribute refresh"
+    if night < latest_night:
+        conn.commit()
+        return False, f"night {night} is older than the newest complete night ({latest_night}), which refreshes attributes"
+    conn.execute(
+        "INSERT INTO moengage_sync.attribute_watermark (program_id, night, run_id) VALUES (%s, %s, %s) "
+        "ON CONFLICT (program_id) DO UPDATE SET night = EXCLUDED.night, run_id = EXCLUDED.run_id, updated_at = now()",
+        (program_id, night, run_id),
+    )
+    conn.commit()
+    return True, None

@@ -1,0 +1,142 @@
+"""The run report: one row per run in moengage_sync.run_reports, printed in the task log.
+
+Written even when the run failed (the report task runs on all_done), then retention runs:
+payload bodies of sent batches are dropped at once (unless keep_sent_bodies), and the audit
+(batches, event keys, quarantine, stats) older than audit_retention_days is deleted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date, datetime
+from typing import Any
+
+import orjson
+
+
+def build(conn: Any, *, program_id: str, night: date, run_id: str, window_start: datetime,
+          window_end: datetime, outcome: str, stage_seconds: dict[str, float],
+          attributes_skipped: bool, notes: list[str]) -> dict[str, Any]:
+    events_by_type: Counter[str] = Counter()
+    quarantined: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    for stage, stats in conn.execute(
+        "SELECT stage, stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s",
+        (program_id, run_id),
+    ):
+        if stage == "transform":
+            events_by_type.update(stats["events_by_type"])
+            for key in ("events_enqueued", "events_already_sent", "members_extracted", "members_enqueued"):
+                totals[key] += stats[key]
+        else:
+            for key in ("requests", "throttled", "retries", "bytes_sent", "users_sent", "events_sent"):
+                totals[key] += int(stats.get(key, 0) or 0)
+    for reason, n in conn.execute(
+        "SELECT reason, count(*) FROM moengage_sync.quarantine WHERE program_id = %s AND run_id = %s GROUP BY reason",
+        (program_id, run_id),
+    ):
+        quarantined[reason] = n
+    batches = {state: n for state, n in conn.execute(
+        "SELECT state, count(*) FROM moengage_sync.batches WHERE program_id = %s AND run_id = %s GROUP BY state",
+        (program_id, run_id),
+    )}
+    return {
+        "program_id": program_id,
+        "night": night.isoformat(),
+        "run_id": run_id,
+        "outcome": outcome,
+        "window_start": window_start.isoformat(),
+        "window_end": window_end.isoformat(),
+        "events_by_type": dict(sorted(events_by_type.items())),
+        "events_enqueued": totals["events_enqueued"],
+        "events_already_sent": totals["events_already_sent"],
+        "events_sent": totals["events_sent"],
+        "members_extracted": totals["members_extracted"],
+        "members_updated": totals["users_sent"],
+        "attributes_skipped": attributes_skipped,
+        "quarantined_by_reason": dict(sorted(quarantined.items())),
+        "batches_by_state": dict(sorted(batches.items())),
+        "requests": totals["requests"],
+        "throttled": totals["throttled"],
+        "retries": totals["retries"],
+        "bytes_sent": totals["bytes_sent"],
+        "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
+        "notes": notes,
+    }
+
+
+def write(conn: Any, report: dict[str, Any]) -> None:
+    conn.execute(
+        """
+        INSERT INTO moengage_sync.run_reports (program_id, night, run_id, outcome, window_start, window_end,
+            events_by_type, events_enqueued, events_already_sent, members_extracted, members_updated,
+            attributes_skipped, quarantined_by_reason, batches_by_state, requests, throttled, retries,
+            bytes_sent, stage_seconds, notes)
+        VALUES (%(program_id)s, %(night)s, %(run_id)s, %(outcome)s, %(window_start)s, %(window_end)s,
+            %(events_by_type)s, %(events_enqueued)s, %(events_already_sent)s, %(members_extracted)s,
+            %(members_updated)s, %(attributes_skipped)s, %(quarantined_by_reason)s, %(batches_by_state)s,
+            %(requests)s, %(throttled)s, %(retries)s, %(bytes_sent)s, %(stage_seconds)s, %(notes)s)
+        ON CONFLICT (program_id, night, run_id) DO UPDATE SET
+            outcome = EXCLUDED.outcome, events_by_type = EXCLUDED.events_by_type,
+            events_enqueued = EXCLUDED.events_enqueued, events_already_sent = EXCLUDED.events_already_sent,
+            members_extracted = EXCLUDED.members_extracted, members_updated = EXCLUDED.members_updated,
+            attributes_skipped = EXCLUDED.attributes_skipped,
+            quarantined_by_reason = EXCLUDED.quarantined_by_reason, batches_by_state = EXCLUDED.batches_by_state,
+            requests = EXCLUDED.requests, throttled = EXCLUDED.throttled, retries = EXCLUDED.retries,
+            bytes_sent = EXCLUDED.bytes_sent, stage_seconds = EXCLUDED.stage_seconds, notes = EXCLUDED.notes,
+            reported_at = now()
+        """,
+        {**report,
+         **{k: orjson.dumps(report[k]).decode() for k in
+            ("events_by_type", "quarantined_by_reason", "batches_by_state", "stage_seconds")}},
+    )
+    conn.commit()
+
+
+def render(report: dict[str, Any]) -> str:
+    """A plain-text block for the task log and the demo."""
+    lines = [
+        f"MoEngage sync report: program {report['program_id']}, night {report['night']} ({report['outcome']})",
+        f"  run {report['run_id']}",
+        f"  events enqueued {report['events_enqueued']:,}, sent {report['events_sent']:,}, "
+        f"skipped as already sent {report['events_already_sent']:,}",
+    ]
+    for name, n in report["events_by_type"].items():
+        lines.append(f"    {name:<32} {n:>10,}")
+    skipped = " (attribute refresh skipped)" if report["attributes_skipped"] else ""
+    lines.append(f"  members extracted {report['members_extracted']:,}, updated {report['members_updated']:,}{skipped}")
+    if report["quarantined_by_reason"]:
+        lines.append("  quarantined rows by reason:")
+        for reason, n in report["quarantined_by_reason"].items():
+            lines.append(f"    {reason:<48} {n:>8,}")
+    else:
+        lines.append("  quarantined rows: none")
+    lines.append("  batches by state: " + (", ".join(f"{k} {v}" for k, v in report["batches_by_state"].items()) or "none"))
+    lines.append(f"  requests {report['requests']:,}, 429s {report['throttled']:,}, retries {report['retries']:,}, "
+                 f"bytes sent {report['bytes_sent']:,}")
+    lines.append("  seconds by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in report["stage_seconds"].items()))
+    for note in report["notes"]:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+def enforce_retention(conn: Any, *, program_id: str, night: date, retention_days: int, keep_sent_bodies: bool) -> dict[str, int]:
+    counts = {}
+    if not keep_sent_bodies:
+        cur = conn.execute(
+            "UPDATE moengage_sync.batches SET body = NULL WHERE program_id = %s AND state = 'sent' AND body IS NOT NULL",
+            (program_id,),
+        )
+        counts["bodies_dropped"] = cur.rowcount
+    horizon = (night.toordinal() - retention_days)
+    cutoff = date.fromordinal(horizon)
+    for table in ("event_keys", "quarantine", "task_stats"):
+        cur = conn.execute(f"DELETE FROM moengage_sync.{table} WHERE program_id = %s AND night < %s", (program_id, cutoff))
+        counts[f"{table}_deleted"] = cur.rowcount
+    cur = conn.execute(
+        "DELETE FROM moengage_sync.batches WHERE program_id = %s AND night < %s AND state IN ('sent', 'rejected')",
+        (program_id, cutoff),
+    )
+    counts["batches_deleted"] = cur.rowcount
+    conn.commit()
+    return counts
