@@ -1,0 +1,68 @@
+"""Live points of one member, with the same arithmetic as the nightly sync's member attributes
+(include/sql/members/attributes.sql), so a Content API and the synced attributes agree:
+
+* points_available = sum(points) over all the member's ledger entries;
+* points_expiring_Nd = sum of the remaining points (lot points + entries naming the lot) of earn
+  lots with expires_on in (today, today + N], today being the date in the program's time zone;
+* next_expiry_date = min expires_on of lots with remaining > 0 and expires_on > today, or ""
+  when there is none (MoEngage templates stop on null, so no field is ever null).
+
+One round trip: the member by (program_id, phone) or (program_id, relation_reference) uses the
+unique indexes, the ledger rows by ``ledger_member_idx``; a member has few rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+
+_SQL = """
+WITH mem AS (
+    SELECT m.member_id, m.relation_reference, m.tier, m.status,
+           (now() AT TIME ZONE p.time_zone)::date AS today
+    FROM loyalty.members m
+    JOIN loyalty.programs p ON p.program_id = m.program_id
+    WHERE m.program_id = %(program_id)s AND {where}
+),
+lots AS (
+    SELECT max(l.expires_on) AS expires_on, sum(l.points) AS remaining
+    FROM mem
+    JOIN loyalty.points_ledger l ON l.member_id = mem.member_id
+    GROUP BY COALESCE(l.lot_entry_id, l.entry_id)
+)
+SELECT mem.relation_reference, mem.tier, mem.status, mem.today,
+       COALESCE((SELECT sum(remaining) FROM lots), 0)::bigint AS points_available,
+       COALESCE((SELECT sum(remaining) FROM lots
+                 WHERE expires_on > mem.today AND expires_on <= mem.today + 30), 0)::bigint AS d30,
+       COALESCE((SELECT sum(remaining) FROM lots
+                 WHERE expires_on > mem.today AND expires_on <= mem.today + 60), 0)::bigint AS d60,
+       COALESCE((SELECT sum(remaining) FROM lots
+                 WHERE expires_on > mem.today AND expires_on <= mem.today + 90), 0)::bigint AS d90,
+       (SELECT min(expires_on) FROM lots WHERE remaining > 0 AND expires_on > mem.today) AS next_expiry
+FROM mem
+"""
+BY_PHONE = _SQL.format(where="m.phone = %(key)s")
+BY_REFERENCE = _SQL.format(where="m.relation_reference = %(key)s")
+
+
+async def lookup(conn: AsyncConnection, program_id: str, *, phone: str | None = None,
+                 customer_id: str | None = None) -> dict[str, Any] | None:
+    """The flat JSON object a MoEngage template reads, or None for an unknown member."""
+    sql, key = (BY_PHONE, phone) if phone is not None else (BY_REFERENCE, customer_id)
+    cur = await conn.execute(sql, {"program_id": program_id, "key": key}, prepare=True)
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    reference, tier, status, today, available, d30, d60, d90, next_expiry = row
+    return {
+        "customer_id": reference,
+        "points_available": int(available),
+        "tier": tier,
+        "status": status,
+        "points_expiring_30d": int(d30),
+        "points_expiring_60d": int(d60),
+        "points_expiring_90d": int(d90),
+        "next_expiry_date": next_expiry.isoformat() if next_expiry else "",
+        "as_of_date": today.isoformat(),
+    }
