@@ -44,9 +44,9 @@ _CUSTOMER_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv
 class ApiState:
     """Per-app resources: settings, cached keys and programs, and the lazily opened pool."""
 
-    def __init__(self, settings: Settings, key_loader=load_keys) -> None:
+    def __init__(self, settings: Settings, key_loader=None) -> None:
         self.settings = settings
-        self.keys = CachedKeys(settings.keys_ttl_s, key_loader)
+        self.keys = CachedKeys(settings.keys_ttl_s, key_loader or (lambda: load_keys(settings.programs)))
         self.programs = ProgramCache(ttl=60.0)
         self.pool: AsyncPool | None = None
         self._pool_lock: asyncio.Lock | None = None
@@ -156,7 +156,7 @@ def _blank(value: str | None) -> bool:
 
 # ---- the app -----------------------------------------------------------------------------
 
-def create_app(settings: Settings | None = None, *, key_loader=load_keys) -> FastAPI:
+def create_app(settings: Settings | None = None, *, key_loader=None) -> FastAPI:
     """A new app; ``settings`` default to the environment (see settings.py)."""
     settings = settings or Settings.from_env()
     state = ApiState(settings, key_loader)

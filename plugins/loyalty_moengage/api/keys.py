@@ -125,10 +125,11 @@ def _keys(program_id: str, api_key: Any, store_keys: Any, where: str) -> Program
     return ProgramKeys(program_id, api_key, stores)
 
 
-def load_keys() -> KeyRing:
-    """Read every configured program's keys now (uncached); programs without keys are skipped."""
+def load_keys(programs_ids: list[str] | tuple[str, ...] | None = None) -> KeyRing:
+    """Read the keys of ``programs_ids`` (default: ``LOYALTY_API_PROGRAMS``) now, uncached;
+    programs without usable keys are skipped (their requests get 401)."""
     programs: dict[str, ProgramKeys] = {}
-    for program_id in program_ids():
+    for program_id in programs_ids if programs_ids is not None else program_ids():
         keys = _from_connection(program_id) or _from_variable(program_id)
         if keys is None:
             log.warning("no API keys for program %s: its endpoints answer 401", program_id)
