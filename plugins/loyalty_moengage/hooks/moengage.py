@@ -331,7 +331,9 @@ class MoEngageHook(BaseHook):
             dc = parse_data_center(conn.host)
         except ValueError as exc:
             raise MoEngageConfigError(f"Airflow connection {conn_id!r}: {exc}") from None
-        extra = conn.extra_dejson or {}
+        raw_extra = conn.extra_dejson or {}
+        # The UI may store custom fields with the legacy "extra__moengage__" prefix.
+        extra = {k.removeprefix("extra__moengage__"): v for k, v in raw_extra.items() if v not in (None, "")}
         base_url = str(extra.get("base_url") or api_base_url(dc)).replace("{dc}", dc).rstrip("/")
         if urlsplit(base_url).scheme not in {"http", "https"}:
             raise MoEngageConfigError(f"Airflow connection {conn_id!r}: base_url {base_url!r} is not an http(s) URL.")
@@ -562,7 +564,7 @@ class MoEngageHook(BaseHook):
         cfg = self.config
         what, fix = _FIXES.get(status, (f"MoEngage refused the request with HTTP {status}",
                                         "Check the endpoint and the payload; this status is not retried."))
-        fix = fix.format(conn=cfg.conn_id)
+        fix = fix.replace("{conn!r}", repr(cfg.conn_id))
         cause = f"{what} ({status} {_error_text(doc, response)}) on {cfg.where}"
         kind = MoEngageAuthError if status in (401, 403) else MoEngagePermanentError
         return kind(f"{cause}; request_id {request_id}. {fix}", status=status, request_id=request_id,

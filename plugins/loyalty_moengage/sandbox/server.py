@@ -112,7 +112,8 @@ class SandboxApp:
             response = reject.response
         self._log({"endpoint": "authentication", "dc": dc, "path": request.path, "status": response.status,
                    "request_id": request_id, "bytes": len(body), "seconds": time.perf_counter() - started,
-                   "workspace_id": request.headers.get("MOE-APPKEY")})
+                   "workspace_id": request.headers.get("MOE-APPKEY"),
+                   "peer": request.transport.get_extra_info("peername") if request.transport else None})
         return response
 
     def _authenticate_test(self, request: web.Request, dc: str, body: bytes, request_id: str) -> web.Response:
@@ -148,7 +149,8 @@ class SandboxApp:
         request_id = state.new_request_id()
         entry: dict[str, Any] = {"n": number, "time": time.time(), "endpoint": endpoint, "dc": dc,
                                  "path": request.path, "workspace_id": None, "request_id": request_id,
-                                 "bytes": 0, "fault": action}
+                                 "bytes": 0, "fault": action,
+                                 "peer": request.transport.get_extra_info("peername") if request.transport else None}
         started = time.perf_counter()
         try:
             if delay:
@@ -158,7 +160,10 @@ class SandboxApp:
                 return self._drop(request)
             body = await request.read()
             entry["bytes"] = len(body)
-            if isinstance(action, int) and action != 429:
+            if action == "fail200":
+                response = _json({"status": "fail", "error": {"type": "Injected fault", "request_id": request_id,
+                                  "message": "sandbox fault injection: 200 with status fail"}})
+            elif isinstance(action, int) and action != 429:
                 response = _fail(action, "Injected fault", f"sandbox fault injection: HTTP {action}", request_id)
             elif action == 429:
                 response = _fail(429, "Rate limit exceeded", "Rate limit exceeded", request_id,

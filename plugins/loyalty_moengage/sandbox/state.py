@@ -90,7 +90,7 @@ class Faults:
     ``script`` maps the Nth data request (1-based, counted since start or reset) to an action:
     an HTTP status (500, 502, 503, 429, ...), ``"drop"`` (close before reading the body),
     ``"drop_after_body"`` (process the request, then close without answering) or
-    ``"latency:SECONDS"``. Rates apply to every other request, drawn from a seeded RNG.
+    ``"latency:SECONDS"`` or ``"fail200"`` (200 with ``"status": "fail"``). Rates apply to every other request, drawn from a seeded RNG.
     """
 
     error_rate: float = 0.0
