@@ -178,7 +178,7 @@ class _Clock:
         day = np.asarray(day)
         nxt = self.midnight(day + 1)
         occ = nxt - (rng.uniform(10, 600, len(day)) * US).astype(np.int64)
-        rec = nxt + (rng.uniform(60, 1200, len(day)) * US).astype(np.int64)
+        rec = nxt + (rng.uniform(60, 1190, len(day)) * US).astype(np.int64)
         return occ, rec
 
 
@@ -408,8 +408,9 @@ def _simulate(p: _Params) -> dict:
         if nu:
             bonus[0] = True
         bi = np.flatnonzero(bonus)
+        b_occ = occ[bi] + _lag(rng, len(bi), 0.1, 5)
         add_bonus(ups[bi], TIER_BONUS, np.where(to[bi] >= 3, 1000, 500), np.full(len(bi), k),
-                  occ[bi] + _lag(rng, len(bi), 0.1, 5), rec[bi] + _lag(rng, len(bi), 0.1, 5))
+                  b_occ, np.maximum(rec[bi], b_occ) + _lag(rng, len(bi), 0.1, 5))
 
         # status changes
         free = enrolled & not_host & ~busy

@@ -289,6 +289,12 @@ def test_late_rows_every_night(generated):
           AND NOT ((occurred_at AT TIME ZONE %(tz)s)::time >= '23:50'
                    AND (recorded_at AT TIME ZONE %(tz)s)::time BETWEEN '00:01' AND '00:20')""", {"tz": TZ}) == 0
     assert _one(dsn, "SELECT count(*) FROM loyalty.points_ledger WHERE recorded_at < occurred_at") == 0
+    assert _one(dsn, "SELECT count(*) FROM loyalty.transactions WHERE recorded_at < occurred_at") == 0
+    assert _one(dsn, "SELECT count(*) FROM loyalty.redemptions WHERE recorded_at < redeemed_at "
+                     "OR reversed_at <= recorded_at") == 0
+    assert _one(dsn, "SELECT count(*) FROM loyalty.segment_memberships WHERE entered_recorded_at < entered_at "
+                     "OR exited_recorded_at < exited_at") == 0
+    assert _one(dsn, "SELECT count(*) FROM loyalty.members WHERE recorded_at < enrolled_at") == 0
 
 
 def test_status_and_tier_consistency(generated):
