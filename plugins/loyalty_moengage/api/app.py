@@ -257,7 +257,8 @@ def create_app(settings: Settings | None = None, *, key_loader=None) -> FastAPI:
                                               idempotency_hours=settings.idempotency_hours)
             if not replayed and random.random() < 0.01:
                 await idempotency.prune(conn, settings.idempotency_hours)
-        return json_response(response, 200, {"Idempotent-Replayed": "true" if replayed else "false"})
+        return Response(response, 200, media_type="application/json", headers={
+            "Cache-Control": "no-store", "Idempotent-Replayed": "true" if replayed else "false"})
 
     app.add_middleware(RedactingAccessLog, enabled=settings.access_log)
     return app

@@ -19,6 +19,7 @@ import uuid
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import AsyncConnection
 
@@ -124,14 +125,14 @@ async def _apply(conn: AsyncConnection, program: ProgramInfo, c: CustomerIn, pho
 
 async def enroll(conn: AsyncConnection, program: ProgramInfo, customers: list[CustomerIn],
                  rk: idempotency.RequestKey, *, ref_prefix: str, idempotency_hours: int
-                 ) -> tuple[dict[str, Any], bool]:
-    """(response body, replayed). Raises ApiError before anything is committed."""
+                 ) -> tuple[bytes, bool]:
+    """(JSON response body, replayed). Raises ApiError before anything is committed."""
     phones = await check_against_db(conn, program, customers)
     async with conn.transaction():
         stored = await idempotency.claim(conn, program.program_id, rk, idempotency_hours)
         if stored is not None:
             return stored, True
         results = [await _apply(conn, program, c, phone, ref_prefix) for c, phone in zip(customers, phones)]
-        response = {"status": "success", "results": results}
+        response = orjson.dumps({"status": "success", "results": results})
         await idempotency.save(conn, program.program_id, rk, 200, response, [c.audit() for c in customers])
     return response, False

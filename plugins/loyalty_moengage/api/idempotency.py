@@ -65,8 +65,8 @@ def request_key(body: Any, header: str | None) -> RequestKey:
     return RequestKey(f"hdr:{header}", body_hash)
 
 
-async def claim(conn: AsyncConnection, program_id: str, rk: RequestKey, hours: int) -> dict[str, Any] | None:
-    """None when this request owns the key (do the work), else the stored response to replay."""
+async def claim(conn: AsyncConnection, program_id: str, rk: RequestKey, hours: int) -> bytes | None:
+    """None when this request owns the key (do the work), else the stored response body to replay."""
     params = {"program_id": program_id, "key": rk.key, "hash": rk.body_hash, "hours": hours}
     cur = await conn.execute(_CLAIM, params)
     if await cur.fetchone() is not None:
@@ -83,13 +83,13 @@ async def claim(conn: AsyncConnection, program_id: str, rk: RequestKey, hours: i
         raise ApiError(422, "Idempotency-Key", "was already used with a different body")
     if status is None or response is None:
         raise ApiError(409, "Idempotency-Key", "the first delivery of this request is still being processed")
-    return response
+    return response.encode()
 
 
 async def save(conn: AsyncConnection, program_id: str, rk: RequestKey, status: int,
-               response: dict[str, Any], request: Any) -> None:
+               response: bytes, request: Any) -> None:
     await conn.execute(_SAVE, {"program_id": program_id, "key": rk.key, "status": status,
-                               "response": Jsonb(response), "request": Jsonb(request)})
+                               "response": response.decode(), "request": Jsonb(request)})
 
 
 async def prune(conn: AsyncConnection, hours: int) -> None:

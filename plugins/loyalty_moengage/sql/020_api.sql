@@ -12,7 +12,7 @@ CREATE TABLE IF NOT EXISTS loyalty_api.idempotency (
     idem_key      text NOT NULL,
     request_hash  text NOT NULL,            -- sha256 of the canonical body, to spot key reuse
     status_code   integer,                  -- NULL while the owning transaction is open
-    response      jsonb,
+    response      text,                     -- the exact JSON body sent, replayed byte for byte
     request       jsonb,                    -- the validated customer_details (audit; no keys)
     created_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (program_id, idem_key)

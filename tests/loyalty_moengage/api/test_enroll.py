@@ -1,0 +1,251 @@
+"""POST /api/customers/add: enrollment, accrual through the ledger, idempotency, bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psycopg
+import pytest
+
+from tests.loyalty_moengage.api.conftest import API_KEY, OTHER_API_KEY, counts, today_ist
+
+PATH = "/api/customers/add"
+
+
+def customer(**over):
+    base = {"number": "+91 99887 76655", "email_id": "ravi@example.com", "name": "Ravi Kumar",
+            "gender": "Male", "amount": "1234.50", "channel": "Website", "store_id": "A123", "admin_id": "123"}
+    base.update(over)
+    return base
+
+
+def post(client, body, *, api_key=API_KEY, headers=None, raw: bytes | None = None):
+    content = raw if raw is not None else json.dumps(body).encode()
+    return client.post(PATH, params={"api_key": api_key} if api_key is not None else None, content=content,
+                       headers={"Content-Type": "application/json", "Accept": "application/json", **(headers or {})})
+
+
+def test_new_customer_with_amount_enrolls_and_credits(api, seeded_db):
+    r = post(api, {"customer_details": customer()})
+    assert r.status_code == 200, r.text
+    assert r.headers["idempotent-replayed"] == "false"
+    body = r.json()
+    assert body["status"] == "success"
+    [res] = body["results"]
+    assert res["customer_id"] == "PH-919988776655"
+    assert res["member"] == "created" and res["tier"] == "Silver" and res["status"] == "active"
+    assert res["points_credited"] == 123  # floor(1234.50 * 0.1)
+    assert res["points_available"] == 123
+    assert res["transaction_id"].startswith("MOE-")
+    with psycopg.connect(seeded_db) as conn:
+        m = conn.execute("SELECT member_id, phone, email, name, gender, tier, status, enrolled_at IS NOT NULL "
+                         "FROM loyalty.members WHERE relation_reference = 'PH-919988776655'").fetchone()
+        assert m[1:] == ("+919988776655", "ravi@example.com", "Ravi Kumar", "male", "Silver", "active", True)
+        t = conn.execute("SELECT amount, currency, store_id, channel, occurred_at = recorded_at "
+                         "FROM loyalty.transactions WHERE transaction_id = %s", (res["transaction_id"],)).fetchone()
+        assert (str(t[0]), t[1], t[2], t[3], t[4]) == ("1234.50", "INR", "A123", "Website", True)
+        lot = conn.execute("SELECT entry_type, points, earning_type, expires_on, lot_entry_id, "
+                           "recorded_at > now() - interval '1 minute' FROM loyalty.points_ledger "
+                           "WHERE transaction_id = %s", (res["transaction_id"],)).fetchone()
+        assert lot == ("earn", 123, "accrual", today_ist() + dt.timedelta(days=365), None, True)
+    # the live lookup sees the new member and points at once
+    r = api.get("/api/loyalty/points", params={"api_key": API_KEY, "store_key": "demo-store-key-A123-0123456789",
+                                               "customer_phone": "09988776655"})
+    assert r.json()["points_available"] == 123 and r.json()["points_expiring_90d"] == 0
+
+
+def test_new_points_are_what_the_nightly_earned_query_reads(api, seeded_db):
+    from pathlib import Path
+
+    r = post(api, {"customer_details": customer(amount=500)})
+    txn = r.json()["results"][0]["transaction_id"]
+    sql = (Path(__file__).resolve().parents[3] / "include/sql/events/points_earned.sql").read_text()
+    now = dt.datetime.now(dt.timezone.utc)
+    # client-side binding: the file names some parameters only in its comments
+    with psycopg.connect(seeded_db, cursor_factory=psycopg.ClientCursor) as conn:
+        rows = conn.execute(sql, {"program_id": "demo", "window_start": now - dt.timedelta(hours=1),
+                                  "window_end": now + dt.timedelta(hours=1), "member_lo": 0, "member_hi": 10**12,
+                                  "night": today_ist(), "time_zone": "Asia/Kolkata"}).fetchall()
+    mine = [row for row in rows if row[6] == txn]
+    assert len(mine) == 1 and mine[0][2] == "PH-919988776655" and mine[0][4] == 50 and mine[0][5] == "accrual"
+
+
+def test_existing_member_matched_by_phone_is_updated(api, seeded_db):
+    r = post(api, {"customer_details": customer(number="098765 43210", name="Asha Rao", email_id="", gender="",
+                                                amount=99.99)})
+    assert r.status_code == 200, r.text
+    [res] = r.json()["results"]
+    assert res["customer_id"] == "REL-0001" and res["member"] == "updated" and res["tier"] == "Gold"
+    assert res["points_credited"] == 9 and res["points_available"] == 1029
+    with psycopg.connect(seeded_db) as conn:
+        assert conn.execute("SELECT name, email FROM loyalty.members WHERE relation_reference = 'REL-0001'"
+                            ).fetchone() == ("Asha Rao", None)
+
+
+def test_inactive_member_gets_transaction_but_no_points(api, seeded_db):
+    r = post(api, {"customer_details": customer(number="9800000002", amount="1000")})
+    [res] = r.json()["results"]
+    assert res["status"] == "inactive" and res["points_credited"] == 0 and res["transaction_id"]
+
+
+def test_without_amount_enrolls_only_and_list_is_accepted(api, seeded_db):
+    before = counts(seeded_db)
+    r = post(api, {"customer_details": [customer(amount=""), customer(number="9123456780", amount=None, name="B")]})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["points_credited"] for x in results] == [0, 0] and [x["transaction_id"] for x in results] == ["", ""]
+    after = counts(seeded_db)
+    assert after["loyalty.members"] == before["loyalty.members"] + 2
+    assert after["loyalty.transactions"] == before["loyalty.transactions"]
+
+
+def test_duplicate_delivery_enrolls_and_credits_once(api, seeded_db):
+    body = {"customer_details": customer()}
+    first = post(api, body)
+    before = counts(seeded_db)
+    # same content, different key order and spacing: still the same request
+    second = post(api, None, raw=json.dumps(dict(reversed(list(body.items()))), indent=2).encode())
+    assert first.status_code == second.status_code == 200
+    assert second.json() == first.json()
+    assert second.headers["idempotent-replayed"] == "true"
+    assert counts(seeded_db) == before
+
+
+def test_idempotency_key_header(api, seeded_db):
+    h = {"Idempotency-Key": "evt-42"}
+    first = post(api, {"customer_details": customer()}, headers=h)
+    again = post(api, {"customer_details": customer()}, headers=h)
+    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    # same key, different body: refused, nothing written
+    before = counts(seeded_db)
+    clash = post(api, {"customer_details": customer(amount="1")}, headers=h)
+    assert clash.status_code == 422 and clash.json()["error"]["field"] == "Idempotency-Key"
+    # a new key with an identical body is a new purchase
+    other = post(api, {"customer_details": customer()}, headers={"Idempotency-Key": "evt-43"})
+    assert other.status_code == 200 and other.json()["results"][0]["points_available"] == 246
+    assert counts(seeded_db)["loyalty.transactions"] == before["loyalty.transactions"] + 1
+    bad = post(api, {"customer_details": customer()}, headers={"Idempotency-Key": "has space"})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "Idempotency-Key"
+
+
+def test_concurrent_identical_deliveries(api, seeded_db):
+    body = json.dumps({"customer_details": [customer(), customer(number="9123456780", amount="10")]}).encode()
+    url = str(api.base_url) + PATH
+    barrier = threading.Barrier(8)
+
+    def deliver(_):
+        with httpx.Client(timeout=20) as c:
+            barrier.wait()
+            return c.post(url, params={"api_key": API_KEY}, content=body,
+                          headers={"Content-Type": "application/json"})
+
+    before = counts(seeded_db)
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(deliver, range(8)))
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+    assert len({r.text for r in responses}) == 1
+    assert sorted(r.headers["idempotent-replayed"] for r in responses) == ["false"] + ["true"] * 7
+    after = counts(seeded_db)
+    assert after["loyalty.members"] == before["loyalty.members"] + 2
+    assert after["loyalty.transactions"] == before["loyalty.transactions"] + 2
+    assert after["loyalty.points_ledger"] == before["loyalty.points_ledger"] + 2
+    assert after["loyalty_api.idempotency"] == before["loyalty_api.idempotency"] + 1
+
+
+def test_duplicate_after_the_window_counts_again(make_server, seeded_db):
+    client, _ = make_server(seeded_db, idempotency_hours=1)
+    with client:
+        body = {"customer_details": customer()}
+        assert post(client, body).json()["results"][0]["points_available"] == 123
+        with psycopg.connect(seeded_db) as conn:
+            conn.execute("UPDATE loyalty_api.idempotency SET created_at = now() - interval '2 hours'")
+        r = post(client, body)
+        assert r.headers["idempotent-replayed"] == "false"
+        assert r.json()["results"][0]["points_available"] == 246
+
+
+def _bad(field, message_part=None, status=422, **over):
+    return pytest.param({"customer_details": customer(**over)}, None, status, field,
+                        id=f"{field}-{list(over.values())[0]!r}"[:60])
+
+
+BAD_INPUTS = [
+    pytest.param(None, b"{not json", 400, "body", id="malformed-json"),
+    pytest.param(None, b"", 400, "body", id="empty-body"),
+    pytest.param(None, b"[1, 2]", 422, "body", id="not-an-object"),
+    pytest.param({"customers": {}}, None, 422, "customer_details", id="missing-customer_details"),
+    pytest.param({"customer_details": "x"}, None, 422, "customer_details", id="customer_details-string"),
+    pytest.param({"customer_details": []}, None, 422, "customer_details", id="customer_details-empty"),
+    pytest.param({"customer_details": [customer()] * 101}, None, 422, "customer_details", id="too-many"),
+    pytest.param({"customer_details": customer(number=None)}, None, 422, "customer_details.number", id="missing-number"),
+    pytest.param({"customer_details": {k: v for k, v in customer().items() if k != "store_id"}}, None, 422,
+                 "customer_details.store_id", id="missing-store"),
+    _bad("customer_details.amount", amount="12abc"),
+    _bad("customer_details.amount", amount="-5"),
+    _bad("customer_details.amount", amount=-5),
+    _bad("customer_details.amount", amount="1000000.01"),
+    _bad("customer_details.amount", amount=1e12),
+    _bad("customer_details.amount", amount="NaN"),
+    _bad("customer_details.amount", amount="1e5"),
+    _bad("customer_details.amount", amount=True),
+    _bad("customer_details.amount", amount="1; DROP TABLE loyalty.members"),
+    _bad("customer_details.store_id", store_id="NOPE"),
+    _bad("customer_details.store_id", store_id="Z999"),  # another program's store
+    _bad("customer_details.store_id", store_id="A123' OR '1'='1"),
+    _bad("customer_details.number", number="12345"),
+    _bad("customer_details.number", number="call me"),
+    _bad("customer_details.number", number="9876543210' OR 1=1 --"),
+    _bad("customer_details.number", number={"$ne": 1}),
+    _bad("customer_details.email_id", email_id="not-an-email"),
+    _bad("customer_details.email_id", email_id="a@b.com'; DROP TABLE x;--"),
+    _bad("customer_details.name", name="Robert'); DROP TABLE loyalty.members;--"),
+    _bad("customer_details.name", name="{{ 7*7 }}"),
+    _bad("customer_details.name", name="<script>alert(1)</script>"),
+    _bad("customer_details.name", name="x" * 201),
+    _bad("customer_details.gender", gender="' OR 1=1"),
+    _bad("customer_details.channel", channel="Web'; --"),
+    _bad("customer_details.admin_id", admin_id="1 OR 1=1"),
+    pytest.param({"customer_details": [customer(), customer(number="9123456780", amount="-1")]}, None, 422,
+                 "customer_details[1].amount", id="list-second-bad"),
+    pytest.param({"customer_details": [customer(), customer(number="9123456780", store_id="NOPE")]}, None, 422,
+                 "customer_details[1].store_id", id="list-second-unknown-store"),
+    pytest.param({"customer_details": [customer(), customer(number="12")]}, None, 422,
+                 "customer_details[1].number", id="list-second-bad-phone"),
+]
+
+
+@pytest.mark.parametrize("body, raw, status, field", BAD_INPUTS)
+def test_bad_input_is_4xx_naming_the_field_and_writes_nothing(api, seeded_db, body, raw, status, field):
+    before = counts(seeded_db)
+    r = post(api, body, raw=raw)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["field"] == field
+    assert counts(seeded_db) == before
+
+
+def test_oversize_body_is_413_and_writes_nothing(api, seeded_db):
+    before = counts(seeded_db)
+    big = {"customer_details": customer(name="x"), "padding": "y" * 70_000}
+    r = post(api, big)
+    assert r.status_code == 413 and r.json()["error"]["field"] == "body"
+    # chunked upload without Content-Length is cut off as well
+    r = api.post(PATH, params={"api_key": API_KEY}, content=iter([b"{" + b" " * 40_000, b" " * 40_000 + b"}"]))
+    assert r.status_code == 413
+    assert counts(seeded_db) == before
+
+
+@pytest.mark.parametrize("key", [None, "", "nope-nope-nope-nope", OTHER_API_KEY + "x"])
+def test_wrong_or_missing_api_key_is_401_and_writes_nothing(api, seeded_db, key):
+    before = counts(seeded_db)
+    r = post(api, {"customer_details": customer()}, api_key=key)
+    assert r.status_code == 401 and r.json()["error"]["field"] == "api_key"
+    assert counts(seeded_db) == before
+
+
+def test_other_programs_key_cannot_use_demo_store(api, seeded_db):
+    r = post(api, {"customer_details": customer()}, api_key=OTHER_API_KEY)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "customer_details.store_id"
