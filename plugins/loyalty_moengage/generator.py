@@ -874,11 +874,14 @@ def generate(dsn: str, *, program_id: str = "demo", members: int = 10_000, days:
             for key in ("members", "transactions", "redemptions", "points_ledger", "tier_change", "status_change",
                         "segment_memberships"):
                 table, tbl = tables[key]
+                t1 = time.perf_counter()
                 _copy(cur, table, tbl, pool)
+                log.info("COPY %s: %d rows in %.1fs", table, tbl.num_rows, time.perf_counter() - t1)
         for table, col in _SEQUENCES:
             cur.execute(f"SELECT setval(pg_get_serial_sequence('loyalty.{table}', '{col}'), "
                         f"(SELECT max({col}) FROM loyalty.{table}))")
         conn.commit()
+    log.info("loaded and committed in %.1fs", time.perf_counter() - t0 - t_build)
     with connect(dsn, autocommit=True) as conn:
         for t in _ALL_TABLES:
             conn.execute(f"ANALYZE loyalty.{t}")
