@@ -819,8 +819,8 @@ def generate(dsn: str, *, program_id: str = "demo", members: int = 10_000, days:
     t0 = time.perf_counter()
     if members < 10:
         raise ValueError("members must be >= 10")
-    if not 1 <= days <= 270:
-        raise ValueError("days must be within 1..270")
+    if not 1 <= days <= 1000:
+        raise ValueError("days must be within 1..1000")
     tz = ZoneInfo(time_zone)
     if end_date is None:
         end_date = dt.datetime.now(tz).date()
@@ -828,6 +828,11 @@ def generate(dsn: str, *, program_id: str = "demo", members: int = 10_000, days:
     params = _Params(program_id=program_id, members=members, days=days, seed=seed, first=first, tz=tz)
 
     with connect(dsn) as conn:
+        if conn.execute("SELECT to_regclass('loyalty.programs')").fetchone()[0] is None:
+            from loyalty_moengage.db import apply_schema
+
+            conn.rollback()
+            apply_schema(dsn)
         cur = conn.cursor()
         exists = cur.execute("SELECT 1 FROM loyalty.programs WHERE program_id = %s", (program_id,)).fetchone()
         if exists and not replace:

@@ -371,3 +371,8 @@ def test_cli_prints_summary(loyalty_db, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["program_id"] == "cli_demo" and out["tables"]["members"] == 30
     assert out["first_night"] == "2025-01-08" and out["last_night"] == "2025-01-09"
+
+
+def test_applies_schema_when_missing(empty_db):
+    s = generate(empty_db, members=20, days=1, seed=2, end_date=END, time_zone=TZ)
+    assert _one(empty_db, "SELECT count(*) FROM loyalty.members") == s.tables["members"] == 20
