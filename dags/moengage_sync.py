@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, task, teardown
+from airflow.sdk import Param, dag, get_current_context, task, teardown
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from loyalty_moengage import tasks
@@ -35,7 +35,8 @@ def build(program: Program):
         max_active_runs=1,
         tags=["moengage", "loyalty", f"program:{program.id}"],
         doc_md=__doc__,
-        default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True},
+        default_args={"retries": program.retries, "retry_delay": timedelta(seconds=program.retry_delay_seconds),
+                      "retry_exponential_backoff": True},
         params={"skip_anomaly_guard": Param(False, type="boolean",
                                             description="Send even if the anomaly guard objects")},
         on_failure_callback=failure_callbacks(program),
@@ -51,16 +52,16 @@ def build(program: Program):
 
         @task(map_index_template="{{ chunk_label }}", max_active_tis_per_dagrun=2)
         def transform(chunk: dict, **context):
-            context["chunk_label"] = chunk["label"]
+            get_current_context()["chunk_label"] = chunk["label"]
             return tasks.transform(program, chunk, context)
 
         @task(retries=0)
         def guard(**context):
             return tasks.guard(program, context)
 
-        @task(map_index_template="load slot {{ slot_label }}", retries=3)
+        @task(map_index_template="load slot {{ slot_label }}")
         def load(slot: int, **context):
-            context["slot_label"] = slot
+            get_current_context()["slot_label"] = slot
             return tasks.load(program, slot, context)
 
         @teardown

@@ -98,3 +98,19 @@ def redact_dsn(dsn: str) -> str:
     import re
 
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+
+
+def connection_json(dsn: str) -> str:
+    """An Airflow Connection (JSON form, for AIRFLOW_CONN_*) equivalent to a libpq DSN."""
+    import json
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    p = conninfo_to_dict(dsn)
+    conn: dict[str, Any] = {"conn_type": "postgres", "host": p.get("host", "localhost"),
+                            "login": p.get("user", "postgres"), "schema": p.get("dbname", "postgres")}
+    if p.get("port"):
+        conn["port"] = int(p["port"])
+    if p.get("password"):
+        conn["password"] = p["password"]
+    return json.dumps(conn)

@@ -103,7 +103,10 @@ def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn
                     stats["users_sent"] += batch.users
                     stats["events_sent"] += batch.events
                 conn.commit()
-        stats.update({k: v for k, v in getattr(hook, "stats", {}).items()})
+        hook_stats = getattr(hook, "stats", None)
+        if hook_stats is not None:
+            stats.update({k: getattr(hook_stats, k) for k in ("requests", "throttled", "retries", "bytes_sent",
+                                                               "throttle_seconds", "pacing_seconds")})
         stats["seconds"] = round(time.perf_counter() - started, 4)
         conn.execute(
             "INSERT INTO moengage_sync.task_stats (program_id, night, run_id, stage, task_key, stats) "

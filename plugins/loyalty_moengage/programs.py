@@ -35,6 +35,8 @@ class Program:
     state_conn_id: str | None = None
     start_date: str = "2026-01-01"
     catchup: bool = False
+    retries: int = 2
+    retry_delay_seconds: int = 120
     chunk_members: int = 50_000
     load_parallelism: int = 2
     reject_threshold: float = 0.01

@@ -69,16 +69,17 @@ def write(conn: Any, report: dict[str, Any]) -> None:
     conn.execute(
         """
         INSERT INTO moengage_sync.run_reports (program_id, night, run_id, outcome, window_start, window_end,
-            events_by_type, events_enqueued, events_already_sent, members_extracted, members_updated,
+            events_by_type, events_enqueued, events_already_sent, events_sent, members_extracted, members_updated,
             attributes_skipped, quarantined_by_reason, batches_by_state, requests, throttled, retries,
             bytes_sent, stage_seconds, notes)
         VALUES (%(program_id)s, %(night)s, %(run_id)s, %(outcome)s, %(window_start)s, %(window_end)s,
-            %(events_by_type)s, %(events_enqueued)s, %(events_already_sent)s, %(members_extracted)s,
+            %(events_by_type)s, %(events_enqueued)s, %(events_already_sent)s, %(events_sent)s, %(members_extracted)s,
             %(members_updated)s, %(attributes_skipped)s, %(quarantined_by_reason)s, %(batches_by_state)s,
             %(requests)s, %(throttled)s, %(retries)s, %(bytes_sent)s, %(stage_seconds)s, %(notes)s)
         ON CONFLICT (program_id, night, run_id) DO UPDATE SET
             outcome = EXCLUDED.outcome, events_by_type = EXCLUDED.events_by_type,
             events_enqueued = EXCLUDED.events_enqueued, events_already_sent = EXCLUDED.events_already_sent,
+            events_sent = EXCLUDED.events_sent,
             members_extracted = EXCLUDED.members_extracted, members_updated = EXCLUDED.members_updated,
             attributes_skipped = EXCLUDED.attributes_skipped,
             quarantined_by_reason = EXCLUDED.quarantined_by_reason, batches_by_state = EXCLUDED.batches_by_state,

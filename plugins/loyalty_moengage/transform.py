@@ -73,7 +73,7 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
     with connect(loyalty_dsn) as lconn:
         lconn.execute(SESSION_SETTINGS)
         lconn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        extracts = [extract(lconn, t, params) for t in templates if t.kind == "events" or send_users]
+        extracts = [extract(lconn, t, params) for t in templates]
         lconn.rollback()
     seconds["extract"] += time.perf_counter() - t0
     rows_extracted = sum(e.table.num_rows for e in extracts)
@@ -177,7 +177,7 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
                 key_tables.append((batch_index, sent_mask))
         user_batches: list[outbox.NewBatch] = []
         members_enqueued = 0
-        if user_table is not None and user_table.num_rows:
+        if send_users and user_table is not None and user_table.num_rows:
             if outbox.users_already_enqueued(sconn, program_id=program_id, run_id=run_id, chunk_label=label):
                 log.info("attribute refresh of %s already enqueued by an earlier attempt", label)
             else:

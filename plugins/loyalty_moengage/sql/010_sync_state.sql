@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS moengage_sync.run_reports (
     events_by_type        jsonb NOT NULL DEFAULT '{}',
     events_enqueued       integer NOT NULL DEFAULT 0,
     events_already_sent   integer NOT NULL DEFAULT 0,
+    events_sent           integer NOT NULL DEFAULT 0,
     members_extracted     integer NOT NULL DEFAULT 0,
     members_updated       integer NOT NULL DEFAULT 0,
     attributes_skipped    boolean NOT NULL DEFAULT false,
