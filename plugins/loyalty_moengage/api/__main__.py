@@ -45,5 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+# Airflow's plugin scan imports every .py under plugins/ as a module named after the file, so
+# this file can be imported under the name "__main__"; only a real `python -m` (spec name
+# "loyalty_moengage.api.__main__") or a direct run (no spec) may start a server.
+if __name__ == "__main__" and (__spec__ is None or __spec__.name.endswith(".__main__")):
     sys.exit(main())

@@ -1,0 +1,102 @@
+"""The plugin mounts the app in Airflow's own API server, and requests reach it there."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.loyalty_moengage.api.conftest import API_KEY, STORE_KEY, free_port, serve
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def fresh_plugins(monkeypatch, keys_env, seeded_db):
+    """Airflow's plugin caches and our app singleton reset, the app pointed at the test DB."""
+    from airflow import plugins_manager
+
+    import loyalty_moengage.api.app as api_app
+
+    monkeypatch.setenv("LOYALTY_API_DSN", seeded_db)
+    monkeypatch.setattr(api_app, "_default_app", None)
+    for fn in (getattr(plugins_manager, "_get_plugins", None), getattr(plugins_manager, "get_fastapi_plugins", None)):
+        if hasattr(fn, "cache_clear"):
+            fn.cache_clear()
+    yield plugins_manager
+    for fn in (getattr(plugins_manager, "_get_plugins", None),):
+        if hasattr(fn, "cache_clear"):
+            fn.cache_clear()
+
+
+def test_plugins_manager_loads_plugin_and_app(fresh_plugins):
+    apps, _ = fresh_plugins.get_fastapi_plugins()
+    mine = [a for a in apps if a["url_prefix"] == "/loyalty-moengage"]
+    assert len(mine) == 1 and mine[0]["name"] == "Loyalty API for MoEngage"
+    from fastapi import FastAPI
+
+    assert isinstance(mine[0]["app"], FastAPI)
+
+
+def test_request_through_airflow_api_server_reaches_endpoint(fresh_plugins, capfd, monkeypatch):
+    from airflow.api_fastapi.app import create_app
+
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "test-only-jwt-secret-0123456789")
+
+    airflow_app = create_app()
+    with serve(airflow_app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        params = {"api_key": API_KEY, "store_key": STORE_KEY, "customer_phone": "+91 98765 43210"}
+        r = client.get("/loyalty-moengage/api/loyalty/points", params=params)
+        assert r.status_code == 200, r.text
+        assert r.json()["customer_id"] == "REL-0001" and r.json()["points_available"] == 1020
+        r = client.get("/loyalty-moengage/api/loyalty/points", params={**params, "api_key": "x" * 20})
+        assert r.status_code == 401 and r.json()["error"]["field"] == "api_key"
+        r = client.post("/loyalty-moengage/api/customers/add", params={"api_key": API_KEY},
+                        json={"customer_details": {"number": "9123456780", "store_id": "A123", "amount": "100"}})
+        assert r.status_code == 200 and r.json()["results"][0]["points_credited"] == 10
+        time.sleep(0.2)
+    out = capfd.readouterr()
+    logged = out.out + out.err
+    # Airflow's own access log (HttpAccessLogMiddleware) saw the requests, with both keys redacted
+    assert "path=/loyalty-moengage/api/loyalty/points" in logged
+    assert "api_key=%2A%2A%2A&store_key=%2A%2A%2A" in logged
+    assert API_KEY not in logged and STORE_KEY not in logged
+
+
+def test_standalone_server_logs_requests_without_keys(keys_env, seeded_db, tmp_path):
+    """`python -m loyalty_moengage.api` in its own process: real HTTP, redacted access log."""
+    import os
+
+    port = free_port()
+    env = {**os.environ, "LOYALTY_API_DSN": seeded_db, "LOYALTY_API_POOL_MIN": "1"}
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "loyalty_moengage.api", "--port", str(port)],
+                                env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url + "/", timeout=1)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(log_path.read_text()) from None
+                time.sleep(0.1)
+        r = httpx.get(url + "/api/loyalty/points",
+                      params={"api_key": API_KEY, "store_key": STORE_KEY, "customer_phone": "9876543210"})
+        assert r.status_code == 200 and r.json()["points_available"] == 1020
+        assert "server" not in r.headers  # no server banner
+        time.sleep(0.3)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    logged = log_path.read_text()
+    assert re.search(r'"GET /api/loyalty/points\?api_key=\*\*\*&store_key=\*\*\*&customer_phone=9876543210" 200', logged), logged
+    assert API_KEY not in logged and STORE_KEY not in logged
