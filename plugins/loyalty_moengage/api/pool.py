@@ -66,10 +66,13 @@ class AsyncPool:
         """Borrow a connection in autocommit mode; use ``conn.transaction()`` for writes."""
         if self._closed:
             raise PoolTimeout("pool is closed")
-        try:
-            await asyncio.wait_for(self._slots.acquire(), self.timeout)
-        except TimeoutError as exc:
-            raise PoolTimeout(f"no database connection free within {self.timeout}s") from exc
+        if self._slots.locked():  # all busy: wait, bounded (wait_for costs a task, so only here)
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.timeout)
+            except TimeoutError as exc:
+                raise PoolTimeout(f"no database connection free within {self.timeout}s") from exc
+        else:
+            await self._slots.acquire()
         conn: AsyncConnection | None = None
         try:
             try:
