@@ -50,7 +50,7 @@ def build(program: Program):
         def plan(**context):
             return tasks.plan(program, context)
 
-        @task(map_index_template="{{ chunk_label }}", max_active_tis_per_dagrun=2)
+        @task(map_index_template="{{ chunk_label }}", max_active_tis_per_dagrun=tasks.TRANSFORM_CONCURRENCY)
         def transform(chunk: dict, **context):
             get_current_context()["chunk_label"] = chunk["label"]
             return tasks.transform(program, chunk, context)

@@ -46,6 +46,7 @@ class Program:
     anomaly_lookback_nights: int = 7
     audit_retention_days: int = 30
     keep_sent_bodies: bool = False
+    verify_customers: bool = True
     alert_email: list[str] = field(default_factory=list)
     alert_slack_conn_id: str | None = None
 

@@ -31,7 +31,7 @@ def ensure_metadata_db() -> None:
     """Create Airflow's metadata DB (SQLite under AIRFLOW_HOME) once."""
     home = Path(os.environ.get("AIRFLOW_HOME", project_root() / ".local" / "airflow"))
     marker = home / ".migrated-3.3"
-    if marker.exists():
+    if marker.exists() and (home / "airflow.db").exists():
         return
     home.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,

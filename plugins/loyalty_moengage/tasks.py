@@ -16,6 +16,8 @@ from loyalty_moengage.programs import Program
 
 log = logging.getLogger(__name__)
 
+TRANSFORM_CONCURRENCY = 2   # mapped transform tasks at once per run; they share the lookup budget
+
 
 def window(program: Program, context: dict[str, Any]) -> Any:
     """The night's recorded_at window: the run's data interval, in UTC."""
@@ -118,7 +120,12 @@ def transform(program: Program, chunk: dict[str, Any], context: dict[str, Any]) 
 
     w = window(program, context)
     loyalty, state = dsns(program)
-    stats = transform_chunk(program_id=program.id, window=w, lo=chunk["lo"], hi=chunk["hi"], label=chunk["label"],
+    lookup = None
+    if program.verify_customers:
+        from loyalty_moengage.hooks.moengage import MoEngageHook
+
+        lookup = MoEngageHook(program.moengage_conn_id, share=1 / TRANSFORM_CONCURRENCY).existing_customers
+    stats = transform_chunk(lookup=lookup, program_id=program.id, window=w, lo=chunk["lo"], hi=chunk["hi"], label=chunk["label"],
                             run_id=context["run_id"], send_users=chunk["send_users"],
                             loyalty_dsn=loyalty, state_dsn=state)
     log.info("%s: %s", chunk["label"], stats)

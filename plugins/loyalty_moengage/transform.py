@@ -13,9 +13,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
+
+NOT_IN_MOENGAGE = "customer_id not found in MoEngage (the event would create a profile)"
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ def _row_json(table: Any, mask: Any) -> list[bytes]:
 
 
 def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label: str, run_id: str,
-                    send_users: bool, loyalty_dsn: str, state_dsn: str) -> dict[str, Any]:
+                    send_users: bool, loyalty_dsn: str, state_dsn: str,
+                    lookup: Callable[[list[str]], set[str]] | None = None) -> dict[str, Any]:
     """Extract, check and enqueue one member-id range; returns a small stats descriptor."""
     import orjson
     import pyarrow as pa
@@ -122,6 +125,7 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
         names = pa.concat_arrays([t.column("event_name").combine_chunks() for _, t in ev_tables])
         elements = pa.concat_arrays([e.cast(pa.large_string()) for e in ev_elements])
         dup = duplicate_mask(ids)
+        dup_keep = None
         if pc.any(dup).as_py():
             template_of = []
             for name, t in ev_tables:
@@ -132,6 +136,7 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
                 quarantine.append((template_of[i], "duplicate event_id", ids[i].as_py(), orjson.dumps(row)))
                 reasons_count["duplicate event_id"] += 1
             keep = pc.invert(dup)
+            dup_keep = keep
             ids, names, elements = ids.filter(keep), names.filter(keep), elements.filter(keep)
     else:
         ids = names = elements = None
@@ -143,6 +148,8 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
     with connect(state_dsn) as sconn:
         events_by_type: Counter[str] = Counter()
         already = 0
+        not_in_moengage = 0
+        lookups = 0
         new_batches: list[outbox.NewBatch] = []
         key_tables = []
         if ids is not None and len(ids):
@@ -151,6 +158,27 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
                 keep = pc.invert(pc.is_in(ids, pa.array(sorted(existing))))
                 already = len(ids) - pc.sum(keep.cast(pa.int64())).as_py()
                 ids, names, elements = ids.filter(keep), names.filter(keep), elements.filter(keep)
+            if lookup is not None and len(ids):
+                from loyalty_moengage.presence import known_customers
+
+                cids = pa.concat_arrays([t.column("customer_id").combine_chunks() for _, t in ev_tables])
+                if dup_keep is not None:
+                    cids = cids.filter(dup_keep)
+                if existing:
+                    cids = cids.filter(keep)
+                t1 = time.perf_counter()
+                present, looked_up = known_customers(sconn, program_id, sorted(set(cids.to_pylist())), lookup)
+                seconds["lookup"] += time.perf_counter() - t1
+                lookups = looked_up
+                known = pc.is_in(cids, pa.array(sorted(present), pa.string()))
+                unknown = pc.invert(known)
+                if pc.any(unknown).as_py():
+                    for eid, name, cid in zip(ids.filter(unknown).to_pylist(), names.filter(unknown).to_pylist(),
+                                              cids.filter(unknown).to_pylist()):
+                        quarantine.append(("(presence)", NOT_IN_MOENGAGE, eid,
+                                           orjson.dumps({"event_id": eid, "event_name": name, "customer_id": cid})))
+                        not_in_moengage += 1
+                    ids, names, elements = ids.filter(known), names.filter(known), elements.filter(known)
             t1 = time.perf_counter()
             spans, oversize = pack_spans(elements)
             seconds["transform"] += time.perf_counter() - t1
@@ -217,7 +245,8 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
                 keys = keys.filter(sent_mask)
             outbox.insert_event_keys(sconn, outbox.to_csv(keys))
         outbox.insert_quarantine(sconn, program_id=program_id, night=window.night, run_id=run_id, rows=quarantine)
-        seconds["outbox"] += time.perf_counter() - t0 - (seconds["transform"] - transform_before)
+        seconds["outbox"] += (time.perf_counter() - t0 - (seconds["transform"] - transform_before)
+                              - seconds["lookup"])
         stats = {
             "label": label,
             "rows_extracted": rows_extracted,
@@ -227,6 +256,8 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
             "members_extracted": members_extracted,
             "members_enqueued": members_enqueued,
             "quarantined": dict(reasons_count),
+            "not_in_moengage": not_in_moengage,
+            "customer_lookups": lookups,
             "batches": len(all_batches),
             "bytes": sum(len(b.body) for b in all_batches),
             "seconds": {k: round(v, 4) for k, v in seconds.items()},

@@ -119,3 +119,13 @@ CREATE TABLE IF NOT EXISTS moengage_sync.resend_requests (
     events        integer NOT NULL,
     requested_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Which customer_ids MoEngage knows (Get User API), so no event creates a profile.
+-- present = true is kept; present = false is checked again after a day.
+CREATE TABLE IF NOT EXISTS moengage_sync.customer_presence (
+    program_id   text NOT NULL,
+    customer_id  text NOT NULL,
+    present      boolean NOT NULL,
+    checked_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (program_id, customer_id)
+);

@@ -1,0 +1,46 @@
+"""Which customer_ids exist in MoEngage, cached, so the sync never creates a profile.
+
+MoEngage creates a user when it receives an event for an unknown customer_id, whatever
+``update_existing_only`` says on user elements. So events are only enqueued for customers the
+Get User API has confirmed; confirmations are cached for good, absences for a day (a member
+may be added to MoEngage later). The lookup budget is small (1,000 users/min), but after the
+first nights almost every customer with events is already cached.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+ABSENT_RECHECK = "20 hours"
+
+
+def known_customers(conn: Any, program_id: str, customer_ids: list[str],
+                    lookup: Callable[[list[str]], set[str]]) -> tuple[set[str], int]:
+    """The subset of ``customer_ids`` present in MoEngage, and how many were looked up now."""
+    if not customer_ids:
+        return set(), 0
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _cids (customer_id text) ON COMMIT DELETE ROWS")
+    with conn.cursor() as cur:
+        with cur.copy("COPY _cids (customer_id) FROM STDIN") as copy:
+            for cid in customer_ids:
+                copy.write_row((cid,))
+        cur.execute(
+            "SELECT c.customer_id, p.present, p.checked_at > now() - %s::interval "
+            "FROM _cids c LEFT JOIN moengage_sync.customer_presence p "
+            "ON p.program_id = %s AND p.customer_id = c.customer_id",
+            (ABSENT_RECHECK, program_id),
+        )
+        rows = cur.fetchall()
+        cur.execute("TRUNCATE _cids")
+    present = {cid for cid, known, _fresh in rows if known}
+    to_check = sorted(cid for cid, known, fresh in rows if not known and not fresh)
+    if to_check:
+        found = lookup(to_check)
+        present |= found
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO moengage_sync.customer_presence (program_id, customer_id, present) VALUES (%s, %s, %s) "
+                "ON CONFLICT (program_id, customer_id) DO UPDATE SET present = EXCLUDED.present, checked_at = now()",
+                [(program_id, cid, cid in found) for cid in to_check],
+            )
+    return present, len(to_check)
