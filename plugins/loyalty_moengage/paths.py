@@ -21,7 +21,9 @@ def include_dir() -> Path:
 
 
 def sql_dir() -> Path:
-    return include_dir() / "sql"
+    """The SQL templates; ``LOYALTY_SQL_DIR`` points at another copy (tests, staging)."""
+    env = os.environ.get("LOYALTY_SQL_DIR")
+    return Path(env).resolve() if env else include_dir() / "sql"
 
 
 def state_dir() -> Path:
