@@ -10,7 +10,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: install demo test sandbox api bench bench-api db-stop constraints clean
+.PHONY: install demo test sandbox api bench bench-api run db-stop constraints clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ api: install
 
 bench: install
 	$(PY) -m loyalty_moengage.cli bench $(if $(SCALE),--scale) $(ARGS)
+
+run: install
+	$(PY) -m loyalty_moengage.cli run --program $(or $(PROGRAM),demo) $(if $(NIGHT),--night $(NIGHT))
 
 bench-api: install
 	$(PY) -m loyalty_moengage.cli bench-api $(ARGS)

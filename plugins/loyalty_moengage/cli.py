@@ -7,6 +7,8 @@ run       sync one night of one program now (in-process, dag.test)
 resend    re-queue one night's events of one program (operators, after a MoEngage-side loss)
 sandbox   start the local MoEngage sandbox
 api       serve the MoEngage-facing Content API / connector webhook
+bench     benchmark a night's sync (see loyalty_moengage.bench)
+bench-api benchmark the points lookup under MoEngage-like bursts
 """
 
 from __future__ import annotations
@@ -198,6 +200,18 @@ def cmd_api(args: argparse.Namespace) -> int:
     return main(args.rest) or 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from loyalty_moengage.bench import main
+
+    return main(args.rest) or 0
+
+
+def cmd_bench_api(args: argparse.Namespace) -> int:
+    from loyalty_moengage.api.bench import main
+
+    return main(args.rest) or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loyalty-moengage", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     resend.add_argument("--reason", required=True)
     resend.add_argument("--requested-by")
     resend.set_defaults(func=cmd_resend)
-    for name, func in (("generate", cmd_generate), ("sandbox", cmd_sandbox), ("api", cmd_api)):
+    for name, func in (("generate", cmd_generate), ("sandbox", cmd_sandbox), ("api", cmd_api),
+                       ("bench", cmd_bench), ("bench-api", cmd_bench_api)):
         p = sub.add_parser(name, help=f"see `python -m loyalty_moengage.cli {name} --help`", add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=func)
