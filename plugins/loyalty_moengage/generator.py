@@ -203,6 +203,7 @@ class _Params:
     tz: ZoneInfo
     earn_rate_e4: int = 1000  # earn_rate 0.1 in ten-thousandths (numeric(12,4))
     validity: int = 365
+    last_night_activity: float = 1.0  # accrual-rate multiplier on the last night (benchmarks)
 
 
 def _simulate(p: _Params) -> dict:
@@ -352,7 +353,8 @@ def _simulate(p: _Params) -> dict:
             act_idx = np.flatnonzero(enrolled)
 
         # accruals (3-5% of active members transact; heavy earners several times)
-        cnt = rng.poisson(0.04 * weight) * act
+        rate = 0.04 * weight if (k < D - 1 or p.last_night_activity == 1.0) else 0.04 * p.last_night_activity * weight
+        cnt = rng.poisson(rate) * act
         acc_m = np.repeat(np.arange(N), cnt)
         if len(acc_m) < 4:
             acc_m = np.concatenate([acc_m, _pick(rng, act_idx, 4 - len(acc_m))])
@@ -812,8 +814,14 @@ _SEQUENCES = (("members", "member_id"), ("points_ledger", "entry_id"), ("member_
 
 
 def generate(dsn: str, *, program_id: str = "demo", members: int = 10_000, days: int = 60, seed: int = 42,
-             end_date: dt.date | None = None, time_zone: str = "Asia/Kolkata", replace: bool = True) -> GenerationSummary:
-    """Write a deterministic synthetic loyalty program into the database at `dsn` (see module doc)."""
+             end_date: dt.date | None = None, time_zone: str = "Asia/Kolkata", replace: bool = True,
+             last_night_activity: float = 1.0) -> GenerationSummary:
+    """Write a deterministic synthetic loyalty program into the database at `dsn` (see module doc).
+
+    ``last_night_activity`` multiplies the accrual rate of the last night only (default 1.0: the
+    usual 3-5% of active members transact); the benchmark uses it to put ~1 event per member in
+    the night it syncs. With the default the output is unchanged.
+    """
     from loyalty_moengage.db import connect
 
     t0 = time.perf_counter()
@@ -825,7 +833,10 @@ def generate(dsn: str, *, program_id: str = "demo", members: int = 10_000, days:
     if end_date is None:
         end_date = dt.datetime.now(tz).date()
     first = end_date - dt.timedelta(days=days)
-    params = _Params(program_id=program_id, members=members, days=days, seed=seed, first=first, tz=tz)
+    if last_night_activity <= 0:
+        raise ValueError("last_night_activity must be > 0")
+    params = _Params(program_id=program_id, members=members, days=days, seed=seed, first=first, tz=tz,
+                     last_night_activity=last_night_activity)
 
     with connect(dsn) as conn:
         if conn.execute("SELECT to_regclass('loyalty.programs')").fetchone()[0] is None:
