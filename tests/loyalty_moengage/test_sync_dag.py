@@ -41,6 +41,8 @@ def test_night_end_to_end_sends_exactly_the_expected_events(tiny, tmp_path, capf
     with sync_env(tmp_path, tiny) as sandbox:
         dag_run = run("tiny", NIGHT)
         assert str(dag_run.state) == "success"
+        labels = {(ti.task_id, ti.rendered_map_index) for ti in dag_run.get_task_instances() if ti.map_index >= 0}
+        assert labels == {("transform", "members 1-3"), ("load", "load slot 0")}
         got = _received(sandbox)
         # current_time may come back normalised by the sandbox; compare the payload as sent
         assert sorted(map(_key, got)) == sorted(map(_key, EXPECTED_EVENTS))
