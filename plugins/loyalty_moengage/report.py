@@ -14,6 +14,17 @@ from typing import Any
 import orjson
 
 
+def record_stats(conn: Any, *, program_id: str, night: date, run_id: str, stage: str, key: str,
+                 stats: dict[str, Any]) -> None:
+    """Keep one task's measurements (a chunk, a load slot attempt, the plan) for the report."""
+    conn.execute(
+        "INSERT INTO moengage_sync.task_stats (program_id, night, run_id, stage, task_key, stats) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (program_id, run_id, stage, task_key) "
+        "DO UPDATE SET stats = EXCLUDED.stats, recorded_at = now()",
+        (program_id, night, run_id, stage, key, orjson.dumps(stats).decode()),
+    )
+
+
 def build(conn: Any, *, program_id: str, night: date, run_id: str, window_start: datetime,
           window_end: datetime, outcome: str, stage_seconds: dict[str, float],
           attributes_skipped: bool, notes: list[str]) -> dict[str, Any]:

@@ -46,17 +46,11 @@ def dsns(program: Program) -> tuple[str, str]:
 
 
 def _record(state_dsn: str, program: Program, night: Any, run_id: str, stage: str, key: str, stats: dict) -> None:
-    import orjson
-
     from loyalty_moengage.db import connect
+    from loyalty_moengage.report import record_stats
 
     with connect(state_dsn) as conn:
-        conn.execute(
-            "INSERT INTO moengage_sync.task_stats (program_id, night, run_id, stage, task_key, stats) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (program_id, run_id, stage, task_key) "
-            "DO UPDATE SET stats = EXCLUDED.stats, recorded_at = now()",
-            (program.id, night, run_id, stage, key, orjson.dumps(stats).decode()),
-        )
+        record_stats(conn, program_id=program.id, night=night, run_id=run_id, stage=stage, key=key, stats=stats)
 
 
 def preflight(program: Program, context: dict[str, Any]) -> dict[str, Any]:

@@ -64,6 +64,7 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
     from loyalty_moengage.db import connect
     from loyalty_moengage.extract import SESSION_SETTINGS, extract
     from loyalty_moengage.payloads import event_elements, pack_spans, user_elements
+    from loyalty_moengage.report import record_stats
     from loyalty_moengage.validate import duplicate_mask, event_reasons, member_reasons
 
     seconds: Counter[str] = Counter()
@@ -262,11 +263,7 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
             "bytes": sum(len(b.body) for b in all_batches),
             "seconds": {k: round(v, 4) for k, v in seconds.items()},
         }
-        sconn.execute(
-            "INSERT INTO moengage_sync.task_stats (program_id, night, run_id, stage, task_key, stats) "
-            "VALUES (%s, %s, %s, 'transform', %s, %s) ON CONFLICT (program_id, run_id, stage, task_key) "
-            "DO UPDATE SET stats = EXCLUDED.stats, recorded_at = now()",
-            (program_id, window.night, run_id, label, orjson.dumps(stats).decode()),
-        )
+        record_stats(sconn, program_id=program_id, night=window.night, run_id=run_id, stage="transform",
+                     key=label, stats=stats)
         sconn.commit()
     return stats
