@@ -24,7 +24,10 @@ _KINDS = {
     114: "json", 3802: "json",
 }
 
-SESSION_SETTINGS = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'iso_8601'"
+# work_mem: the member template's per-chunk aggregates (50,000 members) spill to disk at the
+# 4 MB default; 64 MB keeps them in memory (a few hash nodes per extract, 2 extracts at once).
+SESSION_SETTINGS = ("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'iso_8601'; "
+                    "SET work_mem = '64MB'")
 
 
 @dataclass

@@ -60,6 +60,11 @@ def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn
     started = time.perf_counter()
     failure: Exception | None = None
     with connect(state_dsn) as conn:
+        # Outcome marks need not wait for a WAL flush: a mark lost in a database crash leaves its
+        # batch 'sending', which the next attempt turns 'uncertain' (held, never resent). Claims
+        # stay synchronous (outbox.claim), and each claim's flush also makes earlier marks durable.
+        conn.execute("SET synchronous_commit = off")
+        conn.commit()
         stats["orphans_uncertain"] = outbox.orphans_to_uncertain(conn, program_id, slot_key)
         if stats["orphans_uncertain"]:
             log.warning("%d batch(es) of %s were mid-send when a worker stopped: marked uncertain",

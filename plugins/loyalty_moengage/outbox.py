@@ -72,11 +72,14 @@ def allocate_batch_ids(conn: Any, count: int) -> list[int]:
 
 def insert_batches(conn: Any, *, program_id: str, night: date, run_id: str, chunk_label: str,
                    batch_ids: list[int], batches: list[NewBatch]) -> None:
+    # Binary COPY: bodies travel as raw bytes (text COPY would hex-escape every byte of a
+    # ~100 KB body in Python, which cost a third of a chunk's time).
     with conn.cursor() as cur:
         with cur.copy(
             "COPY moengage_sync.batches (batch_id, program_id, night, run_id, kind, chunk_label, "
-            "element_count, users, events, body, body_bytes) FROM STDIN"
+            "element_count, users, events, body, body_bytes) FROM STDIN (FORMAT BINARY)"
         ) as copy:
+            copy.set_types(["int8", "text", "date", "text", "text", "text", "int4", "int4", "int4", "bytea", "int4"])
             for batch_id, b in zip(batch_ids, batches):
                 copy.write_row((batch_id, program_id, night, run_id, b.kind, chunk_label,
                                 b.element_count, b.users, b.events, b.body, len(b.body)))
@@ -142,7 +145,12 @@ def requeue_uncertain(conn: Any, program_id: str) -> int:
 
 
 def claim(conn: Any, program_id: str, slot_key: str, limit: int, *, up_to_night: date) -> list[ClaimedBatch]:
-    """Mark up to ``limit`` pending batches 'sending' for this slot, oldest night first."""
+    """Mark up to ``limit`` pending batches 'sending' for this slot, oldest night first.
+
+    The claim is always committed durably (even when the session runs with
+    ``synchronous_commit = off``): a claim lost in a crash after its POST would resend the batch.
+    """
+    conn.execute("SET LOCAL synchronous_commit = on")
     rows = conn.execute(
         """
         UPDATE moengage_sync.batches b

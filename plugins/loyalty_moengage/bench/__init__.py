@@ -231,6 +231,13 @@ def _generate(dsn: str, *, members: int, events_night: int, days: int, seed: int
     return time.perf_counter() - t, activity
 
 
+def _members_loaded(dsn: str) -> int:
+    from loyalty_moengage.db import connect
+
+    with connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM loyalty.members WHERE program_id = %s", (PROGRAM_ID,)).fetchone()[0]
+
+
 def _pipeline(*, program_id: str, night: date, run_id: str, workers: int, snapshot: Any = None) -> dict[str, Any]:
     """Preflight -> plan -> transform (mapped) -> guard -> load (mapped) -> report, timed."""
     import multiprocessing as mp
@@ -406,8 +413,11 @@ def _run_night(args: argparse.Namespace, dsn: str, work: Path, *, members: int, 
     from loyalty_moengage.sandbox import SandboxServer
 
     night = datetime.now(timezone.utc).astimezone(__import__("zoneinfo").ZoneInfo(TIME_ZONE)).date() - timedelta(days=1)
-    generator_s, activity = _generate(dsn, members=members, events_night=events_night, days=args.days,
-                                      seed=args.seed, night=night)
+    if args.reuse and _members_loaded(dsn) == members:
+        generator_s, activity = None, None    # iteration only: the data of an earlier run
+    else:
+        generator_s, activity = _generate(dsn, members=members, events_night=events_night, days=args.days,
+                                          seed=args.seed, night=night)
     _reset_program_state(dsn, PROGRAM_ID)
     programs = _programs_file(work / f"programs-{members}.yaml", chunk_members=args.chunk_members,
                               load_parallelism=args.load_parallelism)
@@ -415,8 +425,8 @@ def _run_night(args: argparse.Namespace, dsn: str, work: Path, *, members: int, 
     os.environ["AIRFLOW_CONN_LOYALTY_DB"] = connection_json(dsn)
     budget = args.paced_users_per_minute if paced else None
     run_id = f"bench__{datetime.now(timezone.utc):%Y%m%dT%H%M%S}_{members}{'_paced' if paced else ''}"
-    out: dict[str, Any] = {"members_generated": members, "night": night.isoformat(), "generator_s": round(generator_s, 2),
-                           "last_night_activity": round(activity, 3), "run_id": run_id}
+    out: dict[str, Any] = {"members_generated": members, "night": night.isoformat(), "generator_s": generator_s and round(generator_s, 2),
+                           "last_night_activity": activity and round(activity, 3), "run_id": run_id}
     with SandboxServer(port=0, count_only=True) as sandbox:
         sandbox.add_workspace(WORKSPACE, API_KEY, dc="03", users_per_minute=budget, events_per_minute=budget)
         extra = ({"pacing": True, "users_per_minute": budget, "events_per_minute": budget} if paced
@@ -533,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2 = cores here)")
     p.add_argument("--chunk-members", type=int, default=None, help="override the program's chunk_members")
     p.add_argument("--load-parallelism", type=int, default=None, help="override the program's load_parallelism")
+    p.add_argument("--reuse", action="store_true",
+                   help="skip the generator when the bench program already has that many members (iteration)")
     p.add_argument("--dsn", help="PostgreSQL to use (default: embedded server 'bench-pgdata')")
     p.add_argument("--out", default="bench/results")
     return p
