@@ -5,10 +5,16 @@ idempotency key and writes members, transactions and 'earn' ledger lots, so a re
 fully happens once or not at all. The rows are the ones the nightly sync reads: an accrual lot
 recorded now shows up in the next night's ``loyalty_points_earned``.
 
-New members: relation_reference = ``LOYALTY_API_REF_PREFIX`` (default ``PH-``) + the E.164
-digits (``+919876543210`` -> ``PH-919876543210``), tier = the program's lowest-rank tier,
+The relation_reference is what the nightly sync sends to MoEngage as ``customer_id``, so it
+should be the user's MoEngage ID. A new member's relation_reference is the item's optional
+``customer_id`` when given (campaigns send ``"customer_id": "{{UserAttribute['ID']}}"``), else
+``LOYALTY_API_REF_PREFIX`` (default ``PH-``) + the E.164 digits (``+919876543210`` ->
+``PH-919876543210``), which MoEngage may not know. Tier = the program's lowest-rank tier,
 status active, enrolled_at now(). An existing member (same program, same phone) keeps its
-reference, tier and status; non-empty email/name/gender from the payload replace the stored ones.
+reference, tier and status, even when the payload's customer_id differs (the response returns
+the stored reference; no error); non-empty email/name/gender from the payload replace the stored
+ones. A reference (given customer_id or derived) that already belongs to another member of the
+program, one with a different phone, is a 409 naming the field, and nothing is written.
 Points = floor(amount x earn_rate), credited only to active members; expires_on = today in the
 program's time zone + points_validity_days.
 """
@@ -57,6 +63,9 @@ INSERT INTO loyalty.points_ledger
 VALUES (%(program_id)s, %(member_id)s, 'earn', %(points)s, 'accrual', %(txn)s,
         (now() AT TIME ZONE %(tz)s)::date + %(days)s, now(), now())
 """
+_REF_OWNER = """
+SELECT phone FROM loyalty.members WHERE program_id = %s AND relation_reference = %s
+"""
 _BALANCE = "SELECT COALESCE(sum(points), 0)::bigint FROM loyalty.points_ledger WHERE member_id = %s"
 
 
@@ -88,14 +97,23 @@ async def check_against_db(conn: AsyncConnection, program: ProgramInfo,
 
 async def _apply(conn: AsyncConnection, program: ProgramInfo, c: CustomerIn, phone: str,
                  ref_prefix: str) -> dict[str, Any]:
-    params = {"program_id": program.program_id, "ref": relation_reference(ref_prefix, phone),
+    ref = c.customer_id or relation_reference(ref_prefix, phone)
+    field = f"{c.path}.customer_id" if c.customer_id else f"{c.path}.number"
+    clash = ApiError(409, field, f"customer_id {ref} already belongs to a member with another phone")
+    if c.customer_id:
+        # Checked up front so an existing member (matched by phone) cannot be paired with a
+        # reference another member holds; the UniqueViolation below covers concurrent inserts.
+        cur = await conn.execute(_REF_OWNER, (program.program_id, ref))
+        owner = await cur.fetchone()
+        if owner is not None and owner[0] != phone:
+            raise clash
+    params = {"program_id": program.program_id, "ref": ref,
               "phone": phone, "email": c.email, "name": c.name, "gender": c.gender,
               "tier": program.entry_tier}
     try:
         cur = await conn.execute(_UPSERT_MEMBER, params)
     except psycopg.errors.UniqueViolation:
-        raise ApiError(409, f"{c.path}.number",
-                       f"customer_id {params['ref']} already belongs to a member with another phone") from None
+        raise clash from None
     member_id, reference, status, tier, created = await cur.fetchone()
     txn, points = "", 0
     if c.amount is not None:

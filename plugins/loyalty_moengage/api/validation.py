@@ -1,9 +1,12 @@
 """Checks of the connector payload that need no database, run before anything is written.
 
 The payload is the Xeno-style ``{"customer_details": {...}}`` or ``{"customer_details": [...]}``
-with ``number, email_id, name, gender, amount, channel, store_id, admin_id``. MoEngage renders
-a missing user attribute as an empty string, so ``""`` means "not given" for optional fields.
-Every error names the field, e.g. ``customer_details[2].amount``.
+with ``number, email_id, name, gender, amount, channel, store_id, admin_id`` and an optional
+``customer_id`` (the user's MoEngage ID, e.g. ``"{{UserAttribute['ID']}}"``: 1-128 of letters,
+digits and ``_ . - : @ +``, not one of MoEngage's disallowed ids such as ``unknown`` or ``null``,
+compared case-insensitively). MoEngage renders a missing user attribute as an empty string, so
+``""`` means "not given" for optional fields. Every error names the field, e.g.
+``customer_details[2].amount``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&*+/=?^_`{|}~\-]+@[A-Za-z0-9](?:[A-Za-z0-9
                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)+$")
 # Apostrophes and hyphens are real in names (O'Brien, Anne-Marie); these are not.
 _NAME_BAD = re.compile(r"[\x00-\x1f\x7f<>\"`;=\\{}]|--")
+_CUSTOMER_ID = re.compile(r"^[A-Za-z0-9_.\-:@+]{1,128}$")
+# Values MoEngage refuses as a customer_id (compared lower-cased).
+DISALLOWED_CUSTOMER_IDS = frozenset({
+    "unknown", "guest", "null", "0", "1", "true", "false", "user_attribute_unique_id", "na", "n/a",
+    "dummy_seller_code", "user_id", "id", "customer_id", "uid", "userid", "none", "-2", "-1", "2",
+})
 _AMOUNT = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,6})?$")
 _GENDERS = {
     "male": "male", "m": "male", "man": "male",
@@ -28,7 +37,7 @@ _GENDERS = {
     "other": "other", "o": "other", "non-binary": "other", "nonbinary": "other",
 }
 _GENDER_UNKNOWN = {"", "unknown", "u", "not specified", "prefer not to say", "na", "n/a", "none", "null"}
-FIELDS = ("number", "email_id", "name", "gender", "amount", "channel", "store_id", "admin_id")
+FIELDS = ("number", "email_id", "name", "gender", "amount", "channel", "store_id", "admin_id", "customer_id")
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class CustomerIn:
     channel: str | None
     store_id: str
     admin_id: str | None
+    customer_id: str | None = None  # the MoEngage ID to use as a new member's relation_reference
 
     def audit(self) -> dict[str, Any]:
         data = asdict(self)
@@ -117,7 +127,14 @@ def _customer(item: Any, index: int, path: str, max_amount: int) -> CustomerIn:
     admin_id = _text(item.get("admin_id"), f("admin_id"), limit=64)
     if admin_id is not None and not _STORE_ID.match(admin_id):
         raise ApiError(422, f("admin_id"), "may hold letters, digits, _ . - (64 at most)")
-    return CustomerIn(index, path, number, email, name, gender, amount, channel, store_id, admin_id)
+    customer_id = _text(item.get("customer_id"), f("customer_id"), limit=128)
+    if customer_id is not None:
+        if not _CUSTOMER_ID.match(customer_id):
+            raise ApiError(422, f("customer_id"), "may hold letters, digits, _ . - : @ + (128 at most)")
+        if customer_id.lower() in DISALLOWED_CUSTOMER_IDS:
+            raise ApiError(422, f("customer_id"), f"{customer_id!r} is not allowed as a MoEngage customer_id")
+    return CustomerIn(index, path, number, email, name, gender, amount, channel, store_id, admin_id,
+                      customer_id)
 
 
 def parse_customers(body: Any, *, max_amount: int, max_customers: int) -> list[CustomerIn]:

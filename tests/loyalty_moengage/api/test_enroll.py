@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.loyalty_moengage.api.conftest import API_KEY, OTHER_API_KEY, counts, today_ist
+from tests.loyalty_moengage.api.conftest import API_KEY, OTHER_API_KEY, PHONE_1, PHONE_2, counts, today_ist
 
 PATH = "/api/customers/add"
 
@@ -209,6 +209,17 @@ BAD_INPUTS = [
     _bad("customer_details.gender", gender="' OR 1=1"),
     _bad("customer_details.channel", channel="Web'; --"),
     _bad("customer_details.admin_id", admin_id="1 OR 1=1"),
+    *[_bad("customer_details.customer_id", customer_id=v) for v in (
+        "unknown", "Guest", "NULL", "0", "1", "True", "false", "User_Attribute_Unique_ID", "na", "N/A",
+        "dummy_seller_code", "user_id", "ID", "customer_id", "uid", "UserId", "None", "-2", "-1", "2", " null ")],
+    _bad("customer_details.customer_id", customer_id="has space"),
+    _bad("customer_details.customer_id", customer_id="x" * 129),
+    _bad("customer_details.customer_id", customer_id="abc'; DROP TABLE loyalty.members;--"),
+    _bad("customer_details.customer_id", customer_id="{{UserAttribute['ID']}}"),
+    _bad("customer_details.customer_id", customer_id=True),
+    _bad("customer_details.customer_id", customer_id=["u-1"]),
+    pytest.param({"customer_details": [customer(), customer(number="9123456780", customer_id="Unknown")]}, None,
+                 422, "customer_details[1].customer_id", id="list-second-disallowed-customer_id"),
     pytest.param({"customer_details": [customer(), customer(number="9123456780", amount="-1")]}, None, 422,
                  "customer_details[1].amount", id="list-second-bad"),
     pytest.param({"customer_details": [customer(), customer(number="9123456780", store_id="NOPE")]}, None, 422,
@@ -249,3 +260,84 @@ def test_wrong_or_missing_api_key_is_401_and_writes_nothing(api, seeded_db, key)
 def test_other_programs_key_cannot_use_demo_store(api, seeded_db):
     r = post(api, {"customer_details": customer()}, api_key=OTHER_API_KEY)
     assert r.status_code == 422 and r.json()["error"]["field"] == "customer_details.store_id"
+
+
+def test_new_member_with_customer_id_uses_it_as_relation_reference(api, seeded_db):
+    before = counts(seeded_db)
+    r = post(api, {"customer_details": [customer(customer_id="  moe-user_42@x.com:+1.a  "),
+                                        customer(number="9123456780", customer_id="", amount=None)]})
+    assert r.status_code == 200, r.text
+    first, second = r.json()["results"]
+    assert first["customer_id"] == "moe-user_42@x.com:+1.a" and first["member"] == "created"
+    assert first["points_credited"] == 123
+    assert second["customer_id"] == "PH-919123456780"  # empty customer_id: the prefix rule
+    with psycopg.connect(seeded_db) as conn:
+        assert conn.execute("SELECT phone, tier FROM loyalty.members WHERE relation_reference = %s",
+                            ("moe-user_42@x.com:+1.a",)).fetchone() == ("+919988776655", "Silver")
+        assert conn.execute("SELECT count(*) FROM loyalty.members WHERE relation_reference = 'PH-919988776655'"
+                            ).fetchone()[0] == 0
+    assert counts(seeded_db)["loyalty.members"] == before["loyalty.members"] + 2
+    # a number is accepted as an ID too (MoEngage may render it unquoted)
+    r = post(api, {"customer_details": customer(number="9123456781", customer_id=12345, amount=None)})
+    assert r.status_code == 200 and r.json()["results"][0]["customer_id"] == "12345"
+
+
+def test_customer_id_is_per_program(api, seeded_db):
+    # OTH-1 belongs to the other program: no clash in demo
+    r = post(api, {"customer_details": customer(customer_id="OTH-1")})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["customer_id"] == "OTH-1"
+
+
+def test_existing_member_keeps_its_reference_whatever_customer_id_says(api, seeded_db):
+    before = counts(seeded_db)
+    r = post(api, {"customer_details": customer(number=PHONE_1, customer_id="moe-999", amount="10")})
+    assert r.status_code == 200, r.text
+    [res] = r.json()["results"]
+    assert res["customer_id"] == "REL-0001" and res["member"] == "updated" and res["points_credited"] == 1
+    with psycopg.connect(seeded_db) as conn:
+        assert conn.execute("SELECT relation_reference FROM loyalty.members WHERE program_id = 'demo' "
+                            "AND phone = %s", (PHONE_1,)).fetchone() == ("REL-0001",)
+        assert conn.execute("SELECT count(*) FROM loyalty.members WHERE relation_reference = 'moe-999'"
+                            ).fetchone()[0] == 0
+    assert counts(seeded_db)["loyalty.members"] == before["loyalty.members"]
+    # its own reference given back is fine as well
+    r = post(api, {"customer_details": customer(number=PHONE_1, customer_id="REL-0001", amount=None)})
+    assert r.status_code == 200 and r.json()["results"][0]["customer_id"] == "REL-0001"
+
+
+@pytest.mark.parametrize("details, field", [
+    pytest.param(customer(customer_id="REL-0002"), "customer_details.customer_id", id="new-phone-taken-id"),
+    pytest.param(customer(number=PHONE_1, customer_id="REL-0002"), "customer_details.customer_id",
+                 id="existing-phone-other-members-id"),
+    pytest.param([customer(number="9123456780", customer_id="moe-7"), customer(customer_id="moe-7")],
+                 "customer_details[1].customer_id", id="same-id-twice-in-one-request"),
+    pytest.param([customer(number="9123456780", amount=None), customer(customer_id="PH-919123456780")],
+                 "customer_details[1].customer_id", id="id-of-member-created-earlier-in-request"),
+])
+def test_customer_id_of_another_member_is_409_and_writes_nothing(api, seeded_db, details, field):
+    before = counts(seeded_db)
+    r = post(api, {"customer_details": details})
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["field"] == field
+    assert counts(seeded_db) == before
+    with psycopg.connect(seeded_db) as conn:
+        assert conn.execute("SELECT relation_reference FROM loyalty.members WHERE phone = %s AND program_id = 'demo'",
+                            (PHONE_2,)).fetchone() == ("REL-0002",)
+    # the rolled-back request did not keep its idempotency claim: a fixed retry goes through
+    fixed = details if isinstance(details, list) else [details]
+    fixed = [{k: v for k, v in d.items() if k != "customer_id"} for d in fixed]
+    assert post(api, {"customer_details": fixed}).status_code == 200
+
+
+def test_duplicate_delivery_with_customer_id_replays(api, seeded_db):
+    body = {"customer_details": customer(customer_id="moe-dup")}
+    first = post(api, body)
+    before = counts(seeded_db)
+    again = post(api, body)
+    assert again.headers["idempotent-replayed"] == "true" and again.json() == first.json()
+    assert counts(seeded_db) == before
+    # a different customer_id is a different body, hence a new request (existing member: reference kept)
+    other = post(api, {"customer_details": customer(customer_id="moe-dup-2")})
+    assert other.headers["idempotent-replayed"] == "false"
+    assert other.json()["results"][0]["customer_id"] == "moe-dup"
