@@ -1,9 +1,10 @@
 """The anomaly guard: stop a night before anything is sent when its extract looks broken.
 
 A broken template must not fire an empty or wrong campaign, so the guard runs after every
-chunk is enqueued and before any load: too few members, too many quarantined rows, or events
-far below recent nights fail the run, and this run's unsent batches are withdrawn (with their
-event keys) so a corrected rerun enqueues them again.
+chunk is enqueued and before any load. Transforms enqueue batches as ``staged``; only a
+passing guard makes a night's batches ``pending`` (sendable), so no path (a failed chunk, the
+next night's load) can send a night the guard has not approved. A failing guard withdraws the
+night's staged batches with their event keys, so a corrected rerun enqueues them again.
 """
 
 from __future__ import annotations
@@ -22,19 +23,21 @@ def run_totals(conn: Any, program_id: str, run_id: str) -> dict[str, Any]:
         (program_id, run_id),
     ).fetchall()
     totals: dict[str, Any] = {"rows_extracted": 0, "members_extracted": 0, "events_enqueued": 0,
-                              "events_already_sent": 0, "quarantined": 0, "chunks": len(rows)}
+                              "events_already_sent": 0, "events_extracted": 0, "quarantined": 0,
+                              "chunks": len(rows)}
     for (stats,) in rows:
         totals["rows_extracted"] += stats["rows_extracted"]
         totals["members_extracted"] += stats["members_extracted"]
         totals["events_enqueued"] += stats["events_enqueued"]
         totals["events_already_sent"] += stats["events_already_sent"]
+        totals["events_extracted"] += stats.get("events_extracted", 0)
         totals["quarantined"] += sum(stats["quarantined"].values())
     return totals
 
 
 def recent_event_average(conn: Any, program_id: str, night: date, lookback: int) -> float | None:
     rows = conn.execute(
-        "SELECT DISTINCT ON (night) events_enqueued + events_already_sent FROM moengage_sync.run_reports "
+        "SELECT DISTINCT ON (night) events_extracted FROM moengage_sync.run_reports "
         "WHERE program_id = %s AND night < %s AND night >= %s::date - %s AND outcome = 'success' "
         "ORDER BY night, reported_at DESC",
         (program_id, night, night, lookback),
@@ -62,7 +65,9 @@ def check(conn: Any, *, program: Any, night: date, run_id: str) -> dict[str, Any
                 f"{totals['quarantined']} of {totals['rows_extracted']} rows ({share:.1%}) were quarantined, "
                 f"over reject_threshold {program.reject_threshold:.1%}; see: {where}"
             )
-    events = totals["events_enqueued"] + totals["events_already_sent"]
+    # Events the templates produced (before the MoEngage presence check and the sent-before
+    # filter), so a dip on MoEngage's side or a rerun never looks like a broken template.
+    events = totals["events_extracted"]
     average = recent_event_average(conn, program.id, night, program.anomaly_lookback_nights)
     if average and events < average * (1 - program.max_event_drop_pct / 100):
         problems.append(
@@ -73,16 +78,27 @@ def check(conn: Any, *, program: Any, night: date, run_id: str) -> dict[str, Any
     return totals
 
 
-def withdraw_run(conn: Any, program_id: str, run_id: str) -> int:
-    """Remove a held run's unsent batches and their event keys (nothing of them was sent)."""
+def release_night(conn: Any, program_id: str, night: Any) -> int:
+    """The guard passed: the night's staged batches (this and any earlier run) may be sent."""
+    cur = conn.execute(
+        "UPDATE moengage_sync.batches SET state = 'pending', updated_at = now() "
+        "WHERE program_id = %s AND night = %s AND state = 'staged'",
+        (program_id, night),
+    )
+    conn.commit()
+    return cur.rowcount
+
+
+def withdraw_night(conn: Any, program_id: str, night: Any) -> int:
+    """The guard failed: remove the night's staged batches and their event keys (none was sent)."""
     conn.execute(
         "DELETE FROM moengage_sync.event_keys k USING moengage_sync.batches b "
-        "WHERE k.batch_id = b.batch_id AND b.program_id = %s AND b.run_id = %s AND b.state = 'pending'",
-        (program_id, run_id),
+        "WHERE k.batch_id = b.batch_id AND b.program_id = %s AND b.night = %s AND b.state = 'staged'",
+        (program_id, night),
     )
     cur = conn.execute(
-        "DELETE FROM moengage_sync.batches WHERE program_id = %s AND run_id = %s AND state = 'pending'",
-        (program_id, run_id),
+        "DELETE FROM moengage_sync.batches WHERE program_id = %s AND night = %s AND state = 'staged'",
+        (program_id, night),
     )
     conn.commit()
     return cur.rowcount

@@ -59,6 +59,12 @@ def decide_attribute_refresh(conn: Any, *, program_id: str, night: date, run_id:
         conn.commit()
         return False, f"night {night} is older than the newest complete night ({latest_night}), which refreshes attributes"
     conn.execute(
+        "UPDATE moengage_sync.batches SET state = 'superseded', updated_at = now(), "
+        "error = 'superseded by the attribute refresh of night ' || %s "
+        "WHERE program_id = %s AND kind = 'users' AND night < %s AND state IN ('staged', 'pending', 'uncertain')",
+        (night.isoformat(), program_id, night),
+    )
+    conn.execute(
         "INSERT INTO moengage_sync.attribute_watermark (program_id, night, run_id) VALUES (%s, %s, %s) "
         "ON CONFLICT (program_id) DO UPDATE SET night = EXCLUDED.night, run_id = EXCLUDED.run_id, updated_at = now()",
         (program_id, night, run_id),

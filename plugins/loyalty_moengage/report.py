@@ -37,10 +37,12 @@ def build(conn: Any, *, program_id: str, night: date, run_id: str, window_start:
     ):
         if stage == "transform":
             events_by_type.update(stats["events_by_type"])
-            for key in ("events_enqueued", "events_already_sent", "members_extracted", "members_enqueued"):
-                totals[key] += stats[key]
+            for key in ("events_enqueued", "events_already_sent", "members_extracted", "members_enqueued",
+                        "events_extracted"):
+                totals[key] += stats.get(key, 0)
         else:
-            for key in ("requests", "throttled", "retries", "bytes_sent", "users_sent", "events_sent"):
+            for key in ("requests", "throttled", "retries", "bytes_sent", "users_sent", "events_sent",
+                        "batches_uncertain", "orphans_uncertain", "requeued_uncertain"):
                 totals[key] += int(stats.get(key, 0) or 0)
     for reason, n in conn.execute(
         "SELECT reason, count(*) FROM moengage_sync.quarantine WHERE program_id = %s AND run_id = %s GROUP BY reason",
@@ -62,6 +64,9 @@ def build(conn: Any, *, program_id: str, night: date, run_id: str, window_start:
         "events_enqueued": totals["events_enqueued"],
         "events_already_sent": totals["events_already_sent"],
         "events_sent": totals["events_sent"],
+        "events_extracted": totals["events_extracted"],
+        "uncertain_batches": totals["batches_uncertain"] + totals["orphans_uncertain"],
+        "requeued_uncertain": totals["requeued_uncertain"],
         "members_extracted": totals["members_extracted"],
         "members_updated": totals["users_sent"],
         "attributes_skipped": attributes_skipped,
@@ -80,17 +85,20 @@ def write(conn: Any, report: dict[str, Any]) -> None:
     conn.execute(
         """
         INSERT INTO moengage_sync.run_reports (program_id, night, run_id, outcome, window_start, window_end,
-            events_by_type, events_enqueued, events_already_sent, events_sent, members_extracted, members_updated,
+            events_by_type, events_enqueued, events_already_sent, events_sent, events_extracted,
+            uncertain_batches, members_extracted, members_updated,
             attributes_skipped, quarantined_by_reason, batches_by_state, requests, throttled, retries,
             bytes_sent, stage_seconds, notes)
         VALUES (%(program_id)s, %(night)s, %(run_id)s, %(outcome)s, %(window_start)s, %(window_end)s,
-            %(events_by_type)s, %(events_enqueued)s, %(events_already_sent)s, %(events_sent)s, %(members_extracted)s,
+            %(events_by_type)s, %(events_enqueued)s, %(events_already_sent)s, %(events_sent)s,
+            %(events_extracted)s, %(uncertain_batches)s, %(members_extracted)s,
             %(members_updated)s, %(attributes_skipped)s, %(quarantined_by_reason)s, %(batches_by_state)s,
             %(requests)s, %(throttled)s, %(retries)s, %(bytes_sent)s, %(stage_seconds)s, %(notes)s)
         ON CONFLICT (program_id, night, run_id) DO UPDATE SET
             outcome = EXCLUDED.outcome, events_by_type = EXCLUDED.events_by_type,
             events_enqueued = EXCLUDED.events_enqueued, events_already_sent = EXCLUDED.events_already_sent,
-            events_sent = EXCLUDED.events_sent,
+            events_sent = EXCLUDED.events_sent, events_extracted = EXCLUDED.events_extracted,
+            uncertain_batches = EXCLUDED.uncertain_batches,
             members_extracted = EXCLUDED.members_extracted, members_updated = EXCLUDED.members_updated,
             attributes_skipped = EXCLUDED.attributes_skipped,
             quarantined_by_reason = EXCLUDED.quarantined_by_reason, batches_by_state = EXCLUDED.batches_by_state,
@@ -124,6 +132,8 @@ def render(report: dict[str, Any]) -> str:
     else:
         lines.append("  quarantined rows: none")
     lines.append("  batches by state: " + (", ".join(f"{k} {v}" for k, v in report["batches_by_state"].items()) or "none"))
+    if report.get("uncertain_batches"):
+        lines.append(f"  uncertain batches (outcome unknown, possible duplicates): {report['uncertain_batches']}")
     lines.append(f"  requests {report['requests']:,}, 429s {report['throttled']:,}, retries {report['retries']:,}, "
                  f"bytes sent {report['bytes_sent']:,}")
     lines.append("  seconds by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in report["stage_seconds"].items()))

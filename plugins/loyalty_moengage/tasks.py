@@ -27,9 +27,11 @@ def window(program: Program, context: dict[str, Any]) -> Any:
 
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
     if start is None or end is None or start == end:
-        # A manual run without an interval syncs the newest complete night.
+        # A manual run without an interval syncs the newest night complete when it was created;
+        # run_after is fixed per run, so every task and retry of the run sees the same night.
         tz = ZoneInfo(program.time_zone)
-        ref = context.get("logical_date") or datetime.now(timezone.utc)
+        dag_run = context.get("dag_run")
+        ref = context.get("logical_date") or getattr(dag_run, "run_after", None) or datetime.now(timezone.utc)
         local_midnight = datetime.combine(ref.astimezone(tz).date(), datetime.min.time(), tz)
         start, end = local_midnight - timedelta(days=1), local_midnight
     start = datetime.fromtimestamp(start.timestamp(), timezone.utc)
@@ -97,6 +99,12 @@ def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
     with connect(loyalty) as conn:
         chunks = plan_chunks(conn, program.id, chunk_members=program.chunk_members)
     with connect(state) as conn:
+        # A cleared run plans again; its earlier chunk stats and quarantine rows are redone.
+        conn.execute("DELETE FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s "
+                     "AND stage IN ('transform', 'guard')", (program.id, run_id))
+        conn.execute("DELETE FROM moengage_sync.quarantine WHERE program_id = %s AND run_id = %s",
+                     (program.id, run_id))
+    with connect(state) as conn:
         refresh, why = decide_attribute_refresh(
             conn, program_id=program.id, night=w.night, run_id=run_id,
             latest_night=latest_complete_night(datetime.now(timezone.utc), program.time_zone))
@@ -140,7 +148,7 @@ def guard(program: Program, context: dict[str, Any]) -> dict[str, Any]:
             log.warning("anomaly guard overridden by the run's params: %s", problems)
             totals["overridden"] = True
         elif problems:
-            withdrawn = anomaly.withdraw_run(conn, program.id, context["run_id"])
+            withdrawn = anomaly.withdraw_night(conn, program.id, w.night)
             totals["withdrawn_batches"] = withdrawn
             _record(state, program, w.night, context["run_id"], "guard", "guard", totals)
             raise anomaly.AnomalyError(
@@ -148,6 +156,7 @@ def guard(program: Program, context: dict[str, Any]) -> dict[str, Any]:
                 + f". {withdrawn} batch(es) withdrawn. Fix the cause and clear this run, or trigger it with "
                 "params {\"skip_anomaly_guard\": true} if the night is genuinely unusual."
             )
+        totals["released_batches"] = anomaly.release_night(conn, program.id, w.night)
     _record(state, program, w.night, context["run_id"], "guard", "guard", totals)
     return {k: v for k, v in totals.items() if k != "problems"}
 
@@ -210,16 +219,18 @@ def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
             notes.extend(f"anomaly guard: {p}" for p in guard_info["problems"])
         pending = conn.execute(
             "SELECT count(*) FROM moengage_sync.batches WHERE program_id = %s AND night <= %s "
-            "AND state IN ('pending', 'sending')", (program.id, w.night)).fetchone()[0]
+            "AND state IN ('staged', 'pending', 'sending')", (program.id, w.night)).fetchone()[0]
         if pending and outcome == "success":
             outcome = "incomplete"
             notes.append(f"{pending} batch(es) still pending: the next attempt or the next night sends them")
-        uncertain = conn.execute(
-            "SELECT count(*) FROM moengage_sync.batches WHERE program_id = %s AND run_id = %s AND state = 'uncertain'",
-            (program.id, run_id)).fetchone()[0]
+        uncertain_stats = [s for stage, _k, s in stage_rows if stage == "load"]
+        uncertain = sum(s.get("batches_uncertain", 0) + s.get("orphans_uncertain", 0) for s in uncertain_stats)
         if uncertain:
-            notes.append(f"{uncertain} batch(es) uncertain (policy {program.uncertain_policy}); see README, "
-                         "'Backfills and reruns'")
+            notes.append(f"{uncertain} batch(es) became uncertain during this run (policy {program.uncertain_policy}): "
+                         "MoEngage may have them twice if resent; see README, 'Backfills and reruns'")
+        requeued = sum(s.get("requeued_uncertain", 0) for s in uncertain_stats)
+        if requeued:
+            notes.append(f"{requeued} uncertain batch(es) were resent by policy: possible duplicates")
         seconds["report"] = time.perf_counter() - started
         body = rep.build(conn, program_id=program.id, night=w.night, run_id=run_id, window_start=w.start,
                          window_end=w.end, outcome=outcome, stage_seconds=seconds,

@@ -72,6 +72,15 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
     reasons_count: Counter[str] = Counter()
     params = window.params(program_id, lo, hi)
 
+    with connect(state_dsn) as sconn:
+        done = sconn.execute(
+            "SELECT stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s "
+            "AND stage = 'transform' AND task_key = %s", (program_id, run_id, label)).fetchone()
+    if done:
+        # An earlier attempt of this chunk committed (the worker died after the commit).
+        log.info("%s already enqueued by an earlier attempt of this run", label)
+        return done[0]
+
     t0 = time.perf_counter()
     templates = load_templates()
     with connect(loyalty_dsn) as lconn:
@@ -141,6 +150,7 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
             ids, names, elements = ids.filter(keep), names.filter(keep), elements.filter(keep)
     else:
         ids = names = elements = None
+    events_extracted = 0 if ids is None else len(ids)
     seconds["transform"] += time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -252,6 +262,7 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
             "label": label,
             "rows_extracted": rows_extracted,
             "events_by_type": dict(events_by_type),
+            "events_extracted": events_extracted,
             "events_enqueued": sum(events_by_type.values()),
             "events_already_sent": already,
             "members_extracted": members_extracted,

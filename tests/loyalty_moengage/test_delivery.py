@@ -94,6 +94,7 @@ def test_lost_answers_become_uncertain_and_are_never_resent(program, tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import sys
     from datetime import date
+    from loyalty_moengage.guard import release_night
     from loyalty_moengage.hooks.moengage import MoEngageHook
     from loyalty_moengage.load import load_slot
     hook = MoEngageHook("moengage_default")
@@ -103,6 +104,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_worker_killed_mid_load_then_rerun(program, tmp_path):
+    from loyalty_moengage.guard import release_night
     from loyalty_moengage.hooks.moengage import MoEngageHook
     from loyalty_moengage.load import load_slot
     from loyalty_moengage.transform import Window, transform_chunk
@@ -112,6 +114,8 @@ def test_worker_killed_mid_load_then_rerun(program, tmp_path):
     window = Window.for_interval(night_end(night - timedelta(days=1), TZ), night_end(night, TZ), TZ)
     transform_chunk(program_id=PROGRAM, window=window, lo=0, hi=2**63 - 1, label="all", run_id="run-k",
                     send_users=True, loyalty_dsn=program, state_dsn=program)
+    with psycopg.connect(program) as conn:
+        release_night(conn, PROGRAM, night)  # what a passing anomaly guard does
     with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
         sandbox.fail_next(None, "latency:30")  # the 2nd data request hangs
         proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, PROGRAM, night.isoformat(), program],
@@ -171,3 +175,22 @@ def test_operator_resend_sends_the_night_once_more_and_is_recorded(program, tmp_
     with psycopg.connect(program) as conn:
         who, events = conn.execute("SELECT requested_by, events FROM moengage_sync.resend_requests").fetchone()
     assert who == "ops@example.com" and events == first
+
+
+def test_batches_wait_for_their_nights_guard(program, tmp_path):
+    """A night whose guard never ran (a chunk failed) is not sent by a later load."""
+    from loyalty_moengage.hooks.moengage import MoEngageHook
+    from loyalty_moengage.load import load_slot
+    from loyalty_moengage.runner import night_end
+    from loyalty_moengage.transform import Window, transform_chunk
+
+    night = _today() - timedelta(days=2)
+    window = Window.for_interval(night_end(night - timedelta(days=1), TZ), night_end(night, TZ), TZ)
+    transform_chunk(program_id=PROGRAM, window=window, lo=0, hi=2**63 - 1, label="all", run_id="run-s",
+                    send_users=False, loyalty_dsn=program, state_dsn=program)
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        stats = load_slot(program_id=PROGRAM, slot=0, night=night + timedelta(days=1), run_id="later",
+                          state_dsn=program, hook=MoEngageHook("moengage_default"))
+        assert sandbox.state.events(WORKSPACE) == []
+    assert stats["batches_sent"] == 0
+    assert {s for s, _, _ in _batches(program, program_id=PROGRAM)} == {"staged"}
