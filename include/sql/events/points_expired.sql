@@ -14,3 +14,4 @@ WHERE l.program_id = %(program_id)s
   AND l.entry_type = 'expire'
   AND l.recorded_at >= %(window_start)s AND l.recorded_at < %(window_end)s
   AND l.member_id >= %(member_lo)s AND l.member_id < %(member_hi)s
+  AND m.member_id >= %(member_lo)s AND m.member_id < %(member_hi)s

@@ -27,3 +27,4 @@ SELECT 'expiring-' || lots.entry_id || '-' || (lots.expires_on - %(night)s::date
 FROM lots
 JOIN loyalty.members m ON m.member_id = lots.member_id
 WHERE lots.remaining > 0
+  AND m.member_id >= %(member_lo)s AND m.member_id < %(member_hi)s

@@ -15,3 +15,4 @@ JOIN loyalty.members m ON m.member_id = r.member_id
 WHERE r.program_id = %(program_id)s
   AND r.recorded_at >= %(window_start)s AND r.recorded_at < %(window_end)s
   AND r.member_id >= %(member_lo)s AND r.member_id < %(member_hi)s
+  AND m.member_id >= %(member_lo)s AND m.member_id < %(member_hi)s

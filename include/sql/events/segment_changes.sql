@@ -14,6 +14,7 @@ JOIN loyalty.segments g ON g.program_id = s.program_id AND g.segment_id = s.segm
 WHERE s.program_id = %(program_id)s
   AND s.entered_recorded_at >= %(window_start)s AND s.entered_recorded_at < %(window_end)s
   AND s.member_id >= %(member_lo)s AND s.member_id < %(member_hi)s
+  AND m.member_id >= %(member_lo)s AND m.member_id < %(member_hi)s
 UNION ALL
 SELECT 'segment-out-' || s.membership_id,
        'loyalty_segment_exited',
@@ -27,3 +28,4 @@ JOIN loyalty.segments g ON g.program_id = s.program_id AND g.segment_id = s.segm
 WHERE s.program_id = %(program_id)s
   AND s.exited_recorded_at >= %(window_start)s AND s.exited_recorded_at < %(window_end)s
   AND s.member_id >= %(member_lo)s AND s.member_id < %(member_hi)s
+  AND m.member_id >= %(member_lo)s AND m.member_id < %(member_hi)s

@@ -15,3 +15,4 @@ WHERE m.program_id = %(program_id)s
   AND c.to_status IN ('active', 'suspended')
   AND c.recorded_at >= %(window_start)s AND c.recorded_at < %(window_end)s
   AND c.member_id >= %(member_lo)s AND c.member_id < %(member_hi)s
+  AND m.member_id >= %(member_lo)s AND m.member_id < %(member_hi)s

@@ -16,3 +16,4 @@ JOIN loyalty.tiers tt ON tt.program_id = m.program_id AND tt.tier = c.to_tier
 WHERE m.program_id = %(program_id)s
   AND c.recorded_at >= %(window_start)s AND c.recorded_at < %(window_end)s
   AND c.member_id >= %(member_lo)s AND c.member_id < %(member_hi)s
+  AND m.member_id >= %(member_lo)s AND m.member_id < %(member_hi)s
