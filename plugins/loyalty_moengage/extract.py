@@ -27,7 +27,7 @@ _KINDS = {
 # work_mem: the member template's per-chunk aggregates (50,000 members) spill to disk at the
 # 4 MB default; 64 MB keeps them in memory (a few hash nodes per extract, 2 extracts at once).
 SESSION_SETTINGS = ("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'iso_8601'; "
-                    "SET work_mem = '64MB'")
+                    "SET work_mem = '64MB'; SET max_parallel_workers_per_gather = 0")
 
 
 @dataclass
