@@ -51,8 +51,10 @@ def iso_utc(arr: pa.Array) -> pa.Array:
 def json_values(arr: pa.Array, kind: str) -> pa.Array:
     """One JSON literal per value, NULL where the value is NULL."""
     if kind in ("int", "number", "json"):
-        if kind == "number":
-            arr = pc.if_else(pc.equal(arr, "NaN"), pa.scalar(None, pa.string()), arr)
+        if kind == "number":  # numeric prints NaN and +-Infinity, which JSON has no words for
+            arr = pc.if_else(pc.is_in(arr, pa.array(["NaN", "Infinity", "-Infinity"])), pa.scalar(None, pa.string()), arr)
+        elif kind == "json":  # a JSON null is a NULL: left out, never sent
+            arr = pc.if_else(pc.equal(arr, "null"), pa.scalar(None, pa.string()), arr)
         return arr
     if kind == "float":
         bad = pc.is_in(arr, pa.array(["NaN", "Infinity", "-Infinity"]))

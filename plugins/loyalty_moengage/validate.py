@@ -22,6 +22,7 @@ from loyalty_moengage.contract import (
 )
 
 _NUMBER_RE = r"^\s*-?[0-9]+(\.[0-9]+)?\s*$"
+_TIMESTAMP_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?\+00$"
 
 
 def _first(reasons: pa.Array, mask: pa.Array, reason: str) -> pa.Array:
@@ -63,6 +64,10 @@ def event_reasons(table: pa.Table, kinds: dict[str, str], window_end: datetime) 
     reasons = _first(reasons, pc.invert(pc.is_in(name, pa.array(EVENT_NAMES))), "unknown event name")
     event_time = table.column("event_time").combine_chunks()
     reasons = _first(reasons, pc.is_null(event_time), "missing event_time")
+    # Postgres prints UTC timestamps as 'YYYY-MM-DD HH:MM:SS[.ffffff]+00'; anything else
+    # (year 10000, BC, infinity) cannot be sent as MoEngage's current_time.
+    reasons = _first(reasons, pc.invert(pc.match_substring_regex(event_time, _TIMESTAMP_RE)),
+                     "event_time out of range")
     end = window_end.strftime("%Y-%m-%d %H:%M:%S")
     # Timestamps arrive as UTC text with a fixed layout, so text order is time order.
     late = pc.greater_equal(pc.utf8_slice_codeunits(event_time, 0, 19), end)

@@ -118,3 +118,17 @@ def test_a_night_across_the_spring_daylight_saving_change(loyalty_db):
 def test_the_autumn_night_has_25_hours():
     assert (night_end(date(2026, 11, 1), "America/New_York") - night_end(date(2026, 10, 31), "America/New_York")
             ).total_seconds() == 25 * 3600
+
+
+def test_unsendable_values_are_quarantined_or_left_out(tiny, templates):
+    path = templates / "events" / "points_expired.sql"
+    path.write_text(path.read_text().replace("l.occurred_at                    AS event_time,",
+                                             "'infinity'::timestamptz AS event_time,"))
+    path = templates / "events" / "points_redeemed.sql"
+    path.write_text(path.read_text().replace("r.item_sku                       AS item_sku",
+                                             "r.item_sku AS item_sku, 'Infinity'::numeric AS weight, 'null'::jsonb AS extra"))
+    stats = _run(tiny)
+    assert stats["quarantined"]["event_time out of range"] == 1
+    redeemed = [e for e in _events(tiny) if e["actions"][0]["action"] == "loyalty_points_redeemed"]
+    assert "weight" not in redeemed[0]["actions"][0]["attributes"]
+    assert "extra" not in redeemed[0]["actions"][0]["attributes"]
