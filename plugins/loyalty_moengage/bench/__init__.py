@@ -576,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         dsn = ensure_server("bench-pgdata")
     apply_schema(dsn)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    commit = _git_commit()   # the code the run starts with (others may commit during a long run)
     try:
         with tempfile.TemporaryDirectory(prefix="lm-bench-") as tmp:
             work = Path(tmp)
@@ -612,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 os.environ[k] = v
     r.update({
-        "started_at": started_at, "commit": _git_commit(), "machine": _machine(dsn), "days": args.days,
+        "started_at": started_at, "commit": commit, "commit_at_end": _git_commit(), "machine": _machine(dsn), "days": args.days,
         "workers": args.workers, "command": "python -m loyalty_moengage.bench " + " ".join(argv or sys.argv[1:]),
         "sandbox_mode": {"pipeline": "count_only", "delivery_floor": "count_only", "naive_peer": "count_only",
                          "paced": "count_only with the budget enforced"},
