@@ -1,8 +1,9 @@
 """Deliver pending outbox batches through the MoEngage hook, one load slot per mapped task.
 
-Slots claim batches with SKIP LOCKED, so any number of slots (on any executor) share the
-outbox without sending a batch twice. A slot's claim is committed before the POST and its
-outcome right after, which is what lets a dead worker's batches be found as ``uncertain``.
+Slots claim a few batches at a time with SKIP LOCKED ('claimed'), so any number of slots (on
+any executor) share the outbox without sending a batch twice. Just before its POST a batch is
+durably marked 'sending', and its outcome is recorded right after: after a crash, only the one
+batch that was mid-POST is 'uncertain'; claimed batches never posted go back to 'pending'.
 """
 
 from __future__ import annotations
@@ -62,10 +63,13 @@ def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn
     with connect(state_dsn) as conn:
         # Outcome marks need not wait for a WAL flush: a mark lost in a database crash leaves its
         # batch 'sending', which the next attempt turns 'uncertain' (held, never resent). Claims
-        # stay synchronous (outbox.claim), and each claim's flush also makes earlier marks durable.
+        # and 'sending' marks stay synchronous, and each such flush makes earlier marks durable.
         conn.execute("SET synchronous_commit = off")
         conn.commit()
-        stats["orphans_uncertain"] = outbox.orphans_to_uncertain(conn, program_id, slot_key)
+        stats["orphans_uncertain"], released = outbox.recover_orphans(conn, program_id, slot_key)
+        if released:
+            log.info("%d batch(es) claimed by a stopped attempt of %s were never posted: pending again",
+                     released, slot_key)
         if stats["orphans_uncertain"]:
             log.warning("%d batch(es) of %s were mid-send when a worker stopped: marked uncertain",
                         stats["orphans_uncertain"], slot_key)
@@ -79,6 +83,7 @@ def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn
                 if failure is not None:
                     outbox.mark(conn, batch.batch_id, "pending", error="not attempted: the slot stopped")
                     continue
+                outbox.start_sending(conn, batch.batch_id)
                 try:
                     result = hook.send_transition(batch.body, users=batch.users, events=batch.events)
                 except MoEngageUncertainError as exc:

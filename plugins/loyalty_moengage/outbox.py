@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Iterable
 
-STATES = ("pending", "sending", "sent", "rejected", "uncertain")
+STATES = ("staged", "pending", "claimed", "sending", "sent", "rejected", "uncertain", "superseded")
 
 
 @dataclass(frozen=True)
@@ -122,16 +122,32 @@ def users_already_enqueued(conn: Any, *, program_id: str, run_id: str, chunk_lab
 
 # ---- load side -------------------------------------------------------------------------
 
-def orphans_to_uncertain(conn: Any, program_id: str, slot_key: str) -> int:
-    """Batches this slot left in 'sending' (a dead attempt): their outcome is unknown."""
-    cur = conn.execute(
+def recover_orphans(conn: Any, program_id: str, slot_key: str | None = None) -> tuple[int, int]:
+    """Batches a dead attempt left behind: 'sending' ones may have reached MoEngage (uncertain);
+    'claimed' ones were never posted (pending again). ``slot_key=None`` recovers every slot,
+    which is right when no load of the program can be running (a new run's plan).
+    Returns (uncertain, released)."""
+    slot_clause = "" if slot_key is None else " AND claimed_by = %(slot)s"
+    params = {"program": program_id, "slot": slot_key}
+    uncertain = conn.execute(
         "UPDATE moengage_sync.batches SET state = 'uncertain', updated_at = now(), "
-        "error = 'worker stopped after marking the batch sending; MoEngage may or may not have it' "
-        "WHERE program_id = %s AND state = 'sending' AND claimed_by = %s",
-        (program_id, slot_key),
-    )
+        "error = 'worker stopped during the POST; MoEngage may or may not have it' "
+        "WHERE program_id = %(program)s AND state = 'sending'" + slot_clause, params,
+    ).rowcount
+    released = conn.execute(
+        "UPDATE moengage_sync.batches SET state = 'pending', updated_at = now() "
+        "WHERE program_id = %(program)s AND state = 'claimed'" + slot_clause, params,
+    ).rowcount
     conn.commit()
-    return cur.rowcount
+    return uncertain, released
+
+
+def start_sending(conn: Any, batch_id: int) -> None:
+    """Durably mark the one batch about to be POSTed: the only state a crash turns uncertain."""
+    conn.execute("UPDATE moengage_sync.batches SET state = 'sending', updated_at = now() WHERE batch_id = %s",
+                 (batch_id,))
+    conn.execute("SET LOCAL synchronous_commit = on")
+    conn.commit()
 
 
 def requeue_uncertain(conn: Any, program_id: str) -> int:
@@ -145,7 +161,7 @@ def requeue_uncertain(conn: Any, program_id: str) -> int:
 
 
 def claim(conn: Any, program_id: str, slot_key: str, limit: int, *, up_to_night: date) -> list[ClaimedBatch]:
-    """Mark up to ``limit`` pending batches 'sending' for this slot, oldest night first.
+    """Mark up to ``limit`` pending batches 'claimed' by this slot, oldest night first.
 
     The claim is always committed durably (even when the session runs with
     ``synchronous_commit = off``): a claim lost in a crash after its POST would resend the batch.
@@ -154,7 +170,7 @@ def claim(conn: Any, program_id: str, slot_key: str, limit: int, *, up_to_night:
     rows = conn.execute(
         """
         UPDATE moengage_sync.batches b
-        SET state = 'sending', claimed_by = %(slot)s, attempts = attempts + 1, updated_at = now()
+        SET state = 'claimed', claimed_by = %(slot)s, attempts = attempts + 1, updated_at = now()
         FROM (
             SELECT batch_id FROM moengage_sync.batches
             WHERE program_id = %(program)s AND state = 'pending' AND night <= %(night)s

@@ -31,7 +31,7 @@ def resend_night(dsn: str, *, program_id: str, night: date, requested_by: str, r
         forgotten = conn.execute(
             "DELETE FROM moengage_sync.event_keys k WHERE k.program_id = %s AND k.night = %s "
             "AND NOT (k.batch_id = ANY(%s)) AND NOT EXISTS (SELECT 1 FROM moengage_sync.batches b "
-            "WHERE b.batch_id = k.batch_id AND b.state IN ('pending', 'sending'))",
+            "WHERE b.batch_id = k.batch_id AND b.state IN ('staged', 'pending', 'claimed', 'sending'))",
             (program_id, night, requeued_ids),
         ).rowcount
         events = forgotten + sum(r[1] for r in requeued)

@@ -99,6 +99,13 @@ def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
     with connect(loyalty) as conn:
         chunks = plan_chunks(conn, program.id, chunk_members=program.chunk_members)
     with connect(state) as conn:
+        from loyalty_moengage.outbox import recover_orphans
+
+        # No load of this program runs now (max_active_runs=1): whatever a dead worker left
+        # mid-send is uncertain, whatever it only claimed is pending again.
+        orphans, released = recover_orphans(conn, program.id)
+        if orphans:
+            log.warning("%d batch(es) were mid-POST when a worker died: marked uncertain", orphans)
         # A cleared run plans again; its earlier chunk stats and quarantine rows are redone.
         conn.execute("DELETE FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s "
                      "AND stage IN ('transform', 'guard')", (program.id, run_id))
@@ -219,7 +226,7 @@ def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
             notes.extend(f"anomaly guard: {p}" for p in guard_info["problems"])
         pending = conn.execute(
             "SELECT count(*) FROM moengage_sync.batches WHERE program_id = %s AND night <= %s "
-            "AND state IN ('staged', 'pending', 'sending')", (program.id, w.night)).fetchone()[0]
+            "AND state IN ('staged', 'pending', 'claimed', 'sending')", (program.id, w.night)).fetchone()[0]
         if pending and outcome == "success":
             outcome = "incomplete"
             notes.append(f"{pending} batch(es) still pending: the next attempt or the next night sends them")

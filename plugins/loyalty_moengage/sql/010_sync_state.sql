@@ -6,7 +6,8 @@ CREATE SCHEMA IF NOT EXISTS moengage_sync;
 
 -- One row per payload batch: the exact request body and its delivery state.
 --   staged    -> pending when the night's anomaly guard passes (withdrawn when it fails)
---   pending   -> sending -> sent | rejected | uncertain
+--   pending   -> claimed (by a load slot) -> sending (durably, just before its POST)
+--             -> sent | rejected | uncertain;  claimed -> pending when the slot stopped first
 --   sending   -> pending (transient failure, retried by the next attempt or the next night)
 --   uncertain -> pending only by policy `resend` or an operator's resend
 --   staged | pending | uncertain -> superseded (users batches only: a newer night's refresh
@@ -37,9 +38,9 @@ ALTER TABLE moengage_sync.batches ALTER COLUMN body SET STORAGE EXTERNAL;
 ALTER TABLE moengage_sync.batches ALTER COLUMN state SET DEFAULT 'staged';
 ALTER TABLE moengage_sync.batches DROP CONSTRAINT IF EXISTS batches_state_check;
 ALTER TABLE moengage_sync.batches ADD CONSTRAINT batches_state_check
-    CHECK (state IN ('staged', 'pending', 'sending', 'sent', 'rejected', 'uncertain', 'superseded'));
+    CHECK (state IN ('staged', 'pending', 'claimed', 'sending', 'sent', 'rejected', 'uncertain', 'superseded'));
 CREATE INDEX IF NOT EXISTS batches_pending_idx ON moengage_sync.batches (program_id, state, night, batch_id)
-    WHERE state IN ('pending', 'sending', 'uncertain');
+    WHERE state IN ('pending', 'claimed', 'sending', 'uncertain');
 CREATE INDEX IF NOT EXISTS batches_night_idx ON moengage_sync.batches (program_id, night);
 
 -- Every event_id ever enqueued, per program: the guarantee that no event is sent twice.
