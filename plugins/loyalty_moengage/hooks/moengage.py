@@ -582,6 +582,14 @@ class MoEngageHook(BaseHook):
                 self.stats.throttle_seconds += wait
                 self._sleep(wait)
                 continue
+            if status == 504 and not self.retry_uncertain:
+                # A gateway timeout: the request reached MoEngage's edge and may have been processed.
+                cause = (f"MoEngage's gateway timed out (504, request_id {request_id}) on {cfg.where} after the "
+                         "body was sent; MoEngage may or may not have accepted it")
+                fix = ("Resending may duplicate events (MoEngage has no dedupe). Reconcile this batch, "
+                       "or set retry_uncertain=True if duplicates are acceptable.")
+                raise MoEngageUncertainError(f"{cause}. {fix}", status=status, request_id=request_id,
+                                             attempts=attempts.requests, cause=cause, fix=fix)
             if status >= 500 or status == 408:
                 raise _Retryable(f"HTTP {status} {_error_text(doc, response)}", status=status, request_id=request_id)
             if 200 <= status < 300:

@@ -193,6 +193,15 @@ def test_uncertain_outcome_is_not_retried_by_default(sb, make_hook, workspace):
     assert len(sb.state.events(workspace[0])) == 1, "the sandbox processed it: a resend would duplicate"
 
 
+def test_gateway_timeout_is_uncertain_not_retried(sb, make_hook, workspace):
+    hook = make_hook(*workspace)
+    hook.preflight()
+    sb.fail_next(504)
+    with pytest.raises(MoEngageUncertainError) as info:
+        hook.send_transition(one_event_body(), users=0, events=1)
+    assert info.value.status == 504 and info.value.attempts == 1
+
+
 def test_uncertain_retried_when_allowed_duplicates(sb, make_hook, workspace):
     hook = make_hook(*workspace, hook_kwargs={"retry_uncertain": True})
     hook.preflight()
