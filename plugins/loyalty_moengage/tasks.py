@@ -246,6 +246,10 @@ def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
         retention = rep.enforce_retention(conn, program_id=program.id, night=w.night,
                                           retention_days=program.audit_retention_days,
                                           keep_sent_bodies=program.keep_sent_bodies)
+        # The row is written before retention (so a failure there still leaves it); the report
+        # stage's time, retention included, is filled in afterwards.
+        body["stage_seconds"]["report"] = round(time.perf_counter() - started, 3)
+        rep.write(conn, body)
     log.info("\n%s", rep.render(body))
     log.info("retention: %s", retention)
     return {"outcome": outcome, "events_sent": body["events_sent"], "members_updated": body["members_updated"]}
