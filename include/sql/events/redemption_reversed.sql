@@ -1,8 +1,10 @@
 -- loyalty_redemption_reversed: one row per reversed redemption whose reversal was recorded
--- in the night (a reversal may span several lots: their points are summed).
+-- in the night (a reversal may span several lots: their points are summed). The event_id names
+-- the first ledger entry of the night's part, so a part recorded on a later night is its own
+-- event instead of being mistaken for one already sent.
 -- Returns: event_id, event_name, customer_id, event_time, then points_returned, redemption_id.
 -- Parameters: %(program_id)s, %(window_start)s, %(window_end)s, %(member_lo)s, %(member_hi)s.
-SELECT 'reversal-' || l.redemption_id   AS event_id,
+SELECT 'reversal-' || l.redemption_id || '-' || min(l.entry_id) AS event_id,
        'loyalty_redemption_reversed'    AS event_name,
        min(m.relation_reference)        AS customer_id,
        min(l.occurred_at)               AS event_time,
