@@ -130,6 +130,10 @@ CREATE TABLE IF NOT EXISTS loyalty.points_ledger (
 );
 CREATE INDEX IF NOT EXISTS ledger_recorded_idx ON loyalty.points_ledger (recorded_at);
 CREATE INDEX IF NOT EXISTS ledger_member_idx ON loyalty.points_ledger (member_id);
+-- Covers the nightly member-attribute aggregates: a chunk of members reads this index alone
+-- instead of ledger pages scattered over the whole (time-ordered) heap.
+CREATE INDEX IF NOT EXISTS ledger_member_cover_idx ON loyalty.points_ledger (member_id)
+    INCLUDE (entry_type, points, recorded_at, expires_on, lot_entry_id, entry_id, program_id);
 CREATE INDEX IF NOT EXISTS ledger_lot_idx ON loyalty.points_ledger (lot_entry_id) WHERE lot_entry_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS ledger_expires_idx ON loyalty.points_ledger (expires_on) WHERE entry_type = 'earn';
 
