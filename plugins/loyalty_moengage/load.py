@@ -44,10 +44,9 @@ def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn
               hook: Any, uncertain_policy: str = "hold", claim_size: int = CLAIM_SIZE,
               attempt: int = 1) -> dict[str, Any]:
     """Send every pending batch this slot can claim (nights up to ``night``, oldest first)."""
-    import orjson
-
     from loyalty_moengage import outbox
     from loyalty_moengage.db import connect
+    from loyalty_moengage.report import record_stats
     from loyalty_moengage.hooks.moengage import (
         MoEngagePermanentError,
         MoEngageTransientError,
@@ -118,12 +117,8 @@ def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn
             stats.update({k: getattr(hook_stats, k) for k in ("requests", "throttled", "retries", "bytes_sent",
                                                                "throttle_seconds", "pacing_seconds")})
         stats["seconds"] = round(time.perf_counter() - started, 4)
-        conn.execute(
-            "INSERT INTO moengage_sync.task_stats (program_id, night, run_id, stage, task_key, stats) "
-            "VALUES (%s, %s, %s, 'load', %s, %s) ON CONFLICT (program_id, run_id, stage, task_key) "
-            "DO UPDATE SET stats = EXCLUDED.stats, recorded_at = now()",
-            (program_id, night, run_id, f"{slot_key}:try-{attempt}", orjson.dumps(stats).decode()),
-        )
+        record_stats(conn, program_id=program_id, night=night, run_id=run_id, stage="load",
+                     key=f"{slot_key}:try-{attempt}", stats=stats)
         conn.commit()
     if failure is not None:
         raise LoadError(
