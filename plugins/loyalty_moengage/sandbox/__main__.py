@@ -48,19 +48,13 @@ def main(argv: list[str] | None = None) -> int:
                          events_per_minute=args.events_per_minute, window_seconds=args.window_seconds,
                          create_unknown_users_on_event=not args.no_create_users_on_event)
     signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        server.start()
-        conn = server.connection_json(args.workspace, args.key, dc)
-        mode = "count-only" if args.count_only else "validating"
-        print(f"MoEngage sandbox ({mode}) on {server.url}: workspace {args.workspace} on DC-{dc}", flush=True)
-        print(f"  export AIRFLOW_CONN_MOENGAGE_DEFAULT='{conn}'", flush=True)
-        print(f"  inspect: {server.url}/sandbox/workspaces/{args.workspace}/counters", flush=True)
-        while server._thread is not None and server._thread.is_alive():
-            server._thread.join(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    server.start()
+    conn = server.connection_json(args.workspace, args.key, dc)
+    mode = "count-only" if args.count_only else "validating"
+    print(f"MoEngage sandbox ({mode}) on {server.url}: workspace {args.workspace} on DC-{dc}", flush=True)
+    print(f"  export AIRFLOW_CONN_MOENGAGE_DEFAULT='{conn}'", flush=True)
+    print(f"  inspect: {server.url}/sandbox/workspaces/{args.workspace}/counters", flush=True)
+    server.serve_forever()
     json.dump(server.state.global_counters(), sys.stdout)
     print()
     return 0

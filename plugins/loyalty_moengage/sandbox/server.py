@@ -620,8 +620,9 @@ class SandboxServer:
         self._thread = None
 
     def serve_forever(self) -> None:
-        """Block until Ctrl-C (the CLI)."""
-        self.start()
+        """Block until Ctrl-C (the CLI); starts the server unless it already runs."""
+        if self._thread is None:
+            self.start()
         try:
             while self._thread is not None and self._thread.is_alive():
                 self._thread.join(0.5)
