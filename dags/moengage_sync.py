@@ -20,9 +20,9 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task, teardown
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from loyalty_moengage import tasks
-from loyalty_moengage.notify import failure_callbacks
-from loyalty_moengage.programs import Program, load_programs
+from loyalty_moengage.sync import tasks
+from loyalty_moengage.sync.notify import failure_callbacks
+from loyalty_moengage.config.programs import Program, load_programs
 
 
 def build(program: Program):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ["LOYALTY_PROJECT_ROOT"] = str(ROOT)
-os.environ["AIRFLOW_HOME"] = str(ROOT / ".local" / "airflow-test")
+# LOYALTY_TEST_AIRFLOW_HOME lets two test sessions run side by side (each its own SQLite metadata DB).
+os.environ["AIRFLOW_HOME"] = os.environ.get("LOYALTY_TEST_AIRFLOW_HOME") or str(ROOT / ".local" / "airflow-test")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"

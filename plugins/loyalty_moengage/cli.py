@@ -2,12 +2,12 @@
 
 demo      load the demo program and sync last night against the local MoEngage sandbox
 db        url | up | stop | schema: the loyalty database (embedded unless configured)
-generate  load a synthetic program (see loyalty_moengage.generator)
+generate  load a synthetic program (see loyalty_moengage.devtools.generator)
 run       sync one night of one program now (in-process, dag.test)
 resend    re-queue one night's events of one program (operators, after a MoEngage-side loss)
 sandbox   start the local MoEngage sandbox
 api       serve the MoEngage-facing Content API / connector webhook
-bench     benchmark a night's sync (see loyalty_moengage.bench)
+bench     benchmark a night's sync (see loyalty_moengage.devtools.bench)
 bench-api benchmark the points lookup under MoEngage-like bursts
 """
 
@@ -65,9 +65,9 @@ def _reset_program_state(dsn: str, program_id: str) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     _quiet_airflow()
     from loyalty_moengage.db import apply_schema, connect, connection_json, loyalty_dsn, redact_dsn
-    from loyalty_moengage.programs import get_program
-    from loyalty_moengage.report import render
-    from loyalty_moengage.sandbox import SandboxServer
+    from loyalty_moengage.config.programs import get_program
+    from loyalty_moengage.sync.report import render
+    from loyalty_moengage.devtools.sandbox import SandboxServer
 
     program = get_program(args.program)
     started = time.perf_counter()
@@ -76,7 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     apply_schema(dsn)
     night = date.fromisoformat(args.night) if args.night else _last_night(program.time_zone)
     if not args.keep:
-        from loyalty_moengage.generator import generate
+        from loyalty_moengage.devtools.generator import generate
 
         t = time.perf_counter()
         summary = generate(dsn, program_id=program.id, members=args.members, days=args.days, seed=args.seed,
@@ -98,7 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   "a real program's first night pays about 1 min per 1,000 customers with events, later nights "
                   "are served from the cache)")
         print(f"syncing night {night} of {program.id!r} with `dag.test()` ...", flush=True)
-        from loyalty_moengage.runner import run_night
+        from loyalty_moengage.sync.runner import run_night
 
         t = time.perf_counter()
         dag_run = run_night(program.id, night, program.time_zone)
@@ -159,8 +159,8 @@ def _sent_events_by_type(dsn: str, program_id: str, run_id: str) -> dict[str, in
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from loyalty_moengage.programs import get_program
-    from loyalty_moengage.runner import run_night
+    from loyalty_moengage.config.programs import get_program
+    from loyalty_moengage.sync.runner import run_night
 
     program = get_program(args.program)
     night = date.fromisoformat(args.night) if args.night else _last_night(program.time_zone)
@@ -171,8 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resend(args: argparse.Namespace) -> int:
     from loyalty_moengage.db import loyalty_dsn
-    from loyalty_moengage.programs import get_program
-    from loyalty_moengage.resend import resend_night
+    from loyalty_moengage.config.programs import get_program
+    from loyalty_moengage.sync.resend import resend_night
 
     program = get_program(args.program)
     dsn = loyalty_dsn(program.state_conn)
@@ -183,13 +183,13 @@ def cmd_resend(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from loyalty_moengage.generator import main
+    from loyalty_moengage.devtools.generator import main
 
     return main(args.rest) or 0
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from loyalty_moengage.sandbox.__main__ import main
+    from loyalty_moengage.devtools.sandbox.__main__ import main
 
     return main(args.rest) or 0
 
@@ -201,13 +201,13 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from loyalty_moengage.bench import main
+    from loyalty_moengage.devtools.bench import main
 
     return main(args.rest) or 0
 
 
 def cmd_bench_api(args: argparse.Namespace) -> int:
-    from loyalty_moengage.api.bench import main
+    from loyalty_moengage.devtools.bench_api import main
 
     return main(args.rest) or 0
 
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from loyalty_moengage.paths import state_dir
-    from loyalty_moengage.runner import airflow_env
+    from loyalty_moengage.sync.runner import airflow_env
 
     for key, value in airflow_env(state_dir() / "airflow").items():
         os.environ.setdefault(key, value)

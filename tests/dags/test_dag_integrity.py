@@ -25,7 +25,7 @@ def test_no_import_errors(dagbag):
 
 
 def test_one_dag_per_enabled_program(dagbag):
-    from loyalty_moengage.programs import load_programs
+    from loyalty_moengage.config.programs import load_programs
 
     expected = {p.dag_id for p in load_programs() if p.enabled}
     assert expected and expected <= set(dagbag.dag_ids)

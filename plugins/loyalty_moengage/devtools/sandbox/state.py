@@ -1,0 +1,301 @@
+"""What the sandbox remembers: workspaces, users, events, drops, budgets, faults, request log.
+
+All access goes through one lock: the server mutates state on its event-loop thread while
+tests and the demo read it from theirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import string
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_BUDGET_PER_MINUTE = 60_000
+EXPORT_USERS_PER_MINUTE = 1_000
+
+
+@dataclass(slots=True)
+class Budget:
+    """Fixed-window counter, like MoEngage's per-minute limits (window length configurable for tests)."""
+
+    per_minute: float | None
+    window_seconds: float = 60.0
+    window_start: float = 0.0
+    used: int = 0
+
+    @property
+    def limit(self) -> int | None:
+        if not self.per_minute:
+            return None
+        return max(1, int(self.per_minute * self.window_seconds / 60.0))
+
+    def roll(self, now: float) -> None:
+        start = math.floor(now / self.window_seconds) * self.window_seconds
+        if start != self.window_start:
+            self.window_start, self.used = start, 0
+
+    def fits(self, n: int) -> bool:
+        limit = self.limit
+        return limit is None or n == 0 or self.used + n <= limit
+
+    def reset_in(self, now: float) -> float:
+        return max(0.0, self.window_start + self.window_seconds - now)
+
+
+@dataclass(slots=True)
+class Workspace:
+    workspace_id: str
+    api_key: str = field(repr=False)
+    dc: str
+    users_budget: Budget
+    events_budget: Budget
+    export_budget: Budget
+    create_unknown_users_on_event: bool = True
+    honour_update_existing_only_on_events: bool = False
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)  # customer_id -> seed/customer/event
+    events: list[tuple] = field(default_factory=list)
+    drops: list[dict[str, Any]] = field(default_factory=list)
+    counters: Counter = field(default_factory=Counter)
+    known_events: set[str] = field(default_factory=set)
+    known_attributes: set[str] = field(default_factory=set)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "workspace_id": self.workspace_id,
+            "dc": self.dc,
+            "users_per_minute": self.users_budget.per_minute,
+            "events_per_minute": self.events_budget.per_minute,
+            "window_seconds": self.users_budget.window_seconds,
+            "create_unknown_users_on_event": self.create_unknown_users_on_event,
+            "users": len(self.users),
+            "events": len(self.events),
+            "drops": len(self.drops),
+        }
+
+
+EVENT_FIELDS = ("customer_id", "action", "attributes", "current_time", "time", "user_timezone_offset", "request_id")
+
+
+@dataclass
+class Faults:
+    """Injected failures for data endpoints (transition, customer, event, export; not authentication).
+
+    ``script`` maps the Nth data request (1-based, counted since start or reset) to an action:
+    an HTTP status (500, 502, 503, 429, ...), ``"drop"`` (close before reading the body),
+    ``"drop_after_body"`` (process the request, then close without answering) or
+    ``"latency:SECONDS"`` or ``"fail200"`` (200 with ``"status": "fail"``). Rates apply to every other request, drawn from a seeded RNG.
+    """
+
+    error_rate: float = 0.0
+    error_statuses: tuple[int, ...] = (500, 502, 503)
+    latency: float = 0.0
+    latency_jitter: float = 0.0
+    drop_rate: float = 0.0
+    drop_after_body_rate: float = 0.0
+    script: dict[int, Any] = field(default_factory=dict)
+    retry_after: float = 1.0  # x-ratelimit-reset sent with a scripted 429
+    seed: int = 0
+    _rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def __post_init__(self) -> None:
+        self.script = {int(k): v for k, v in self.script.items()}
+        self.error_statuses = tuple(int(s) for s in self.error_statuses)
+        self._rng = random.Random(self.seed)
+
+    def decide(self, n: int) -> tuple[Any, float]:
+        """(action or None, added latency) for the Nth data request."""
+        rng = self._rng
+        delay = self.latency + (rng.random() * self.latency_jitter if self.latency_jitter else 0.0)
+        if n in self.script:
+            action = self.script[n]
+            if isinstance(action, str) and action.startswith("latency:"):
+                return None, delay + float(action.split(":", 1)[1])
+            return action, delay
+        draw = rng.random()
+        if draw < self.error_rate:
+            return rng.choice(self.error_statuses), delay
+        draw -= self.error_rate
+        if draw < self.drop_rate:
+            return "drop", delay
+        draw -= self.drop_rate
+        if draw < self.drop_after_body_rate:
+            return "drop_after_body", delay
+        return None, delay
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "error_rate": self.error_rate,
+            "error_statuses": list(self.error_statuses),
+            "latency": self.latency,
+            "latency_jitter": self.latency_jitter,
+            "drop_rate": self.drop_rate,
+            "drop_after_body_rate": self.drop_after_body_rate,
+            "script": {str(k): v for k, v in self.script.items()},
+            "retry_after": self.retry_after,
+            "seed": self.seed,
+        }
+
+
+class SandboxState:
+    """Everything the sandbox knows, thread-safe."""
+
+    def __init__(self, *, count_only: bool = False, future_tolerance: float = 0.0, request_log_size: int = 100_000) -> None:
+        self.lock = threading.RLock()
+        self.count_only = count_only
+        self.future_tolerance = future_tolerance
+        self.workspaces: dict[str, Workspace] = {}
+        self.faults = Faults()
+        self.request_log: deque[dict[str, Any]] = deque(maxlen=request_log_size)
+        self.data_requests = 0
+        self.counters: Counter = Counter()
+        self._ids = random.Random()
+
+    # -- set-up -------------------------------------------------------------------------
+    def add_workspace(
+        self,
+        workspace_id: str,
+        api_key: str,
+        dc: str = "03",
+        *,
+        users_per_minute: float | None = DEFAULT_BUDGET_PER_MINUTE,
+        events_per_minute: float | None = DEFAULT_BUDGET_PER_MINUTE,
+        export_users_per_minute: float | None = EXPORT_USERS_PER_MINUTE,
+        window_seconds: float = 60.0,
+        create_unknown_users_on_event: bool = True,
+        honour_update_existing_only_on_events: bool = False,
+    ) -> Workspace:
+        from loyalty_moengage.moengage.datacenters import parse_data_center
+
+        workspace = Workspace(
+            workspace_id=workspace_id,
+            api_key=api_key,
+            dc=parse_data_center(dc),
+            users_budget=Budget(users_per_minute, window_seconds),
+            events_budget=Budget(events_per_minute, window_seconds),
+            export_budget=Budget(export_users_per_minute, window_seconds),
+            create_unknown_users_on_event=create_unknown_users_on_event,
+            honour_update_existing_only_on_events=honour_update_existing_only_on_events,
+        )
+        with self.lock:
+            self.workspaces[workspace_id] = workspace
+        return workspace
+
+    def set_faults(self, **kwargs: Any) -> Faults:
+        with self.lock:
+            self.faults = Faults(**kwargs)
+            return self.faults
+
+    def fail_next(self, *actions: Any) -> None:
+        """Script the next data requests, in order (e.g. ``fail_next(503, 503)``)."""
+        with self.lock:
+            for offset, action in enumerate(actions, start=1):
+                self.faults.script[self.data_requests + offset] = action
+
+    def reset(self, *, workspaces: bool = False) -> None:
+        """Forget data, counters, faults and the request log (and the workspaces if asked)."""
+        with self.lock:
+            if workspaces:
+                self.workspaces.clear()
+            else:
+                for ws in list(self.workspaces.values()):
+                    self.add_workspace(
+                        ws.workspace_id, ws.api_key, ws.dc,
+                        users_per_minute=ws.users_budget.per_minute,
+                        events_per_minute=ws.events_budget.per_minute,
+                        export_users_per_minute=ws.export_budget.per_minute,
+                        window_seconds=ws.users_budget.window_seconds,
+                        create_unknown_users_on_event=ws.create_unknown_users_on_event,
+                        honour_update_existing_only_on_events=ws.honour_update_existing_only_on_events,
+                    )
+            self.faults = Faults()
+            self.request_log.clear()
+            self.data_requests = 0
+            self.counters.clear()
+
+    def seed_users(self, workspace_id: str, customer_ids: Any, attributes: dict[str, Any] | None = None) -> int:
+        with self.lock:
+            ws = self.workspace(workspace_id)
+            count = 0
+            for customer_id in customer_ids:
+                ws.users.setdefault(customer_id, {}).update(attributes or {})
+                ws.origins.setdefault(customer_id, "seed")
+                count += 1
+            return count
+
+    def seed_from_loyalty_db(
+        self, workspace_id: str, dsn: str, program_id: str, *, missing_share: float = 0.05, seed: int = 0
+    ) -> dict[str, int]:
+        """Make the program's members exist in MoEngage, except a deterministic ``missing_share``."""
+        import psycopg
+
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute(
+                "SELECT relation_reference FROM loyalty.members WHERE program_id = %s", (program_id,)
+            ).fetchall()
+        present = [r[0] for r in rows if not is_missing(r[0], missing_share, seed)]
+        self.seed_users(workspace_id, present)
+        return {"members": len(rows), "seeded": len(present), "missing": len(rows) - len(present)}
+
+    # -- access -------------------------------------------------------------------------
+    def workspace(self, workspace_id: str) -> Workspace:
+        try:
+            return self.workspaces[workspace_id]
+        except KeyError:
+            raise KeyError(f"sandbox has no workspace {workspace_id!r}") from None
+
+    def users(self, workspace_id: str) -> dict[str, dict[str, Any]]:
+        with self.lock:
+            return {cid: dict(attrs) for cid, attrs in self.workspace(workspace_id).users.items()}
+
+    def user_origins(self, workspace_id: str) -> dict[str, str]:
+        with self.lock:
+            return dict(self.workspace(workspace_id).origins)
+
+    def events(self, workspace_id: str, customer_id: str | None = None, action: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = list(self.workspace(workspace_id).events)
+        return [
+            dict(zip(EVENT_FIELDS, row, strict=True))
+            for row in rows
+            if (customer_id is None or row[0] == customer_id) and (action is None or row[1] == action)
+        ]
+
+    def drops(self, workspace_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.workspace(workspace_id).drops)
+
+    def requests(self, workspace_id: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = list(self.request_log)
+        return [r for r in rows if workspace_id is None or r.get("workspace_id") == workspace_id]
+
+    def workspace_counters(self, workspace_id: str) -> dict[str, int]:
+        with self.lock:
+            ws = self.workspace(workspace_id)
+            return {**ws.counters, "users": len(ws.users), "events_stored": len(ws.events), "drops": len(ws.drops)}
+
+    def global_counters(self) -> dict[str, int]:
+        with self.lock:
+            return {**self.counters, "data_requests": self.data_requests}
+
+    def new_request_id(self) -> str:
+        return "".join(self._ids.choices(string.ascii_letters, k=8))
+
+
+def is_missing(customer_id: str, share: float, seed: int = 0) -> bool:
+    """Deterministic 'this member never reached MoEngage' draw, stable across runs and machines."""
+    if share <= 0:
+        return False
+    digest = hashlib.blake2b(f"{seed}:{customer_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
+
+
+def now() -> float:
+    return time.time()

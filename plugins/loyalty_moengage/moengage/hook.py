@@ -1,0 +1,699 @@
+"""MoEngage Data API hook: one keep-alive session, paced, retried, and loud about its failures.
+
+Why not ``HttpHook``: its ``run()`` builds a new ``requests.Session`` per call (no connection
+reuse over a night of ~200 requests/min), and it turns unknown connection extras into HTTP
+headers. What this hook takes from apache-airflow-providers-http is the rest of its design:
+the same TCP keep-alive adapter, the same rule that only failures before a connection exists
+are safe to replay, and tenacity for retries (``retry_args`` overrides the defaults the way
+``HttpHook.run_with_advanced_retry`` does).
+
+Outcomes of one request:
+
+* 2xx with ``"status": "success"``: accepted (not yet ingested; MoEngage has no per-element report).
+* 429: wait ``x-ratelimit-reset`` seconds (or back off when absent) and resend; never counted
+  against ``max_retries``.
+* 5xx, 408, connect errors: retried with exponential backoff and jitter, ``max_retries`` times,
+  then :class:`MoEngageTransientError`.
+* body sent, then a read timeout or dropped connection: the outcome is unknown and MoEngage has no
+  dedupe, so :class:`MoEngageUncertainError` at once, unless ``retry_uncertain=True``.
+* 400, 401, 403, 409, 413, 415, or 200 with ``"status": "fail"``: :class:`MoEngagePermanentError`
+  naming the cause and the fix; never retried.
+
+Pacing: see :mod:`loyalty_moengage.moengage.pacing` (``share`` is this task's fraction of the workspace budget).
+
+Secrets: the Data API key and the derived ``Authorization`` header are registered with Airflow's
+secrets masker, live only inside a masked wrapper, and appear in no message, ``repr`` or result.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import requests
+import tenacity
+from airflow.sdk import BaseHook
+
+from loyalty_moengage.moengage.datacenters import api_base_url, label, parse_data_center
+from loyalty_moengage.moengage.pacing import TokenBucket
+from loyalty_moengage.moengage.packing import SINGLE_MAX_BYTES, TRANSITION_MAX_BYTES
+
+DEFAULT_USERS_PER_MINUTE = 60_000
+DEFAULT_EVENTS_PER_MINUTE = 60_000
+DEFAULT_TIMEOUT = 30.0
+PERMANENT_STATUSES = frozenset({400, 401, 403, 409, 413, 415})
+
+
+class MoEngageError(Exception):
+    """Any MoEngage failure; ``status``/``request_id`` are None when MoEngage never answered."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        attempts: int = 0,
+        cause: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.request_id = request_id
+        self.attempts = attempts
+        self.cause = cause
+        self.fix = fix
+
+
+class MoEngageConfigError(MoEngageError, ValueError):
+    """The Airflow connection cannot describe a MoEngage workspace."""
+
+
+class MoEngagePermanentError(MoEngageError):
+    """MoEngage refused the request; sending it again cannot help."""
+
+
+class MoEngageAuthError(MoEngagePermanentError):
+    """Credentials or data centre are wrong (or the workspace is blocked)."""
+
+
+class MoEngageTransientError(MoEngageError):
+    """MoEngage kept failing (5xx, timeouts, refused connections) past the retry budget."""
+
+
+class MoEngageRateLimitError(MoEngageTransientError):
+    """429 kept coming back past ``max_throttled`` waits."""
+
+
+class MoEngageUncertainError(MoEngageError):
+    """The body was sent but no answer came: MoEngage may or may not have accepted it."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    status: int
+    request_id: str | None
+    attempts: int  # HTTP requests made, 429s included
+    throttled: int  # 429s waited out
+    retries: int  # resends after 5xx/timeouts/connection errors
+    bytes_sent: int
+    seconds: float
+    request_ids: tuple[str | None, ...] = ()  # MoEngage's id for every request made, in order
+
+
+@dataclass(slots=True)
+class HookStats:
+    requests: int = 0
+    sends: int = 0
+    throttled: int = 0
+    retries: int = 0
+    bytes_sent: int = 0
+    users: int = 0
+    events: int = 0
+    throttle_seconds: float = 0.0
+    pacing_seconds: float = 0.0
+
+
+class _Secret:
+    """Holds a secret without ever printing it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    __str__ = __repr__
+
+
+class _MoEngageAuth(requests.auth.AuthBase):
+    """Basic auth plus ``MOE-APPKEY``, with the header computed once (and masked once)."""
+
+    def __init__(self, workspace_id: str, header: _Secret) -> None:
+        self.workspace_id = workspace_id
+        self._header = header
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = self._header.reveal()
+        request.headers["MOE-APPKEY"] = self.workspace_id
+        return request
+
+    def __repr__(self) -> str:
+        return f"_MoEngageAuth(workspace_id={self.workspace_id!r}, header='***')"
+
+
+@dataclass(frozen=True, slots=True)
+class MoEngageConfig:
+    """What the hook reads from its Airflow connection."""
+
+    conn_id: str
+    workspace_id: str
+    data_center: str
+    base_url: str
+    users_per_minute: float
+    events_per_minute: float
+    timeout: float
+    pacing: bool
+    api_key: _Secret = field(repr=False)
+    auth_header: _Secret = field(repr=False)
+    lookups_per_minute: float = 1000.0
+
+    @property
+    def where(self) -> str:
+        return f"data centre {label(self.data_center)} ({self.base_url})"
+
+
+class _Retryable(Exception):
+    """Internal: one failed attempt that may be repeated."""
+
+    def __init__(self, cause: str, *, status: int | None = None, request_id: str | None = None) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.status = status
+        self.request_id = request_id
+
+
+@dataclass(slots=True)
+class _Attempts:
+    requests: int = 0
+    throttled: int = 0
+    tries: int = 0
+    request_ids: list[str | None] = field(default_factory=list)
+
+
+_FIXES: dict[int, tuple[str, str]] = {
+    400: ("MoEngage could not read the request",
+          "Fix the payload: the message names the field. A bulk body is "
+          '{"type":"transition","elements":[...]} with lowercase element types.'),
+    401: ("MoEngage rejected the credentials",
+          "Check the Workspace ID, the Data API key and the data centre in Airflow connection {conn!r}."),
+    403: ("MoEngage refused the workspace (suspended, blocked or behind an IP allowlist)",
+          "Ask the workspace admin or MoEngage support; if an IP allowlist is on, add the workers' egress IP."),
+    409: ("The Workspace ID in the URL differs from the one in Basic auth",
+          "Use a single Workspace ID: check the login of Airflow connection {conn!r} for spaces or a stale value."),
+    413: ("The request body exceeds MoEngage's size limit",
+          f"Pack with loyalty_moengage.moengage.packing.pack_transition: at most {TRANSITION_MAX_BYTES} bytes per "
+          f"transition request, {SINGLE_MAX_BYTES} per single request."),
+    415: ("MoEngage requires Content-Type: application/json",
+          "Send JSON with Content-Type: application/json (the hook does; check proxies that rewrite headers)."),
+}
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True when the request failed before a connection existed (same rule as HttpHook's SRV failover)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    if not isinstance(exc, requests.exceptions.ConnectionError):
+        return False
+    from urllib3.exceptions import ConnectTimeoutError  # NewConnectionError and NameResolutionError subclass it
+
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, ConnectTimeoutError)
+
+
+def _describe(exc: BaseException) -> str:
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    inner = reason or (exc.args[0] if exc.args else exc)
+    return f"{type(exc).__name__}: {inner}"
+
+
+def _body(response: requests.Response) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _request_id(doc: dict[str, Any], response: requests.Response) -> str | None:
+    error = doc.get("error")
+    return (
+        doc.get("request_id")
+        or (error.get("request_id") if isinstance(error, dict) else None)
+        or response.headers.get("x-request-id")
+    )
+
+
+def _error_text(doc: dict[str, Any], response: requests.Response) -> str:
+    error = doc.get("error")
+    if isinstance(error, dict):
+        parts = [str(error[k]) for k in ("type", "message") if error.get(k)]
+        if error.get("attribute"):
+            parts.append(f"attribute {error['attribute']!r}")
+        return ": ".join(parts) if parts else str(error)
+    if isinstance(error, str):
+        return error
+    return doc.get("message") or response.reason or "no error message"
+
+
+class MoEngageHook(BaseHook):
+    """MoEngage Data API: bulk ``transition``, single user/event, and credential preflight.
+
+    :param moengage_conn_id: Airflow connection: login = Workspace ID, password = Data API key,
+        host = data centre (``DC-03``, ``03`` or ``https://dashboard-03.moengage.com``); extras
+        ``base_url`` (may contain ``{dc}``), ``users_per_minute``, ``events_per_minute``,
+        ``timeout``, ``pacing``.
+    :param share: this task's fraction of the workspace budget (1/N for N concurrent load tasks).
+    :param retry_uncertain: resend when a body was sent but no answer came (risks duplicates).
+    :param max_retries: resends after 5xx/timeouts/connection errors; 429 waits do not count.
+    :param max_throttled: 429 waits per request before giving up.
+    :param retry_args: tenacity ``Retrying`` keyword overrides (``wait``, ``stop``, ...).
+    """
+
+    conn_name_attr = "moengage_conn_id"
+    default_conn_name = "moengage_default"
+    conn_type = "moengage"
+    hook_name = "MoEngage"
+
+    def __init__(
+        self,
+        moengage_conn_id: str = default_conn_name,
+        *,
+        share: float = 1.0,
+        retry_uncertain: bool = False,
+        max_retries: int = 5,
+        max_throttled: int = 30,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 60.0,
+        retry_args: dict[str, Any] | None = None,
+        preflight_before_send: bool = True,
+        idle_reconnect_seconds: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__()
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share}")
+        self.moengage_conn_id = moengage_conn_id
+        self.share = share
+        self.retry_uncertain = retry_uncertain
+        self.max_retries = max_retries
+        self.max_throttled = max_throttled
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.retry_args = retry_args or {}
+        self.preflight_before_send = preflight_before_send
+        self.idle_reconnect_seconds = idle_reconnect_seconds
+        self._sleep = sleep
+        self._preflight: dict[str, Any] | None = None
+        self._last_io: float | None = None
+        self.stats = HookStats()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(moengage_conn_id={self.moengage_conn_id!r}, share={self.share:g})"
+
+    # -- configuration --------------------------------------------------------------------
+    @cached_property
+    def config(self) -> MoEngageConfig:
+        conn = self.get_connection(self.moengage_conn_id)
+        return self.config_from_connection(conn, self.moengage_conn_id)
+
+    @staticmethod
+    def config_from_connection(conn: Any, conn_id: str) -> MoEngageConfig:
+        """Validate a connection into a config; every message names the connection and the fix."""
+        workspace_id = (conn.login or "").strip()
+        api_key = conn.password or ""
+        if not workspace_id:
+            raise MoEngageConfigError(f"Airflow connection {conn_id!r} has no Workspace ID (login).")
+        if not api_key:
+            raise MoEngageConfigError(f"Airflow connection {conn_id!r} has no Data API key (password).")
+        try:
+            dc = parse_data_center(conn.host)
+        except ValueError as exc:
+            raise MoEngageConfigError(f"Airflow connection {conn_id!r}: {exc}") from None
+        raw_extra = conn.extra_dejson or {}
+        # The UI may store custom fields with the legacy "extra__moengage__" prefix.
+        extra = {k.removeprefix("extra__moengage__"): v for k, v in raw_extra.items() if v not in (None, "")}
+        base_url = str(extra.get("base_url") or api_base_url(dc)).replace("{dc}", dc).rstrip("/")
+        if urlsplit(base_url).scheme not in {"http", "https"}:
+            raise MoEngageConfigError(f"Airflow connection {conn_id!r}: base_url {base_url!r} is not an http(s) URL.")
+        token = "Basic " + base64.b64encode(f"{workspace_id}:{api_key}".encode()).decode()
+        _mask(api_key, token, token.split(" ", 1)[1])
+        try:
+            return MoEngageConfig(
+                conn_id=conn_id,
+                workspace_id=workspace_id,
+                data_center=dc,
+                base_url=base_url,
+                users_per_minute=float(extra.get("users_per_minute", DEFAULT_USERS_PER_MINUTE)),
+                events_per_minute=float(extra.get("events_per_minute", DEFAULT_EVENTS_PER_MINUTE)),
+                timeout=float(extra.get("timeout", DEFAULT_TIMEOUT)),
+                pacing=_as_bool(extra.get("pacing", True)),
+                lookups_per_minute=float(extra.get("lookups_per_minute", 1000)),
+                api_key=_Secret(api_key),
+                auth_header=_Secret(token),
+            )
+        except (TypeError, ValueError) as exc:
+            raise MoEngageConfigError(f"Airflow connection {conn_id!r}: invalid extra ({exc}).") from None
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """One keep-alive session for the hook's lifetime."""
+        cfg = self.config
+        session = requests.Session()
+        session.auth = _MoEngageAuth(cfg.workspace_id, cfg.auth_header)
+        session.headers.update({"Content-Type": "application/json", "Accept": "application/json",
+                                "User-Agent": "loyalty-moengage/0.1"})
+        adapter = _keep_alive_adapter()
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+    def get_conn(self) -> requests.Session:
+        return self.session
+
+    @cached_property
+    def users_bucket(self) -> TokenBucket:
+        cfg = self.config
+        return TokenBucket(cfg.users_per_minute * self.share if cfg.pacing else None, sleep=self._sleep)
+
+    @cached_property
+    def events_bucket(self) -> TokenBucket:
+        cfg = self.config
+        return TokenBucket(cfg.events_per_minute * self.share if cfg.pacing else None, sleep=self._sleep)
+
+    # -- public API -----------------------------------------------------------------------
+    def preflight(self) -> dict[str, Any]:
+        """Prove the credentials work on the configured data centre before anything is sent."""
+        cfg = self.config
+        body = orjson.dumps({"app_id": cfg.workspace_id, "app_secret": cfg.api_key.reveal(),
+                             "source": "airflow-loyalty-moengage", "region": cfg.data_center})
+        try:
+            response, doc, attempts = self._request_safely("/v1/integrations/authentication", body)
+        except MoEngageTransientError as exc:
+            raise MoEngageTransientError(
+                f"Could not verify MoEngage credentials: {exc}", status=exc.status,
+                request_id=exc.request_id, attempts=exc.attempts, cause=exc.cause, fix=exc.fix) from None
+        request_id = _request_id(doc, response)
+        if response.status_code != 200 or doc.get("status") != "success":
+            detail = f"{response.status_code} {_error_text(doc, response)}"
+            cause = f"MoEngage rejected the credentials ({detail}) on {cfg.where}"
+            fix = (f"Check the Workspace ID, the Data API key and the data centre in Airflow connection "
+                   f"{cfg.conn_id!r}: a workspace exists on one data centre only.")
+            raise MoEngageAuthError(f"{cause}. {fix}", status=response.status_code, request_id=request_id,
+                                    attempts=attempts, cause=cause, fix=fix)
+        self._preflight = {"status": "success", "app_name": doc.get("app_name"), "workspace_id": cfg.workspace_id,
+                           "data_center": cfg.data_center, "base_url": cfg.base_url, "request_id": request_id}
+        self.log.info("MoEngage credentials verified for workspace %s on %s", cfg.workspace_id, cfg.where)
+        return dict(self._preflight)
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            result = self.preflight()
+        except Exception as exc:
+            return False, str(exc)
+        return True, (f"Connected to MoEngage workspace {result['app_name'] or result['workspace_id']} "
+                      f"on {self.config.where}.")
+
+    def send_transition(self, body: bytes, *, users: int, events: int) -> SendResult:
+        """POST one packed bulk body (see :mod:`loyalty_moengage.moengage.packing`)."""
+        if len(body) > TRANSITION_MAX_BYTES:
+            raise self._too_large(len(body), TRANSITION_MAX_BYTES)
+        return self._send(f"/v1/transition/{self.config.workspace_id}", body, users=users, events=events)
+
+    def send_user(self, element: dict[str, Any]) -> SendResult:
+        body = orjson.dumps(element)
+        if len(body) > SINGLE_MAX_BYTES:
+            raise self._too_large(len(body), SINGLE_MAX_BYTES)
+        return self._send(f"/v1/customer/{self.config.workspace_id}", body, users=1, events=0)
+
+    def send_event(self, element: dict[str, Any]) -> SendResult:
+        body = orjson.dumps(element)
+        if len(body) > SINGLE_MAX_BYTES:
+            raise self._too_large(len(body), SINGLE_MAX_BYTES)
+        actions = element.get("actions")
+        return self._send(f"/v1/event/{self.config.workspace_id}", body, users=0,
+                          events=len(actions) if isinstance(actions, list) else 1)
+
+    @cached_property
+    def lookup_bucket(self) -> TokenBucket:
+        """The Get User API has its own, much smaller budget (1,000 users/min by default)."""
+        return TokenBucket(self.config.lookups_per_minute * self.share if self.config.pacing else None)
+
+    def existing_customers(self, customer_ids: list[str]) -> set[str]:
+        """Which of these customer_ids exist in MoEngage (Get User API, 20 per request).
+
+        Used before sending events: an event for an unknown customer_id creates a MoEngage
+        profile, and this integration never creates profiles.
+        """
+        found: set[str] = set()
+        path = f"/v1/customers/export?app_id={self.config.workspace_id}"
+        for start in range(0, len(customer_ids), 20):
+            chunk = customer_ids[start:start + 20]
+            self.stats.pacing_seconds += self.lookup_bucket.acquire(len(chunk))
+            body = orjson.dumps({"data": {"identifiers": [{"identifier_type": "customer_id", "identifier": c}
+                                                          for c in chunk],
+                                          "user_fields_to_export": ["customer_id"]}})
+            response, doc, attempts = self._request_safely(path, body)
+            self.stats.requests += attempts
+            if response.status_code != 200 or doc.get("status") != "success":
+                detail = f"{response.status_code} {_error_text(doc, response)}"
+                cause = f"the Get User API refused the lookup ({detail}) on {self.config.where}"
+                fix = "Check the connection's credentials and that the workspace has the Get User API enabled."
+                raise MoEngagePermanentError(f"{cause}. {fix}", status=response.status_code,
+                                             request_id=_request_id(doc, response), cause=cause, fix=fix)
+            for user in (doc.get("data") or {}).get("users") or []:
+                cid = (user.get("user_attributes") or {}).get("customer_id")
+                if isinstance(cid, str):
+                    found.add(cid)
+        return found
+
+    def close(self) -> None:
+        if "session" in self.__dict__:
+            self.session.close()
+            del self.__dict__["session"]
+
+    # -- sending --------------------------------------------------------------------------
+    def _send(self, path: str, body: bytes, *, users: int, events: int) -> SendResult:
+        cfg = self.config
+        if self.preflight_before_send and self._preflight is None:
+            self.preflight()
+        if users > cfg.users_per_minute or events > cfg.events_per_minute:
+            cause = (f"one request carries {users} users and {events} events, more than the workspace budget "
+                     f"of {cfg.users_per_minute:g} users and {cfg.events_per_minute:g} events per minute")
+            fix = "Pack smaller batches or raise the budget in the connection extras if MoEngage raised it."
+            raise MoEngagePermanentError(f"{cause}. {fix}", cause=cause, fix=fix)
+        started = time.monotonic()
+        waited = self.users_bucket.acquire(users) + self.events_bucket.acquire(events)
+        self.stats.pacing_seconds += waited
+        attempts = _Attempts()
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    attempts.tries += 1
+                    status, request_id = self._attempt(path, body, attempts)
+        except _Retryable as exc:
+            fix = ("MoEngage or the network kept failing; the run can be resumed later. "
+                   "Check https://status.moengage.com and the worker's network.")
+            cause = f"{exc.cause} after {attempts.tries} attempts on {cfg.where}"
+            raise MoEngageTransientError(f"{cause}. {fix}", status=exc.status, request_id=exc.request_id,
+                                         attempts=attempts.requests, cause=cause, fix=fix) from None
+        retries = attempts.tries - 1
+        self.stats.sends += 1
+        self.stats.retries += retries
+        self.stats.users += users
+        self.stats.events += events
+        return SendResult(status=status, request_id=request_id, attempts=attempts.requests,
+                          throttled=attempts.throttled, retries=retries, bytes_sent=len(body),
+                          seconds=time.monotonic() - started, request_ids=tuple(attempts.request_ids))
+
+    def _retrying(self) -> tenacity.Retrying:
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.log.warning("MoEngage request failed (%s; request_id %s); retry %d/%d in %.2f s",
+                             getattr(exc, "cause", exc), getattr(exc, "request_id", None),
+                             state.attempt_number, self.max_retries,
+                             state.next_action.sleep if state.next_action else 0.0)
+
+        args: dict[str, Any] = {
+            "stop": tenacity.stop_after_attempt(self.max_retries + 1),
+            "wait": tenacity.wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max,
+                                                     jitter=self.backoff_initial),
+            "retry": tenacity.retry_if_exception_type(_Retryable),
+            "sleep": self._sleep,
+            "reraise": True,
+            "before_sleep": before_sleep,
+        }
+        args.update(self.retry_args)
+        return tenacity.Retrying(**args)
+
+    def _post(self, path: str, body: bytes) -> requests.Response:
+        cfg = self.config
+        now = time.monotonic()
+        if self._last_io is not None and now - self._last_io > self.idle_reconnect_seconds:
+            # A pooled connection idle this long may be closed by a load balancer mid-request,
+            # which would look like an uncertain outcome: start from a fresh connection instead.
+            for adapter in self.session.adapters.values():
+                adapter.poolmanager.clear()
+        try:
+            return self.session.post(cfg.base_url + path, data=body, timeout=(min(10.0, cfg.timeout), cfg.timeout))
+        finally:
+            self._last_io = time.monotonic()
+            self.stats.requests += 1
+
+    def _attempt(self, path: str, body: bytes, attempts: _Attempts) -> tuple[int, str | None]:
+        """One logical attempt: 429s are waited out inside it, so they never use up retries."""
+        cfg = self.config
+        while True:
+            attempts.requests += 1
+            try:
+                response = self._post(path, body)
+            except requests.RequestException as exc:
+                attempts.request_ids.append(None)
+                if _never_sent(exc):
+                    raise _Retryable(f"could not connect ({_describe(exc)})") from None
+                if self.retry_uncertain:
+                    raise _Retryable(f"no answer after the body was sent ({_describe(exc)})") from None
+                cause = (f"the request body ({len(body)} bytes) was sent to {cfg.where} but no answer came "
+                         f"({_describe(exc)}); MoEngage may or may not have accepted it")
+                fix = ("Resending may duplicate events (MoEngage has no dedupe). Reconcile this batch, "
+                       "or set retry_uncertain=True if duplicates are acceptable.")
+                raise MoEngageUncertainError(f"{cause}. {fix}", attempts=attempts.requests, cause=cause,
+                                             fix=fix) from None
+            self.stats.bytes_sent += len(body)
+            status = response.status_code
+            doc = _body(response)
+            request_id = _request_id(doc, response)
+            attempts.request_ids.append(request_id)
+            self.log.debug("MoEngage POST %s -> %s request_id=%s bytes=%d", path, status, request_id, len(body))
+            if status == 429:
+                attempts.throttled += 1
+                self.stats.throttled += 1
+                if attempts.throttled > self.max_throttled:
+                    cause = f"MoEngage answered 429 {attempts.throttled} times in a row on {cfg.where}"
+                    fix = ("Another sender is spending this workspace's budget, or the budget in the connection "
+                           "extras is higher than MoEngage's: lower users_per_minute/events_per_minute or use a Pool.")
+                    raise MoEngageRateLimitError(f"{cause}. {fix}", status=429, request_id=request_id,
+                                                 attempts=attempts.requests, cause=cause, fix=fix)
+                wait = self._throttle_wait(response, attempts.throttled)
+                self.log.info("MoEngage rate limit (429, request_id %s): waiting %.2f s for the budget to reset",
+                              request_id, wait)
+                self.stats.throttle_seconds += wait
+                self._sleep(wait)
+                continue
+            if status == 504 and not self.retry_uncertain:
+                # A gateway timeout: the request reached MoEngage's edge and may have been processed.
+                cause = (f"MoEngage's gateway timed out (504, request_id {request_id}) on {cfg.where} after the "
+                         "body was sent; MoEngage may or may not have accepted it")
+                fix = ("Resending may duplicate events (MoEngage has no dedupe). Reconcile this batch, "
+                       "or set retry_uncertain=True if duplicates are acceptable.")
+                raise MoEngageUncertainError(f"{cause}. {fix}", status=status, request_id=request_id,
+                                             attempts=attempts.requests, cause=cause, fix=fix)
+            if status >= 500 or status == 408:
+                raise _Retryable(f"HTTP {status} {_error_text(doc, response)}", status=status, request_id=request_id)
+            if 200 <= status < 300:
+                if doc.get("status") == "fail":
+                    cause = f"MoEngage answered {status} but reported a failure ({_error_text(doc, response)}) on {cfg.where}"
+                    fix = "The request was not accepted: fix what the message names; do not count it as sent."
+                    raise MoEngagePermanentError(f"{cause}; request_id {request_id}. {fix}", status=status,
+                                                 request_id=request_id, attempts=attempts.requests,
+                                                 cause=cause, fix=fix)
+                return status, request_id
+            raise self._permanent(status, doc, response, request_id, attempts.requests)
+
+    def _permanent(self, status: int, doc: dict[str, Any], response: requests.Response, request_id: str | None,
+                   attempts: int) -> MoEngagePermanentError:
+        cfg = self.config
+        what, fix = _FIXES.get(status, (f"MoEngage refused the request with HTTP {status}",
+                                        "Check the endpoint and the payload; this status is not retried."))
+        fix = fix.replace("{conn!r}", repr(cfg.conn_id))
+        cause = f"{what} ({status} {_error_text(doc, response)}) on {cfg.where}"
+        kind = MoEngageAuthError if status in (401, 403) else MoEngagePermanentError
+        return kind(f"{cause}; request_id {request_id}. {fix}", status=status, request_id=request_id,
+                    attempts=attempts, cause=cause, fix=fix)
+
+    def _throttle_wait(self, response: requests.Response, count: int) -> float:
+        """Seconds until the budget resets: ``x-ratelimit-reset`` (seconds or epoch), else backoff."""
+        raw = response.headers.get("x-ratelimit-reset") or response.headers.get("retry-after")
+        wait: float | None = None
+        if raw:
+            try:
+                value = float(raw)
+            except ValueError:
+                value = None
+            if value is not None:
+                wait = value - time.time() if value > 1_000_000_000 else value
+        if wait is None or wait < 0:
+            wait = min(60.0, 2.0 ** min(count - 1, 6))
+        # A little jitter so tasks sharing a workspace do not all return on the same instant.
+        return min(wait, 120.0) + random.uniform(0, 0.05 + 0.05 * wait)
+
+    def _request_safely(self, path: str, body: bytes) -> tuple[requests.Response, dict[str, Any], int]:
+        """An idempotent request (preflight): every failure without an answer may be retried."""
+        attempts = _Attempts()
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    attempts.tries += 1
+                    attempts.requests += 1
+                    try:
+                        response = self._post(path, body)
+                    except requests.RequestException as exc:
+                        raise _Retryable(f"no answer from {self.config.where} ({_describe(exc)})") from None
+                    if response.status_code >= 500 or response.status_code in (408, 429):
+                        doc = _body(response)
+                        raise _Retryable(f"HTTP {response.status_code} {_error_text(doc, response)}",
+                                         status=response.status_code, request_id=_request_id(doc, response))
+                    return response, _body(response), attempts.requests
+        except _Retryable as exc:
+            fix = "Check the network path to MoEngage and the data centre in the connection, then retry."
+            raise MoEngageTransientError(f"{exc.cause} after {attempts.tries} attempts. {fix}", status=exc.status,
+                                         request_id=exc.request_id, attempts=attempts.requests,
+                                         cause=exc.cause, fix=fix) from None
+        raise AssertionError("unreachable")
+
+    def _too_large(self, size: int, limit: int) -> MoEngagePermanentError:
+        cause = f"request body is {size} bytes; MoEngage accepts at most {limit} (not sent)"
+        fix = _FIXES[413][1]
+        return MoEngagePermanentError(f"{cause}. {fix}", status=None, cause=cause, fix=fix)
+
+
+def _keep_alive_adapter() -> requests.adapters.HTTPAdapter:
+    """The TCP keep-alive adapter HttpHook mounts, with a pool sized for one task's traffic."""
+    try:
+        from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
+    except ImportError:  # pragma: no cover - requests-toolbelt comes with the http provider
+        return requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=8, max_retries=0)
+    return TCPKeepAliveAdapter(idle=120, count=20, interval=30, pool_connections=2, pool_maxsize=8, max_retries=0)
+
+
+def _mask(*secrets: str) -> None:
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # pragma: no cover
+        return
+    for secret in secrets:
+        if secret:
+            mask_secret(secret)
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in {"false", "0", "no", "off", ""}
+    return bool(value)
+
+
+__all__ = [
+    "HookStats",
+    "MoEngageAuthError",
+    "MoEngageConfig",
+    "MoEngageConfigError",
+    "MoEngageError",
+    "MoEngageHook",
+    "MoEngagePermanentError",
+    "MoEngageRateLimitError",
+    "MoEngageTransientError",
+    "MoEngageUncertainError",
+    "SendResult",
+]

@@ -1,0 +1,255 @@
+"""What each task of the nightly sync does, given the program and Airflow's context.
+
+The DAG file only wires these together; everything here can be called (and is tested)
+without a scheduler. Imports of pandas, pyarrow and psycopg happen inside the functions so
+DAG parsing stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from loyalty_moengage.config.programs import Program
+
+log = logging.getLogger(__name__)
+
+TRANSFORM_CONCURRENCY = 2   # mapped transform tasks at once per run; they share the lookup budget
+
+
+def window(program: Program, context: dict[str, Any]) -> Any:
+    """The night's recorded_at window: the run's data interval, in UTC."""
+    from zoneinfo import ZoneInfo
+
+    from loyalty_moengage.sync.transform import Window
+
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if start is None or end is None or start == end:
+        # A manual run without an interval syncs the newest night complete when it was created;
+        # run_after is fixed per run, so every task and retry of the run sees the same night.
+        tz = ZoneInfo(program.time_zone)
+        dag_run = context.get("dag_run")
+        ref = context.get("logical_date") or getattr(dag_run, "run_after", None) or datetime.now(timezone.utc)
+        local_midnight = datetime.combine(ref.astimezone(tz).date(), datetime.min.time(), tz)
+        start, end = local_midnight - timedelta(days=1), local_midnight
+    start = datetime.fromtimestamp(start.timestamp(), timezone.utc)
+    end = datetime.fromtimestamp(end.timestamp(), timezone.utc)
+    return Window.for_interval(start, end, program.time_zone)
+
+
+def dsns(program: Program) -> tuple[str, str]:
+    from loyalty_moengage.db import loyalty_dsn
+
+    loyalty = loyalty_dsn(program.loyalty_conn_id)
+    state = loyalty if program.state_conn == program.loyalty_conn_id else loyalty_dsn(program.state_conn)
+    return loyalty, state
+
+
+def _record(state_dsn: str, program: Program, night: Any, run_id: str, stage: str, key: str, stats: dict) -> None:
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.sync.report import record_stats
+
+    with connect(state_dsn) as conn:
+        record_stats(conn, program_id=program.id, night=night, run_id=run_id, stage=stage, key=key, stats=stats)
+
+
+def preflight(program: Program, context: dict[str, Any]) -> dict[str, Any]:
+    """Prove the MoEngage credentials on the configured data centre and the templates' columns."""
+    from loyalty_moengage.sync.contract import load_templates
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.sync.extract import SESSION_SETTINGS, describe
+    from loyalty_moengage.moengage.hook import MoEngageHook
+
+    w = window(program, context)
+    loyalty, state = dsns(program)
+    _apply_state_schema(state)
+    MoEngageHook(program.moengage_conn_id).preflight()
+    with connect(loyalty) as conn:
+        conn.execute(SESSION_SETTINGS)
+        for template in load_templates():
+            describe(conn, template, w.params(program.id, 0, 1))
+    return {"night": w.night.isoformat()}
+
+
+def _apply_state_schema(dsn: str) -> None:
+    from loyalty_moengage.db import run_sql_files
+    from loyalty_moengage.paths import PACKAGE_DIR
+
+    run_sql_files(dsn, [PACKAGE_DIR / "sql" / "010_sync_state.sql"])
+
+
+def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.sync.plan import decide_attribute_refresh, latest_complete_night, plan_chunks
+
+    started = time.perf_counter()
+    w = window(program, context)
+    run_id = context["run_id"]
+    loyalty, state = dsns(program)
+    retention_floor = latest_complete_night(datetime.now(timezone.utc), program.time_zone) - timedelta(
+        days=program.audit_retention_days)
+    if w.night < retention_floor:
+        raise RuntimeError(
+            f"night {w.night} is older than the audit retention ({program.audit_retention_days} days): the "
+            "record of which events were sent is gone, so syncing it could send duplicates. Raise "
+            "audit_retention_days in the programs file if this night must be synced."
+        )
+    with connect(loyalty) as conn:
+        chunks = plan_chunks(conn, program.id, chunk_members=program.chunk_members)
+    with connect(state) as conn:
+        from loyalty_moengage.sync.outbox import recover_orphans
+
+        # No load of this program runs now (max_active_runs=1): whatever a dead worker left
+        # mid-send is uncertain, whatever it only claimed is pending again.
+        orphans, released = recover_orphans(conn, program.id)
+        if orphans:
+            log.warning("%d batch(es) were mid-POST when a worker died: marked uncertain", orphans)
+        # A cleared run plans again; its earlier chunk stats and quarantine rows are redone.
+        conn.execute("DELETE FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s "
+                     "AND stage IN ('transform', 'guard')", (program.id, run_id))
+        conn.execute("DELETE FROM moengage_sync.quarantine WHERE program_id = %s AND run_id = %s",
+                     (program.id, run_id))
+    with connect(state) as conn:
+        refresh, why = decide_attribute_refresh(
+            conn, program_id=program.id, night=w.night, run_id=run_id,
+            latest_night=latest_complete_night(datetime.now(timezone.utc), program.time_zone))
+    if not refresh:
+        log.warning("Skipping the attribute refresh for night %s: %s. This night's events are still sent.", w.night, why)
+    _record(state, program, w.night, run_id, "plan", "plan", {
+        "chunks": len(chunks), "send_users": refresh, "skip_reason": why,
+        "seconds": round(time.perf_counter() - started, 4)})
+    log.info("night %s (%s .. %s UTC): %d chunk(s)", w.night, w.start, w.end, len(chunks))
+    return [{**c, "send_users": refresh} for c in chunks]
+
+
+def transform(program: Program, chunk: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    from loyalty_moengage.sync.transform import transform_chunk
+
+    w = window(program, context)
+    loyalty, state = dsns(program)
+    lookup = None
+    if program.verify_customers:
+        from loyalty_moengage.moengage.hook import MoEngageHook
+
+        lookup = MoEngageHook(program.moengage_conn_id, share=1 / TRANSFORM_CONCURRENCY).existing_customers
+    stats = transform_chunk(lookup=lookup, program_id=program.id, window=w, lo=chunk["lo"], hi=chunk["hi"], label=chunk["label"],
+                            run_id=context["run_id"], send_users=chunk["send_users"],
+                            loyalty_dsn=loyalty, state_dsn=state)
+    log.info("%s: %s", chunk["label"], stats)
+    return {k: stats[k] for k in ("label", "events_enqueued", "members_enqueued", "batches")}
+
+
+def guard(program: Program, context: dict[str, Any]) -> dict[str, Any]:
+    from loyalty_moengage.sync import guard as anomaly
+    from loyalty_moengage.db import connect
+
+    w = window(program, context)
+    _, state = dsns(program)
+    params = context.get("params") or {}
+    with connect(state) as conn:
+        totals = anomaly.check(conn, program=program, night=w.night, run_id=context["run_id"])
+        problems = totals["problems"]
+        if problems and params.get("skip_anomaly_guard"):
+            log.warning("anomaly guard overridden by the run's params: %s", problems)
+            totals["overridden"] = True
+        elif problems:
+            withdrawn = anomaly.withdraw_night(conn, program.id, w.night)
+            totals["withdrawn_batches"] = withdrawn
+            _record(state, program, w.night, context["run_id"], "guard", "guard", totals)
+            raise anomaly.AnomalyError(
+                f"Night {w.night} of program {program.id} held before sending anything: " + "; ".join(problems)
+                + f". {withdrawn} batch(es) withdrawn. Fix the cause and clear this run, or trigger it with "
+                "params {\"skip_anomaly_guard\": true} if the night is genuinely unusual."
+            )
+        totals["released_batches"] = anomaly.release_night(conn, program.id, w.night)
+    _record(state, program, w.night, context["run_id"], "guard", "guard", totals)
+    return {k: v for k, v in totals.items() if k != "problems"}
+
+
+def load(program: Program, slot: int, context: dict[str, Any]) -> dict[str, Any]:
+    from loyalty_moengage.moengage.hook import MoEngageHook
+    from loyalty_moengage.sync.load import load_slot
+
+    w = window(program, context)
+    _, state = dsns(program)
+    hook = MoEngageHook(program.moengage_conn_id, share=1 / program.load_parallelism,
+                        retry_uncertain=program.uncertain_policy == "resend")
+    ti = context.get("ti")
+    stats = load_slot(program_id=program.id, slot=slot, night=w.night, run_id=context["run_id"], state_dsn=state,
+                      hook=hook, uncertain_policy=program.uncertain_policy,
+                      attempt=getattr(ti, "try_number", 1) or 1)
+    return {k: stats[k] for k in ("slot", "batches_sent", "batches_rejected", "batches_uncertain")}
+
+
+def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
+    from loyalty_moengage.sync import report as rep
+    from loyalty_moengage.db import connect
+
+    started = time.perf_counter()
+    w = window(program, context)
+    run_id = context["run_id"]
+    _, state = dsns(program)
+    with connect(state) as conn:
+        stage_rows = conn.execute(
+            "SELECT stage, task_key, stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s",
+            (program.id, run_id)).fetchall()
+        seconds: dict[str, float] = {}
+        plan_info: dict[str, Any] = {}
+        guard_info: dict[str, Any] = {}
+        chunks_done = 0
+        for stage, _key, stats in stage_rows:
+            if stage == "plan":
+                plan_info = stats
+                seconds["plan"] = stats["seconds"]
+            elif stage == "transform":
+                chunks_done += 1
+                for k, v in stats["seconds"].items():
+                    seconds[k] = seconds.get(k, 0.0) + v
+            elif stage == "load":
+                seconds["load"] = max(seconds.get("load", 0.0), stats.get("seconds", 0.0))
+            elif stage == "guard":
+                guard_info = stats
+        notes = []
+        outcome = "success"
+        if plan_info.get("skip_reason"):
+            notes.append(f"attribute refresh skipped: {plan_info['skip_reason']}")
+        if not plan_info:
+            outcome = "failed"
+            notes.append("the plan task did not finish")
+        elif chunks_done < plan_info.get("chunks", 0):
+            outcome = "failed"
+            notes.append(f"{plan_info['chunks'] - chunks_done} chunk(s) did not finish transforming")
+        if guard_info.get("problems") and not guard_info.get("overridden"):
+            outcome = "held"
+            notes.extend(f"anomaly guard: {p}" for p in guard_info["problems"])
+        pending = conn.execute(
+            "SELECT count(*) FROM moengage_sync.batches WHERE program_id = %s AND night <= %s "
+            "AND state IN ('staged', 'pending', 'claimed', 'sending')", (program.id, w.night)).fetchone()[0]
+        if pending and outcome == "success":
+            outcome = "incomplete"
+            notes.append(f"{pending} batch(es) still pending: the next attempt or the next night sends them")
+        uncertain_stats = [s for stage, _k, s in stage_rows if stage == "load"]
+        uncertain = sum(s.get("batches_uncertain", 0) + s.get("orphans_uncertain", 0) for s in uncertain_stats)
+        if uncertain:
+            notes.append(f"{uncertain} batch(es) became uncertain during this run (policy {program.uncertain_policy}): "
+                         "MoEngage may have them twice if resent; see README, 'Backfills and reruns'")
+        requeued = sum(s.get("requeued_uncertain", 0) for s in uncertain_stats)
+        if requeued:
+            notes.append(f"{requeued} uncertain batch(es) were resent by policy: possible duplicates")
+        seconds["report"] = time.perf_counter() - started
+        body = rep.build(conn, program_id=program.id, night=w.night, run_id=run_id, window_start=w.start,
+                         window_end=w.end, outcome=outcome, stage_seconds=seconds,
+                         attributes_skipped=bool(plan_info.get("skip_reason")), notes=notes)
+        rep.write(conn, body)
+        retention = rep.enforce_retention(conn, program_id=program.id, night=w.night,
+                                          retention_days=program.audit_retention_days,
+                                          keep_sent_bodies=program.keep_sent_bodies)
+        # The row is written before retention (so a failure there still leaves it); the report
+        # stage's time, retention included, is filled in afterwards.
+        body["stage_seconds"]["report"] = round(time.perf_counter() - started, 3)
+        rep.write(conn, body)
+    log.info("\n%s", rep.render(body))
+    log.info("retention: %s", retention)
+    return {"outcome": outcome, "events_sent": body["events_sent"], "members_updated": body["members_updated"]}

@@ -1,0 +1,333 @@
+"""MoEngageHook against the real sandbox over HTTP: no mocks of requests."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+import threading
+import time
+
+import orjson
+import pytest
+
+from loyalty_moengage.moengage.hook import (
+    MoEngageAuthError,
+    MoEngageConfigError,
+    MoEngageHook,
+    MoEngagePermanentError,
+    MoEngageTransientError,
+    MoEngageUncertainError,
+)
+from loyalty_moengage.moengage.packing import pack_transition
+
+NOW_ISH = "2026-01-01T00:00:00Z"
+
+
+def event(customer_id: str, n: int = 0) -> bytes:
+    return orjson.dumps({"type": "event", "customer_id": customer_id, "actions": [
+        {"action": "loyalty_points_earned", "attributes": {"points": n}, "current_time": NOW_ISH,
+         "user_timezone_offset": 19800}]})
+
+
+def user(customer_id: str, **attributes) -> bytes:
+    return orjson.dumps({"type": "customer", "customer_id": customer_id, "attributes": attributes or {"tier": "Gold"}})
+
+
+def one_event_body(customer_id: str = "REL-1") -> bytes:
+    [batch], _ = pack_transition([event(customer_id)], "event")
+    return batch.body
+
+
+def data_requests(sb, workspace_id: str) -> list[dict]:
+    return [r for r in sb.state.requests(workspace_id) if r["endpoint"] != "authentication"]
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["https://dashboard-03.moengage.com", "DC-03", "03", "dc03"])
+def test_data_centre_forms_accepted(make_hook, workspace, host):
+    hook = make_hook(*workspace, host=host, base_url="https://api-{dc}.moengage.com")
+    assert hook.config.data_center == "03"
+    assert hook.config.base_url == "https://api-03.moengage.com"
+
+
+@pytest.mark.parametrize("host", ["07", "api-03", "mumbai", ""])
+def test_bad_data_centre_rejected_listing_valid_values(make_hook, workspace, host):
+    hook = make_hook(*workspace, host=host)
+    with pytest.raises(MoEngageConfigError) as info:
+        hook.config
+    assert "01, 02, 03, 04, 05, 06, 101" in str(info.value)
+    assert workspace[1] not in str(info.value)
+
+
+def test_defaults_and_real_api_host(make_hook, workspace, monkeypatch):
+    hook = make_hook(*workspace, host="DC-01")
+    monkeypatch.setenv(f"AIRFLOW_CONN_{hook.moengage_conn_id.upper()}", orjson.dumps(
+        {"conn_type": "moengage", "login": workspace[0], "password": workspace[1], "host": "DC-01"}).decode())
+    cfg = hook.config
+    assert cfg.base_url == "https://api-01.moengage.com"
+    assert (cfg.users_per_minute, cfg.events_per_minute, cfg.timeout, cfg.pacing) == (60000, 60000, 30, True)
+
+
+# -- preflight and data centres ---------------------------------------------------------------
+
+def test_preflight_and_test_connection(sb, make_hook, workspace):
+    hook = make_hook(*workspace)
+    result = hook.preflight()
+    assert result["status"] == "success" and result["data_center"] == "03" and result["request_id"]
+    ok, message = hook.test_connection()
+    assert ok and "DC-03" in message
+
+
+def test_data_centre_mismatch_fails_loudly_before_sending(sb, make_hook):
+    sb.add_workspace("WS_ON_DC01", "dc01-secret-key", "01")
+    hook = make_hook("WS_ON_DC01", "dc01-secret-key", host="DC-03")
+    with pytest.raises(MoEngageAuthError) as info:
+        hook.send_transition(one_event_body(), users=0, events=1)
+    text = str(info.value)
+    assert "DC-03" in text and sb.url in text and "Invalid APP_ID" in text
+    assert "Workspace ID" in text and "Data API key" in text and "data centre" in text
+    assert "dc01-secret-key" not in text
+    assert data_requests(sb, "WS_ON_DC01") == []
+    ok, message = hook.test_connection()
+    assert not ok and "DC-03" in message
+    # the same credentials on the right data centre work
+    assert make_hook("WS_ON_DC01", "dc01-secret-key", host="DC-01").preflight()["data_center"] == "01"
+
+
+def test_wrong_key_names_cause_and_fix(sb, make_hook, workspace):
+    hook = make_hook(workspace[0], "not-the-key-123")
+    with pytest.raises(MoEngageAuthError) as info:
+        hook.preflight()
+    assert info.value.status == 401
+    assert "App Secret key mismatch" in str(info.value)
+    assert hook.moengage_conn_id in str(info.value)
+
+
+# -- sending ----------------------------------------------------------------------------------
+
+def test_send_transition_reuses_one_connection(sb, make_hook, workspace):
+    hook = make_hook(*workspace)
+    elements = [event(f"REL-{i}", i) for i in range(40)] + [user(f"REL-{i}") for i in range(10)]
+    batches, oversize = pack_transition(elements, ["event"] * 40 + ["customer"] * 10, max_bytes=2_000)
+    assert len(batches) > 3 and not oversize
+    results = [hook.send_transition(b.body, users=b.users, events=b.events) for b in batches]
+    assert all(r.status == 200 and r.request_id and r.retries == 0 for r in results)
+    assert len(sb.state.events(workspace[0])) == 40
+    peers = {r["peer"] for r in sb.state.requests(workspace[0])}
+    assert len(peers) == 1, "every request, preflight included, rides one keep-alive connection"
+    assert hook.stats.requests == len(batches) + 1 and hook.stats.bytes_sent == sum(len(b.body) for b in batches)
+
+
+def test_429_waits_for_reset_without_using_retries(sb, make_hook, workspace):
+    sb.state.faults.retry_after = 0.2
+    hook = make_hook(*workspace, hook_kwargs={"max_retries": 0})
+    hook.preflight()
+    sb.fail_next(429, 429)
+    started = time.monotonic()
+    result = hook.send_transition(one_event_body(), users=0, events=1)
+    assert result.status == 200 and result.throttled == 2 and result.retries == 0 and result.attempts == 3
+    assert time.monotonic() - started >= 0.4
+    assert len(result.request_ids) == 3 and all(result.request_ids)
+
+
+def test_5xx_storm_then_success(sb, make_hook, workspace):
+    hook = make_hook(*workspace, hook_kwargs={"max_retries": 5})
+    hook.preflight()
+    sb.fail_next(500, 502, 503, 500)
+    result = hook.send_transition(one_event_body(), users=0, events=1)
+    assert result.retries == 4 and result.attempts == 5
+    assert len(sb.state.events(workspace[0])) == 1
+
+
+def test_5xx_past_retry_budget_is_transient(sb, make_hook, workspace):
+    hook = make_hook(*workspace, hook_kwargs={"max_retries": 2})
+    hook.preflight()
+    sb.fail_next(503, 503, 503, 503)
+    with pytest.raises(MoEngageTransientError) as info:
+        hook.send_transition(one_event_body(), users=0, events=1)
+    assert info.value.status == 503 and info.value.attempts == 3 and info.value.request_id
+    assert "3 attempts" in str(info.value) and "DC-03" in str(info.value)
+
+
+@pytest.mark.parametrize(("status", "words"), [
+    (400, "payload"), (401, "Workspace ID, the Data API key and the data centre"), (403, "allowlist"),
+    (409, "single Workspace ID"), (413, "pack_transition"), (415, "application/json"), ("fail200", "reported a failure"),
+])
+def test_permanent_errors_never_retry(sb, make_hook, workspace, status, words):
+    hook = make_hook(*workspace)
+    hook.preflight()
+    before = len(data_requests(sb, workspace[0]))
+    sb.fail_next(status)
+    with pytest.raises(MoEngagePermanentError) as info:
+        hook.send_transition(one_event_body(), users=0, events=1)
+    err = info.value
+    assert err.status == (200 if status == "fail200" else status)
+    assert err.request_id and err.attempts == 1 and err.cause and err.fix
+    assert words in str(err)
+    assert len(sb.state.requests()) and len(data_requests(sb, workspace[0])) in (before, before + 1)
+    assert sb.state.data_requests == max(r.get("n", 0) for r in sb.state.requests())  # exactly one data request
+
+
+def test_real_400_413_and_409_from_sandbox(sb, make_hook, workspace):
+    hook = make_hook(*workspace)
+    with pytest.raises(MoEngagePermanentError) as info:
+        hook.send_transition(b'{"type":"transition","elements":[]}', users=0, events=0)
+    assert info.value.status == 400 and "elements cannot be empty" in str(info.value)
+    with pytest.raises(MoEngagePermanentError) as info:
+        hook.send_transition(b"x" * 100_001, users=0, events=0)
+    assert info.value.status is None and "not sent" in str(info.value)
+    with pytest.raises(MoEngagePermanentError) as info:
+        hook._send("/v1/transition/SOMEONE_ELSE", one_event_body(), users=0, events=1)
+    assert info.value.status == 409
+
+
+def test_uncertain_outcome_is_not_retried_by_default(sb, make_hook, workspace):
+    hook = make_hook(*workspace)
+    hook.preflight()
+    sb.fail_next("drop_after_body")
+    with pytest.raises(MoEngageUncertainError) as info:
+        hook.send_transition(one_event_body(), users=0, events=1)
+    assert "may or may not" in str(info.value) and info.value.attempts == 1
+    assert len(sb.state.events(workspace[0])) == 1, "the sandbox processed it: a resend would duplicate"
+
+
+def test_gateway_timeout_is_uncertain_not_retried(sb, make_hook, workspace):
+    hook = make_hook(*workspace)
+    hook.preflight()
+    sb.fail_next(504)
+    with pytest.raises(MoEngageUncertainError) as info:
+        hook.send_transition(one_event_body(), users=0, events=1)
+    assert info.value.status == 504 and info.value.attempts == 1
+
+
+def test_uncertain_retried_when_allowed_duplicates(sb, make_hook, workspace):
+    hook = make_hook(*workspace, hook_kwargs={"retry_uncertain": True})
+    hook.preflight()
+    sb.fail_next("drop_after_body", "drop")
+    result = hook.send_transition(one_event_body(), users=0, events=1)
+    assert result.retries == 2
+    assert len(sb.state.events(workspace[0])) == 2
+
+
+def test_read_timeout_is_uncertain(sb, make_hook, workspace):
+    hook = make_hook(*workspace, timeout=0.3)
+    hook.preflight()
+    sb.fail_next("latency:1.0")
+    with pytest.raises(MoEngageUncertainError):
+        hook.send_transition(one_event_body(), users=0, events=1)
+
+
+def test_connection_refused_is_retried_then_transient(make_hook, workspace):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    hook = make_hook(*workspace, base_url=f"http://127.0.0.1:{port}/dc/{{dc}}", hook_kwargs={"max_retries": 2})
+    with pytest.raises(MoEngageTransientError) as info:
+        hook.preflight()
+    assert info.value.attempts == 3 and "DC-03" in str(info.value)
+    hook = make_hook(*workspace, base_url=f"http://127.0.0.1:{port}", hook_kwargs={
+        "max_retries": 2, "preflight_before_send": False})
+    with pytest.raises(MoEngageTransientError) as info:
+        hook.send_transition(one_event_body(), users=0, events=1)
+    assert info.value.attempts == 3 and "could not connect" in str(info.value)
+
+
+def test_single_user_and_event_endpoints(sb, make_hook, workspace):
+    hook = make_hook(*workspace)
+    assert hook.send_user({"type": "customer", "customer_id": "REL-9", "attributes": {"tier": "Gold"}}).status == 200
+    assert hook.send_event(orjson.loads(event("REL-9"))).status == 200
+    assert sb.state.users(workspace[0])["REL-9"] == {"tier": "Gold"}
+    with pytest.raises(MoEngagePermanentError) as info:
+        hook.send_user({"type": "customer", "attributes": {}})
+    assert info.value.status == 400 and "customer_id" in str(info.value)
+
+
+# -- pacing -----------------------------------------------------------------------------------
+
+def test_pacing_under_a_tight_budget(sb, make_hook):
+    sb.add_workspace("WS_TIGHT", "tight-key", "03", users_per_minute=6000, window_seconds=1.0)
+    hook = make_hook("WS_TIGHT", "tight-key", users_per_minute=6000)  # 100 users/s, 100 per 1 s window
+    hook.preflight()
+    batches, _ = pack_transition([user(f"REL-{i}") for i in range(300)], "customer", max_bytes=800)
+    started = time.monotonic()
+    results = [hook.send_transition(b.body, users=b.users, events=b.events) for b in batches]
+    elapsed = time.monotonic() - started
+    assert len(sb.state.users("WS_TIGHT")) == 300
+    assert 1.8 <= elapsed <= 4.0, elapsed  # (300 - 100 burst) / 100 per s = 2 s
+    assert sum(r.throttled for r in results) <= 3 and all(r.retries == 0 for r in results)
+
+
+def test_two_tasks_share_the_budget(sb, make_hook):
+    sb.add_workspace("WS_SHARED", "shared-key", "03", events_per_minute=12000, window_seconds=1.0)
+    hooks = [make_hook("WS_SHARED", "shared-key", events_per_minute=12000, hook_kwargs={"share": 0.5})
+             for _ in range(2)]
+    batches, _ = pack_transition([event(f"REL-{i}") for i in range(600)], "event", max_bytes=2_000)
+    halves = [batches[0::2], batches[1::2]]
+    results: list = []
+
+    def run(hook, mine):
+        hook.preflight()
+        results.extend(hook.send_transition(b.body, users=b.users, events=b.events) for b in mine)
+
+    threads = [threading.Thread(target=run, args=(h, m)) for h, m in zip(hooks, halves, strict=True)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    assert len(sb.state.events("WS_SHARED")) == 600
+    assert 2.0 <= elapsed <= 4.5, elapsed  # (600 - 200 burst) / 200 per s = 2 s
+    assert sum(r.throttled for r in results) <= 4
+
+
+# -- secrets ----------------------------------------------------------------------------------
+
+def test_secrets_absent_from_logs_errors_and_reprs(sb, make_hook, workspace, caplog, capsys):
+    workspace_id, key = workspace
+    token = base64.b64encode(f"{workspace_id}:{key}".encode()).decode()
+    caplog.set_level(logging.DEBUG)
+    hook = make_hook(workspace_id, key, timeout=0.3, hook_kwargs={"max_retries": 1})
+    hook.preflight()
+    sb.state.faults.retry_after = 0.05
+    sb.fail_next(503, 429, "drop_after_body")
+    errors: list[BaseException] = []
+    for _ in range(2):
+        try:
+            hook.send_transition(one_event_body(), users=0, events=1)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    bad = make_hook(workspace_id, key + "x")
+    try:
+        bad.preflight()
+    except Exception as exc:  # noqa: BLE001
+        errors.append(exc)
+    assert len(errors) == 2
+    out, err = capsys.readouterr()
+    texts = [caplog.text, out, err, repr(hook), repr(hook.config), repr(hook.session.auth), str(vars(hook.config)
+             if hasattr(hook.config, "__dict__") else ""), repr(hook.stats)]
+    texts += [str(e) for e in errors] + [repr(e) for e in errors] + [repr(vars(e)) for e in errors]
+    for text in texts:
+        assert key not in text and token not in text
+    from airflow.sdk._shared.secrets_masker import redact
+
+    assert key not in str(redact(f"key={key} header=Basic {token}"))
+    assert token not in str(redact(f"Authorization: Basic {token}"))
+
+
+def test_registered_as_connection_type():
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    hook = manager.hooks["moengage"]
+    assert hook.hook_class_name == "loyalty_moengage.moengage.hook.MoEngageHook"
+    assert hook.connection_testable and hook.hook_name == "MoEngage"
+    behaviour = manager.field_behaviours["moengage"]
+    assert behaviour["relabeling"] == {"login": "Workspace ID", "password": "Data API key", "host": "Data centre"}
+    widgets = {k.rsplit("__", 1)[1]: v.field for k, v in manager.connection_form_widgets.items()
+               if k.startswith("extra__moengage__")}
+    assert {"base_url", "users_per_minute", "events_per_minute", "timeout", "pacing"} <= set(widgets)
+    assert widgets["users_per_minute"]["value"] == 60000
+    assert MoEngageHook.conn_type == "moengage" and MoEngageHook.default_conn_name == "moengage_default"

@@ -1,0 +1,68 @@
+"""Wiring shared by the end-to-end sync tests: a program file, the loyalty DB and the sandbox."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+WORKSPACE = "WS_TEST"
+API_KEY = "test-data-api-key-7f3a9c"
+
+
+@contextmanager
+def sync_env(tmp_path: Path, dsn: str, *, program_id: str = "tiny", time_zone: str = "Asia/Kolkata",
+             customers=("REL-0001", "REL-0002"), extra_program: str = "", sandbox_kwargs=None,
+             workspace_kwargs=None):
+    """Programs file + connections + a running sandbox; yields the sandbox."""
+    from loyalty_moengage.db import connection_json
+    from loyalty_moengage.devtools.sandbox import SandboxServer
+
+    programs = tmp_path / "programs.yaml"
+    programs.write_text(
+        "programs:\n"
+        f"  - id: {program_id}\n"
+        f"    time_zone: {time_zone}\n"
+        "    retries: 0\n"
+        "    reject_threshold: 0.5\n"
+        "    load_parallelism: 1\n"
+        + extra_program
+    )
+    saved = {k: os.environ.get(k) for k in ("LOYALTY_PROGRAMS_FILE", "AIRFLOW_CONN_LOYALTY_DB",
+                                              "AIRFLOW_CONN_MOENGAGE_DEFAULT")}
+    sandbox = SandboxServer(port=0, **(sandbox_kwargs or {})).start()
+    try:
+        sandbox.add_workspace(WORKSPACE, API_KEY, dc="03", export_users_per_minute=100_000,
+                              **(workspace_kwargs or {}))
+        if customers == "all":
+            sandbox.seed_from_loyalty_db(WORKSPACE, dsn, program_id, missing_share=0.0)
+        else:
+            sandbox.seed_users(WORKSPACE, list(customers))
+        os.environ["LOYALTY_PROGRAMS_FILE"] = str(programs)
+        os.environ["AIRFLOW_CONN_LOYALTY_DB"] = connection_json(dsn)
+        os.environ["AIRFLOW_CONN_MOENGAGE_DEFAULT"] = sandbox.connection_json(
+            WORKSPACE, API_KEY, dc="03", lookups_per_minute=100_000)
+        yield sandbox
+    finally:
+        sandbox.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run(program_id: str, night: date, time_zone: str = "Asia/Kolkata", conf=None):
+    from loyalty_moengage.sync.runner import run_night
+
+    return run_night(program_id, night, time_zone, conf=conf)
+
+
+def reports(dsn: str, program_id: str) -> list[dict]:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        return conn.execute("SELECT * FROM moengage_sync.run_reports WHERE program_id = %s ORDER BY reported_at",
+                            (program_id,)).fetchall()

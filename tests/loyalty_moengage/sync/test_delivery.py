@@ -1,0 +1,197 @@
+"""Exactly-once delivery: killed workers, unknown outcomes, backfills, old nights, retention, resend."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import orjson
+import psycopg
+import pytest
+
+from loyalty_moengage.devtools.generator import generate
+from tests.loyalty_moengage.sync.sync_env import WORKSPACE, reports, run, sync_env
+
+TZ = "Asia/Kolkata"
+PROGRAM = "gen"
+
+
+def _today() -> date:
+    return datetime.now(timezone.utc).astimezone(ZoneInfo(TZ)).date()
+
+
+@pytest.fixture
+def program(loyalty_db):
+    generate(loyalty_db, program_id=PROGRAM, members=300, days=4, seed=7, end_date=_today(), time_zone=TZ)
+    return loyalty_db
+
+
+def _event_counts(sandbox) -> Counter:
+    return Counter((e["customer_id"], e["action"], e["current_time"],
+                    orjson.dumps(e["attributes"], option=orjson.OPT_SORT_KEYS)) for e in sandbox.state.events(WORKSPACE))
+
+
+def _batches(dsn, **where):
+    clause = " AND ".join(f"{k} = %({k})s" for k in where) or "true"
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"SELECT state, count(*), coalesce(sum(events), 0) FROM moengage_sync.batches "
+                            f"WHERE {clause} GROUP BY state", where).fetchall()
+
+
+def test_three_missed_nights_backfilled_in_order(program, tmp_path):
+    nights = [_today() - timedelta(days=d) for d in (3, 2, 1)]
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        for night in nights:
+            assert str(run(PROGRAM, night, TZ).state) == "success"
+        counts = _event_counts(sandbox)
+        assert counts and max(counts.values()) == 1
+        user_updates = sandbox.state.workspace_counters(WORKSPACE).get("users_updated", 0)
+    rows = reports(program, PROGRAM)
+    assert [r["night"] for r in rows] == nights
+    assert [r["attributes_skipped"] for r in rows] == [True, True, False]
+    assert sum(r["events_sent"] for r in rows) == sum(counts.values())
+    assert user_updates == rows[-1]["members_updated"] == 300
+
+
+def test_an_old_night_after_a_newer_one_leaves_attributes_alone(program, tmp_path):
+    newest, older = _today() - timedelta(days=1), _today() - timedelta(days=2)
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        assert str(run(PROGRAM, newest, TZ).state) == "success"
+        before = sandbox.state.workspace_counters(WORKSPACE).get("users_updated", 0)
+        assert str(run(PROGRAM, older, TZ).state) == "success"
+        after = sandbox.state.workspace_counters(WORKSPACE).get("users_updated", 0)
+    assert before == after == 300
+    new_report, old_report = reports(program, PROGRAM)
+    assert old_report["attributes_skipped"] and old_report["events_sent"] > 0
+    assert any("newer night" in n or "newest complete night" in n for n in old_report["notes"])
+
+
+def test_lost_answers_become_uncertain_and_are_never_resent(program, tmp_path):
+    night = _today() - timedelta(days=1)
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all",
+                  extra_program="    keep_sent_bodies: true\n") as sandbox:
+        sandbox.set_faults(drop_after_body_rate=0.3, seed=3)
+        first = run(PROGRAM, night, TZ)
+        sandbox.set_faults()
+        second = run(PROGRAM, night, TZ)
+        assert str(second.state) == "success"
+        counts = _event_counts(sandbox)
+    states = dict((s, n) for s, n, _ in _batches(program, program_id=PROGRAM))
+    assert states.get("uncertain", 0) >= 1, states
+    assert max(counts.values()) == 1
+    rows = reports(program, PROGRAM)
+    assert any("uncertain" in n for r in rows for n in r["notes"])
+    del first
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    from datetime import date
+    from loyalty_moengage.sync.guard import release_night
+    from loyalty_moengage.moengage.hook import MoEngageHook
+    from loyalty_moengage.sync.load import load_slot
+    hook = MoEngageHook("moengage_default")
+    load_slot(program_id=sys.argv[1], slot=0, night=date.fromisoformat(sys.argv[2]), run_id="run-k",
+              state_dsn=sys.argv[3], hook=hook)
+""")
+
+
+def test_worker_killed_mid_load_then_rerun(program, tmp_path):
+    from loyalty_moengage.sync.guard import release_night
+    from loyalty_moengage.moengage.hook import MoEngageHook
+    from loyalty_moengage.sync.load import load_slot
+    from loyalty_moengage.sync.transform import Window, transform_chunk
+    from loyalty_moengage.sync.runner import night_end
+
+    night = _today() - timedelta(days=1)
+    window = Window.for_interval(night_end(night - timedelta(days=1), TZ), night_end(night, TZ), TZ)
+    transform_chunk(program_id=PROGRAM, window=window, lo=0, hi=2**63 - 1, label="all", run_id="run-k",
+                    send_users=True, loyalty_dsn=program, state_dsn=program)
+    with psycopg.connect(program) as conn:
+        release_night(conn, PROGRAM, night)  # what a passing anomaly guard does
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        sandbox.fail_next(None, "latency:30")  # the 2nd data request hangs
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, PROGRAM, night.isoformat(), program],
+                                env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "slot.log", "w"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if dict((s, n) for s, n, _ in _batches(program, program_id=PROGRAM)).get("sent", 0) >= 1:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)  # kill -9 while a batch is 'sending'
+        proc.wait(10)
+        sandbox.set_faults()
+        stats = load_slot(program_id=PROGRAM, slot=0, night=night, run_id="run-k", state_dsn=program,
+                          hook=MoEngageHook("moengage_default"))
+        counts = _event_counts(sandbox)
+    assert stats["orphans_uncertain"] == 1  # only the batch that was mid-POST; claimed ones are sent
+    states = dict((s, n) for s, n, _ in _batches(program, program_id=PROGRAM))
+    assert states.get("pending", 0) == states.get("sending", 0) == states.get("claimed", 0) == 0
+    assert states["uncertain"] == 1
+    assert max(counts.values()) == 1
+    sent_events = sum(e for s, _, e in _batches(program, program_id=PROGRAM) if s == "sent")
+    uncertain_events = sum(e for s, _, e in _batches(program, program_id=PROGRAM) if s == "uncertain")
+    assert sent_events <= sum(counts.values()) <= sent_events + uncertain_events
+
+
+def test_retention_drops_bodies_and_old_audit(program, tmp_path):
+    night = _today() - timedelta(days=1)
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all",
+                  extra_program="    audit_retention_days: 30\n"):
+        with psycopg.connect(program) as conn:
+            conn.execute("INSERT INTO moengage_sync.event_keys VALUES (%s, 'old-1', %s, 'loyalty_points_earned', 1)",
+                         (PROGRAM, night - timedelta(days=45)))
+            conn.execute("INSERT INTO moengage_sync.quarantine (program_id, night, run_id, template, reason, row_data) "
+                         "VALUES (%s, %s, 'old', 't', 'r', '{}')", (PROGRAM, night - timedelta(days=45)))
+        assert str(run(PROGRAM, night, TZ).state) == "success"
+    with psycopg.connect(program) as conn:
+        assert conn.execute("SELECT count(*) FROM moengage_sync.batches WHERE body IS NOT NULL AND state = 'sent'"
+                            ).fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM moengage_sync.event_keys WHERE event_id = 'old-1'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM moengage_sync.quarantine WHERE run_id = 'old'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM moengage_sync.event_keys").fetchone()[0] > 0
+
+
+def test_operator_resend_sends_the_night_once_more_and_is_recorded(program, tmp_path):
+    from loyalty_moengage.sync.resend import resend_night
+
+    night = _today() - timedelta(days=1)
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        assert str(run(PROGRAM, night, TZ).state) == "success"
+        first = sum(_event_counts(sandbox).values())
+        result = resend_night(program, program_id=PROGRAM, night=night, requested_by="ops@example.com",
+                              reason="MoEngage support ticket 123: events lost")
+        assert result["event_keys_forgotten"] == first
+        assert str(run(PROGRAM, night, TZ).state) == "success"
+        counts = _event_counts(sandbox)
+    assert sum(counts.values()) == 2 * first and set(counts.values()) == {2}
+    with psycopg.connect(program) as conn:
+        who, events = conn.execute("SELECT requested_by, events FROM moengage_sync.resend_requests").fetchone()
+    assert who == "ops@example.com" and events == first
+
+
+def test_batches_wait_for_their_nights_guard(program, tmp_path):
+    """A night whose guard never ran (a chunk failed) is not sent by a later load."""
+    from loyalty_moengage.moengage.hook import MoEngageHook
+    from loyalty_moengage.sync.load import load_slot
+    from loyalty_moengage.sync.runner import night_end
+    from loyalty_moengage.sync.transform import Window, transform_chunk
+
+    night = _today() - timedelta(days=2)
+    window = Window.for_interval(night_end(night - timedelta(days=1), TZ), night_end(night, TZ), TZ)
+    transform_chunk(program_id=PROGRAM, window=window, lo=0, hi=2**63 - 1, label="all", run_id="run-s",
+                    send_users=False, loyalty_dsn=program, state_dsn=program)
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        stats = load_slot(program_id=PROGRAM, slot=0, night=night + timedelta(days=1), run_id="later",
+                          state_dsn=program, hook=MoEngageHook("moengage_default"))
+        assert sandbox.state.events(WORKSPACE) == []
+    assert stats["batches_sent"] == 0
+    assert {s for s, _, _ in _batches(program, program_id=PROGRAM)} == {"staged"}
