@@ -1,18 +1,20 @@
 """The programs file: which loyalty programs sync, where their data and credentials live.
 
-Parsed at DAG parse time, so it only needs PyYAML (already an Airflow dependency): no database,
-no network. ``LOYALTY_PROGRAMS_FILE`` points at another file (tests use this).
+Parsed at DAG parse time, so it only needs PyYAML and pydantic (both already imported by
+Airflow): no database, no network. ``LOYALTY_PROGRAMS_FILE`` points at another file (tests use
+this). Types are strict: a quoted number (``load_parallelism: "2"``) is an error, not a guess.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
 from datetime import date
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from loyalty_moengage.paths import include_dir
 
@@ -24,8 +26,11 @@ class ProgramsFileError(ValueError):
     """The programs file is invalid; the message names the file, the program and the key."""
 
 
-@dataclass(frozen=True)
-class Program:
+class Program(BaseModel):
+    """One program's settings; defaults here are those of a program that sets nothing."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
     id: str
     name: str
     time_zone: str
@@ -47,8 +52,79 @@ class Program:
     audit_retention_days: int = 30
     keep_sent_bodies: bool = False
     verify_customers: bool = True
-    alert_email: list[str] = field(default_factory=list)
+    alert_email: list[str] = []
     alert_slack_conn_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lenient_spellings(cls, data: Any) -> Any:
+        """The YAML spellings the hand-written loader accepted: ``id: 123``, an unquoted
+        ``start_date``, one address as ``alert_email``; ``name`` defaults to the id."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("id"), int) and not isinstance(data["id"], bool):
+            data["id"] = str(data["id"])
+        if isinstance(data.get("start_date"), date):
+            data["start_date"] = data["start_date"].isoformat()
+        if isinstance(data.get("alert_email"), str):
+            data["alert_email"] = [data["alert_email"]]
+        if "name" not in data and "id" in data:
+            data["name"] = data["id"]
+        return data
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError("use 1-40 lowercase letters, digits or underscores")
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _time_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Asia/Kolkata)") from None
+        return value
+
+    @field_validator("uncertain_policy")
+    @classmethod
+    def _uncertain_policy(cls, value: str) -> str:
+        if value not in UNCERTAIN_POLICIES:
+            raise ValueError(f"must be one of {', '.join(UNCERTAIN_POLICIES)}")
+        return value
+
+    @field_validator("chunk_members")
+    @classmethod
+    def _chunk_members(cls, value: int) -> int:
+        if value < 100:
+            raise ValueError("must be at least 100")
+        return value
+
+    @field_validator("load_parallelism")
+    @classmethod
+    def _load_parallelism(cls, value: int) -> int:
+        if not 1 <= value <= 64:
+            raise ValueError("must be between 1 and 64")
+        return value
+
+    @field_validator("reject_threshold")
+    @classmethod
+    def _reject_threshold(cls, value: float) -> float:
+        if not 0 <= value <= 1:
+            raise ValueError("is a share between 0 and 1 (0.01 = 1%)")
+        return value
+
+    @field_validator("start_date")
+    @classmethod
+    def _start_date(cls, value: str) -> str:
+        try:
+            date.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be a date like 2026-01-01") from None
+        return value
 
     @property
     def dag_id(self) -> str:
@@ -67,55 +143,61 @@ def programs_file() -> Path:
     return Path(os.environ.get("LOYALTY_PROGRAMS_FILE") or include_dir() / "programs.yaml")
 
 
-def _validate(program: Program, where: str) -> None:
-    def fail(key: str, message: str) -> None:
-        raise ProgramsFileError(f"{where}: program {program.id!r}, key {key!r}: {message}")
+def _file_error(path: Path, program_id: str, entry: dict[str, Any], exc: ValidationError) -> ProgramsFileError:
+    """Every problem pydantic found, one line each: 'file: program, key: what is wrong (got ...)'."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        key = str(error["loc"][0]) if error["loc"] else "?"
+        if error["type"] == "value_error":
+            message = str(error["ctx"]["error"])
+        else:
+            message = f"{error['msg'][0].lower()}{error['msg'][1:]}, got {error['input']!r}"
+        where = "" if key in entry or not error["loc"] else " (set under defaults)"
+        lines.append(f"{path}: program {program_id!r}, key {key!r}{where}: {message}")
+    return ProgramsFileError("\n".join(lines))
 
-    if not _ID.match(program.id):
-        fail("id", "use 1-40 lowercase letters, digits or underscores")
+
+def _read(path: Path) -> dict[str, Any]:
+    import yaml
+
     try:
-        ZoneInfo(program.time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        fail("time_zone", f"{program.time_zone!r} is not an IANA time zone (e.g. Asia/Kolkata)")
-    if program.uncertain_policy not in UNCERTAIN_POLICIES:
-        fail("uncertain_policy", f"must be one of {', '.join(UNCERTAIN_POLICIES)}")
-    if program.chunk_members < 100:
-        fail("chunk_members", "must be at least 100")
-    if not 1 <= program.load_parallelism <= 64:
-        fail("load_parallelism", "must be between 1 and 64")
-    if not 0 <= program.reject_threshold <= 1:
-        fail("reject_threshold", "is a share between 0 and 1 (0.01 = 1%)")
-    try:
-        program.start
-    except ValueError:
-        fail("start_date", "must be a date like 2026-01-01")
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ProgramsFileError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProgramsFileError(f"{path}: expected a mapping with 'defaults' and 'programs'")
+    return raw
 
 
 def load_programs(path: Path | None = None) -> list[Program]:
     """All programs in the file (enabled or not), validated."""
-    import yaml
-
     path = path or programs_file()
-    raw: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
-    known = {f.name for f in fields(Program)}
+    raw = _read(path)
+    known = set(Program.model_fields)
     defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ProgramsFileError(f"{path}: 'defaults' must be a mapping")
     unknown = set(defaults) - known
     if unknown:
         raise ProgramsFileError(f"{path}: unknown key(s) under defaults: {', '.join(sorted(unknown))}")
+    entries = raw.get("programs") or []
+    if not isinstance(entries, list):
+        raise ProgramsFileError(f"{path}: 'programs' must be a list")
     programs: list[Program] = []
     seen: set[str] = set()
-    for i, entry in enumerate(raw.get("programs") or []):
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ProgramsFileError(f"{path}: programs[{i}]: expected a mapping of keys")
         unknown = set(entry) - known
         if unknown:
             raise ProgramsFileError(f"{path}: programs[{i}]: unknown key(s) {', '.join(sorted(unknown))}")
         for key in ("id", "time_zone"):
             if key not in entry:
                 raise ProgramsFileError(f"{path}: programs[{i}]: missing required key {key!r}")
-        merged = {**defaults, **entry}
-        merged.setdefault("name", entry["id"])
-        merged["id"] = str(merged["id"])
-        program = Program(**merged)
-        _validate(program, str(path))
+        try:
+            program = Program.model_validate({**defaults, **entry})
+        except ValidationError as exc:
+            raise _file_error(path, str(entry["id"]), entry, exc) from None
         if program.id in seen:
             raise ProgramsFileError(f"{path}: program id {program.id!r} appears twice")
         seen.add(program.id)
