@@ -20,80 +20,40 @@ Outcomes of one request:
   naming the cause and the fix; never retried.
 
 Pacing: see :mod:`loyalty_moengage.moengage.pacing` (``share`` is this task's fraction of the workspace budget).
-
-Secrets: the Data API key and the derived ``Authorization`` header are registered with Airflow's
-secrets masker, live only inside a masked wrapper, and appear in no message, ``repr`` or result.
+The connection and its secrets: :mod:`loyalty_moengage.moengage.connection`; the exceptions:
+:mod:`loyalty_moengage.moengage.errors` (re-exported here).
 """
+
 
 from __future__ import annotations
 
-import base64
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 import requests
 import tenacity
 from airflow.sdk import BaseHook
 
-from loyalty_moengage.moengage.datacenters import api_base_url, label, parse_data_center
+from loyalty_moengage.moengage import connection
+from loyalty_moengage.moengage.connection import MoEngageConfig, Secret
+from loyalty_moengage.moengage.errors import (
+    MoEngageAuthError,
+    MoEngageConfigError,
+    MoEngageError,
+    MoEngagePermanentError,
+    MoEngageRateLimitError,
+    MoEngageTransientError,
+    MoEngageUncertainError,
+)
 from loyalty_moengage.moengage.pacing import TokenBucket
 from loyalty_moengage.moengage.packing import SINGLE_MAX_BYTES, TRANSITION_MAX_BYTES
 
-DEFAULT_USERS_PER_MINUTE = 60_000
-DEFAULT_EVENTS_PER_MINUTE = 60_000
-DEFAULT_TIMEOUT = 30.0
 PERMANENT_STATUSES = frozenset({400, 401, 403, 409, 413, 415})
-
-
-class MoEngageError(Exception):
-    """Any MoEngage failure; ``status``/``request_id`` are None when MoEngage never answered."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        request_id: str | None = None,
-        attempts: int = 0,
-        cause: str | None = None,
-        fix: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.request_id = request_id
-        self.attempts = attempts
-        self.cause = cause
-        self.fix = fix
-
-
-class MoEngageConfigError(MoEngageError, ValueError):
-    """The Airflow connection cannot describe a MoEngage workspace."""
-
-
-class MoEngagePermanentError(MoEngageError):
-    """MoEngage refused the request; sending it again cannot help."""
-
-
-class MoEngageAuthError(MoEngagePermanentError):
-    """Credentials or data centre are wrong (or the workspace is blocked)."""
-
-
-class MoEngageTransientError(MoEngageError):
-    """MoEngage kept failing (5xx, timeouts, refused connections) past the retry budget."""
-
-
-class MoEngageRateLimitError(MoEngageTransientError):
-    """429 kept coming back past ``max_throttled`` waits."""
-
-
-class MoEngageUncertainError(MoEngageError):
-    """The body was sent but no answer came: MoEngage may or may not have accepted it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,27 +81,10 @@ class HookStats:
     pacing_seconds: float = 0.0
 
 
-class _Secret:
-    """Holds a secret without ever printing it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "'***'"
-
-    __str__ = __repr__
-
-
 class _MoEngageAuth(requests.auth.AuthBase):
     """Basic auth plus ``MOE-APPKEY``, with the header computed once (and masked once)."""
 
-    def __init__(self, workspace_id: str, header: _Secret) -> None:
+    def __init__(self, workspace_id: str, header: Secret) -> None:
         self.workspace_id = workspace_id
         self._header = header
 
@@ -152,27 +95,6 @@ class _MoEngageAuth(requests.auth.AuthBase):
 
     def __repr__(self) -> str:
         return f"_MoEngageAuth(workspace_id={self.workspace_id!r}, header='***')"
-
-
-@dataclass(frozen=True, slots=True)
-class MoEngageConfig:
-    """What the hook reads from its Airflow connection."""
-
-    conn_id: str
-    workspace_id: str
-    data_center: str
-    base_url: str
-    users_per_minute: float
-    events_per_minute: float
-    timeout: float
-    pacing: bool
-    api_key: _Secret = field(repr=False)
-    auth_header: _Secret = field(repr=False)
-    lookups_per_minute: float = 1000.0
-
-    @property
-    def where(self) -> str:
-        return f"data centre {label(self.data_center)} ({self.base_url})"
 
 
 class _Retryable(Exception):
@@ -321,41 +243,8 @@ class MoEngageHook(BaseHook):
 
     @staticmethod
     def config_from_connection(conn: Any, conn_id: str) -> MoEngageConfig:
-        """Validate a connection into a config; every message names the connection and the fix."""
-        workspace_id = (conn.login or "").strip()
-        api_key = conn.password or ""
-        if not workspace_id:
-            raise MoEngageConfigError(f"Airflow connection {conn_id!r} has no Workspace ID (login).")
-        if not api_key:
-            raise MoEngageConfigError(f"Airflow connection {conn_id!r} has no Data API key (password).")
-        try:
-            dc = parse_data_center(conn.host)
-        except ValueError as exc:
-            raise MoEngageConfigError(f"Airflow connection {conn_id!r}: {exc}") from None
-        raw_extra = conn.extra_dejson or {}
-        # The UI may store custom fields with the legacy "extra__moengage__" prefix.
-        extra = {k.removeprefix("extra__moengage__"): v for k, v in raw_extra.items() if v not in (None, "")}
-        base_url = str(extra.get("base_url") or api_base_url(dc)).replace("{dc}", dc).rstrip("/")
-        if urlsplit(base_url).scheme not in {"http", "https"}:
-            raise MoEngageConfigError(f"Airflow connection {conn_id!r}: base_url {base_url!r} is not an http(s) URL.")
-        token = "Basic " + base64.b64encode(f"{workspace_id}:{api_key}".encode()).decode()
-        _mask(api_key, token, token.split(" ", 1)[1])
-        try:
-            return MoEngageConfig(
-                conn_id=conn_id,
-                workspace_id=workspace_id,
-                data_center=dc,
-                base_url=base_url,
-                users_per_minute=float(extra.get("users_per_minute", DEFAULT_USERS_PER_MINUTE)),
-                events_per_minute=float(extra.get("events_per_minute", DEFAULT_EVENTS_PER_MINUTE)),
-                timeout=float(extra.get("timeout", DEFAULT_TIMEOUT)),
-                pacing=_as_bool(extra.get("pacing", True)),
-                lookups_per_minute=float(extra.get("lookups_per_minute", 1000)),
-                api_key=_Secret(api_key),
-                auth_header=_Secret(token),
-            )
-        except (TypeError, ValueError) as exc:
-            raise MoEngageConfigError(f"Airflow connection {conn_id!r}: invalid extra ({exc}).") from None
+        """Validate a connection into a config; see :mod:`loyalty_moengage.moengage.connection`."""
+        return connection.config_from_connection(conn, conn_id)
 
     @cached_property
     def session(self) -> requests.Session:
@@ -666,22 +555,6 @@ def _keep_alive_adapter() -> requests.adapters.HTTPAdapter:
     except ImportError:  # pragma: no cover - requests-toolbelt comes with the http provider
         return requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=8, max_retries=0)
     return TCPKeepAliveAdapter(idle=120, count=20, interval=30, pool_connections=2, pool_maxsize=8, max_retries=0)
-
-
-def _mask(*secrets: str) -> None:
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover
-        return
-    for secret in secrets:
-        if secret:
-            mask_secret(secret)
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() not in {"false", "0", "no", "off", ""}
-    return bool(value)
 
 
 __all__ = [
