@@ -37,8 +37,12 @@ def build(program: Program):
         doc_md=__doc__,
         default_args={"retries": program.retries, "retry_delay": timedelta(seconds=program.retry_delay_seconds),
                       "retry_exponential_backoff": True},
-        params={"skip_anomaly_guard": Param(False, type="boolean",
-                                            description="Send even if the anomaly guard objects")},
+        params={
+            "skip_anomaly_guard": Param(False, type="boolean", description="Send even if the anomaly guard objects"),
+            "force_attributes": Param(False, type="boolean",
+                                      description="Send every member's attributes again, even those MoEngage "
+                                                  "already accepted for this night"),
+        },
         on_failure_callback=failure_callbacks(program),
     )
     def sync():
@@ -64,7 +68,7 @@ def build(program: Program):
             get_current_context()["slot_label"] = slot
             return tasks.load(program, slot, context)
 
-        @teardown
+        @teardown(on_failure_fail_dagrun=True)
         def report(**context):
             return tasks.report(program, context)
 

@@ -4,7 +4,8 @@ demo      load the demo program and sync last night against the local MoEngage s
 db        url | up | stop | schema: the loyalty database (embedded unless configured)
 generate  load a synthetic program (see loyalty_moengage.devtools.generator)
 run       sync one night of one program now (in-process, dag.test)
-resend    re-queue one night's events of one program (operators, after a MoEngage-side loss)
+resend    re-queue uncertain batches (or, with --all-events, a whole night) of one program
+resolve   record that uncertain batches did reach MoEngage (checked there by an operator)
 sandbox   start the local MoEngage sandbox
 api       serve the MoEngage-facing Content API / connector webhook
 bench     benchmark a night's sync (see loyalty_moengage.devtools.bench)
@@ -160,24 +161,46 @@ def _sent_events_by_type(dsn: str, program_id: str, run_id: str) -> dict[str, in
 
 def cmd_run(args: argparse.Namespace) -> int:
     from loyalty_moengage.config.programs import get_program
-    from loyalty_moengage.sync.runner import run_night
+    from loyalty_moengage.sync.plan import NightNotOverError, ensure_night_over
+    from loyalty_moengage.sync.runner import night_end, run_night
+    from loyalty_moengage.sync.tasks import now
 
     program = get_program(args.program)
     night = date.fromisoformat(args.night) if args.night else _last_night(program.time_zone)
-    dag_run = run_night(program.id, night, program.time_zone)
+    try:
+        ensure_night_over(night, night_end(night, program.time_zone), program.time_zone, now())
+    except NightNotOverError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    conf = {"force_attributes": True} if args.force_attributes else None
+    dag_run = run_night(program.id, night, program.time_zone, conf=conf)
     print(f"{program.dag_id} night {night}: {dag_run.state}")
     return 0 if str(dag_run.state) == "success" else 1
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
-    from loyalty_moengage.db import loyalty_dsn
     from loyalty_moengage.config.programs import get_program
-    from loyalty_moengage.sync.resend import resend_night
+    from loyalty_moengage.db import loyalty_dsn
+    from loyalty_moengage.sync.resend import resend
 
     program = get_program(args.program)
     dsn = loyalty_dsn(program.state_conn)
-    result = resend_night(dsn, program_id=program.id, night=date.fromisoformat(args.night),
-                          requested_by=args.requested_by or getpass.getuser(), reason=args.reason)
+    result = resend(dsn, program_id=program.id, night=date.fromisoformat(args.night) if args.night else None,
+                    all_events=args.all_events, requested_by=args.requested_by or getpass.getuser(),
+                    reason=args.reason)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    from loyalty_moengage.config.programs import get_program
+    from loyalty_moengage.db import loyalty_dsn
+    from loyalty_moengage.sync.resend import resolve
+
+    program = get_program(args.program)
+    result = resolve(loyalty_dsn(program.state_conn), program_id=program.id,
+                     night=date.fromisoformat(args.night) if args.night else None,
+                     requested_by=args.requested_by or getpass.getuser(), reason=args.reason)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -235,13 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="sync one night of one program now")
     run.add_argument("--program", default="demo")
     run.add_argument("--night")
+    run.add_argument("--force-attributes", action="store_true",
+                     help="send every member's attributes again, even those MoEngage already accepted")
     run.set_defaults(func=cmd_run)
-    resend = sub.add_parser("resend", help="re-queue one night's events of one program")
+    resend = sub.add_parser("resend", help="re-queue uncertain batches (default) or a whole night")
     resend.add_argument("--program", required=True)
-    resend.add_argument("--night", required=True)
+    resend.add_argument("--night", help="only this night's uncertain batches (default: every night's)")
+    resend.add_argument("--all-events", action="store_true",
+                        help="resend the whole night, events MoEngage accepted included (needs --night)")
     resend.add_argument("--reason", required=True)
     resend.add_argument("--requested-by")
     resend.set_defaults(func=cmd_resend)
+    resolve = sub.add_parser("resolve", help="record that uncertain batches did reach MoEngage")
+    resolve.add_argument("--program", required=True)
+    resolve.add_argument("--night", help="only this night's uncertain batches (default: every night's)")
+    resolve.add_argument("--reason", required=True)
+    resolve.add_argument("--requested-by")
+    resolve.set_defaults(func=cmd_resolve)
     for name, func in (("generate", cmd_generate), ("sandbox", cmd_sandbox), ("api", cmd_api),
                        ("bench", cmd_bench), ("bench-api", cmd_bench_api)):
         p = sub.add_parser(name, help=f"see `python -m loyalty_moengage.cli {name} --help`", add_help=False)

@@ -90,7 +90,14 @@ def release_night(conn: Any, program_id: str, night: Any) -> int:
 
 
 def withdraw_night(conn: Any, program_id: str, night: Any) -> int:
-    """The guard failed: remove the night's staged batches and their event keys (none was sent)."""
+    """The guard failed: remove the night's staged batches, their event keys and their claims on
+    the attribute refresh (none was sent), so a corrected rerun enqueues them again."""
+    conn.execute(
+        "DELETE FROM moengage_sync.attribute_chunks a WHERE a.program_id = %s AND a.night = %s AND EXISTS ("
+        "SELECT 1 FROM moengage_sync.batches b WHERE b.program_id = a.program_id AND b.night = a.night "
+        "AND b.run_id = a.run_id AND b.chunk_label = a.chunk_label AND b.kind = 'users' AND b.state = 'staged')",
+        (program_id, night),
+    )
     conn.execute(
         "DELETE FROM moengage_sync.event_keys k USING moengage_sync.batches b "
         "WHERE k.batch_id = b.batch_id AND b.program_id = %s AND b.night = %s AND b.state = 'staged'",

@@ -1,9 +1,11 @@
 """Deliver pending outbox batches through the MoEngage hook, one load slot per mapped task.
 
-Slots claim a few batches at a time with SKIP LOCKED ('claimed'), so any number of slots (on
-any executor) share the outbox without sending a batch twice. Just before its POST a batch is
-durably marked 'sending', and its outcome is recorded right after: after a crash, only the one
-batch that was mid-POST is 'uncertain'; claimed batches never posted go back to 'pending'.
+Slots claim a few batches at a time with SKIP LOCKED ('claimed'), each claim owned by one
+attempt of one slot of one run and kept alive by a lease, so any number of slots of any number
+of runs (on any executor) share the outbox without sending a batch twice. Just before its POST
+a batch is durably marked 'sending' (compare-and-set: an attempt that lost its claim stops
+without sending), and its outcome is recorded right after: after a crash, only the one batch
+that was mid-POST is 'uncertain'; claimed batches never posted go back to 'pending'.
 """
 
 from __future__ import annotations
@@ -27,98 +29,67 @@ def _quarantine_batch(conn: Any, batch: Any, *, program_id: str, run_id: str, re
     """A batch MoEngage refused: each of its elements goes to the quarantine with the reason."""
     import orjson
 
+    from loyalty_moengage.sync.outbox import insert_quarantine
+
     elements = orjson.loads(batch.body)["elements"]
-    with conn.cursor() as cur:
-        with cur.copy(
-            "COPY moengage_sync.quarantine (program_id, night, run_id, template, reason, row_key, row_data) FROM STDIN"
-        ) as copy:
-            for el in elements:
-                key = None
-                if el.get("type") == "event":
-                    key = el.get("customer_id")
-                copy.write_row((program_id, batch.night, run_id, f"(batch {batch.batch_id})", reason,
-                                key or el.get("customer_id"), orjson.dumps(el).decode()))
+    insert_quarantine(conn, program_id=program_id, night=batch.night, run_id=run_id, rows=(
+        (f"(batch {batch.batch_id})", reason, el.get("customer_id"), orjson.dumps(el)) for el in elements))
 
 
 def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn: str,
               hook: Any, uncertain_policy: str = "hold", claim_size: int = CLAIM_SIZE,
-              attempt: int = 1) -> dict[str, Any]:
+              attempt: int = 1, lease_seconds: float | None = None) -> dict[str, Any]:
     """Send every pending batch this slot can claim (nights up to ``night``, oldest first)."""
     from loyalty_moengage.sync import outbox
     from loyalty_moengage.db import connect
     from loyalty_moengage.sync.report import record_stats
-    from loyalty_moengage.moengage.hook import (
-        MoEngagePermanentError,
-        MoEngageTransientError,
-        MoEngageUncertainError,
-    )
 
-    slot_key = f"{program_id}:slot-{slot}"
-    stats = {"slot": slot, "batches_sent": 0, "batches_rejected": 0, "batches_uncertain": 0,
-             "batches_failed": 0, "orphans_uncertain": 0, "requeued_uncertain": 0,
+    owner = outbox.Owner(program_id=program_id, run_id=run_id, slot=slot, try_number=attempt)
+    lease = lease_seconds or outbox.LEASE_SECONDS
+    stats = {"slot": slot, "owner": owner.token, "batches_sent": 0, "batches_rejected": 0, "batches_uncertain": 0,
+             "batches_failed": 0, "orphans_uncertain": 0, "requeued_uncertain": 0, "claims_lost": 0,
              "users_sent": 0, "events_sent": 0}
     started = time.perf_counter()
     failure: Exception | None = None
     with connect(state_dsn) as conn:
         # Outcome marks need not wait for a WAL flush: a mark lost in a database crash leaves its
-        # batch 'sending', which the next attempt turns 'uncertain' (held, never resent). Claims
+        # batch 'sending', which a later try turns 'uncertain' (held, never resent). Claims
         # and 'sending' marks stay synchronous, and each such flush makes earlier marks durable.
         conn.execute("SET synchronous_commit = off")
         conn.commit()
-        stats["orphans_uncertain"], released = outbox.recover_orphans(conn, program_id, slot_key)
+        stats["orphans_uncertain"], released = outbox.recover_orphans(conn, program_id, owner)
         if released:
-            log.info("%d batch(es) claimed by a stopped attempt of %s were never posted: pending again",
-                     released, slot_key)
+            log.info("%d batch(es) claimed by a stopped load attempt were never posted: pending again", released)
         if stats["orphans_uncertain"]:
-            log.warning("%d batch(es) of %s were mid-send when a worker stopped: marked uncertain",
-                        stats["orphans_uncertain"], slot_key)
+            log.warning("%d batch(es) were mid-POST when their load attempt stopped: marked uncertain",
+                        stats["orphans_uncertain"])
         if uncertain_policy == "resend" and slot == 0:
             stats["requeued_uncertain"] = outbox.requeue_uncertain(conn, program_id)
-        while failure is None:
-            claimed = outbox.claim(conn, program_id, slot_key, claim_size, up_to_night=night)
-            if not claimed:
-                break
-            for i, batch in enumerate(claimed):
-                if failure is not None:
-                    outbox.mark(conn, batch.batch_id, "pending", error="not attempted: the slot stopped")
-                    continue
-                outbox.start_sending(conn, batch.batch_id)
-                try:
-                    result = hook.send_transition(batch.body, users=batch.users, events=batch.events)
-                except MoEngageUncertainError as exc:
-                    outbox.mark(conn, batch.batch_id, "uncertain", request_id=exc.request_id,
-                                http_status=exc.status, error=str(exc))
-                    stats["batches_uncertain"] += 1
-                except MoEngagePermanentError as exc:
-                    if exc.status in CONFIG_STATUSES:
-                        outbox.mark(conn, batch.batch_id, "pending", request_id=exc.request_id,
-                                    http_status=exc.status, error=str(exc))
+        with outbox.LeaseKeeper(state_dsn, owner, lease_seconds=lease):
+            while failure is None:
+                claimed = outbox.claim(conn, owner, claim_size, up_to_night=night, lease_seconds=lease)
+                if not claimed:
+                    break
+                for i, batch in enumerate(claimed):
+                    try:
+                        outbox.start_sending(conn, batch.batch_id, owner)
+                    except outbox.ClaimLost as exc:
+                        stats["claims_lost"] += 1
                         failure = exc
-                    else:
-                        outbox.mark(conn, batch.batch_id, "rejected", request_id=exc.request_id,
-                                    http_status=exc.status, error=str(exc))
-                        _quarantine_batch(conn, batch, program_id=program_id, run_id=run_id,
-                                          reason=f"MoEngage refused the batch: {exc.status} {exc.cause}")
-                        stats["batches_rejected"] += 1
-                except MoEngageTransientError as exc:
-                    outbox.mark(conn, batch.batch_id, "pending", request_id=exc.request_id,
-                                http_status=exc.status, error=str(exc))
-                    stats["batches_failed"] += 1
-                    failure = exc
-                else:
-                    outbox.mark(conn, batch.batch_id, "sent", request_id=result.request_id,
-                                http_status=result.status)
-                    stats["batches_sent"] += 1
-                    stats["users_sent"] += batch.users
-                    stats["events_sent"] += batch.events
-                conn.commit()
+                    if failure is not None:
+                        outbox.release(conn, [b.batch_id for b in claimed[i:]], owner,
+                                       error="not attempted: the slot stopped")
+                        conn.commit()
+                        break
+                    failure = _send_one(conn, hook, batch, owner, stats, program_id=program_id, run_id=run_id)
+                    conn.commit()
         hook_stats = getattr(hook, "stats", None)
         if hook_stats is not None:
             stats.update({k: getattr(hook_stats, k) for k in ("requests", "throttled", "retries", "bytes_sent",
                                                                "throttle_seconds", "pacing_seconds")})
         stats["seconds"] = round(time.perf_counter() - started, 4)
         record_stats(conn, program_id=program_id, night=night, run_id=run_id, stage="load",
-                     key=f"{slot_key}:try-{attempt}", stats=stats)
+                     key=f"{program_id}:slot-{slot}:try-{attempt}", stats=stats)
         conn.commit()
     if failure is not None:
         raise LoadError(
@@ -127,3 +98,47 @@ def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn
         ) from failure
     log.info("slot %d: %s", slot, stats)
     return stats
+
+
+def _send_one(conn: Any, hook: Any, batch: Any, owner: Any, stats: dict[str, Any], *, program_id: str,
+              run_id: str) -> Exception | None:
+    """POST one batch we hold as 'sending' and record its outcome; returns the error that
+    must stop the slot, if any."""
+    from loyalty_moengage.moengage.hook import (
+        MoEngagePermanentError,
+        MoEngageTransientError,
+        MoEngageUncertainError,
+    )
+    from loyalty_moengage.sync.outbox import finish
+
+    def settle(state: str, **kw: Any) -> bool:
+        if finish(conn, batch.batch_id, owner, state, **kw):
+            return True
+        stats["claims_lost"] += 1
+        log.warning("batch %d was taken from this slot during its POST (outcome %s not recorded by us)",
+                    batch.batch_id, state)
+        return False
+
+    try:
+        result = hook.send_transition(batch.body, users=batch.users, events=batch.events)
+    except MoEngageUncertainError as exc:
+        if settle("uncertain", request_id=exc.request_id, http_status=exc.status, error=str(exc)):
+            stats["batches_uncertain"] += 1
+    except MoEngagePermanentError as exc:
+        if exc.status in CONFIG_STATUSES:
+            settle("pending", request_id=exc.request_id, http_status=exc.status, error=str(exc))
+            return exc
+        if settle("rejected", request_id=exc.request_id, http_status=exc.status, error=str(exc)):
+            _quarantine_batch(conn, batch, program_id=program_id, run_id=run_id,
+                              reason=f"MoEngage refused the batch: {exc.status} {exc.cause}")
+            stats["batches_rejected"] += 1
+    except MoEngageTransientError as exc:
+        settle("pending", request_id=exc.request_id, http_status=exc.status, error=str(exc))
+        stats["batches_failed"] += 1
+        return exc
+    else:
+        if settle("sent", request_id=result.request_id, http_status=result.status):
+            stats["batches_sent"] += 1
+            stats["users_sent"] += batch.users
+            stats["events_sent"] += batch.events
+    return None

@@ -1,18 +1,29 @@
 """The Postgres outbox: ready payload batches and their explicit delivery states.
 
-States: ``pending`` -> ``sending`` -> ``sent`` | ``rejected`` | ``uncertain``.
-A batch is marked ``sending`` (and committed) before its POST, so a worker that dies mid-send
-leaves evidence: the next attempt of the same load slot turns its ``sending`` batches into
-``uncertain`` (outcome unknown) instead of silently resending them. Transient failures put a
-batch back to ``pending`` for the next attempt or the next night; nothing is dropped.
+States: ``staged`` -> ``pending`` -> ``claimed`` -> ``sending`` -> ``sent`` | ``rejected`` |
+``uncertain`` (see sql/010_sync_state.sql for every transition). A claim belongs to one
+:class:`Owner` (run, load slot, task try, and a nonce) and carries a lease the owner renews
+(:class:`LeaseKeeper`); every transition out of ``claimed`` or ``sending`` is a compare-and-set
+on (state, owner) with its rowcount checked, so nobody can post a batch another owner holds.
+A claim is orphaned only when its lease expired or a later try of the same load slot took
+over; then ``sending`` becomes ``uncertain`` (it may have reached MoEngage) and ``claimed``
+goes back to ``pending`` (it was never posted).
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
+
+#: How long a claim stays the owner's without renewal; the owner renews every quarter of it.
+LEASE_SECONDS = 120.0
 
 STATES = ("staged", "pending", "claimed", "sending", "sent", "rejected", "uncertain", "superseded")
 
@@ -97,71 +108,98 @@ def insert_event_keys(conn: Any, csv_bytes: bytes) -> None:
 
 def insert_quarantine(conn: Any, *, program_id: str, night: date, run_id: str,
                       rows: Iterable[tuple[str, str, str | None, bytes]]) -> int:
-    """rows: (template, reason, row_key, row_json)."""
-    n = 0
+    """rows: (template, reason, row_key, row_json). Each row is kept once per night, whatever
+    reruns or concurrent runs record it again. Returns the rows new to the night."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _quarantine (template text, reason text, row_key text, "
+                 "row_data jsonb) ON COMMIT DELETE ROWS")
     with conn.cursor() as cur:
-        with cur.copy(
-            "COPY moengage_sync.quarantine (program_id, night, run_id, template, reason, row_key, row_data) "
-            "FROM STDIN"
-        ) as copy:
+        with cur.copy("COPY _quarantine (template, reason, row_key, row_data) FROM STDIN") as copy:
             for template, reason, key, row_json in rows:
-                copy.write_row((program_id, night, run_id, template, reason, key, row_json.decode()))
-                n += 1
-    return n
+                copy.write_row((template, reason, key, row_json.decode()))
+        cur.execute(
+            "INSERT INTO moengage_sync.quarantine (program_id, night, run_id, template, reason, row_key, "
+            "row_data, row_digest) SELECT %s, %s, %s, template, reason, row_key, row_data, md5(row_data::text) "
+            "FROM _quarantine ON CONFLICT (program_id, night, template, reason, row_digest) DO NOTHING",
+            (program_id, night, run_id))
+        added = cur.rowcount
+        cur.execute("TRUNCATE _quarantine")
+    return added
 
 
-def users_already_enqueued(conn: Any, *, program_id: str, run_id: str, chunk_label: str) -> bool:
-    """True when an earlier attempt of this run's chunk already enqueued its attribute refresh."""
-    row = conn.execute(
-        "SELECT 1 FROM moengage_sync.batches WHERE program_id = %s AND run_id = %s "
-        "AND chunk_label = %s AND kind = 'users' LIMIT 1",
-        (program_id, run_id, chunk_label),
-    ).fetchone()
-    return row is not None
+def claim_attribute_chunk(conn: Any, *, program_id: str, night: date, lo: int, hi: int, run_id: str,
+                          chunk_label: str) -> str | None:
+    """Take the night's attribute refresh of members [lo, hi) for this run, in the caller's
+    transaction. Returns None when taken, else why not (a newer night refreshes attributes, or
+    another run of this night already enqueued these members). A concurrent run blocks on the
+    row until this transaction ends, so the same members are never enqueued twice."""
+    row = conn.execute("SELECT night FROM moengage_sync.attribute_watermark WHERE program_id = %s FOR SHARE",
+                       (program_id,)).fetchone()
+    if row and row[0] > night:
+        return f"a newer night ({row[0]}) refreshes attributes"
+    taken = conn.execute(
+        "INSERT INTO moengage_sync.attribute_chunks (program_id, night, member_lo, member_hi, run_id, chunk_label) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", (program_id, night, lo, hi, run_id, chunk_label),
+    ).rowcount
+    if taken:
+        return None
+    other = conn.execute("SELECT run_id FROM moengage_sync.attribute_chunks WHERE program_id = %s AND night = %s "
+                         "AND member_lo = %s AND member_hi = %s", (program_id, night, lo, hi)).fetchone()
+    return f"run {other[0] if other else '?'} already enqueued these members' attributes for night {night}"
 
 
 # ---- load side -------------------------------------------------------------------------
 
-def recover_orphans(conn: Any, program_id: str, slot_key: str | None = None) -> tuple[int, int]:
-    """Batches a dead attempt left behind: 'sending' ones may have reached MoEngage (uncertain);
-    'claimed' ones were never posted (pending again). ``slot_key=None`` recovers every slot,
-    which is right when no load of the program can be running (a new run's plan).
+class ClaimLost(RuntimeError):
+    """Another owner holds the batch now (our lease expired, or a later try took over)."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a claim: one attempt of one load slot of one run, never shared."""
+
+    program_id: str
+    run_id: str
+    slot: int
+    try_number: int = 1
+    nonce: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @property
+    def slot_key(self) -> str:
+        return f"{self.program_id}:{self.run_id}:slot-{self.slot}"
+
+    @property
+    def token(self) -> str:
+        return f"{self.slot_key}:try-{self.try_number}:{self.nonce}"
+
+
+def recover_orphans(conn: Any, program_id: str, owner: Owner | None = None) -> tuple[int, int]:
+    """Take back claims nobody holds any more: leases that expired (any owner), and with
+    ``owner`` the claims of earlier tries of the same load slot (Airflow starts a try only when
+    the one before has ended). ``sending`` ones may have reached MoEngage: uncertain; ``claimed``
+    ones were never posted: pending again. A live owner's claims are never touched.
     Returns (uncertain, released)."""
-    slot_clause = "" if slot_key is None else " AND claimed_by = %(slot)s"
-    params = {"program": program_id, "slot": slot_key}
+    orphaned = "(coalesce(lease_expires_at, '-infinity') < now()"
+    params: dict[str, Any] = {"program": program_id}
+    if owner is not None:
+        orphaned += " OR (claim_slot = %(slot)s AND claim_try < %(try)s)"
+        params.update({"slot": owner.slot_key, "try": owner.try_number})
+    orphaned += ")"
     uncertain = conn.execute(
-        "UPDATE moengage_sync.batches SET state = 'uncertain', updated_at = now(), "
-        "error = 'worker stopped during the POST; MoEngage may or may not have it' "
-        "WHERE program_id = %(program)s AND state = 'sending'" + slot_clause, params,
+        "UPDATE moengage_sync.batches SET state = 'uncertain', updated_at = now(), lease_expires_at = NULL, "
+        "error = 'its load attempt (' || coalesce(claimed_by, '?') || ') stopped during the POST; MoEngage may "
+        "or may not have it' WHERE program_id = %(program)s AND state = 'sending' AND " + orphaned, params,
     ).rowcount
     released = conn.execute(
-        "UPDATE moengage_sync.batches SET state = 'pending', updated_at = now() "
-        "WHERE program_id = %(program)s AND state = 'claimed'" + slot_clause, params,
+        "UPDATE moengage_sync.batches SET state = 'pending', updated_at = now(), lease_expires_at = NULL, "
+        "claimed_by = NULL WHERE program_id = %(program)s AND state = 'claimed' AND " + orphaned, params,
     ).rowcount
     conn.commit()
     return uncertain, released
 
 
-def start_sending(conn: Any, batch_id: int) -> None:
-    """Durably mark the one batch about to be POSTed: the only state a crash turns uncertain."""
-    conn.execute("UPDATE moengage_sync.batches SET state = 'sending', updated_at = now() WHERE batch_id = %s",
-                 (batch_id,))
-    conn.execute("SET LOCAL synchronous_commit = on")
-    conn.commit()
-
-
-def requeue_uncertain(conn: Any, program_id: str) -> int:
-    cur = conn.execute(
-        "UPDATE moengage_sync.batches SET state = 'pending', updated_at = now() "
-        "WHERE program_id = %s AND state = 'uncertain' AND body IS NOT NULL",
-        (program_id,),
-    )
-    conn.commit()
-    return cur.rowcount
-
-
-def claim(conn: Any, program_id: str, slot_key: str, limit: int, *, up_to_night: date) -> list[ClaimedBatch]:
-    """Mark up to ``limit`` pending batches 'claimed' by this slot, oldest night first.
+def claim(conn: Any, owner: Owner, limit: int, *, up_to_night: date,
+          lease_seconds: float = LEASE_SECONDS) -> list[ClaimedBatch]:
+    """Mark up to ``limit`` pending batches 'claimed' by ``owner``, oldest night first.
 
     The claim is always committed durably (even when the session runs with
     ``synchronous_commit = off``): a claim lost in a crash after its POST would resend the batch.
@@ -170,7 +208,9 @@ def claim(conn: Any, program_id: str, slot_key: str, limit: int, *, up_to_night:
     rows = conn.execute(
         """
         UPDATE moengage_sync.batches b
-        SET state = 'claimed', claimed_by = %(slot)s, attempts = attempts + 1, updated_at = now()
+        SET state = 'claimed', claimed_by = %(owner)s, claim_slot = %(slot)s, claim_try = %(try)s,
+            lease_expires_at = now() + make_interval(secs => %(lease)s),
+            attempts = attempts + 1, updated_at = now()
         FROM (
             SELECT batch_id FROM moengage_sync.batches
             WHERE program_id = %(program)s AND state = 'pending' AND night <= %(night)s
@@ -181,7 +221,8 @@ def claim(conn: Any, program_id: str, slot_key: str, limit: int, *, up_to_night:
         WHERE b.batch_id = c.batch_id
         RETURNING b.batch_id, b.night, b.kind, b.body, b.users, b.events, b.attempts
         """,
-        {"slot": slot_key, "program": program_id, "limit": limit, "night": up_to_night},
+        {"owner": owner.token, "slot": owner.slot_key, "try": owner.try_number, "lease": lease_seconds,
+         "program": owner.program_id, "limit": limit, "night": up_to_night},
     ).fetchall()
     conn.commit()
     batches = [ClaimedBatch(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in rows]
@@ -189,15 +230,92 @@ def claim(conn: Any, program_id: str, slot_key: str, limit: int, *, up_to_night:
     return batches
 
 
-def mark(conn: Any, batch_id: int, state: str, *, request_id: str | None = None,
-         http_status: int | None = None, error: str | None = None) -> None:
-    assert state in STATES
-    conn.execute(
-        "UPDATE moengage_sync.batches SET state = %s, request_id = %s, http_status = %s, error = %s, "
-        "updated_at = now(), sent_at = CASE WHEN %s = 'sent' THEN now() ELSE sent_at END "
-        "WHERE batch_id = %s",
-        (state, request_id, http_status, error, state, batch_id),
+def start_sending(conn: Any, batch_id: int, owner: Owner) -> None:
+    """Durably mark the one batch about to be POSTed: the only state a crash turns uncertain.
+    Raises :class:`ClaimLost` (nothing is sent) when the claim is no longer ours."""
+    moved = conn.execute(
+        "UPDATE moengage_sync.batches SET state = 'sending', updated_at = now() "
+        "WHERE batch_id = %s AND state = 'claimed' AND claimed_by = %s", (batch_id, owner.token)).rowcount
+    conn.execute("SET LOCAL synchronous_commit = on")
+    conn.commit()
+    if moved != 1:
+        raise ClaimLost(f"batch {batch_id} is no longer claimed by {owner.token}")
+
+
+def finish(conn: Any, batch_id: int, owner: Owner, state: str, *, request_id: str | None = None,
+           http_status: int | None = None, error: str | None = None) -> bool:
+    """Record the outcome of our POST (``sent``, ``rejected``, ``uncertain``, or ``pending``
+    after a transient failure). A recovery that took the batch from us mid-POST made it
+    ``uncertain`` but kept our name on it, so our answer still settles it; False when it moved
+    on since (re-queued or claimed by another owner): the caller must not count it."""
+    assert state in ("sent", "rejected", "uncertain", "pending")
+    return conn.execute(
+        "UPDATE moengage_sync.batches SET state = %(state)s, request_id = %(rid)s, http_status = %(status)s, "
+        "error = %(error)s, updated_at = now(), lease_expires_at = NULL, "
+        "claimed_by = CASE WHEN %(state)s = 'pending' THEN NULL ELSE claimed_by END, "
+        "sent_at = CASE WHEN %(state)s = 'sent' THEN now() ELSE sent_at END, "
+        "sent_by_run = CASE WHEN %(state)s = 'sent' THEN %(run)s ELSE sent_by_run END "
+        "WHERE batch_id = %(id)s AND claimed_by = %(owner)s AND (state = 'sending' OR state = 'uncertain')",
+        {"state": state, "rid": request_id, "status": http_status, "error": error, "run": owner.run_id,
+         "id": batch_id, "owner": owner.token},
+    ).rowcount == 1
+
+
+def release(conn: Any, batch_ids: list[int], owner: Owner, *, error: str) -> int:
+    """Give back claimed batches this owner will not post."""
+    if not batch_ids:
+        return 0
+    return conn.execute(
+        "UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL, "
+        "updated_at = now(), error = %s WHERE batch_id = ANY(%s) AND state = 'claimed' AND claimed_by = %s",
+        (error, batch_ids, owner.token)).rowcount
+
+
+class LeaseKeeper:
+    """Renews an owner's lease from a thread of its own while the slot works (a POST, a 429
+    wait or a pacing sleep can outlast the lease). If the process dies, renewal stops and the
+    claims become orphans when the lease runs out."""
+
+    def __init__(self, dsn: str, owner: Owner, *, lease_seconds: float = LEASE_SECONDS) -> None:
+        self.dsn, self.owner, self.lease_seconds = dsn, owner, lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease {owner.token}", daemon=True)
+
+    def __enter__(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from loyalty_moengage.db import connect
+
+        conn = None
+        while not self._stop.wait(self.lease_seconds / 4):
+            try:
+                if conn is None or conn.closed:
+                    conn = connect(self.dsn, autocommit=True, application_name="loyalty_moengage lease")
+                conn.execute(
+                    "UPDATE moengage_sync.batches SET lease_expires_at = now() + make_interval(secs => %s) "
+                    "WHERE claimed_by = %s AND state IN ('claimed', 'sending')",
+                    (self.lease_seconds, self.owner.token))
+            except Exception as exc:  # the next beat retries; an expired lease only makes claims recoverable
+                log.warning("could not renew the lease of %s: %s", self.owner.token, type(exc).__name__)
+                conn = None
+        if conn is not None:
+            conn.close()
+
+
+def requeue_uncertain(conn: Any, program_id: str) -> int:
+    cur = conn.execute(
+        "UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, updated_at = now() "
+        "WHERE program_id = %s AND state = 'uncertain' AND body IS NOT NULL",
+        (program_id,),
     )
+    conn.commit()
+    return cur.rowcount
 
 
 def batch_states(conn: Any, program_id: str, night: date) -> dict[str, int]:

@@ -43,10 +43,12 @@ def latest_complete_night(now: datetime, time_zone: str) -> date:
 
 
 def decide_attribute_refresh(conn: Any, *, program_id: str, night: date, run_id: str,
-                             latest_night: date) -> tuple[bool, str | None]:
+                             latest_night: date, force: bool = False) -> tuple[bool, str | None]:
     """Attributes are last-write-wins in MoEngage: only the newest night may refresh them.
 
-    Returns (refresh, reason_if_skipped). Moves the program's watermark when refreshing.
+    Returns (refresh, reason_if_skipped). Moves the program's watermark when refreshing. Chunks
+    whose members this night already enqueued (an earlier or concurrent run) are skipped by the
+    transform (``outbox.claim_attribute_chunk``); ``force`` forgets them so all are sent again.
     """
     row = conn.execute(
         "SELECT night FROM moengage_sync.attribute_watermark WHERE program_id = %s FOR UPDATE",
@@ -61,9 +63,13 @@ def decide_attribute_refresh(conn: Any, *, program_id: str, night: date, run_id:
     conn.execute(
         "UPDATE moengage_sync.batches SET state = 'superseded', updated_at = now(), "
         "error = 'superseded by the attribute refresh of night ' || %s "
-        "WHERE program_id = %s AND kind = 'users' AND night < %s AND state IN ('staged', 'pending', 'uncertain')",
-        (night.isoformat(), program_id, night),
+        "WHERE program_id = %s AND kind = 'users' AND state IN ('staged', 'pending', 'uncertain') "
+        "AND (night < %s OR (%s AND night = %s))",
+        (night.isoformat(), program_id, night, force, night),
     )
+    if force:
+        conn.execute("DELETE FROM moengage_sync.attribute_chunks WHERE program_id = %s AND night = %s",
+                     (program_id, night))
     conn.execute(
         "INSERT INTO moengage_sync.attribute_watermark (program_id, night, run_id) VALUES (%s, %s, %s) "
         "ON CONFLICT (program_id) DO UPDATE SET night = EXCLUDED.night, run_id = EXCLUDED.run_id, updated_at = now()",
@@ -71,3 +77,17 @@ def decide_attribute_refresh(conn: Any, *, program_id: str, night: date, run_id:
     )
     conn.commit()
     return True, None
+
+
+class NightNotOverError(ValueError):
+    """The night has not ended in the program's zone: its rows are not all there yet, and an
+    event stamped in the future is refused by MoEngage (and would use up its event key)."""
+
+
+def ensure_night_over(night: date, window_end: datetime, time_zone: str, now: datetime) -> None:
+    if window_end > now:
+        local_end = window_end.astimezone(ZoneInfo(time_zone))
+        raise NightNotOverError(
+            f"night {night} has not ended yet: it ends at {local_end:%Y-%m-%d %H:%M} {time_zone} "
+            f"({window_end:%Y-%m-%d %H:%M} UTC). Sync it after that; the scheduled run does so at midnight."
+        )

@@ -3,13 +3,21 @@
 Written even when the run failed (the report task runs on all_done), then retention runs:
 payload bodies of sent batches are dropped at once (unless keep_sent_bodies), and the audit
 (batches, event keys, quarantine, stats) older than audit_retention_days is deleted.
+
+What a report counts: the run's own work (events it enqueued; batches its load slots sent,
+whichever night they belong to, so the reports of concurrent runs add up to what MoEngage
+received) and the night's state (its batches by state, its quarantine, whatever any run did).
+The outcome is ``success`` only when every batch of the night is settled (sent, or refused and
+explained in the quarantine); uncertain or unsent batches of any night are listed under "needs
+attention" in every report of the program until an operator resolves them.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -45,14 +53,17 @@ def build(conn: Any, *, program_id: str, night: date, run_id: str, window_start:
                         "batches_uncertain", "orphans_uncertain", "requeued_uncertain"):
                 totals[key] += int(stats.get(key, 0) or 0)
     for reason, n in conn.execute(
-        "SELECT reason, count(*) FROM moengage_sync.quarantine WHERE program_id = %s AND run_id = %s GROUP BY reason",
-        (program_id, run_id),
+        "SELECT reason, count(*) FROM moengage_sync.quarantine WHERE program_id = %s AND night = %s GROUP BY reason",
+        (program_id, night),
     ):
         quarantined[reason] = n
-    batches = {state: n for state, n in conn.execute(
-        "SELECT state, count(*) FROM moengage_sync.batches WHERE program_id = %s AND run_id = %s GROUP BY state",
-        (program_id, run_id),
-    )}
+    batches = batch_states(conn, program_id, night)
+    sent = conn.execute(
+        "SELECT coalesce(sum(events) FILTER (WHERE night = %(night)s), 0), "
+        "coalesce(sum(events) FILTER (WHERE night <> %(night)s), 0), coalesce(sum(users), 0) "
+        "FROM moengage_sync.batches WHERE program_id = %(program)s AND sent_by_run = %(run)s",
+        {"program": program_id, "night": night, "run": run_id}).fetchone()
+    attention = needs_attention(conn, program_id, night)
     return {
         "program_id": program_id,
         "night": night.isoformat(),
@@ -63,12 +74,13 @@ def build(conn: Any, *, program_id: str, night: date, run_id: str, window_start:
         "events_by_type": dict(sorted(events_by_type.items())),
         "events_enqueued": totals["events_enqueued"],
         "events_already_sent": totals["events_already_sent"],
-        "events_sent": totals["events_sent"],
+        "events_sent": int(sent[0]) + int(sent[1]),
+        "events_sent_other_nights": int(sent[1]),
         "events_extracted": totals["events_extracted"],
-        "uncertain_batches": totals["batches_uncertain"] + totals["orphans_uncertain"],
+        "uncertain_batches": batches.get("uncertain", 0),
         "requeued_uncertain": totals["requeued_uncertain"],
         "members_extracted": totals["members_extracted"],
-        "members_updated": totals["users_sent"],
+        "members_updated": int(sent[2]),
         "attributes_skipped": attributes_skipped,
         "quarantined_by_reason": dict(sorted(quarantined.items())),
         "batches_by_state": dict(sorted(batches.items())),
@@ -77,8 +89,86 @@ def build(conn: Any, *, program_id: str, night: date, run_id: str, window_start:
         "retries": totals["retries"],
         "bytes_sent": totals["bytes_sent"],
         "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()},
+        "needs_attention": attention,
         "notes": notes,
     }
+
+
+def batch_states(conn: Any, program_id: str, night: date) -> dict[str, int]:
+    return {state: n for state, n in conn.execute(
+        "SELECT state, count(*) FROM moengage_sync.batches WHERE program_id = %s AND night = %s GROUP BY state",
+        (program_id, night))}
+
+
+UNSETTLED = ("staged", "pending", "claimed", "sending")
+
+
+def needs_attention(conn: Any, program_id: str, night: date) -> list[dict[str, Any]]:
+    """Batches of any night that are uncertain, and unsent batches of earlier nights."""
+    rows = conn.execute(
+        "SELECT night, state, count(*), coalesce(sum(events), 0), coalesce(sum(users), 0) "
+        "FROM moengage_sync.batches WHERE program_id = %s AND "
+        "(state = 'uncertain' OR (state = ANY(%s) AND night < %s)) GROUP BY night, state ORDER BY night, state",
+        (program_id, list(UNSETTLED), night)).fetchall()
+    return [{"night": n.isoformat(), "state": st, "batches": b, "events": int(e), "users": int(u)}
+            for n, st, b, e, u in rows]
+
+
+def wait_for_in_flight(conn: Any, program_id: str, night: date, *, timeout: float = 600.0, poll: float = 1.0,
+                       sleep: Callable[[float], None] = time.sleep,
+                       clock: Callable[[], float] = time.monotonic) -> int:
+    """Wait while live owners (another run's load slots) are posting batches of this night, so
+    the outcome judges finished work; returns how many are still in flight at the timeout."""
+    deadline = clock() + timeout
+    while True:
+        n = conn.execute(
+            "SELECT count(*) FROM moengage_sync.batches WHERE program_id = %s AND night = %s "
+            "AND state IN ('claimed', 'sending') AND lease_expires_at >= now()", (program_id, night)).fetchone()[0]
+        conn.commit()
+        if not n or clock() >= deadline:
+            return n
+        sleep(poll)
+
+
+def assess(*, program_id: str, night: date, plan_info: dict[str, Any], chunks_done: int,
+           guard_info: dict[str, Any], night_batches: dict[str, int], attention: list[dict[str, Any]],
+           uncertain_policy: str) -> tuple[str, list[str]]:
+    """The run's outcome and the notes that explain it: success, held, failed, incomplete or
+    uncertain (the first that applies, in that order of gravity after failed and held)."""
+    notes: list[str] = []
+    outcome = "success"
+    if plan_info.get("skip_reason"):
+        notes.append(f"attribute refresh skipped: {plan_info['skip_reason']}")
+    if not plan_info:
+        outcome = "failed"
+        notes.append("the plan task did not finish")
+    elif chunks_done < plan_info.get("chunks", 0):
+        outcome = "failed"
+        notes.append(f"{plan_info['chunks'] - chunks_done} chunk(s) did not finish transforming")
+    if guard_info.get("problems") and not guard_info.get("overridden"):
+        outcome = "held"
+        notes.extend(f"anomaly guard: {p}" for p in guard_info["problems"])
+    unsent = sum(night_batches.get(s, 0) for s in UNSETTLED)
+    if unsent and outcome == "success":
+        outcome = "incomplete"
+    if unsent and outcome != "held":
+        notes.append(f"{unsent} batch(es) of night {night} not sent yet: the next attempt of the load task, a "
+                     "rerun of this night or the next night sends them")
+    uncertain = night_batches.get("uncertain", 0)
+    if uncertain and outcome == "success":
+        outcome = "uncertain"
+    for item in attention:
+        if item["state"] == "uncertain":
+            notes.append(
+                f"needs attention: {item['batches']} batch(es) of night {item['night']} ({item['events']} events, "
+                f"{item['users']} members) are uncertain (policy {uncertain_policy}): MoEngage may or may not "
+                f"have them. Check MoEngage, then `python -m loyalty_moengage.cli resend --program {program_id} "
+                f"--night {item['night']} --reason ...` if they are missing, or `python -m loyalty_moengage.cli "
+                f"resolve --program {program_id} --night {item['night']} --reason ...` if they arrived")
+        else:
+            notes.append(f"needs attention: {item['batches']} batch(es) of night {item['night']} are still "
+                         f"{item['state']}: rerun that night (clear its run) to send them")
+    return outcome, notes
 
 
 def write(conn: Any, report: dict[str, Any]) -> None:
@@ -86,13 +176,13 @@ def write(conn: Any, report: dict[str, Any]) -> None:
         """
         INSERT INTO moengage_sync.run_reports (program_id, night, run_id, outcome, window_start, window_end,
             events_by_type, events_enqueued, events_already_sent, events_sent, events_extracted,
-            uncertain_batches, members_extracted, members_updated,
+            uncertain_batches, members_extracted, members_updated, needs_attention, events_sent_other_nights,
             attributes_skipped, quarantined_by_reason, batches_by_state, requests, throttled, retries,
             bytes_sent, stage_seconds, notes)
         VALUES (%(program_id)s, %(night)s, %(run_id)s, %(outcome)s, %(window_start)s, %(window_end)s,
             %(events_by_type)s, %(events_enqueued)s, %(events_already_sent)s, %(events_sent)s,
             %(events_extracted)s, %(uncertain_batches)s, %(members_extracted)s,
-            %(members_updated)s, %(attributes_skipped)s, %(quarantined_by_reason)s, %(batches_by_state)s,
+            %(members_updated)s, %(needs_attention)s, %(events_sent_other_nights)s, %(attributes_skipped)s, %(quarantined_by_reason)s, %(batches_by_state)s,
             %(requests)s, %(throttled)s, %(retries)s, %(bytes_sent)s, %(stage_seconds)s, %(notes)s)
         ON CONFLICT (program_id, night, run_id) DO UPDATE SET
             outcome = EXCLUDED.outcome, events_by_type = EXCLUDED.events_by_type,
@@ -100,6 +190,7 @@ def write(conn: Any, report: dict[str, Any]) -> None:
             events_sent = EXCLUDED.events_sent, events_extracted = EXCLUDED.events_extracted,
             uncertain_batches = EXCLUDED.uncertain_batches,
             members_extracted = EXCLUDED.members_extracted, members_updated = EXCLUDED.members_updated,
+            needs_attention = EXCLUDED.needs_attention, events_sent_other_nights = EXCLUDED.events_sent_other_nights,
             attributes_skipped = EXCLUDED.attributes_skipped,
             quarantined_by_reason = EXCLUDED.quarantined_by_reason, batches_by_state = EXCLUDED.batches_by_state,
             requests = EXCLUDED.requests, throttled = EXCLUDED.throttled, retries = EXCLUDED.retries,
@@ -108,7 +199,7 @@ def write(conn: Any, report: dict[str, Any]) -> None:
         """,
         {**report,
          **{k: orjson.dumps(report[k]).decode() for k in
-            ("events_by_type", "quarantined_by_reason", "batches_by_state", "stage_seconds")}},
+            ("events_by_type", "quarantined_by_reason", "batches_by_state", "stage_seconds", "needs_attention")}},
     )
     conn.commit()
 
@@ -121,6 +212,8 @@ def render(report: dict[str, Any]) -> str:
         f"  events enqueued {report['events_enqueued']:,}, sent {report['events_sent']:,}, "
         f"skipped as already sent {report['events_already_sent']:,}",
     ]
+    if report.get("events_sent_other_nights"):
+        lines.append(f"    (of the events sent, {report['events_sent_other_nights']:,} belong to earlier nights)")
     for name, n in report["events_by_type"].items():
         lines.append(f"    {name:<32} {n:>10,}")
     skipped = " (attribute refresh skipped)" if report["attributes_skipped"] else ""
@@ -152,7 +245,7 @@ def enforce_retention(conn: Any, *, program_id: str, night: date, retention_days
         counts["bodies_dropped"] = cur.rowcount
     horizon = (night.toordinal() - retention_days)
     cutoff = date.fromordinal(horizon)
-    for table in ("event_keys", "quarantine", "task_stats"):
+    for table in ("event_keys", "quarantine", "task_stats", "attribute_chunks"):
         cur = conn.execute(f"DELETE FROM moengage_sync.{table} WHERE program_id = %s AND night < %s", (program_id, cutoff))
         counts[f"{table}_deleted"] = cur.rowcount
     cur = conn.execute(

@@ -19,6 +19,28 @@ log = logging.getLogger(__name__)
 TRANSFORM_CONCURRENCY = 2   # mapped transform tasks at once per run; they share the lookup budget
 
 
+def now() -> datetime:
+    """The one reading of the wall clock. It decides only whether a night may run (it has ended,
+    it is within the audit retention, it is the newest for attributes); payloads never see it."""
+    return datetime.now(timezone.utc)
+
+
+def _fail(message: str) -> Exception:
+    """An error no retry can mend: the task fails at once, saying what to do."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(message)
+
+
+def _ensure_night_over(program: Program, w: Any) -> None:
+    from loyalty_moengage.sync.plan import NightNotOverError, ensure_night_over
+
+    try:
+        ensure_night_over(w.night, w.end, program.time_zone, now())
+    except NightNotOverError as exc:
+        raise _fail(str(exc)) from None
+
+
 def window(program: Program, context: dict[str, Any]) -> Any:
     """The night's recorded_at window: the run's data interval, in UTC."""
     from zoneinfo import ZoneInfo
@@ -31,7 +53,7 @@ def window(program: Program, context: dict[str, Any]) -> Any:
         # run_after is fixed per run, so every task and retry of the run sees the same night.
         tz = ZoneInfo(program.time_zone)
         dag_run = context.get("dag_run")
-        ref = context.get("logical_date") or getattr(dag_run, "run_after", None) or datetime.now(timezone.utc)
+        ref = context.get("logical_date") or getattr(dag_run, "run_after", None) or now()
         local_midnight = datetime.combine(ref.astimezone(tz).date(), datetime.min.time(), tz)
         start, end = local_midnight - timedelta(days=1), local_midnight
     start = datetime.fromtimestamp(start.timestamp(), timezone.utc)
@@ -63,6 +85,7 @@ def preflight(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     from loyalty_moengage.moengage.hook import MoEngageHook
 
     w = window(program, context)
+    _ensure_night_over(program, w)
     loyalty, state = dsns(program)
     _apply_state_schema(state)
     MoEngageHook(program.moengage_conn_id).preflight()
@@ -82,16 +105,19 @@ def _apply_state_schema(dsn: str) -> None:
 
 def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
     from loyalty_moengage.db import connect
+    from loyalty_moengage.sync.outbox import recover_orphans
     from loyalty_moengage.sync.plan import decide_attribute_refresh, latest_complete_night, plan_chunks
 
     started = time.perf_counter()
     w = window(program, context)
+    _ensure_night_over(program, w)
     run_id = context["run_id"]
+    params = context.get("params") or {}
     loyalty, state = dsns(program)
-    retention_floor = latest_complete_night(datetime.now(timezone.utc), program.time_zone) - timedelta(
-        days=program.audit_retention_days)
+    newest = latest_complete_night(now(), program.time_zone)
+    retention_floor = newest - timedelta(days=program.audit_retention_days)
     if w.night < retention_floor:
-        raise RuntimeError(
+        raise _fail(
             f"night {w.night} is older than the audit retention ({program.audit_retention_days} days): the "
             "record of which events were sent is gone, so syncing it could send duplicates. Raise "
             "audit_retention_days in the programs file if this night must be synced."
@@ -99,26 +125,20 @@ def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
     with connect(loyalty) as conn:
         chunks = plan_chunks(conn, program.id, chunk_members=program.chunk_members)
     with connect(state) as conn:
-        from loyalty_moengage.sync.outbox import recover_orphans
-
-        # No load of this program runs now (max_active_runs=1): whatever a dead worker left
-        # mid-send is uncertain, whatever it only claimed is pending again.
+        # Only claims whose lease ran out: other runs of this program may be sending right now.
         orphans, released = recover_orphans(conn, program.id)
         if orphans:
-            log.warning("%d batch(es) were mid-POST when a worker died: marked uncertain", orphans)
-        # A cleared run plans again; its earlier chunk stats and quarantine rows are redone.
+            log.warning("%d batch(es) were mid-POST when their load attempt stopped: marked uncertain", orphans)
+        # A cleared run plans again; its earlier chunk stats are redone.
         conn.execute("DELETE FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s "
                      "AND stage IN ('transform', 'guard')", (program.id, run_id))
-        conn.execute("DELETE FROM moengage_sync.quarantine WHERE program_id = %s AND run_id = %s",
-                     (program.id, run_id))
-    with connect(state) as conn:
-        refresh, why = decide_attribute_refresh(
-            conn, program_id=program.id, night=w.night, run_id=run_id,
-            latest_night=latest_complete_night(datetime.now(timezone.utc), program.time_zone))
+        conn.commit()
+        refresh, why = decide_attribute_refresh(conn, program_id=program.id, night=w.night, run_id=run_id,
+                                                latest_night=newest, force=bool(params.get("force_attributes")))
     if not refresh:
         log.warning("Skipping the attribute refresh for night %s: %s. This night's events are still sent.", w.night, why)
     _record(state, program, w.night, run_id, "plan", "plan", {
-        "chunks": len(chunks), "send_users": refresh, "skip_reason": why,
+        "chunks": len(chunks), "send_users": refresh, "skip_reason": why, "orphans_uncertain": orphans,
         "seconds": round(time.perf_counter() - started, 4)})
     log.info("night %s (%s .. %s UTC): %d chunk(s)", w.night, w.start, w.end, len(chunks))
     return [{**c, "send_users": refresh} for c in chunks]
@@ -184,14 +204,17 @@ def load(program: Program, slot: int, context: dict[str, Any]) -> dict[str, Any]
 
 
 def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
-    from loyalty_moengage.sync import report as rep
     from loyalty_moengage.db import connect
+    from loyalty_moengage.sync import report as rep
+    from loyalty_moengage.sync.outbox import recover_orphans
 
     started = time.perf_counter()
     w = window(program, context)
     run_id = context["run_id"]
     _, state = dsns(program)
     with connect(state) as conn:
+        recover_orphans(conn, program.id)
+        in_flight = rep.wait_for_in_flight(conn, program.id, w.night)
         stage_rows = conn.execute(
             "SELECT stage, task_key, stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s",
             (program.id, run_id)).fetchall()
@@ -211,31 +234,14 @@ def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
                 seconds["load"] = max(seconds.get("load", 0.0), stats.get("seconds", 0.0))
             elif stage == "guard":
                 guard_info = stats
-        notes = []
-        outcome = "success"
-        if plan_info.get("skip_reason"):
-            notes.append(f"attribute refresh skipped: {plan_info['skip_reason']}")
-        if not plan_info:
-            outcome = "failed"
-            notes.append("the plan task did not finish")
-        elif chunks_done < plan_info.get("chunks", 0):
-            outcome = "failed"
-            notes.append(f"{plan_info['chunks'] - chunks_done} chunk(s) did not finish transforming")
-        if guard_info.get("problems") and not guard_info.get("overridden"):
-            outcome = "held"
-            notes.extend(f"anomaly guard: {p}" for p in guard_info["problems"])
-        pending = conn.execute(
-            "SELECT count(*) FROM moengage_sync.batches WHERE program_id = %s AND night <= %s "
-            "AND state IN ('staged', 'pending', 'claimed', 'sending')", (program.id, w.night)).fetchone()[0]
-        if pending and outcome == "success":
-            outcome = "incomplete"
-            notes.append(f"{pending} batch(es) still pending: the next attempt or the next night sends them")
-        uncertain_stats = [s for stage, _k, s in stage_rows if stage == "load"]
-        uncertain = sum(s.get("batches_uncertain", 0) + s.get("orphans_uncertain", 0) for s in uncertain_stats)
-        if uncertain:
-            notes.append(f"{uncertain} batch(es) became uncertain during this run (policy {program.uncertain_policy}): "
-                         "MoEngage may have them twice if resent; see README, 'Backfills and reruns'")
-        requeued = sum(s.get("requeued_uncertain", 0) for s in uncertain_stats)
+        outcome, notes = rep.assess(
+            program_id=program.id, night=w.night, plan_info=plan_info, chunks_done=chunks_done,
+            guard_info=guard_info, night_batches=rep.batch_states(conn, program.id, w.night),
+            attention=rep.needs_attention(conn, program.id, w.night), uncertain_policy=program.uncertain_policy)
+        if in_flight:
+            notes.append(f"{in_flight} batch(es) of this night were still being sent by another run when "
+                         "this report was written")
+        requeued = sum(s.get("requeued_uncertain", 0) for stage, _k, s in stage_rows if stage == "load")
         if requeued:
             notes.append(f"{requeued} uncertain batch(es) were resent by policy: possible duplicates")
         seconds["report"] = time.perf_counter() - started
@@ -252,4 +258,7 @@ def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
         rep.write(conn, body)
     log.info("\n%s", rep.render(body))
     log.info("retention: %s", retention)
+    if outcome != "success":
+        # Not green in the grid, and the DAG's failure callbacks alert.
+        raise _fail(f"night {w.night} of program {program.id} is {outcome}: " + "; ".join(notes))
     return {"outcome": outcome, "events_sent": body["events_sent"], "members_updated": body["members_updated"]}

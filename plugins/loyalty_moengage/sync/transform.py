@@ -3,7 +3,9 @@
 Everything a chunk writes to the state database (batches, event keys, quarantine, stats) is
 one transaction, so a retried or cleared chunk either finds its work done or redoes all of it;
 event_ids already enqueued by any earlier run are skipped, which is what makes reruns and
-backfills send no event twice.
+backfills send no event twice. Two runs of one night enqueuing the same events at once collide
+on the event-key primary key: the loser's transaction waits for the winner, rolls back and is
+redone, and then finds those events already enqueued.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Callable
 
@@ -51,26 +53,42 @@ def _row_json(table: Any, mask: Any) -> list[bytes]:
     return [orjson.dumps(r) for r in table.filter(mask).to_pylist()]
 
 
+@dataclass
+class _Rejects:
+    """Rows that will not be sent, with their reasons, gathered while a chunk is checked."""
+
+    rows: list[tuple[str, str, str | None, bytes]] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def add(self, template: str, reason: str, key: str | None, row: bytes, *, count: bool = True) -> None:
+        self.rows.append((template, reason, key, row))
+        if count:
+            self.reasons[reason] += 1
+
+    def copy(self) -> "_Rejects":
+        return _Rejects(list(self.rows), Counter(self.reasons))
+
+
+@dataclass
+class _Checked:
+    """A chunk after the row checks: one table of sendable events, the members, the rejects."""
+
+    events: Any                 # pa.Table: event_id, event_name, customer_id, element; or None
+    users: Any                  # pa.Table of the member template's valid rows; or None
+    user_kinds: dict[str, str]
+    user_template: str
+    rows_extracted: int
+    members_extracted: int
+    rejects: _Rejects
+
+
 def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label: str, run_id: str,
                     send_users: bool, loyalty_dsn: str, state_dsn: str,
                     lookup: Callable[[list[str]], set[str]] | None = None) -> dict[str, Any]:
     """Extract, check and enqueue one member-id range; returns a small stats descriptor."""
-    import orjson
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import psycopg
 
-    from loyalty_moengage.sync import outbox
-    from loyalty_moengage.sync.contract import load_templates
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.extract import SESSION_SETTINGS, extract
-    from loyalty_moengage.sync.payloads import event_elements, pack_spans, user_elements
-    from loyalty_moengage.sync.report import record_stats
-    from loyalty_moengage.sync.validate import duplicate_mask, event_reasons, member_reasons
-
-    seconds: Counter[str] = Counter()
-    quarantine: list[tuple[str, str, str | None, bytes]] = []
-    reasons_count: Counter[str] = Counter()
-    params = window.params(program_id, lo, hi)
 
     with connect(state_dsn) as sconn:
         done = sconn.execute(
@@ -81,200 +99,257 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
         log.info("%s already enqueued by an earlier attempt of this run", label)
         return done[0]
 
+    seconds: Counter[str] = Counter()
     t0 = time.perf_counter()
+    extracts = _extract(loyalty_dsn, window.params(program_id, lo, hi))
+    seconds["extract"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    checked = _check(extracts, window)
+    seconds["transform"] += time.perf_counter() - t0
+
+    for attempt in range(1, 4):
+        try:
+            with connect(state_dsn) as sconn:
+                return _enqueue(sconn, checked, program_id=program_id, window=window, run_id=run_id, label=label,
+                                lo=lo, hi=hi, send_users=send_users, lookup=lookup, seconds=Counter(seconds))
+        except psycopg.errors.UniqueViolation:
+            if attempt == 3:
+                raise
+            log.info("%s: another run enqueued some of these events at the same time; enqueuing again", label)
+    raise AssertionError("unreachable")
+
+
+def _extract(loyalty_dsn: str, params: dict[str, Any]) -> list[Any]:
+    """Every template's rows of the chunk, from one consistent snapshot."""
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.sync.contract import load_templates
+    from loyalty_moengage.sync.extract import SESSION_SETTINGS, extract
+
     templates = load_templates()
     with connect(loyalty_dsn) as lconn:
         lconn.execute(SESSION_SETTINGS)
         lconn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         extracts = [extract(lconn, t, params) for t in templates]
         lconn.rollback()
-    seconds["extract"] += time.perf_counter() - t0
-    rows_extracted = sum(e.table.num_rows for e in extracts)
+    return extracts
 
-    t0 = time.perf_counter()
-    ev_tables: list[Any] = []
-    ev_elements: list[Any] = []
-    members_extracted = 0
-    user_table = None
-    user_kinds: dict[str, str] = {}
-    user_template = ""
+
+def _check(extracts: list[Any], window: Window) -> _Checked:
+    """Row checks (the quarantine's reasons), duplicates, and the event elements."""
+    import pyarrow.compute as pc
+
+    from loyalty_moengage.sync.payloads import event_elements
+    from loyalty_moengage.sync.validate import duplicate_mask, event_reasons, member_reasons
+
+    rejects = _Rejects()
+    ev_tables: list[tuple[str, Any, Any]] = []
+    checked = _Checked(events=None, users=None, user_kinds={}, user_template="",
+                       rows_extracted=sum(e.table.num_rows for e in extracts), members_extracted=0,
+                       rejects=rejects)
     for ex in extracts:
         table = ex.table
         if ex.template.kind == "events":
-            reasons = event_reasons(table, ex.kinds, window.end)
-            key_col = "event_id"
+            reasons, key_col = event_reasons(table, ex.kinds, window.end), "event_id"
         else:
-            members_extracted += table.num_rows
-            reasons = member_reasons(table, ex.kinds)
-            key_col = "customer_id"
+            checked.members_extracted += table.num_rows
+            reasons, key_col = member_reasons(table, ex.kinds), "customer_id"
         bad = pc.is_valid(reasons)
         if pc.any(bad).as_py():
-            bad_reasons = reasons.filter(bad).to_pylist()
-            bad_keys = table.column(key_col).combine_chunks().filter(bad).to_pylist()
-            for reason, key, row in zip(bad_reasons, bad_keys, _row_json(table, bad)):
-                quarantine.append((ex.template.name, reason, key, row))
-                reasons_count[reason] += 1
+            keys = table.column(key_col).combine_chunks().filter(bad).to_pylist()
+            for reason, key, row in zip(reasons.filter(bad).to_pylist(), keys, _row_json(table, bad)):
+                rejects.add(ex.template.name, reason, key, row)
             table = table.filter(pc.invert(bad))
         if ex.template.kind == "events":
             if table.num_rows:
-                ev_tables.append((ex.template.name, table))
-                ev_elements.append(event_elements(table, ex.kinds, window.time_zone))
-        else:
-            dup = duplicate_mask(table.column("customer_id").combine_chunks())
-            if pc.any(dup).as_py():
-                for key, row in zip(table.column("customer_id").combine_chunks().filter(dup).to_pylist(),
-                                    _row_json(table, dup)):
-                    quarantine.append((ex.template.name, "duplicate customer_id", key, row))
-                    reasons_count["duplicate customer_id"] += 1
-                table = table.filter(pc.invert(dup))
-            user_table, user_kinds, user_template = table, ex.kinds, ex.template.name
-
-    # Events of all templates of the chunk, checked for duplicate event_ids across templates.
-    if ev_tables:
-        ids = pa.concat_arrays([t.column("event_id").combine_chunks() for _, t in ev_tables])
-        names = pa.concat_arrays([t.column("event_name").combine_chunks() for _, t in ev_tables])
-        elements = pa.concat_arrays([e.cast(pa.large_string()) for e in ev_elements])
-        dup = duplicate_mask(ids)
-        dup_keep = None
+                ev_tables.append((ex.template.name, table, event_elements(table, ex.kinds, window.time_zone)))
+            continue
+        dup = duplicate_mask(table.column("customer_id").combine_chunks())
         if pc.any(dup).as_py():
-            template_of = []
-            for name, t in ev_tables:
-                template_of.extend([name] * t.num_rows)
-            dup_idx = pc.indices_nonzero(dup).to_pylist()
-            for i in dup_idx:
-                row = {"event_id": ids[i].as_py(), "event_name": names[i].as_py()}
-                quarantine.append((template_of[i], "duplicate event_id", ids[i].as_py(), orjson.dumps(row)))
-                reasons_count["duplicate event_id"] += 1
-            keep = pc.invert(dup)
-            dup_keep = keep
-            ids, names, elements = ids.filter(keep), names.filter(keep), elements.filter(keep)
-    else:
-        ids = names = elements = None
-    events_extracted = 0 if ids is None else len(ids)
-    seconds["transform"] += time.perf_counter() - t0
+            for key, row in zip(table.column("customer_id").combine_chunks().filter(dup).to_pylist(),
+                                _row_json(table, dup)):
+                rejects.add(ex.template.name, "duplicate customer_id", key, row)
+            table = table.filter(pc.invert(dup))
+        checked.users, checked.user_kinds, checked.user_template = table, ex.kinds, ex.template.name
+    if ev_tables:
+        checked.events = _event_table(ev_tables, rejects)
+    return checked
+
+
+def _event_table(ev_tables: list[tuple[str, Any, Any]], rejects: _Rejects) -> Any:
+    """All templates' events as one table; an event_id returned twice is quarantined."""
+    import orjson
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from loyalty_moengage.sync.validate import duplicate_mask
+
+    def column(name: str) -> Any:
+        return pa.concat_arrays([t.column(name).combine_chunks() for _, t, _ in ev_tables])
+
+    events = pa.table({
+        "event_id": column("event_id"),
+        "event_name": column("event_name"),
+        "customer_id": column("customer_id"),
+        "element": pa.concat_arrays([e.cast(pa.large_string()) for _, _, e in ev_tables]),
+    })
+    dup = duplicate_mask(events.column("event_id").combine_chunks())
+    if pc.any(dup).as_py():
+        template_of = [name for name, t, _ in ev_tables for _ in range(t.num_rows)]
+        ids, names = events.column("event_id"), events.column("event_name")
+        for i in pc.indices_nonzero(dup).to_pylist():
+            eid = ids[i].as_py()
+            rejects.add(template_of[i], "duplicate event_id", eid,
+                        orjson.dumps({"event_id": eid, "event_name": names[i].as_py()}))
+        events = events.filter(pc.invert(dup))
+    return events
+
+
+def _enqueue(sconn: Any, checked: _Checked, *, program_id: str, window: Window, run_id: str, label: str,
+             lo: int, hi: int, send_users: bool, lookup: Callable[[list[str]], set[str]] | None,
+             seconds: Counter[str]) -> dict[str, Any]:
+    """The chunk's one state transaction: drop events enqueued before, check presence, pack,
+    and write batches, event keys, quarantine and stats together."""
+    from loyalty_moengage.sync import outbox
+    from loyalty_moengage.sync.report import record_stats
 
     t0 = time.perf_counter()
-    transform_before = seconds["transform"]
-    stats: dict[str, Any] = {}
-    with connect(state_dsn) as sconn:
-        events_by_type: Counter[str] = Counter()
-        already = 0
-        not_in_moengage = 0
-        lookups = 0
-        new_batches: list[outbox.NewBatch] = []
-        key_tables = []
-        if ids is not None and len(ids):
-            existing = outbox.existing_event_ids(sconn, program_id, ids.to_pylist())
-            if existing:
-                keep = pc.invert(pc.is_in(ids, pa.array(sorted(existing))))
-                already = len(ids) - pc.sum(keep.cast(pa.int64())).as_py()
-                ids, names, elements = ids.filter(keep), names.filter(keep), elements.filter(keep)
-            if lookup is not None and len(ids):
-                from loyalty_moengage.moengage.presence import known_customers
-
-                cids = pa.concat_arrays([t.column("customer_id").combine_chunks() for _, t in ev_tables])
-                if dup_keep is not None:
-                    cids = cids.filter(dup_keep)
-                if existing:
-                    cids = cids.filter(keep)
-                t1 = time.perf_counter()
-                present, looked_up = known_customers(sconn, program_id, sorted(set(cids.to_pylist())), lookup)
-                seconds["lookup"] += time.perf_counter() - t1
-                lookups = looked_up
-                known = pc.is_in(cids, pa.array(sorted(present), pa.string()))
-                unknown = pc.invert(known)
-                if pc.any(unknown).as_py():
-                    for eid, name, cid in zip(ids.filter(unknown).to_pylist(), names.filter(unknown).to_pylist(),
-                                              cids.filter(unknown).to_pylist()):
-                        quarantine.append(("(presence)", NOT_IN_MOENGAGE, eid,
-                                           orjson.dumps({"event_id": eid, "event_name": name, "customer_id": cid})))
-                        not_in_moengage += 1
-                    ids, names, elements = ids.filter(known), names.filter(known), elements.filter(known)
-            t1 = time.perf_counter()
-            spans, oversize = pack_spans(elements)
-            seconds["transform"] += time.perf_counter() - t1
-            for idx, size in oversize:
-                quarantine.append(("(payload)", "element over 100000 bytes", ids[idx].as_py(),
-                                   orjson.dumps({"event_id": ids[idx].as_py(), "bytes": size})))
-                reasons_count["element over 100000 bytes"] += 1
-            batch_index = []
-            for k, span in enumerate(spans):
-                n = span.stop - span.start
-                new_batches.append(outbox.NewBatch("events", span.body, n, 0, n))
-                batch_index.append((span.start, span.stop, k))
-            if spans:
-                counts = pc.value_counts(names).to_pylist()
-                sent_mask = None
-                if oversize:
-                    import numpy as np
-
-                    m = np.ones(len(ids), dtype=bool)
-                    m[[i for i, _ in oversize]] = False
-                    sent_mask = pa.array(m)
-                    counts = pc.value_counts(names.filter(sent_mask)).to_pylist()
-                events_by_type.update({c["values"]: c["counts"] for c in counts})
-                key_tables.append((batch_index, sent_mask))
-        user_batches: list[outbox.NewBatch] = []
-        members_enqueued = 0
-        if send_users and user_table is not None and user_table.num_rows:
-            if outbox.users_already_enqueued(sconn, program_id=program_id, run_id=run_id, chunk_label=label):
-                log.info("attribute refresh of %s already enqueued by an earlier attempt", label)
-            else:
-                t1 = time.perf_counter()
-                uel = user_elements(user_table, user_kinds)
-                spans_u, oversize_u = pack_spans(uel)
-                seconds["transform"] += time.perf_counter() - t1
-                cids = user_table.column("customer_id").combine_chunks()
-                for idx, size in oversize_u:
-                    quarantine.append((user_template, "element over 100000 bytes", cids[idx].as_py(),
-                                       orjson.dumps({"customer_id": cids[idx].as_py(), "bytes": size})))
-                    reasons_count["element over 100000 bytes"] += 1
-                for span in spans_u:
-                    n = span.stop - span.start
-                    user_batches.append(outbox.NewBatch("users", span.body, n, n, 0))
-                    members_enqueued += n
-
-        all_batches = new_batches + user_batches
-        batch_ids = outbox.allocate_batch_ids(sconn, len(all_batches))
-        outbox.insert_batches(sconn, program_id=program_id, night=window.night, run_id=run_id,
-                              chunk_label=label, batch_ids=batch_ids, batches=all_batches)
-        if key_tables:
-            import numpy as np
-
-            batch_index, sent_mask = key_tables[0]
-            bid = np.zeros(len(ids), dtype=np.int64)
-            for start, stop, k in batch_index:
-                bid[start:stop] = batch_ids[k]
-            keys = pa.table({
-                "program_id": pa.array([program_id] * len(ids)),
-                "event_id": ids,
-                "night": pa.array([window.night.isoformat()] * len(ids)),
-                "event_name": names,
-                "batch_id": pa.array(bid),
-            })
-            if sent_mask is not None:
-                keys = keys.filter(sent_mask)
-            outbox.insert_event_keys(sconn, outbox.to_csv(keys))
-        outbox.insert_quarantine(sconn, program_id=program_id, night=window.night, run_id=run_id, rows=quarantine)
-        seconds["outbox"] += (time.perf_counter() - t0 - (seconds["transform"] - transform_before)
-                              - seconds["lookup"])
-        stats = {
-            "label": label,
-            "rows_extracted": rows_extracted,
-            "events_by_type": dict(events_by_type),
-            "events_extracted": events_extracted,
-            "events_enqueued": sum(events_by_type.values()),
-            "events_already_sent": already,
-            "members_extracted": members_extracted,
-            "members_enqueued": members_enqueued,
-            "quarantined": dict(reasons_count),
-            "not_in_moengage": not_in_moengage,
-            "customer_lookups": lookups,
-            "batches": len(all_batches),
-            "bytes": sum(len(b.body) for b in all_batches),
-            "seconds": {k: round(v, 4) for k, v in seconds.items()},
-        }
-        record_stats(sconn, program_id=program_id, night=window.night, run_id=run_id, stage="transform",
-                     key=label, stats=stats)
-        sconn.commit()
+    rejects = checked.rejects.copy()
+    stats: dict[str, Any] = {"events_already_sent": 0, "not_in_moengage": 0, "customer_lookups": 0}
+    events = _new_events(sconn, checked.events, program_id=program_id, lookup=lookup, rejects=rejects,
+                         stats=stats, seconds=seconds)
+    t1 = time.perf_counter()
+    event_batches, keys, events_by_type = _pack_events(events, rejects)
+    user_batches: list[outbox.NewBatch] = []
+    if send_users and checked.users is not None and checked.users.num_rows:
+        why_not = outbox.claim_attribute_chunk(sconn, program_id=program_id, night=window.night, lo=lo, hi=hi,
+                                               run_id=run_id, chunk_label=label)
+        if why_not:
+            log.info("attribute refresh of %s not enqueued: %s", label, why_not)
+            stats["attributes_skip_reason"] = why_not
+        else:
+            user_batches = _pack_users(checked, rejects)
+    packing = time.perf_counter() - t1
+    seconds["transform"] += packing
+    all_batches = event_batches + user_batches
+    batch_ids = outbox.allocate_batch_ids(sconn, len(all_batches))
+    outbox.insert_batches(sconn, program_id=program_id, night=window.night, run_id=run_id,
+                          chunk_label=label, batch_ids=batch_ids, batches=all_batches)
+    if keys is not None:
+        _insert_keys(sconn, keys, batch_ids, program_id=program_id, night=window.night)
+    outbox.insert_quarantine(sconn, program_id=program_id, night=window.night, run_id=run_id, rows=rejects.rows)
+    seconds["outbox"] += time.perf_counter() - t0 - packing - seconds["lookup"]
+    stats.update({
+        "label": label,
+        "rows_extracted": checked.rows_extracted,
+        "events_by_type": dict(events_by_type),
+        "events_extracted": 0 if checked.events is None else checked.events.num_rows,
+        "events_enqueued": sum(events_by_type.values()),
+        "members_extracted": checked.members_extracted,
+        "members_enqueued": sum(b.users for b in user_batches),
+        "quarantined": dict(rejects.reasons),
+        "batches": len(all_batches),
+        "bytes": sum(len(b.body) for b in all_batches),
+        "seconds": {k: round(v, 4) for k, v in seconds.items()},
+    })
+    record_stats(sconn, program_id=program_id, night=window.night, run_id=run_id, stage="transform",
+                 key=label, stats=stats)
+    sconn.commit()
     return stats
+
+
+def _new_events(sconn: Any, events: Any, *, program_id: str, lookup: Callable[[list[str]], set[str]] | None,
+                rejects: _Rejects, stats: dict[str, Any], seconds: Counter[str]) -> Any:
+    """The events no run has enqueued before, for customers MoEngage knows."""
+    import orjson
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from loyalty_moengage.sync import outbox
+
+    if events is None or not events.num_rows:
+        return None
+    existing = outbox.existing_event_ids(sconn, program_id, events.column("event_id").to_pylist())
+    if existing:
+        keep = pc.invert(pc.is_in(events.column("event_id"), value_set=pa.array(sorted(existing), pa.string())))
+        stats["events_already_sent"] = events.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
+        events = events.filter(keep)
+    if lookup is None or not events.num_rows:
+        return events
+    from loyalty_moengage.moengage.presence import known_customers
+
+    t = time.perf_counter()
+    present, stats["customer_lookups"] = known_customers(
+        sconn, program_id, sorted(set(events.column("customer_id").to_pylist())), lookup)
+    seconds["lookup"] += time.perf_counter() - t
+    known = pc.is_in(events.column("customer_id"), value_set=pa.array(sorted(present), pa.string()))
+    unknown = events.filter(pc.invert(known))
+    for eid, name, cid in zip(unknown.column("event_id").to_pylist(), unknown.column("event_name").to_pylist(),
+                              unknown.column("customer_id").to_pylist()):
+        rejects.add("(presence)", NOT_IN_MOENGAGE, eid,
+                    orjson.dumps({"event_id": eid, "event_name": name, "customer_id": cid}), count=False)
+    stats["not_in_moengage"] = unknown.num_rows
+    return events.filter(known)
+
+
+def _pack_events(events: Any, rejects: _Rejects) -> tuple[list[Any], Any, Counter[str]]:
+    """Event batches, and the event-key rows (event_id, event_name, batch index) they carry."""
+    import numpy as np
+    import orjson
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from loyalty_moengage.sync import outbox
+    from loyalty_moengage.sync.payloads import pack_spans
+
+    by_type: Counter[str] = Counter()
+    if events is None or not events.num_rows:
+        return [], None, by_type
+    spans, oversize = pack_spans(events.column("element").combine_chunks())
+    ids = events.column("event_id")
+    for idx, size in oversize:
+        rejects.add("(payload)", "element over 100000 bytes", ids[idx].as_py(),
+                    orjson.dumps({"event_id": ids[idx].as_py(), "bytes": size}))
+    if not spans:
+        return [], None, by_type
+    batch_of = np.full(events.num_rows, -1, dtype=np.int64)
+    batches = []
+    for k, span in enumerate(spans):
+        n = span.stop - span.start
+        batches.append(outbox.NewBatch("events", span.body, n, 0, n))
+        batch_of[span.start:span.stop] = k
+    keys = pa.table({"event_id": ids, "event_name": events.column("event_name"), "batch": pa.array(batch_of)})
+    if oversize:
+        keys = keys.filter(pc.greater_equal(keys.column("batch"), 0))
+    by_type.update({c["values"]: c["counts"] for c in pc.value_counts(keys.column("event_name")).to_pylist()})
+    return batches, keys, by_type
+
+
+def _pack_users(checked: _Checked, rejects: _Rejects) -> list[Any]:
+    import orjson
+
+    from loyalty_moengage.sync import outbox
+    from loyalty_moengage.sync.payloads import pack_spans, user_elements
+
+    spans, oversize = pack_spans(user_elements(checked.users, checked.user_kinds))
+    cids = checked.users.column("customer_id").combine_chunks()
+    for idx, size in oversize:
+        rejects.add(checked.user_template, "element over 100000 bytes", cids[idx].as_py(),
+                    orjson.dumps({"customer_id": cids[idx].as_py(), "bytes": size}))
+    return [outbox.NewBatch("users", s.body, s.stop - s.start, s.stop - s.start, 0) for s in spans]
+
+
+def _insert_keys(sconn: Any, keys: Any, batch_ids: list[int], *, program_id: str, night: date) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from loyalty_moengage.sync import outbox
+
+    ids = np.asarray(batch_ids, dtype=np.int64)[keys.column("batch").to_numpy()]
+    rows = pa.table({
+        "program_id": pa.array([program_id] * keys.num_rows),
+        "event_id": keys.column("event_id"),
+        "night": pa.array([night.isoformat()] * keys.num_rows),
+        "event_name": keys.column("event_name"),
+        "batch_id": pa.array(ids),
+    })
+    outbox.insert_event_keys(sconn, outbox.to_csv(rows))
