@@ -20,6 +20,7 @@ import psycopg
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loyalty_moengage.api import idempotency, points
@@ -28,7 +29,6 @@ from loyalty_moengage.api.enroll import enroll
 from loyalty_moengage.api.errors import ApiError, error_body
 from loyalty_moengage.api.keys import CachedKeys, KeyRing, load_keys
 from loyalty_moengage.api.phone import PhoneError, normalize_phone
-from loyalty_moengage.api.pool import AsyncPool, PoolTimeout
 from loyalty_moengage.api.programs import ProgramCache, ProgramInfo
 from loyalty_moengage.api.settings import Settings
 from loyalty_moengage.api.validation import parse_customers
@@ -39,6 +39,8 @@ POINTS_PATH = "/api/loyalty/points"
 ADD_CUSTOMER_PATH = "/api/customers/add"
 _MAX_KEY_LENGTH = 256
 _CUSTOMER_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:@/+-")
+# Longest wait for a free database connection (and for the warm-up): well inside MoEngage's 5 s.
+POOL_TIMEOUT_S = 3.0
 
 
 class ApiState:
@@ -48,10 +50,12 @@ class ApiState:
         self.settings = settings
         self.keys = CachedKeys(settings.keys_ttl_s, key_loader or (lambda: load_keys(settings.programs)))
         self.programs = ProgramCache(ttl=60.0)
-        self.pool: AsyncPool | None = None
+        self.pool: AsyncConnectionPool | None = None
         self._pool_lock: asyncio.Lock | None = None
 
-    async def get_pool(self) -> AsyncPool:
+    async def get_pool(self) -> AsyncConnectionPool:
+        """The pool, opened on first use without waiting: while the database is down it keeps
+        reconnecting in the background and each borrow fails after ``POOL_TIMEOUT_S`` (503)."""
         if self.pool is not None:
             return self.pool
         if self._pool_lock is None:
@@ -60,14 +64,29 @@ class ApiState:
             if self.pool is None:
                 s = self.settings
                 dsn = await anyio.to_thread.run_sync(s.resolve_dsn)
-                pool = AsyncPool(dsn, min_size=s.pool_min, max_size=s.pool_max,
-                                 statement_timeout_ms=s.statement_timeout_ms)
-                await pool.open()
+                pool = AsyncConnectionPool(
+                    dsn, min_size=s.pool_min, max_size=s.pool_max, timeout=POOL_TIMEOUT_S, open=False,
+                    name="loyalty_api", kwargs={
+                        "autocommit": True, "application_name": "loyalty_moengage_api",
+                        "options": f"-c statement_timeout={int(s.statement_timeout_ms)}"})
+                await pool.open(wait=False)
                 self.pool = pool
         return self.pool
 
+    async def warm_up(self) -> None:
+        """Keys and ``pool_min`` connections now; a pool that cannot fill in time is closed and
+        opened again by the first request."""
+        await self.keyring()
+        pool = await self.get_pool()
+        try:
+            await pool.wait(timeout=POOL_TIMEOUT_S)
+        except PoolTimeout:
+            self.pool = None  # wait() closed it
+            raise
+
     def connection(self):
-        """``async with state.connection() as conn`` borrowing from the pool."""
+        """``async with state.connection() as conn`` borrowing from the pool (autocommit; use
+        ``conn.transaction()`` for writes; a connection left mid-transaction is rolled back)."""
         state = self
 
         @asynccontextmanager
@@ -171,8 +190,7 @@ def create_app(settings: Settings | None = None, *, key_loader=None) -> FastAPI:
         # Warm up, but never fail the host: inside Airflow's API server an exception here would
         # take the whole server down. Whatever fails is retried on the first request.
         try:
-            await state.keyring()
-            await state.get_pool()
+            await state.warm_up()
         except Exception as exc:
             log.warning("loyalty API warm-up failed (%s); retrying on first request", type(exc).__name__)
         try:

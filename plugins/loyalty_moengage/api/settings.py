@@ -14,55 +14,86 @@ only in env vars (no config file to keep in sync with the programs file).
 | LOYALTY_API_REF_PREFIX           | PH-          | relation_reference of a new member = prefix + E.164 digits |
 | LOYALTY_API_POOL_MIN / _MAX      | 2 / 16       | database connections per process               |
 | LOYALTY_API_STATEMENT_TIMEOUT_MS | 4000         | below MoEngage's 5 s wait                      |
+
+An empty number means its default; an empty DSN means "resolve it". A plain pydantic model rather than pydantic-settings: the
+env names are not the field names, ``LOYALTY_API_PROGRAMS`` is a comma list rather than JSON,
+and ``access_log`` must not come from the environment (the plugin and the standalone server
+decide it), so an explicit table is shorter than the overrides pydantic-settings would need.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV = {
+    "db_conn_id": "LOYALTY_API_DB_CONN_ID",
+    "dsn": "LOYALTY_API_DSN",
+    "programs": "LOYALTY_API_PROGRAMS",
+    "keys_ttl_s": "LOYALTY_API_KEYS_TTL",
+    "idempotency_hours": "LOYALTY_API_IDEMPOTENCY_HOURS",
+    "max_amount": "LOYALTY_API_MAX_AMOUNT",
+    "max_body_bytes": "LOYALTY_API_MAX_BODY_BYTES",
+    "max_customers": "LOYALTY_API_MAX_CUSTOMERS",
+    "ref_prefix": "LOYALTY_API_REF_PREFIX",
+    "pool_min": "LOYALTY_API_POOL_MIN",
+    "pool_max": "LOYALTY_API_POOL_MAX",
+    "statement_timeout_ms": "LOYALTY_API_STATEMENT_TIMEOUT_MS",
+}
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw else default
+class SettingsError(ValueError):
+    """An API setting is invalid; the message names the env var."""
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     db_conn_id: str = "loyalty_db"
     dsn: str | None = None
     programs: tuple[str, ...] = ("demo",)
-    keys_ttl_s: int = 60
-    idempotency_hours: int = 24
-    max_amount: int = 1_000_000
-    max_body_bytes: int = 65_536
-    max_customers: int = 100
+    keys_ttl_s: int = Field(60, ge=0)
+    idempotency_hours: int = Field(24, ge=1)
+    max_amount: int = Field(1_000_000, gt=0)
+    max_body_bytes: int = Field(65_536, gt=0)
+    max_customers: int = Field(100, ge=1)
     ref_prefix: str = "PH-"
-    pool_min: int = 2
-    pool_max: int = 16
-    statement_timeout_ms: int = 4000
+    pool_min: int = Field(2, ge=0)
+    pool_max: int = Field(16, ge=1)
+    statement_timeout_ms: int = Field(4000, ge=0)
     access_log: bool = False  # standalone server logs its own (redacted) access lines
 
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> "Settings":
+        if self.pool_min > self.pool_max:
+            raise ValueError(f"pool_min ({self.pool_min}) is larger than pool_max ({self.pool_max})")
+        return self
+
     @classmethod
-    def from_env(cls, **overrides) -> "Settings":
+    def from_env(cls, **overrides: Any) -> "Settings":
+        """Settings from ``LOYALTY_API_*`` (see the module doc); keyword arguments win."""
         env = os.environ
-        programs = tuple(p.strip() for p in env.get("LOYALTY_API_PROGRAMS", "demo").split(",") if p.strip())
-        values = dict(
-            db_conn_id=env.get("LOYALTY_API_DB_CONN_ID", "loyalty_db"),
-            dsn=env.get("LOYALTY_API_DSN") or None,
-            programs=programs,
-            keys_ttl_s=_int("LOYALTY_API_KEYS_TTL", 60),
-            idempotency_hours=_int("LOYALTY_API_IDEMPOTENCY_HOURS", 24),
-            max_amount=_int("LOYALTY_API_MAX_AMOUNT", 1_000_000),
-            max_body_bytes=_int("LOYALTY_API_MAX_BODY_BYTES", 65_536),
-            max_customers=_int("LOYALTY_API_MAX_CUSTOMERS", 100),
-            ref_prefix=env.get("LOYALTY_API_REF_PREFIX", "PH-"),
-            pool_min=_int("LOYALTY_API_POOL_MIN", 2),
-            pool_max=_int("LOYALTY_API_POOL_MAX", 16),
-            statement_timeout_ms=_int("LOYALTY_API_STATEMENT_TIMEOUT_MS", 4000),
-        )
+        values: dict[str, Any] = {}
+        for name, var in ENV.items():
+            if var not in env:
+                continue
+            raw = env[var]
+            if name == "dsn":
+                values[name] = raw or None
+            elif name == "programs":
+                values[name] = tuple(p.strip() for p in raw.split(",") if p.strip())
+            elif cls.model_fields[name].annotation is int:
+                if raw.strip():
+                    values[name] = raw.strip()
+            else:
+                values[name] = raw
         values.update(overrides)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise SettingsError("; ".join(_describe(e, overrides) for e in exc.errors(include_url=False))) from None
 
     def resolve_dsn(self) -> str:
         """The loyalty DB: LOYALTY_API_DSN, else the project's one rule (connection, env, embedded)."""
@@ -71,3 +102,9 @@ class Settings:
         from loyalty_moengage.db import loyalty_dsn
 
         return loyalty_dsn(self.db_conn_id)
+
+
+def _describe(error: Any, overrides: dict[str, Any]) -> str:
+    name = str(error["loc"][0]) if error["loc"] else ""
+    source = ENV[name] if name in ENV and name not in overrides else name or "API settings"
+    return f"{source}: {error['msg']} (got {error['input']!r})" if name else f"{source}: {error['msg']}"
