@@ -54,15 +54,6 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reset_program_state(dsn: str, program_id: str) -> None:
-    from loyalty_moengage.db import connect
-
-    with connect(dsn) as conn:
-        for table in ("batches", "event_keys", "quarantine", "task_stats", "run_reports",
-                      "attribute_watermark", "resend_requests", "customer_presence"):
-            conn.execute(f"DELETE FROM moengage_sync.{table} WHERE program_id = %s", (program_id,))
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     _quiet_airflow()
     from loyalty_moengage.db import apply_schema, connect, connection_json, loyalty_dsn, redact_dsn
@@ -82,14 +73,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         summary = generate(dsn, program_id=program.id, members=args.members, days=args.days, seed=args.seed,
                            end_date=night + timedelta(days=1), time_zone=program.time_zone)
-        _reset_program_state(dsn, program.id)
+        from loyalty_moengage.devtools.reset import reset_program_state
+
+        reset_program_state(dsn, program.id)
         print(f"generated program {program.id!r}: {args.members:,} members, {args.days} nights of history "
               f"ending {night} ({time.perf_counter() - t:.1f} s)")
         del summary
     os.environ.setdefault(f"AIRFLOW_CONN_{program.loyalty_conn_id.upper()}", connection_json(dsn))
     with SandboxServer(port=0) as sandbox:
         sandbox.add_workspace(DEMO_WORKSPACE, DEMO_KEY, dc="03", export_users_per_minute=args.lookups_per_minute)
-        seeded = sandbox.seed_from_loyalty_db(DEMO_WORKSPACE, dsn, program.id, missing_share=args.missing_share)
+        from loyalty_moengage.devtools.seed import seed_from_loyalty_db
+
+        seeded = seed_from_loyalty_db(sandbox, DEMO_WORKSPACE, dsn, program.id, missing_share=args.missing_share)
         os.environ[f"AIRFLOW_CONN_{program.moengage_conn_id.upper()}"] = sandbox.connection_json(
             DEMO_WORKSPACE, DEMO_KEY, dc="03", lookups_per_minute=args.lookups_per_minute)
         print(f"MoEngage sandbox on {sandbox.url}: {seeded['seeded']:,} of {seeded['members']:,} members exist "

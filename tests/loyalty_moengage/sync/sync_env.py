@@ -36,7 +36,9 @@ def sync_env(tmp_path: Path, dsn: str, *, program_id: str = "tiny", time_zone: s
         sandbox.add_workspace(WORKSPACE, API_KEY, dc="03", export_users_per_minute=100_000,
                               **(workspace_kwargs or {}))
         if customers == "all":
-            sandbox.seed_from_loyalty_db(WORKSPACE, dsn, program_id, missing_share=0.0)
+            from loyalty_moengage.devtools.seed import seed_from_loyalty_db
+
+            seed_from_loyalty_db(sandbox, WORKSPACE, dsn, program_id, missing_share=0.0)
         else:
             sandbox.seed_users(WORKSPACE, list(customers))
         os.environ["LOYALTY_PROGRAMS_FILE"] = str(programs)

@@ -475,11 +475,6 @@ class SandboxApp:
     async def seed(self, request: web.Request) -> web.Response:
         workspace_id = self._workspace_or_404(request)
         doc = await self._doc(request)
-        if "dsn" in doc:
-            result = await asyncio.to_thread(
-                self.state.seed_from_loyalty_db, workspace_id, doc["dsn"], doc["program_id"],
-                missing_share=float(doc.get("missing_share", 0.05)), seed=int(doc.get("seed", 0)))
-            return _json(result)
         count = self.state.seed_users(workspace_id, doc.get("customer_ids", []), doc.get("attributes"))
         return _json({"seeded": count})
 
@@ -563,10 +558,6 @@ class SandboxServer:
 
     def seed_users(self, workspace_id: str, customer_ids: Any, attributes: dict[str, Any] | None = None) -> int:
         return self.state.seed_users(workspace_id, customer_ids, attributes)
-
-    def seed_from_loyalty_db(self, workspace_id: str, dsn: str, program_id: str, *,
-                             missing_share: float = 0.05, seed: int = 0) -> dict[str, int]:
-        return self.state.seed_from_loyalty_db(workspace_id, dsn, program_id, missing_share=missing_share, seed=seed)
 
     def set_faults(self, **kwargs: Any) -> Faults:
         return self.state.set_faults(**kwargs)

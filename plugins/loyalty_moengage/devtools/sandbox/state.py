@@ -6,7 +6,6 @@ tests and the demo read it from theirs.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import string
@@ -229,20 +228,6 @@ class SandboxState:
                 count += 1
             return count
 
-    def seed_from_loyalty_db(
-        self, workspace_id: str, dsn: str, program_id: str, *, missing_share: float = 0.05, seed: int = 0
-    ) -> dict[str, int]:
-        """Make the program's members exist in MoEngage, except a deterministic ``missing_share``."""
-        import psycopg
-
-        with psycopg.connect(dsn) as conn:
-            rows = conn.execute(
-                "SELECT relation_reference FROM loyalty.members WHERE program_id = %s", (program_id,)
-            ).fetchall()
-        present = [r[0] for r in rows if not is_missing(r[0], missing_share, seed)]
-        self.seed_users(workspace_id, present)
-        return {"members": len(rows), "seeded": len(present), "missing": len(rows) - len(present)}
-
     # -- access -------------------------------------------------------------------------
     def workspace(self, workspace_id: str) -> Workspace:
         try:
@@ -287,14 +272,6 @@ class SandboxState:
 
     def new_request_id(self) -> str:
         return "".join(self._ids.choices(string.ascii_letters, k=8))
-
-
-def is_missing(customer_id: str, share: float, seed: int = 0) -> bool:
-    """Deterministic 'this member never reached MoEngage' draw, stable across runs and machines."""
-    if share <= 0:
-        return False
-    digest = hashlib.blake2b(f"{seed}:{customer_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < share
 
 
 def now() -> float:

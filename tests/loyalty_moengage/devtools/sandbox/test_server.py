@@ -9,12 +9,10 @@ import time
 import uuid
 
 import orjson
-import psycopg
 import pytest
 import requests
 
 from loyalty_moengage.devtools.sandbox.server import SandboxServer
-from loyalty_moengage.devtools.sandbox.state import is_missing
 
 WS, KEY = "WS_SANDBOX", "sandbox-key-123"
 
@@ -230,19 +228,6 @@ def test_inspection_api(sb):
     assert requests.post(f"{sb.url}/sandbox/faults", json={"script": {"1": 502}}, timeout=5).json()["script"] == {"1": 502}
     requests.post(f"{sb.url}/sandbox/reset", json={}, timeout=5)
     assert get(f"/workspaces/{WS}/events") == [] and get("/faults")["script"] == {}
-
-
-def test_seed_from_loyalty_db_with_deterministic_missing_share(sb, loyalty_db):
-    with psycopg.connect(loyalty_db) as conn:
-        conn.execute("INSERT INTO loyalty.programs (program_id, name, time_zone, earn_rate) VALUES ('p', 'P', 'Asia/Kolkata', 1)")
-        conn.execute("INSERT INTO loyalty.tiers VALUES ('p', 'Silver', 1)")
-        conn.execute("INSERT INTO loyalty.members (program_id, relation_reference, tier, enrolled_at) "
-                     "SELECT 'p', 'REL-' || g, 'Silver', now() FROM generate_series(1, 1000) g")
-    result = sb.seed_from_loyalty_db(WS, loyalty_db, "p", missing_share=0.1, seed=3)
-    assert result["members"] == 1000 and 60 <= result["missing"] <= 140
-    users = sb.state.users(WS)
-    assert len(users) == result["seeded"]
-    assert all(("REL-%d" % i in users) != is_missing("REL-%d" % i, 0.1, 3) for i in range(1, 1001))
 
 
 def test_count_only_mode_counts_and_checks_auth():
