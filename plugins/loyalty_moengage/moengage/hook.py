@@ -126,7 +126,7 @@ _FIXES: dict[int, tuple[str, str]] = {
     409: ("The Workspace ID in the URL differs from the one in Basic auth",
           "Use a single Workspace ID: check the login of Airflow connection {conn!r} for spaces or a stale value."),
     413: ("The request body exceeds MoEngage's size limit",
-          f"Pack with loyalty_moengage.moengage.packing.pack_transition: at most {TRANSITION_MAX_BYTES} bytes per "
+          f"Pack with loyalty_moengage.moengage.packing.pack_spans: at most {TRANSITION_MAX_BYTES} bytes per "
           f"transition request, {SINGLE_MAX_BYTES} per single request."),
     415: ("MoEngage requires Content-Type: application/json",
           "Send JSON with Content-Type: application/json (the hook does; check proxies that rewrite headers)."),

@@ -1,15 +1,13 @@
-"""Columnar builders of MoEngage elements and the greedy packer of transition bodies.
+"""Columnar builders of MoEngage elements (the packer is in loyalty_moengage.moengage.packing).
 
 Per-row Python (a dict per row, ``to_dict("records")``) dominates a night's cost at a million
 rows, so elements are built as whole Arrow string columns: each value becomes a JSON fragment
 by vectorised string operations, and fragments are joined per row. NULLs become no fragment
-at all (MoEngage never sees ``null``). Packing slices the elements' contiguous buffer, so a
-100 KB body is one memory copy, not thousands of small joins.
+at all (MoEngage never sees ``null``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,10 +15,6 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loyalty_moengage.moengage.packing import TRANSITION_MAX_BYTES
-
-PREFIX = b'{"type":"transition","elements":['
-SUFFIX = b"]}"
 _CONTROL = [chr(c) for c in range(32)]
 _CONTROL_RE = "[\x00-\x1f]"
 
@@ -120,41 +114,3 @@ def user_elements(table: pa.Table, kinds: dict[str, str]) -> pa.Array:
         attributes_object(table, attrs, kinds),
         "}",
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Span:
-    start: int       # first element (index into the packed array)
-    stop: int        # one past the last element
-    body: bytes      # the exact request body
-
-
-def pack_spans(elements: pa.Array, *, max_bytes: int = TRANSITION_MAX_BYTES) -> tuple[list[Span], list[tuple[int, int]]]:
-    """Greedy in-order packing of elements into transition bodies of at most ``max_bytes``.
-
-    Returns the spans and the (index, size) of elements that alone exceed the limit; those
-    are never sent. Elements keep their order; an element is never split.
-    """
-    n = len(elements)
-    if n == 0:
-        return [], []
-    if isinstance(elements, pa.ChunkedArray):
-        elements = elements.combine_chunks()
-    large = pa.large_string()
-    with_comma = pc.binary_join_element_wise(elements.cast(large), pa.scalar(",", large), pa.scalar("", large))
-    offs = np.frombuffer(with_comma.buffers()[1], dtype=np.int64)[with_comma.offset: with_comma.offset + n + 1]
-    data = memoryview(with_comma.buffers()[2])
-    cap = max_bytes - len(PREFIX) - len(SUFFIX) + 1
-    spans: list[Span] = []
-    oversize: list[tuple[int, int]] = []
-    i = 0
-    while i < n:
-        j = int(np.searchsorted(offs, offs[i] + cap, side="right")) - 1
-        if j <= i:
-            oversize.append((i, int(offs[i + 1] - offs[i]) - 1))
-            i += 1
-            continue
-        j = min(j, n)
-        spans.append(Span(i, j, b"".join((PREFIX, data[offs[i]: offs[j] - 1], SUFFIX))))
-        i = j
-    return spans, oversize

@@ -299,7 +299,7 @@ def _pack_events(events: Any, rejects: _Rejects) -> tuple[list[Any], Any, Counte
     import pyarrow.compute as pc
 
     from loyalty_moengage.sync import outbox
-    from loyalty_moengage.sync.payloads import pack_spans
+    from loyalty_moengage.moengage.packing import pack_spans
 
     by_type: Counter[str] = Counter()
     if events is None or not events.num_rows:
@@ -328,7 +328,8 @@ def _pack_users(checked: _Checked, rejects: _Rejects) -> list[Any]:
     import orjson
 
     from loyalty_moengage.sync import outbox
-    from loyalty_moengage.sync.payloads import pack_spans, user_elements
+    from loyalty_moengage.moengage.packing import pack_spans
+    from loyalty_moengage.sync.payloads import user_elements
 
     spans, oversize = pack_spans(user_elements(checked.users, checked.user_kinds))
     cids = checked.users.column("customer_id").combine_chunks()

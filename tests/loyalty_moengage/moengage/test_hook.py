@@ -7,8 +7,10 @@ import logging
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 import orjson
+import pyarrow as pa
 import pytest
 
 from loyalty_moengage.moengage.hook import (
@@ -19,7 +21,7 @@ from loyalty_moengage.moengage.hook import (
     MoEngageTransientError,
     MoEngageUncertainError,
 )
-from loyalty_moengage.moengage.packing import pack_transition
+from loyalty_moengage.moengage.packing import TRANSITION_MAX_BYTES, pack_spans
 
 NOW_ISH = "2026-01-01T00:00:00Z"
 
@@ -34,8 +36,25 @@ def user(customer_id: str, **attributes) -> bytes:
     return orjson.dumps({"type": "customer", "customer_id": customer_id, "attributes": attributes or {"tier": "Gold"}})
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One packed body and the users/events it carries, as the outbox stores them."""
+
+    body: bytes
+    users: int
+    events: int
+
+
+def pack(elements: list[bytes], kinds: list[str] | str, *,
+         max_bytes: int = TRANSITION_MAX_BYTES) -> tuple[list[Batch], list[tuple[int, int]]]:
+    kinds = [kinds] * len(elements) if isinstance(kinds, str) else kinds
+    spans, oversize = pack_spans(pa.array([e.decode() for e in elements], pa.string()), max_bytes=max_bytes)
+    return [Batch(s.body, kinds[s.start:s.stop].count("customer"), kinds[s.start:s.stop].count("event"))
+            for s in spans], oversize
+
+
 def one_event_body(customer_id: str = "REL-1") -> bytes:
-    [batch], _ = pack_transition([event(customer_id)], "event")
+    [batch], _ = pack([event(customer_id)], "event")
     return batch.body
 
 
@@ -110,7 +129,7 @@ def test_wrong_key_names_cause_and_fix(sb, make_hook, workspace):
 def test_send_transition_reuses_one_connection(sb, make_hook, workspace):
     hook = make_hook(*workspace)
     elements = [event(f"REL-{i}", i) for i in range(40)] + [user(f"REL-{i}") for i in range(10)]
-    batches, oversize = pack_transition(elements, ["event"] * 40 + ["customer"] * 10, max_bytes=2_000)
+    batches, oversize = pack(elements, ["event"] * 40 + ["customer"] * 10, max_bytes=2_000)
     assert len(batches) > 3 and not oversize
     results = [hook.send_transition(b.body, users=b.users, events=b.events) for b in batches]
     assert all(r.status == 200 and r.request_id and r.retries == 0 for r in results)
@@ -153,7 +172,7 @@ def test_5xx_past_retry_budget_is_transient(sb, make_hook, workspace):
 
 @pytest.mark.parametrize(("status", "words"), [
     (400, "payload"), (401, "Workspace ID, the Data API key and the data centre"), (403, "allowlist"),
-    (409, "single Workspace ID"), (413, "pack_transition"), (415, "application/json"), ("fail200", "reported a failure"),
+    (409, "single Workspace ID"), (413, "pack_spans"), (415, "application/json"), ("fail200", "reported a failure"),
 ])
 def test_permanent_errors_never_retry(sb, make_hook, workspace, status, words):
     hook = make_hook(*workspace)
@@ -250,7 +269,7 @@ def test_pacing_under_a_tight_budget(sb, make_hook):
     sb.add_workspace("WS_TIGHT", "tight-key", "03", users_per_minute=6000, window_seconds=1.0)
     hook = make_hook("WS_TIGHT", "tight-key", users_per_minute=6000)  # 100 users/s, 100 per 1 s window
     hook.preflight()
-    batches, _ = pack_transition([user(f"REL-{i}") for i in range(300)], "customer", max_bytes=800)
+    batches, _ = pack([user(f"REL-{i}") for i in range(300)], "customer", max_bytes=800)
     started = time.monotonic()
     results = [hook.send_transition(b.body, users=b.users, events=b.events) for b in batches]
     elapsed = time.monotonic() - started
@@ -263,7 +282,7 @@ def test_two_tasks_share_the_budget(sb, make_hook):
     sb.add_workspace("WS_SHARED", "shared-key", "03", events_per_minute=12000, window_seconds=1.0)
     hooks = [make_hook("WS_SHARED", "shared-key", events_per_minute=12000, hook_kwargs={"share": 0.5})
              for _ in range(2)]
-    batches, _ = pack_transition([event(f"REL-{i}") for i in range(600)], "event", max_bytes=2_000)
+    batches, _ = pack([event(f"REL-{i}") for i in range(600)], "event", max_bytes=2_000)
     halves = [batches[0::2], batches[1::2]]
     results: list = []
 
