@@ -276,8 +276,10 @@ class LeaseKeeper:
     wait or a pacing sleep can outlast the lease). If the process dies, renewal stops and the
     claims become orphans when the lease runs out."""
 
-    def __init__(self, dsn: str, owner: Owner, *, lease_seconds: float = LEASE_SECONDS) -> None:
+    def __init__(self, dsn: str, owner: Owner, *, lease_seconds: float = LEASE_SECONDS,
+                 every: float | None = None) -> None:
         self.dsn, self.owner, self.lease_seconds = dsn, owner, lease_seconds
+        self.every = every or lease_seconds / 4
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease {owner.token}", daemon=True)
 
@@ -293,7 +295,7 @@ class LeaseKeeper:
         from loyalty_moengage.db import connect
 
         conn = None
-        while not self._stop.wait(self.lease_seconds / 4):
+        while not self._stop.wait(self.every):
             try:
                 if conn is None or conn.closed:
                     conn = connect(self.dsn, autocommit=True, application_name="loyalty_moengage lease")

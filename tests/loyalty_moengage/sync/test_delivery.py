@@ -198,3 +198,122 @@ def test_batches_wait_for_their_nights_guard(program, tmp_path):
         assert sandbox.state.events(WORKSPACE) == []
     assert stats["batches_sent"] == 0
     assert {s for s, _, _ in _batches(program, program_id=PROGRAM)} == {"staged"}
+
+
+def test_a_rerun_of_the_newest_night_sends_no_attributes_again_unless_forced(program, tmp_path):
+    night = _today() - timedelta(days=1)
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        assert str(run(PROGRAM, night, TZ).state) == "success"
+        after_first = sandbox.state.workspace_counters(WORKSPACE).get("users_updated", 0)
+        assert str(run(PROGRAM, night, TZ).state) == "success"
+        after_rerun = sandbox.state.workspace_counters(WORKSPACE).get("users_updated", 0)
+        assert str(run(PROGRAM, night, TZ, conf={"force_attributes": True}).state) == "success"
+        after_forced = sandbox.state.workspace_counters(WORKSPACE).get("users_updated", 0)
+    assert after_first == after_rerun == 300
+    assert after_forced == 600
+    first, rerun, forced = reports(program, PROGRAM)
+    assert (first["members_updated"], rerun["members_updated"], forced["members_updated"]) == (300, 0, 300)
+
+
+def test_reruns_record_each_quarantined_row_once(program, tmp_path):
+    night = _today() - timedelta(days=1)
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        with psycopg.connect(program) as conn:
+            conn.execute("UPDATE loyalty.members m SET relation_reference = (ARRAY['unknown', 'null', 'guest'])[t.k] "
+                         "FROM (SELECT member_id, row_number() OVER (ORDER BY member_id) AS k FROM loyalty.members "
+                         "ORDER BY member_id LIMIT 3) t WHERE m.member_id = t.member_id")
+        for _ in range(3):
+            run(PROGRAM, night, TZ)
+    with psycopg.connect(program) as conn:
+        rows = conn.execute("SELECT template, reason, row_key, count(*) FROM moengage_sync.quarantine "
+                            "GROUP BY 1, 2, 3 HAVING count(*) > 1").fetchall()
+        total = conn.execute("SELECT count(*) FROM moengage_sync.quarantine").fetchone()[0]
+    assert total >= 3 and rows == []
+    assert {r["quarantined_by_reason"].get("customer_id is a value MoEngage refuses") for r in reports(program, PROGRAM)} == {
+        reports(program, PROGRAM)[0]["quarantined_by_reason"]["customer_id is a value MoEngage refuses"]}
+
+
+def test_a_night_that_has_not_ended_is_refused_before_anything_is_enqueued(program, tmp_path):
+    from loyalty_moengage.cli import main
+
+    today = _today()
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        assert main(["run", "--program", PROGRAM, "--night", today.isoformat()]) == 2
+        dag_run = run(PROGRAM, today, TZ)  # `airflow dags test` / dag.test with a night not over
+        assert sandbox.state.events(WORKSPACE) == []
+    assert str(dag_run.state) == "failed"
+    with psycopg.connect(program) as conn:
+        assert conn.execute("SELECT count(*) FROM moengage_sync.event_keys").fetchone()[0] == 0
+
+
+def test_resend_requeues_only_the_uncertain_batches(program, tmp_path):
+    from loyalty_moengage.sync.resend import resend, resolve
+
+    night = _today() - timedelta(days=1)
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all",
+                  extra_program="    keep_sent_bodies: true\n    verify_customers: false\n") as sandbox:
+        sandbox.fail_next("drop_after_body")  # the first events batch: accepted, but the answer is lost
+        run(PROGRAM, night, TZ)
+        uncertain = dict((s, e) for s, _, e in _batches(program, program_id=PROGRAM, kind="events"))["uncertain"]
+        before = _event_counts(sandbox)
+        result = resend(program, program_id=PROGRAM, night=night, requested_by="ops@example.com",
+                        reason="checked MoEngage: not there")
+        assert result["events_requeued"] == uncertain and result["event_keys_forgotten"] == 0
+        assert str(run(PROGRAM, night, TZ).state) == "success"
+        after = _event_counts(sandbox)
+        assert resolve(program, program_id=PROGRAM, requested_by="ops", reason="nothing left")["batches_confirmed"] == 0
+    accepted = sum(before.values())
+    # Every event is there; only events of the uncertain batches can be there twice.
+    assert set(after) >= set(before)
+    assert sum(after.values()) - accepted == uncertain
+    assert sum(n - 1 for n in after.values()) <= uncertain
+    with psycopg.connect(program) as conn:
+        scope, batches = conn.execute("SELECT scope, batches FROM moengage_sync.resend_requests "
+                                      "ORDER BY request_id LIMIT 1").fetchone()
+    assert scope == "uncertain" and batches >= 1
+
+
+def test_uncertain_batches_need_attention_in_later_reports_until_resolved(program, tmp_path):
+    from loyalty_moengage.sync.resend import resolve
+
+    older, newer = _today() - timedelta(days=2), _today() - timedelta(days=1)
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all",
+                  extra_program="    verify_customers: false\n") as sandbox:
+        sandbox.fail_next("drop_after_body")
+        assert str(run(PROGRAM, older, TZ).state) == "failed"
+        assert str(run(PROGRAM, newer, TZ).state) == "success"
+        resolve(program, program_id=PROGRAM, night=older, requested_by="ops", reason="seen in MoEngage")
+        assert str(run(PROGRAM, newer, TZ).state) == "success"
+    first, second, third = reports(program, PROGRAM)
+    assert first["outcome"] == "uncertain" and first["uncertain_batches"] >= 1
+    assert [a["night"] for a in second["needs_attention"]] == [older.isoformat()]
+    assert any("needs attention" in n and older.isoformat() in n for n in second["notes"])
+    assert third["needs_attention"] == []
+
+
+def test_two_runs_of_one_night_transforming_at_once_enqueue_each_event_once(program, tmp_path):
+    from loyalty_moengage.sync.runner import night_end
+    from loyalty_moengage.sync.transform import Window, transform_chunk
+
+    night = _today() - timedelta(days=1)
+    window = Window.for_interval(night_end(night - timedelta(days=1), TZ), night_end(night, TZ), TZ)
+    results: dict[str, dict] = {}
+
+    def chunk(run_id: str) -> None:
+        results[run_id] = transform_chunk(program_id=PROGRAM, window=window, lo=0, hi=2**63 - 1, label="all",
+                                          run_id=run_id, send_users=True, loyalty_dsn=program, state_dsn=program)
+
+    import threading
+
+    threads = [threading.Thread(target=chunk, args=(f"run-{k}",)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    enqueued = [r["events_enqueued"] for r in results.values()]
+    members = [r["members_enqueued"] for r in results.values()]
+    with psycopg.connect(program) as conn:
+        keys = conn.execute("SELECT count(*) FROM moengage_sync.event_keys").fetchone()[0]
+        in_batches = conn.execute("SELECT sum(events), sum(users) FROM moengage_sync.batches").fetchone()
+    assert len(results) == 3 and sum(enqueued) == keys == in_batches[0] > 0
+    assert sorted(members) == [0, 0, 300] and in_batches[1] == 300
