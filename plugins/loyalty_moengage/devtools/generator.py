@@ -206,12 +206,100 @@ class _Params:
     last_night_activity: float = 1.0  # accrual-rate multiplier on the last night (benchmarks)
 
 
-def _simulate(p: _Params) -> dict:
-    rng = np.random.default_rng(p.seed)
-    N, D, V = p.members, p.days, p.validity
-    clock = _Clock(p.first, D, p.tz)
+@dataclass
+class _Members:
+    """Per-member arrays, indexed by member position (member_id order = enrolment order)."""
 
-    # ---- members ----------------------------------------------------------------------------
+    pre: np.ndarray          # enrolled before night 0
+    enroll_day: np.ndarray
+    enroll_t: np.ndarray
+    enroll_rec: np.ndarray
+    is_host: np.ndarray      # hosts carry the forced lots and never redeem or change status
+    gender: np.ndarray
+    first_idx: np.ndarray
+    last_idx: np.ndarray
+    null_profile: np.ndarray
+    null_phone: np.ndarray
+    weight: np.ndarray       # relative earning rate, mean 1
+    status: np.ndarray
+    tier: np.ndarray
+
+    @property
+    def hosts(self) -> np.ndarray:
+        return np.flatnonzero(self.is_host)
+
+    @property
+    def not_host(self) -> np.ndarray:
+        return ~self.is_host
+
+
+@dataclass
+class _Sim:
+    """What the simulation steps share: one RNG stream (so the order of steps is the output), the
+    clock, the members and the collectors of earns, transactions and changes."""
+
+    p: _Params
+    rng: np.random.Generator
+    clock: _Clock
+    m: _Members
+    store_w: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    earns: _Acc = field(default_factory=lambda: _Acc("member", "etype", "points", "day", "occ", "rec", "txn"))
+    txns: _Acc = field(default_factory=lambda: _Acc("member", "amount", "store", "channel", "occ", "rec"))
+    tier_ch: _Acc = field(default_factory=lambda: _Acc("member", "from_", "to", "occ", "rec"))
+    status_ch: _Acc = field(default_factory=lambda: _Acc("member", "from_", "to", "occ", "rec"))
+    n_txn: int = 0
+
+    def add_accruals(self, member, day, occ, rec, amount=None) -> None:
+        """Purchases and the earn lot each one makes."""
+        rng, n = self.rng, len(member)
+        if amount is None:
+            amount = np.maximum((rng.lognormal(np.log(1200.0), 0.9, n) * 100).astype(np.int64), 1000)
+        channel = rng.choice(4, n, p=CHANNEL_P)
+        store = np.where(channel == 0, rng.choice(len(self.store_w), n, p=self.store_w), -1)
+        self.txns.add(member=member, amount=amount, store=store, channel=channel, occ=occ, rec=rec)
+        points = amount * self.p.earn_rate_e4 // 1_000_000
+        self.earns.add(member=member, etype=ACCRUAL, points=points, day=day, occ=occ,
+                       rec=rec + _lag(rng, n, 0.01, 2.0), txn=np.arange(self.n_txn, self.n_txn + n))
+        self.n_txn += n
+
+    def add_bonus(self, member, etype, points, day, occ, rec) -> None:
+        self.earns.add(member=member, etype=etype, points=points, day=day, occ=occ, rec=rec, txn=-1)
+
+
+@dataclass
+class _Segments:
+    """Segment memberships, preallocated to the most that can be entered."""
+
+    member: np.ndarray
+    seg: np.ndarray
+    eocc: np.ndarray
+    erec: np.ndarray
+    xocc: np.ndarray
+    xrec: np.ndarray
+    open: np.ndarray
+    open_key: np.ndarray     # member * S + segment -> currently a member
+    entry_n: np.ndarray      # entries wanted per night
+    exit_n: np.ndarray
+    n: int
+
+    def built(self) -> dict[str, np.ndarray]:
+        n = self.n
+        return {"member": self.member[:n], "seg": self.seg[:n], "eocc": self.eocc[:n], "erec": self.erec[:n],
+                "xocc": self.xocc[:n], "xrec": self.xrec[:n]}
+
+
+@dataclass
+class _Night:
+    k: int
+    late_ok: bool            # the last night gets no late rows (they would land after end_date)
+    start: np.int64
+    enrolled: np.ndarray
+    act: np.ndarray
+    act_idx: np.ndarray
+
+
+def _members(rng: np.random.Generator, p: _Params, clock: _Clock) -> _Members:
+    N, D = p.members, p.days
     inwin_frac = min(0.25, 0.001 * D)
     pre = rng.random(N) >= inwin_frac
     enroll_day = np.where(pre, rng.integers(-1095, 0, N), rng.integers(0, D, N))
@@ -226,7 +314,6 @@ def _simulate(p: _Params) -> dict:
     order = np.argsort(enroll_t, kind="stable")  # member_id ascends with enrolment
     pre, enroll_day, enroll_t, is_host = pre[order], enroll_day[order], enroll_t[order], host_raw[order]
     enroll_rec = enroll_t + _lag(rng, N, 1, 60)
-    hosts = np.flatnonzero(is_host)
     not_host = ~is_host
 
     gender = rng.choice(4, N, p=(0.48, 0.47, 0.02, 0.03))  # 3 = NULL
@@ -239,12 +326,19 @@ def _simulate(p: _Params) -> dict:
     weight = rng.lognormal(0.0, 1.0, N)
     weight[rng.random(N) < 0.01] *= 6.0  # heavy earners
     weight /= weight.mean()
+    status, tier = _opening_status_and_tier(rng, pre, is_host)
+    return _Members(pre=pre, enroll_day=enroll_day, enroll_t=enroll_t, enroll_rec=enroll_rec, is_host=is_host,
+                    gender=gender, first_idx=first_idx, last_idx=last_idx, null_profile=null_profile,
+                    null_phone=null_phone, weight=weight, status=status, tier=tier)
 
+
+def _opening_status_and_tier(rng: np.random.Generator, pre: np.ndarray, is_host: np.ndarray):
+    N = len(pre)
     status = np.where(pre, rng.choice(5, N, p=(0.86, 0.08, 0.02, 0.015, 0.025)), ACTIVE).astype(np.int8)
     status[is_host] = ACTIVE
     tier = np.where(pre, rng.choice(3, N, p=(0.68, 0.24, 0.08)) + 1, 1).astype(np.int8)
     # guarantee pools for the forced nightly status/tier changes, even for tiny programs
-    cand = np.flatnonzero(pre & not_host)
+    cand = np.flatnonzero(pre & ~is_host)
     if len(cand) >= 3:
         if not np.isin(status[cand], (INACTIVE, SUSPENDED)).any():
             status[cand[0]] = INACTIVE
@@ -252,241 +346,299 @@ def _simulate(p: _Params) -> dict:
             tier[cand[1]] = 2
         if (status[cand] == ACTIVE).sum() < 2:
             status[cand[1:3]] = ACTIVE
+    return status, tier
 
-    # ---- collectors -------------------------------------------------------------------------
-    earns = _Acc("member", "etype", "points", "day", "occ", "rec", "txn")
-    txns = _Acc("member", "amount", "store", "channel", "occ", "rec")
-    tier_ch = _Acc("member", "from_", "to", "occ", "rec")
-    status_ch = _Acc("member", "from_", "to", "occ", "rec")
-    n_txn = 0
+
+def _store_weights(rng: np.random.Generator) -> np.ndarray:
     store_w = rng.dirichlet(np.ones(len(STORE_CITIES) + 1) * 2.0)
     store_w[0] += 0.15  # A123 is the flagship
-    store_w /= store_w.sum()
+    return store_w / store_w.sum()
 
-    def add_accruals(member, day, occ, rec, amount=None):
-        nonlocal n_txn
-        n = len(member)
-        if amount is None:
-            amount = np.maximum((rng.lognormal(np.log(1200.0), 0.9, n) * 100).astype(np.int64), 1000)
-        channel = rng.choice(4, n, p=CHANNEL_P)
-        store = np.where(channel == 0, rng.choice(len(store_w), n, p=store_w), -1)
-        t_rec = rec
-        txns.add(member=member, amount=amount, store=store, channel=channel, occ=occ, rec=t_rec)
-        points = amount * p.earn_rate_e4 // 1_000_000
-        earns.add(member=member, etype=ACCRUAL, points=points, day=day, occ=occ,
-                  rec=t_rec + _lag(rng, n, 0.01, 2.0), txn=np.arange(n_txn, n_txn + n))
-        n_txn += n
 
-    def add_bonus(member, etype, points, day, occ, rec):
-        earns.add(member=member, etype=etype, points=points, day=day, occ=occ, rec=rec, txn=-1)
-
-    # ---- opening lots: one per pre-window member, occurred in the year before night 0 --------
-    pm = np.flatnonzero(pre)
-    lo = np.maximum(enroll_day[pm], -365)
+def _opening_lots(s: _Sim) -> None:
+    """One lot per pre-window member, occurred in the year before night 0."""
+    rng, clock, m = s.rng, s.clock, s.m
+    pm = np.flatnonzero(m.pre)
+    lo = np.maximum(m.enroll_day[pm], -365)
     lot_day = lo + (rng.random(len(pm)) * (0 - lo)).astype(np.int64)
     lot_occ = clock.at(lot_day, _daytime(rng, len(pm)))
-    lot_occ = np.maximum(lot_occ, enroll_rec[pm] + 60 * US)
+    lot_occ = np.maximum(lot_occ, m.enroll_rec[pm] + 60 * US)
     lot_day = np.where(lot_occ >= clock.midnight(lot_day + 1), lot_day + 1, lot_day)  # rare push
     lot_rec = lot_occ + _lag(rng, len(pm))
     # a few late ones on the eve of night 0, so night 0 also receives late rows
-    eve = _pick(rng, np.flatnonzero(enroll_day[pm] < -1), min(3, max(0, len(pm) - 1)))
+    eve = _pick(rng, np.flatnonzero(m.enroll_day[pm] < -1), min(3, max(0, len(pm) - 1)))
     if len(eve):
         lot_day[eve] = -1
         lot_occ[eve], lot_rec[eve] = clock.late(rng, lot_day[eve])
     is_acc = rng.random(len(pm)) < 0.7
     is_acc[eve] = True
     a = np.flatnonzero(is_acc)
-    add_accruals(pm[a], lot_day[a], lot_occ[a], lot_rec[a],
-                 amount=np.maximum((rng.lognormal(np.log(3000.0), 1.0, len(a)) * 100).astype(np.int64), 1000))
+    s.add_accruals(pm[a], lot_day[a], lot_occ[a], lot_rec[a],
+                   amount=np.maximum((rng.lognormal(np.log(3000.0), 1.0, len(a)) * 100).astype(np.int64), 1000))
     b = np.flatnonzero(~is_acc)
-    add_bonus(pm[b], CAMPAIGN, rng.choice([100, 200, 250, 500, 1000], len(b)), lot_day[b], lot_occ[b], lot_rec[b])
+    s.add_bonus(pm[b], CAMPAIGN, rng.choice([100, 200, 250, 500, 1000], len(b)), lot_day[b], lot_occ[b], lot_rec[b])
 
-    # ---- forced lots on hosts (never redeemed): expiries on every night, and lots expiring
-    #      exactly D+30/60/90 for every night D -------------------------------------------------
+
+def _host_lots(s: _Sim) -> None:
+    """Forced lots on hosts (never redeemed): expiries on every night, and lots expiring exactly
+    D+30/60/90 for every night D."""
+    rng, clock, D, V = s.rng, s.clock, s.p.days, s.p.validity
+    hosts = s.m.hosts
     exp_days = np.arange(0, D + 91)
     f_day = exp_days - V
     f_member = hosts[exp_days % len(hosts)]
     f_occ = clock.at(f_day, _daytime(rng, len(f_day)))
     f_rec = f_occ + _lag(rng, len(f_day))
     f_acc = (exp_days % 2) == 0
-    add_accruals(f_member[f_acc], f_day[f_acc], f_occ[f_acc], f_rec[f_acc])
+    s.add_accruals(f_member[f_acc], f_day[f_acc], f_occ[f_acc], f_rec[f_acc])
     nf = int((~f_acc).sum())
-    add_bonus(f_member[~f_acc], CAMPAIGN, rng.choice([150, 300, 500], nf), f_day[~f_acc], f_occ[~f_acc], f_rec[~f_acc])
+    s.add_bonus(f_member[~f_acc], CAMPAIGN, rng.choice([150, 300, 500], nf), f_day[~f_acc], f_occ[~f_acc],
+                f_rec[~f_acc])
 
-    # ---- segments: initial memberships -------------------------------------------------------
+
+def _initial_segments(s: _Sim) -> _Segments:
+    rng, clock, m, N, D = s.rng, s.clock, s.m, s.p.members, s.p.days
     S = len(SEGMENTS)
-    seg_p = np.array([s[2] for s in SEGMENTS])
-    init = (rng.random((N, S)) < seg_p) & pre[:, None]
+    seg_p = np.array([x[2] for x in SEGMENTS])
+    init = (rng.random((N, S)) < seg_p) & m.pre[:, None]
     im, iseg = np.nonzero(init)
-    lo = np.maximum(enroll_day[im], -365)
+    lo = np.maximum(m.enroll_day[im], -365)
     e_day = lo + (rng.random(len(im)) * (0 - lo)).astype(np.int64)
-    e_occ = np.maximum(clock.at(e_day, _daytime(rng, len(im))), enroll_rec[im] + US)
+    e_occ = np.maximum(clock.at(e_day, _daytime(rng, len(im))), m.enroll_rec[im] + US)
     e_occ = np.minimum(e_occ, clock.midnight(0) - HOUR)
-    seg_entry_n = np.maximum(1, rng.poisson(0.002 * N, D))
-    seg_exit_n = np.maximum(1, rng.poisson(0.002 * N, D))
-    cap = len(im) + int(seg_entry_n.sum())
-    sg_member = np.zeros(cap, np.int64)
-    sg_seg = np.zeros(cap, np.int64)
-    sg_eocc = np.zeros(cap, np.int64)
-    sg_erec = np.zeros(cap, np.int64)
-    sg_xocc = np.full(cap, -1, np.int64)
-    sg_xrec = np.full(cap, -1, np.int64)
+    entry_n = np.maximum(1, rng.poisson(0.002 * N, D))
+    exit_n = np.maximum(1, rng.poisson(0.002 * N, D))
+    cap = len(im) + int(entry_n.sum())
+    g = _Segments(member=np.zeros(cap, np.int64), seg=np.zeros(cap, np.int64), eocc=np.zeros(cap, np.int64),
+                  erec=np.zeros(cap, np.int64), xocc=np.full(cap, -1, np.int64), xrec=np.full(cap, -1, np.int64),
+                  open=np.zeros(cap, bool), open_key=np.zeros(N * S, bool), entry_n=entry_n, exit_n=exit_n, n=0)
     k0 = len(im)
-    sg_member[:k0], sg_seg[:k0], sg_eocc[:k0] = im, iseg, e_occ
-    sg_erec[:k0] = e_occ + _lag(rng, k0, 1, 300)
-    sg_open = np.zeros(cap, bool)
-    sg_open[:k0] = True
-    open_key = np.zeros(N * S, bool)
-    open_key[im * S + iseg] = True
-    n_sg = k0
+    g.member[:k0], g.seg[:k0], g.eocc[:k0] = im, iseg, e_occ
+    g.erec[:k0] = e_occ + _lag(rng, k0, 1, 300)
+    g.open[:k0] = True
+    g.open_key[im * S + iseg] = True
+    g.n = k0
+    return g
 
-    redemption_plan: list[tuple[int, np.ndarray, int]] = []
 
-    # ---- nights -------------------------------------------------------------------------------
-    for k in range(D):
-        late_ok = k < D - 1
-        night_start = clock.midnight(k)
-        enrolled = enroll_day < k
-        act = enrolled & (status == ACTIVE)
-        act_idx = np.flatnonzero(act)
-        if len(act_idx) == 0:
-            act_idx = np.flatnonzero(enrolled)
+def _night_state(s: _Sim, k: int) -> _Night:
+    m = s.m
+    enrolled = m.enroll_day < k
+    act = enrolled & (m.status == ACTIVE)
+    act_idx = np.flatnonzero(act)
+    if len(act_idx) == 0:
+        act_idx = np.flatnonzero(enrolled)
+    return _Night(k=k, late_ok=k < s.p.days - 1, start=s.clock.midnight(k), enrolled=enrolled, act=act,
+                  act_idx=act_idx)
 
-        # accruals (3-5% of active members transact; heavy earners several times)
-        rate = 0.04 * weight if (k < D - 1 or p.last_night_activity == 1.0) else 0.04 * p.last_night_activity * weight
-        cnt = rng.poisson(rate) * act
-        acc_m = np.repeat(np.arange(N), cnt)
-        if len(acc_m) < 4:
-            acc_m = np.concatenate([acc_m, _pick(rng, act_idx, 4 - len(acc_m))])
-        acc_m = rng.permutation(acc_m)
-        n = len(acc_m)
+
+def _night_accruals(s: _Sim, n8: _Night) -> None:
+    """3-5% of active members transact; heavy earners several times."""
+    rng, clock, p, k, N = s.rng, s.clock, s.p, n8.k, s.p.members
+    weight = s.m.weight
+    rate = 0.04 * weight if (k < p.days - 1 or p.last_night_activity == 1.0) else 0.04 * p.last_night_activity * weight
+    cnt = rng.poisson(rate) * n8.act
+    acc_m = np.repeat(np.arange(N), cnt)
+    if len(acc_m) < 4:
+        acc_m = np.concatenate([acc_m, _pick(rng, n8.act_idx, 4 - len(acc_m))])
+    acc_m = rng.permutation(acc_m)
+    n = len(acc_m)
+    occ = clock.at(k, _daytime(rng, n))
+    rec = occ + _lag(rng, n)
+    nl = _late_count(n, 0.005, 3, n8.late_ok)
+    if nl:
+        occ[:nl], rec[:nl] = clock.late(rng, np.full(nl, k))
+    s.add_accruals(acc_m, np.full(n, k), occ, rec)
+
+
+def _night_bonuses(s: _Sim, n8: _Night) -> None:
+    """Campaign and manual bonuses, and the welcome bonus of members enrolling tonight."""
+    rng, clock, k, act_idx = s.rng, s.clock, n8.k, n8.act_idx
+    for etype, rate, pts in ((CAMPAIGN, 0.004, (100, 200, 250, 500)), (MANUAL, 0.0003, (50, 100, 250, 500, 1000))):
+        bm = act_idx[rng.random(len(act_idx)) < rate]
+        if len(bm) == 0:
+            bm = _pick(rng, act_idx, 1)
+        n = len(bm)
         occ = clock.at(k, _daytime(rng, n))
-        rec = occ + _lag(rng, n)
-        nl = _late_count(n, 0.005, 3, late_ok)
+        rec = occ + _lag(rng, n, 1, 600)
+        nl = _late_count(n, 0.01, 1, n8.late_ok and etype == CAMPAIGN)
         if nl:
             occ[:nl], rec[:nl] = clock.late(rng, np.full(nl, k))
-        add_accruals(acc_m, np.full(n, k), occ, rec)
+        s.add_bonus(bm, etype, rng.choice(pts, n), np.full(n, k), occ, rec)
+    newm = np.flatnonzero(s.m.enroll_day == k)
+    if len(newm):
+        occ = s.m.enroll_t[newm] + _lag(rng, len(newm), 30, 300)
+        s.add_bonus(newm, CAMPAIGN, np.full(len(newm), 100), np.full(len(newm), k), occ,
+                    occ + _lag(rng, len(newm), 1, 60))
 
-        # campaign and manual bonuses
-        for etype, rate, pts in ((CAMPAIGN, 0.004, (100, 200, 250, 500)), (MANUAL, 0.0003, (50, 100, 250, 500, 1000))):
-            bm = act_idx[rng.random(len(act_idx)) < rate]
-            if len(bm) == 0:
-                bm = _pick(rng, act_idx, 1)
-            n = len(bm)
-            occ = clock.at(k, _daytime(rng, n))
-            rec = occ + _lag(rng, n, 1, 600)
-            nl = _late_count(n, 0.01, 1, late_ok and etype == CAMPAIGN)
-            if nl:
-                occ[:nl], rec[:nl] = clock.late(rng, np.full(nl, k))
-            add_bonus(bm, etype, rng.choice(pts, n), np.full(n, k), occ, rec)
 
-        # welcome bonus for members enrolling tonight
-        newm = np.flatnonzero(enroll_day == k)
-        if len(newm):
-            occ = enroll_t[newm] + _lag(rng, len(newm), 30, 300)
-            add_bonus(newm, CAMPAIGN, np.full(len(newm), 100), np.full(len(newm), k), occ, occ + _lag(rng, len(newm), 1, 60))
+def _tier_changes(s: _Sim, n8: _Night) -> np.ndarray:
+    """Upgrades and downgrades (an upgrade often comes with a tier_bonus); returns who changed."""
+    rng, clock, k, N, tier, status = s.rng, s.clock, n8.k, s.p.members, s.m.tier, s.m.status
+    busy = np.zeros(N, bool)
+    ups = _pick(rng, np.flatnonzero(n8.enrolled & (tier < 3) & (status <= SUSPENDED)), max(1, rng.poisson(0.0008 * N)))
+    busy[ups] = True
+    downs = _pick(rng, np.flatnonzero(n8.enrolled & (tier > 1) & ~busy), max(1, rng.poisson(0.0004 * N)))
+    busy[downs] = True
+    tm = np.concatenate([ups, downs])
+    frm = tier[tm].astype(np.int64)
+    jump = (frm[: len(ups)] == 1) & (rng.random(len(ups)) < 0.1)
+    to = np.concatenate([frm[: len(ups)] + 1 + jump, frm[len(ups):] - 1])
+    n = len(tm)
+    occ = clock.at(k, _daytime(rng, n))
+    rec = occ + _lag(rng, n, 1, 120)
+    if n8.late_ok and len(ups) >= 2:
+        occ[1], rec[1] = (x[0] for x in clock.late(rng, np.array([k])))
+    s.tier_ch.add(member=tm, from_=frm, to=to, occ=occ, rec=rec)
+    tier[tm] = to
+    nu = len(ups)
+    bonus = rng.random(nu) < 0.6
+    if nu:
+        bonus[0] = True
+    bi = np.flatnonzero(bonus)
+    b_occ = occ[bi] + _lag(rng, len(bi), 0.1, 5)
+    s.add_bonus(ups[bi], TIER_BONUS, np.where(to[bi] >= 3, 1000, 500), np.full(len(bi), k),
+                b_occ, np.maximum(rec[bi], b_occ) + _lag(rng, len(bi), 0.1, 5))
+    return busy
 
-        # tier changes (an upgrade often comes with a tier_bonus)
-        busy = np.zeros(N, bool)
-        ups = _pick(rng, np.flatnonzero(enrolled & (tier < 3) & (status <= SUSPENDED)), max(1, rng.poisson(0.0008 * N)))
-        busy[ups] = True
-        downs = _pick(rng, np.flatnonzero(enrolled & (tier > 1) & ~busy), max(1, rng.poisson(0.0004 * N)))
-        busy[downs] = True
-        tm = np.concatenate([ups, downs])
-        frm = tier[tm].astype(np.int64)
-        jump = (frm[: len(ups)] == 1) & (rng.random(len(ups)) < 0.1)
-        to = np.concatenate([frm[: len(ups)] + 1 + jump, frm[len(ups):] - 1])
-        n = len(tm)
-        occ = clock.at(k, _daytime(rng, n))
-        rec = occ + _lag(rng, n, 1, 120)
-        late = np.zeros(n, bool)
-        if late_ok and len(ups) >= 2:
-            late[1] = True
-            occ[1], rec[1] = (x[0] for x in clock.late(rng, np.array([k])))
-        tier_ch.add(member=tm, from_=frm, to=to, occ=occ, rec=rec)
-        tier[tm] = to
-        nu = len(ups)
-        bonus = rng.random(nu) < 0.6
-        if nu:
-            bonus[0] = True
-        bi = np.flatnonzero(bonus)
-        b_occ = occ[bi] + _lag(rng, len(bi), 0.1, 5)
-        add_bonus(ups[bi], TIER_BONUS, np.where(to[bi] >= 3, 1000, 500), np.full(len(bi), k),
-                  b_occ, np.maximum(rec[bi], b_occ) + _lag(rng, len(bi), 0.1, 5))
 
-        # status changes
-        free = enrolled & not_host & ~busy
-        actv = _pick(rng, np.flatnonzero(free & ((status == INACTIVE) | (status == SUSPENDED))), max(1, rng.poisson(0.0005 * N)))
-        busy[actv] = True
-        free = enrolled & not_host & ~busy
-        susp = _pick(rng, np.flatnonzero(free & (status == ACTIVE)), max(1, rng.poisson(0.0002 * N)))
-        busy[susp] = True
-        free = enrolled & not_host & ~busy
-        deact = _pick(rng, np.flatnonzero(free & (status == ACTIVE)), rng.poisson(0.0004 * N))
-        busy[deact] = True
-        free = enrolled & not_host & ~busy
-        gone = _pick(rng, np.flatnonzero(free & (status <= INACTIVE)), rng.poisson(0.00005 * N))
-        sm = np.concatenate([actv, susp, deact, gone])
-        sto = np.concatenate([np.full(len(actv), ACTIVE), np.full(len(susp), SUSPENDED), np.full(len(deact), INACTIVE),
-                              rng.choice([BLOCKED, CANCELLED], len(gone))])
-        n = len(sm)
-        occ = clock.at(k, _daytime(rng, n))
-        rec = occ + _lag(rng, n, 1, 120)
-        if late_ok and len(actv) >= 2:
-            occ[1], rec[1] = (x[0] for x in clock.late(rng, np.array([k])))
-        status_ch.add(member=sm, from_=status[sm].astype(np.int64), to=sto, occ=occ, rec=rec)
-        status[sm] = sto
+def _status_changes(s: _Sim, n8: _Night, busy: np.ndarray) -> None:
+    """Reactivations, suspensions, deactivations and a few blocked/cancelled, each member once a night."""
+    rng, clock, k, N, status = s.rng, s.clock, n8.k, s.p.members, s.m.status
+    not_host = s.m.not_host
+    free = n8.enrolled & not_host & ~busy
+    actv = _pick(rng, np.flatnonzero(free & ((status == INACTIVE) | (status == SUSPENDED))),
+                 max(1, rng.poisson(0.0005 * N)))
+    busy[actv] = True
+    free = n8.enrolled & not_host & ~busy
+    susp = _pick(rng, np.flatnonzero(free & (status == ACTIVE)), max(1, rng.poisson(0.0002 * N)))
+    busy[susp] = True
+    free = n8.enrolled & not_host & ~busy
+    deact = _pick(rng, np.flatnonzero(free & (status == ACTIVE)), rng.poisson(0.0004 * N))
+    busy[deact] = True
+    free = n8.enrolled & not_host & ~busy
+    gone = _pick(rng, np.flatnonzero(free & (status <= INACTIVE)), rng.poisson(0.00005 * N))
+    sm = np.concatenate([actv, susp, deact, gone])
+    sto = np.concatenate([np.full(len(actv), ACTIVE), np.full(len(susp), SUSPENDED), np.full(len(deact), INACTIVE),
+                          rng.choice([BLOCKED, CANCELLED], len(gone))])
+    n = len(sm)
+    occ = clock.at(k, _daytime(rng, n))
+    rec = occ + _lag(rng, n, 1, 120)
+    if n8.late_ok and len(actv) >= 2:
+        occ[1], rec[1] = (x[0] for x in clock.late(rng, np.array([k])))
+    s.status_ch.add(member=sm, from_=status[sm].astype(np.int64), to=sto, occ=occ, rec=rec)
+    status[sm] = sto
 
-        # segment exits (memberships entered before tonight) and entries
-        open_idx = np.flatnonzero(sg_open[:n_sg] & (sg_erec[:n_sg] < night_start))
-        ex = _pick(rng, open_idx, seg_exit_n[k])
-        occ = clock.at(k, _daytime(rng, len(ex)))
-        sg_xocc[ex], sg_xrec[ex] = occ, occ + _lag(rng, len(ex), 1, 300)
-        sg_open[ex] = False
-        exited_keys = sg_member[ex] * S + sg_seg[ex]
-        open_key[exited_keys] = False
-        want = int(seg_entry_n[k])
-        pool = np.flatnonzero(enrolled)
-        cm = rng.choice(pool, want * 2 + 4)
-        cs = rng.integers(0, S, len(cm))
-        key = cm * S + cs
-        _, first_pos = np.unique(key, return_index=True)
-        first_pos = np.sort(first_pos)
-        first_pos = first_pos[~open_key[key[first_pos]] & ~np.isin(key[first_pos], exited_keys)][:want]
-        ne = len(first_pos)
-        occ = clock.at(k, _daytime(rng, ne))
-        rec = occ + _lag(rng, ne, 1, 300)
-        if late_ok and ne >= 2:
-            occ[1], rec[1] = (x[0] for x in clock.late(rng, np.array([k])))
-        sl = slice(n_sg, n_sg + ne)
-        sg_member[sl], sg_seg[sl], sg_eocc[sl], sg_erec[sl] = cm[first_pos], cs[first_pos], occ, rec
-        sg_open[sl] = True
-        open_key[key[first_pos]] = True
-        n_sg += ne
 
-        # redemption candidates (resolved once every lot is known)
-        red_pool = np.flatnonzero(act & not_host)
-        target = max(2, int(rng.poisson(0.003 * len(red_pool))))
-        redemption_plan.append((k, _pick(rng, red_pool, 3 * target + 6), target))
+def _segment_moves(s: _Sim, n8: _Night, g: _Segments) -> None:
+    """Exits of memberships entered before tonight, then entries (never re-entering tonight)."""
+    rng, clock, k, S = s.rng, s.clock, n8.k, len(SEGMENTS)
+    open_idx = np.flatnonzero(g.open[:g.n] & (g.erec[:g.n] < n8.start))
+    ex = _pick(rng, open_idx, g.exit_n[k])
+    occ = clock.at(k, _daytime(rng, len(ex)))
+    g.xocc[ex], g.xrec[ex] = occ, occ + _lag(rng, len(ex), 1, 300)
+    g.open[ex] = False
+    exited_keys = g.member[ex] * S + g.seg[ex]
+    g.open_key[exited_keys] = False
+    want = int(g.entry_n[k])
+    cm = rng.choice(np.flatnonzero(n8.enrolled), want * 2 + 4)
+    cs = rng.integers(0, S, len(cm))
+    key = cm * S + cs
+    _, first_pos = np.unique(key, return_index=True)
+    first_pos = np.sort(first_pos)
+    first_pos = first_pos[~g.open_key[key[first_pos]] & ~np.isin(key[first_pos], exited_keys)][:want]
+    ne = len(first_pos)
+    occ = clock.at(k, _daytime(rng, ne))
+    rec = occ + _lag(rng, ne, 1, 300)
+    if n8.late_ok and ne >= 2:
+        occ[1], rec[1] = (x[0] for x in clock.late(rng, np.array([k])))
+    sl = slice(g.n, g.n + ne)
+    g.member[sl], g.seg[sl], g.eocc[sl], g.erec[sl] = cm[first_pos], cs[first_pos], occ, rec
+    g.open[sl] = True
+    g.open_key[key[first_pos]] = True
+    g.n += ne
 
-    E = earns.build()
-    T = txns.build()
 
-    # ---- redemptions: FIFO consumption of lots ------------------------------------------------
-    lot_exp = E["day"] + V
+def _redemption_candidates(s: _Sim, n8: _Night) -> tuple[int, np.ndarray, int]:
+    """Who may redeem tonight (resolved once every lot is known) and how many redemptions to aim for."""
+    red_pool = np.flatnonzero(n8.act & s.m.not_host)
+    target = max(2, int(s.rng.poisson(0.003 * len(red_pool))))
+    return n8.k, _pick(s.rng, red_pool, 3 * target + 6), target
+
+
+@dataclass
+class _Lots:
+    """Every earn lot sorted by member, then expiry, then recorded_at: the FIFO order redemptions consume."""
+
+    order: np.ndarray        # sorted position -> index into the earns
+    member: np.ndarray
+    exp: np.ndarray
+    occ: np.ndarray
+    rec: np.ndarray
+    rem: np.ndarray          # points left, updated as redemptions consume
+    starts: np.ndarray       # member -> first sorted position
+
+
+def _lots(E: dict[str, np.ndarray], validity: int, members: int) -> tuple[_Lots, np.ndarray]:
+    lot_exp = E["day"] + validity
     lorder = np.lexsort((E["rec"], lot_exp, E["member"]))
     s_member = E["member"][lorder]
-    s_exp = lot_exp[lorder]
-    s_occ = E["occ"][lorder]
-    s_rec = E["rec"][lorder]
-    rem = E["points"][lorder].copy()
-    starts = np.searchsorted(s_member, np.arange(N + 1))
-    costs = np.array([c[2] for c in CATALOGUE])
-    cat_w = 1.0 / np.sqrt(costs)
+    lots = _Lots(order=lorder, member=s_member, exp=lot_exp[lorder], occ=E["occ"][lorder], rec=E["rec"][lorder],
+                 rem=E["points"][lorder].copy(), starts=np.searchsorted(s_member, np.arange(members + 1)))
+    return lots, lot_exp
 
-    r_member, r_item, r_points, r_occ, r_rec, r_day, r_minexp = [], [], [], [], [], [], []
-    d_red, d_lot, d_pts = [], [], []  # one per consumed lot (lot = index into E)
-    for k, cands, target in redemption_plan:
+
+class _Redemptions:
+    """Redemptions and, per consumed lot, the points each took (``d_*``, lot = index into the earns)."""
+
+    COSTS = np.array([c[2] for c in CATALOGUE])
+    WEIGHTS = 1.0 / np.sqrt(COSTS)
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list] = {n: [] for n in ("member", "item", "points", "occ", "rec", "day", "minexp")}
+        self.d_red: list[int] = []
+        self.d_lot: list[int] = []
+        self.d_pts: list[int] = []
+
+    def redeem(self, lots: _Lots, mem: int, k: int, occ: int, rec: int, draw: float) -> bool:
+        """One redemption of an affordable item, FIFO over the member's usable lots, if any."""
+        s, e = lots.starts[mem], lots.starts[mem + 1]
+        ok = (lots.rec[s:e] < rec) & (lots.occ[s:e] < occ) & (lots.exp[s:e] >= k + 2) & (lots.rem[s:e] > 0)
+        avail = int(lots.rem[s:e][ok].sum())
+        afford = np.flatnonzero(self.COSTS <= avail)
+        if len(afford) == 0:
+            return False
+        w = self.WEIGHTS[afford]
+        pos_ = min(int(np.searchsorted(np.cumsum(w) / w.sum(), draw)), len(afford) - 1)
+        item = int(afford[pos_])
+        need = int(self.COSTS[item])
+        rid = len(self.cols["member"])
+        minexp = None
+        for pos in np.flatnonzero(ok):
+            take = min(need, int(lots.rem[s + pos]))
+            lots.rem[s + pos] -= take
+            need -= take
+            self.d_red.append(rid)
+            self.d_lot.append(int(lots.order[s + pos]))
+            self.d_pts.append(take)
+            minexp = int(lots.exp[s + pos]) if minexp is None else min(minexp, int(lots.exp[s + pos]))
+            if need == 0:
+                break
+        for name, value in (("member", int(mem)), ("item", item), ("points", int(self.COSTS[item])),
+                            ("occ", int(occ)), ("rec", int(rec)), ("day", k), ("minexp", minexp)):
+            self.cols[name].append(value)
+        return True
+
+    def arrays(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        R = {n: np.array(v, dtype=np.int64) for n, v in self.cols.items()}
+        return R, np.array(self.d_red, np.int64), np.array(self.d_lot, np.int64), np.array(self.d_pts, np.int64)
+
+
+def _redemptions(s: _Sim, lots: _Lots, plan: list[tuple[int, np.ndarray, int]]) -> _Redemptions:
+    """Each night's candidates in recorded_at order until the night's target is met."""
+    rng, clock, D = s.rng, s.clock, s.p.days
+    out = _Redemptions()
+    for k, cands, target in plan:
         m = len(cands)
         tod = _daytime(rng, m)
         tod[0] = int(rng.uniform(8, 11) * HOUR)  # an early one, so a same-night reversal fits
@@ -502,47 +654,16 @@ def _simulate(p: _Params) -> dict:
         for j in np.argsort(rec, kind="stable"):
             if done >= target:
                 break
-            mem = cands[j]
-            s, e = starts[mem], starts[mem + 1]
-            ok = (s_rec[s:e] < rec[j]) & (s_occ[s:e] < occ[j]) & (s_exp[s:e] >= k + 2) & (rem[s:e] > 0)
-            avail = int(rem[s:e][ok].sum())
-            afford = np.flatnonzero(costs <= avail)
-            if len(afford) == 0:
-                continue
-            w = cat_w[afford]
-            pos_ = min(int(np.searchsorted(np.cumsum(w) / w.sum(), chosen[j])), len(afford) - 1)
-            item = int(afford[pos_])
-            need = int(costs[item])
-            rid = len(r_member)
-            minexp = None
-            for pos in np.flatnonzero(ok):
-                take = min(need, int(rem[s + pos]))
-                rem[s + pos] -= take
-                need -= take
-                d_red.append(rid)
-                d_lot.append(int(lorder[s + pos]))
-                d_pts.append(take)
-                minexp = int(s_exp[s + pos]) if minexp is None else min(minexp, int(s_exp[s + pos]))
-                if need == 0:
-                    break
-            r_member.append(int(mem))
-            r_item.append(item)
-            r_points.append(int(costs[item]))
-            r_occ.append(int(occ[j]))
-            r_rec.append(int(rec[j]))
-            r_day.append(k)
-            r_minexp.append(minexp)
-            done += 1
+            if out.redeem(lots, cands[j], k, occ[j], rec[j], chosen[j]):
+                done += 1
+    return out
 
-    R = {n: np.array(v, dtype=np.int64) for n, v in (
-        ("member", r_member), ("item", r_item), ("points", r_points), ("occ", r_occ), ("rec", r_rec),
-        ("day", r_day), ("minexp", r_minexp))}
-    nR = len(r_member)
-    d_red = np.array(d_red, np.int64)
-    d_lot = np.array(d_lot, np.int64)
-    d_pts = np.array(d_pts, np.int64)
 
-    # ---- reversals: on a night between the redemption and the day before its earliest lot expires
+def _reversals(s: _Sim, R: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Reversals on a night between the redemption and the day before its earliest lot expires;
+    then one on every night that has none yet, where a recent redemption allows it."""
+    rng, clock, D = s.rng, s.clock, s.p.days
+    nR = len(R["member"])
     rev_occ = np.full(nR, -1, np.int64)
     rev_rec = np.full(nR, -1, np.int64)
     rec_day = np.where(R["rec"] >= clock.midnight(R["day"] + 1), R["day"] + 1, R["day"])
@@ -575,39 +696,70 @@ def _simulate(p: _Params) -> dict:
             for i in np.flatnonzero((R["day"] <= k) & (R["day"] >= k - 5) & (rev_occ < 0)):
                 if try_reverse(int(i), k):
                     break
-    reversed_ = rev_occ >= 0
+    return rev_occ, rev_rec
 
-    # ---- expiries: remaining of every lot expiring inside the generated nights -------------
-    nE = len(E["member"])
+
+def _ledger(s: _Sim, E, lot_exp, R, d_red, d_lot, d_pts, rev_occ, rev_rec) -> dict[str, np.ndarray]:
+    """Earns, one redeem entry per consumed lot, their reversals, and the expiry of what every lot
+    expiring inside the generated nights still holds."""
+    rng, clock, D = s.rng, s.clock, s.p.days
+    nE, nR = len(E["member"]), len(R["member"])
     net = E["points"].copy()
     np.subtract.at(net, d_lot, d_pts)
-    rv = reversed_[d_red] if len(d_red) else np.zeros(0, bool)
+    rv = (rev_occ >= 0)[d_red] if len(d_red) else np.zeros(0, bool)
     np.add.at(net, d_lot[rv], d_pts[rv])
     xl = np.flatnonzero((lot_exp >= 0) & (lot_exp <= D - 1) & (net > 0))
     x_occ = clock.midnight(lot_exp[xl]) + (rng.uniform(1, 29 * 60, len(xl)) * US).astype(np.int64)
     x_rec = x_occ + _lag(rng, len(xl), 0.1, 30)
-
-    # ---- ledger assembly: entry ids follow recorded_at ------------------------------------------
     rvi = np.flatnonzero(rv)
-    L = {
-        "kind": np.concatenate([np.full(nE, EARN), np.full(len(d_red), REDEEM), np.full(len(rvi), REVERSAL), np.full(len(xl), EXPIRE)]),
-        "member": np.concatenate([E["member"], R["member"][d_red] if nR else d_red, R["member"][d_red[rvi]] if nR else rvi, E["member"][xl]]),
+    rest = len(d_red) + len(rvi) + len(xl)
+    return {
+        "kind": np.concatenate([np.full(nE, EARN), np.full(len(d_red), REDEEM), np.full(len(rvi), REVERSAL),
+                                np.full(len(xl), EXPIRE)]),
+        "member": np.concatenate([E["member"], R["member"][d_red] if nR else d_red,
+                                  R["member"][d_red[rvi]] if nR else rvi, E["member"][xl]]),
         "points": np.concatenate([E["points"], -d_pts, d_pts[rvi], -net[xl]]),
-        "etype": np.concatenate([E["etype"], np.full(len(d_red) + len(rvi) + len(xl), -1)]),
-        "txn": np.concatenate([E["txn"], np.full(len(d_red) + len(rvi) + len(xl), -1)]),
+        "etype": np.concatenate([E["etype"], np.full(rest, -1)]),
+        "txn": np.concatenate([E["txn"], np.full(rest, -1)]),
         "red": np.concatenate([np.full(nE, -1), d_red, d_red[rvi], np.full(len(xl), -1)]),
         "lot": np.concatenate([np.full(nE, -1), d_lot, d_lot[rvi], xl]),
-        "exp": np.concatenate([lot_exp, np.full(len(d_red) + len(rvi) + len(xl), 0)]),
+        "exp": np.concatenate([lot_exp, np.full(rest, 0)]),
         "occ": np.concatenate([E["occ"], R["occ"][d_red] if nR else d_red, rev_occ[d_red[rvi]] if nR else rvi, x_occ]),
         "rec": np.concatenate([E["rec"], R["rec"][d_red] if nR else d_red, rev_rec[d_red[rvi]] if nR else rvi, x_rec]),
     }
+
+
+def _simulate(p: _Params) -> dict:
+    """The whole program as numpy arrays. Steps draw from one RNG in a fixed order, so reordering
+    them changes every row after the first moved draw."""
+    rng = np.random.default_rng(p.seed)
+    clock = _Clock(p.first, p.days, p.tz)
+    s = _Sim(p=p, rng=rng, clock=clock, m=_members(rng, p, clock))
+    s.store_w = _store_weights(rng)
+    _opening_lots(s)
+    _host_lots(s)
+    segments = _initial_segments(s)
+    plan: list[tuple[int, np.ndarray, int]] = []
+    for k in range(p.days):
+        night = _night_state(s, k)
+        _night_accruals(s, night)
+        _night_bonuses(s, night)
+        busy = _tier_changes(s, night)
+        _status_changes(s, night, busy)
+        _segment_moves(s, night, segments)
+        plan.append(_redemption_candidates(s, night))
+    E = s.earns.build()
+    T = s.txns.build()
+    lots, lot_exp = _lots(E, p.validity, p.members)
+    R, d_red, d_lot, d_pts = _redemptions(s, lots, plan).arrays()
+    rev_occ, rev_rec = _reversals(s, R)
+    L = _ledger(s, E, lot_exp, R, d_red, d_lot, d_pts, rev_occ, rev_rec)
+    m = s.m
     return {
-        "clock": clock, "N": N, "enroll_t": enroll_t, "enroll_rec": enroll_rec, "gender": gender,
-        "first_idx": first_idx, "last_idx": last_idx, "null_profile": null_profile, "null_phone": null_phone,
-        "status": status, "tier": tier, "E": E, "T": T, "R": R, "rev_occ": rev_occ, "rev_rec": rev_rec, "L": L,
-        "tier_ch": tier_ch.build(), "status_ch": status_ch.build(),
-        "seg": {"member": sg_member[:n_sg], "seg": sg_seg[:n_sg], "eocc": sg_eocc[:n_sg], "erec": sg_erec[:n_sg],
-                "xocc": sg_xocc[:n_sg], "xrec": sg_xrec[:n_sg]},
+        "clock": clock, "N": p.members, "enroll_t": m.enroll_t, "enroll_rec": m.enroll_rec, "gender": m.gender,
+        "first_idx": m.first_idx, "last_idx": m.last_idx, "null_profile": m.null_profile, "null_phone": m.null_phone,
+        "status": m.status, "tier": m.tier, "E": E, "T": T, "R": R, "rev_occ": rev_occ, "rev_rec": rev_rec, "L": L,
+        "tier_ch": s.tier_ch.build(), "status_ch": s.status_ch.build(), "seg": segments.built(),
     }
 
 
