@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation, ROUND_HALF_UP
 from typing import Any
 
 from loyalty_moengage.api.errors import ApiError
+from loyalty_moengage.sync.contract import DISALLOWED_CUSTOMER_IDS
 
 _STORE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _CHANNEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,39}$")
@@ -25,11 +26,6 @@ _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&*+/=?^_`{|}~\-]+@[A-Za-z0-9](?:[A-Za-z0-9
 # Apostrophes and hyphens are real in names (O'Brien, Anne-Marie); these are not.
 _NAME_BAD = re.compile(r"[\x00-\x1f\x7f<>\"`;=\\{}]|--")
 _CUSTOMER_ID = re.compile(r"^[A-Za-z0-9_.\-:@+]{1,128}$")
-# Values MoEngage refuses as a customer_id (compared lower-cased).
-DISALLOWED_CUSTOMER_IDS = frozenset({
-    "unknown", "guest", "null", "0", "1", "true", "false", "user_attribute_unique_id", "na", "n/a",
-    "dummy_seller_code", "user_id", "id", "customer_id", "uid", "userid", "none", "-2", "-1", "2",
-})
 _AMOUNT = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,6})?$")
 _GENDERS = {
     "male": "male", "m": "male", "man": "male",

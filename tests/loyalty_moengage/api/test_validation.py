@@ -1,0 +1,25 @@
+"""The connector payload's customer_id obeys the same disallowed list as the nightly sync."""
+
+from __future__ import annotations
+
+import pytest
+
+from loyalty_moengage.api.errors import ApiError
+from loyalty_moengage.api.validation import parse_customers
+from loyalty_moengage.sync import contract
+
+BASE = {"number": "+91 99887 76655", "store_id": "A123"}
+
+
+def test_api_uses_the_contracts_list():
+    from loyalty_moengage.api import validation
+
+    assert validation.DISALLOWED_CUSTOMER_IDS is contract.DISALLOWED_CUSTOMER_IDS
+
+
+@pytest.mark.parametrize("value", sorted(contract.DISALLOWED_CUSTOMER_IDS - {""}))
+def test_every_disallowed_id_is_refused(value):
+    with pytest.raises(ApiError) as info:
+        parse_customers({"customer_details": {**BASE, "customer_id": value.upper()}}, max_amount=10**6,
+                        max_customers=10)
+    assert info.value.status == 422 and info.value.field == "customer_details.customer_id"
