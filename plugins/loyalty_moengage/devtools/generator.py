@@ -773,142 +773,202 @@ def _night_of(clock: _Clock, t: np.ndarray, days: int) -> np.ndarray:
 # arrow tables and COPY
 
 
-def _tables(sim: dict, p: _Params, *, id_base: dict[str, int], tag: str, currency: str) -> dict:
+def _ts(a: np.ndarray, mask: np.ndarray | None = None):
+    import pyarrow as pa
+
+    return pa.array(np.asarray(a, np.int64), mask=mask).cast(pa.timestamp("us", tz="UTC"))
+
+
+def _num(a, mask=None):
+    import pyarrow as pa
+
+    return pa.array(np.asarray(a, np.int64), mask=mask)
+
+
+def _ids(prefix: str, n: np.ndarray, width: int):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    def ts(a: np.ndarray, mask: np.ndarray | None = None):
-        arr = pa.array(np.asarray(a, np.int64), mask=mask).cast(pa.timestamp("us", tz="UTC"))
-        return arr
+    s = pc.utf8_lpad(pa.array(np.asarray(n, np.int64)).cast(pa.string()), width, "0")
+    return pc.binary_join_element_wise(prefix, s, "")
 
-    def num(a, mask=None):
-        return pa.array(np.asarray(a, np.int64), mask=mask)
 
-    def ids(prefix: str, n: np.ndarray, width: int):
-        s = pc.utf8_lpad(pa.array(np.asarray(n, np.int64)).cast(pa.string()), width, "0")
-        return pc.binary_join_element_wise(prefix, s, "")
+def _take(values, idx, mask=None):
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    def take(values, idx, mask=None):
-        out = pc.take(pa.array(list(values)), pa.array(np.asarray(idx, np.int64)))
-        if mask is not None and mask.any():
-            out = pc.if_else(pa.array(mask), pa.scalar(None, pa.string()), out)
-        return out
+    out = pc.take(pa.array(list(values)), pa.array(np.asarray(idx, np.int64)))
+    if mask is not None and mask.any():
+        out = pc.if_else(pa.array(mask), pa.scalar(None, pa.string()), out)
+    return out
 
-    def const(v, n, typ=pa.string()):
-        return pa.repeat(pa.scalar(v, typ), n)
 
-    def date_col(day_idx: np.ndarray, mask: np.ndarray):
-        ords = (p.first.toordinal() + np.asarray(day_idx, np.int64) - EPOCH_ORDINAL).astype(np.int32)
-        return pa.array(ords, type=pa.int32(), mask=mask).cast(pa.date32())
+def _const(v, n):
+    import pyarrow as pa
+
+    return pa.repeat(pa.scalar(v, pa.string()), n)
+
+
+def _date_col(first: dt.date, day_idx: np.ndarray, mask: np.ndarray):
+    import pyarrow as pa
+
+    ords = (first.toordinal() + np.asarray(day_idx, np.int64) - EPOCH_ORDINAL).astype(np.int32)
+    return pa.array(ords, type=pa.int32(), mask=mask).cast(pa.date32())
+
+
+def _id_or_null(ids, idx: np.ndarray, n: int):
+    """``ids[idx]``, NULL where idx < 0 (no ids at all: all NULL)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not len(ids):
+        return pa.nulls(n, pa.string())
+    return pc.if_else(pa.array(idx < 0), pa.scalar(None, pa.string()), pc.take(ids, pa.array(np.maximum(idx, 0))))
+
+
+def _members_table(sim: dict, p: _Params, mid: np.ndarray, base: int, tag: str):
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     N = sim["N"]
-    pid = p.program_id
-    out: dict[str, tuple[str, pa.Table]] = {}
-
-    # members
-    mid = id_base["member"] + 1 + np.arange(N)
-    member_id = lambda idx: mid[np.asarray(idx, np.int64)]  # noqa: E731
-    np_ = sim["null_profile"]
-    first = take(FIRST_NAMES, sim["first_idx"])
-    last = take(LAST_NAMES, sim["last_idx"])
+    first = _take(FIRST_NAMES, sim["first_idx"])
+    last = _take(LAST_NAMES, sim["last_idx"])
     name = pc.binary_join_element_wise(first, last, " ")
     email = pc.binary_join_element_wise(pc.utf8_lower(first), pc.binary_join_element_wise(
         pc.utf8_lower(last), pc.binary_join_element_wise(pa.array(mid).cast(pa.string()), "@example.com", ""), ""), ".")
-    nulls = pa.array(np_)
+    nulls = pa.array(sim["null_profile"])
     name = pc.if_else(nulls, pa.scalar(None, pa.string()), name)
     email = pc.if_else(nulls, pa.scalar(None, pa.string()), email)
     # unique Indian mobile numbers: a bijection of the member index onto 6000000000..9999999999
     span = 4_000_000_000
-    phone_n = 6_000_000_000 + ((np.arange(N, dtype=np.int64) + id_base["member"]) * 2_654_435_761 + p.seed) % span
+    phone_n = 6_000_000_000 + ((np.arange(N, dtype=np.int64) + base) * 2_654_435_761 + p.seed) % span
     phone = pc.binary_join_element_wise("+91", pa.array(phone_n).cast(pa.string()), "")
     phone = pc.if_else(pa.array(sim["null_phone"]), pa.scalar(None, pa.string()), phone)
     tch, sch = sim["tier_ch"], sim["status_ch"]
     updated = sim["enroll_rec"].copy()
     np.maximum.at(updated, tch["member"], tch["rec"])
     np.maximum.at(updated, sch["member"], sch["rec"])
-    out["members"] = ("loyalty.members", pa.table({
-        "member_id": num(mid), "program_id": const(pid, N),
-        "relation_reference": ids(f"{tag}REL-", np.arange(1, N + 1), 8),
+    return ("loyalty.members", pa.table({
+        "member_id": _num(mid), "program_id": _const(p.program_id, N),
+        "relation_reference": _ids(f"{tag}REL-", np.arange(1, N + 1), 8),
         "phone": phone, "email": email, "name": name,
-        "gender": take(("male", "female", "other", ""), sim["gender"], sim["gender"] == 3),
-        "status": take(STATUSES, sim["status"]), "tier": take(TIERS, sim["tier"].astype(np.int64) - 1),
-        "enrolled_at": ts(sim["enroll_t"]), "recorded_at": ts(sim["enroll_rec"]), "updated_at": ts(updated),
+        "gender": _take(("male", "female", "other", ""), sim["gender"], sim["gender"] == 3),
+        "status": _take(STATUSES, sim["status"]), "tier": _take(TIERS, sim["tier"].astype(np.int64) - 1),
+        "enrolled_at": _ts(sim["enroll_t"]), "recorded_at": _ts(sim["enroll_rec"]), "updated_at": _ts(updated),
     }))
 
-    # transactions (ids follow recorded_at)
-    T = sim["T"]
-    tord = np.argsort(T["rec"], kind="stable")
-    trank = np.empty_like(tord)
-    trank[tord] = np.arange(len(tord))
-    txn_id_of = ids(f"{tag}TX-", trank + 1, 9)
-    store_codes = [f"{tag}A123"] + [f"{tag}S{i:03d}" for i in range(1, len(STORE_CITIES) + 1)]
-    out["transactions"] = ("loyalty.transactions", pa.table({
-        "transaction_id": txn_id_of, "program_id": const(pid, len(tord)), "member_id": num(member_id(T["member"])),
-        "amount": _decimal(T["amount"]), "currency": const(currency, len(tord)),
-        "store_id": take(store_codes, np.maximum(T["store"], 0), T["store"] < 0),
-        "channel": take(CHANNELS, T["channel"]), "occurred_at": ts(T["occ"]), "recorded_at": ts(T["rec"]),
-    }).take(pa.array(tord)))
 
-    # redemptions
+def _by_recorded(rec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, rank) of rows by recorded_at: ids follow recorded_at."""
+    order = np.argsort(rec, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return order, rank
+
+
+def _transactions_table(sim: dict, pid: str, member_id, tag: str, currency: str):
+    import pyarrow as pa
+
+    T = sim["T"]
+    tord, trank = _by_recorded(T["rec"])
+    txn_id_of = _ids(f"{tag}TX-", trank + 1, 9)
+    store_codes = [f"{tag}A123"] + [f"{tag}S{i:03d}" for i in range(1, len(STORE_CITIES) + 1)]
+    table = ("loyalty.transactions", pa.table({
+        "transaction_id": txn_id_of, "program_id": _const(pid, len(tord)), "member_id": _num(member_id(T["member"])),
+        "amount": _decimal(T["amount"]), "currency": _const(currency, len(tord)),
+        "store_id": _take(store_codes, np.maximum(T["store"], 0), T["store"] < 0),
+        "channel": _take(CHANNELS, T["channel"]), "occurred_at": _ts(T["occ"]), "recorded_at": _ts(T["rec"]),
+    }).take(pa.array(tord)))
+    return table, txn_id_of, store_codes
+
+
+def _redemptions_table(sim: dict, pid: str, member_id, tag: str):
+    import pyarrow as pa
+
     R = sim["R"]
     nR = len(R["member"])
-    rord = np.argsort(R["rec"], kind="stable")
-    rrank = np.empty_like(rord)
-    rrank[rord] = np.arange(nR)
-    red_id_of = ids(f"{tag}RD-", rrank + 1, 6)
+    rord, rrank = _by_recorded(R["rec"])
+    red_id_of = _ids(f"{tag}RD-", rrank + 1, 6)
     rev = sim["rev_occ"] >= 0
-    out["redemptions"] = ("loyalty.redemptions", pa.table({
-        "redemption_id": red_id_of, "program_id": const(pid, nR), "member_id": num(member_id(R["member"])),
-        "points": num(R["points"]), "item_sku": take([c[0] for c in CATALOGUE], R["item"]),
-        "item_name": take([c[1] for c in CATALOGUE], R["item"]),
-        "status": take(("completed", "reversed"), rev.astype(np.int64)),
-        "redeemed_at": ts(R["occ"]), "recorded_at": ts(R["rec"]), "reversed_at": ts(sim["rev_occ"], ~rev),
+    table = ("loyalty.redemptions", pa.table({
+        "redemption_id": red_id_of, "program_id": _const(pid, nR), "member_id": _num(member_id(R["member"])),
+        "points": _num(R["points"]), "item_sku": _take([c[0] for c in CATALOGUE], R["item"]),
+        "item_name": _take([c[1] for c in CATALOGUE], R["item"]),
+        "status": _take(("completed", "reversed"), rev.astype(np.int64)),
+        "redeemed_at": _ts(R["occ"]), "recorded_at": _ts(R["rec"]), "reversed_at": _ts(sim["rev_occ"], ~rev),
     }).take(pa.array(rord)))
+    return table, red_id_of
 
-    # ledger: entry ids by recorded_at (earns first on ties)
+
+def _ledger_table(sim: dict, p: _Params, member_id, entry_base: int, txn_id_of, red_id_of):
+    """Entry ids by recorded_at (earns first on ties); lot_entry_id points at the earn's new id."""
+    import pyarrow as pa
+
     L = sim["L"]
     nL = len(L["kind"])
     lord = np.lexsort((L["kind"], L["rec"]))
     eid = np.empty(nL, np.int64)
-    eid[lord] = id_base["entry"] + 1 + np.arange(nL)
+    eid[lord] = entry_base + 1 + np.arange(nL)
     is_earn = L["kind"] == EARN
     lot_eid = np.where(L["lot"] >= 0, eid[np.maximum(L["lot"], 0)], 0)
-    red_mask = L["red"] < 0
-    txn_mask = L["txn"] < 0
-    out["points_ledger"] = ("loyalty.points_ledger", pa.table({
-        "entry_id": num(eid), "program_id": const(pid, nL), "member_id": num(member_id(L["member"])),
-        "entry_type": take(ENTRY_TYPES, L["kind"]), "points": num(L["points"]),
-        "earning_type": take(EARNING_TYPES, np.maximum(L["etype"], 0), ~is_earn),
-        "transaction_id": pc.if_else(pa.array(txn_mask), pa.scalar(None, pa.string()),
-                                     pc.take(txn_id_of, pa.array(np.maximum(L["txn"], 0)))) if len(txn_id_of) else pa.nulls(nL, pa.string()),
-        "redemption_id": pc.if_else(pa.array(red_mask), pa.scalar(None, pa.string()),
-                                    pc.take(red_id_of, pa.array(np.maximum(L["red"], 0)))) if nR else pa.nulls(nL, pa.string()),
-        "lot_entry_id": num(lot_eid, is_earn), "expires_on": date_col(L["exp"], ~is_earn),
-        "occurred_at": ts(L["occ"]), "recorded_at": ts(L["rec"]),
+    return ("loyalty.points_ledger", pa.table({
+        "entry_id": _num(eid), "program_id": _const(p.program_id, nL), "member_id": _num(member_id(L["member"])),
+        "entry_type": _take(ENTRY_TYPES, L["kind"]), "points": _num(L["points"]),
+        "earning_type": _take(EARNING_TYPES, np.maximum(L["etype"], 0), ~is_earn),
+        "transaction_id": _id_or_null(txn_id_of, L["txn"], nL),
+        "redemption_id": _id_or_null(red_id_of, L["red"], nL),
+        "lot_entry_id": _num(lot_eid, is_earn), "expires_on": _date_col(p.first, L["exp"], ~is_earn),
+        "occurred_at": _ts(L["occ"]), "recorded_at": _ts(L["rec"]),
     }).take(pa.array(lord)))
 
-    for key, acc, names, table in (("tier_change", tch, TIERS, "loyalty.member_tier_changes"),
-                                   ("status_change", sch, STATUSES, "loyalty.member_status_changes")):
-        n = len(acc["member"])
-        o = np.argsort(acc["rec"], kind="stable")
-        shift = 1 if names is TIERS else 0
-        cols = ("from_tier", "to_tier") if names is TIERS else ("from_status", "to_status")
-        out[key] = (table, pa.table({
-            "change_id": num(id_base[key] + 1 + np.arange(n)), "member_id": num(member_id(acc["member"][o])),
-            cols[0]: take(names, acc["from_"][o] - shift), cols[1]: take(names, acc["to"][o] - shift),
-            "changed_at": ts(acc["occ"][o]), "recorded_at": ts(acc["rec"][o]),
-        }))
+
+def _change_table(acc: dict[str, np.ndarray], names: tuple[str, ...], table: str, base: int, member_id):
+    """Tier or status changes, ids by recorded_at (tiers are stored 1-based)."""
+    import pyarrow as pa
+
+    n = len(acc["member"])
+    o = np.argsort(acc["rec"], kind="stable")
+    shift = 1 if names is TIERS else 0
+    cols = ("from_tier", "to_tier") if names is TIERS else ("from_status", "to_status")
+    return (table, pa.table({
+        "change_id": _num(base + 1 + np.arange(n)), "member_id": _num(member_id(acc["member"][o])),
+        cols[0]: _take(names, acc["from_"][o] - shift), cols[1]: _take(names, acc["to"][o] - shift),
+        "changed_at": _ts(acc["occ"][o]), "recorded_at": _ts(acc["rec"][o]),
+    }))
+
+
+def _segments_table(sim: dict, pid: str, member_id, base: int):
+    import pyarrow as pa
 
     G = sim["seg"]
     n = len(G["member"])
     o = np.argsort(G["erec"], kind="stable")
     xm = G["xocc"][o] < 0
-    out["segment_memberships"] = ("loyalty.segment_memberships", pa.table({
-        "membership_id": num(id_base["membership"] + 1 + np.arange(n)), "program_id": const(pid, n),
-        "member_id": num(member_id(G["member"][o])), "segment_id": take([s[0] for s in SEGMENTS], G["seg"][o]),
-        "entered_at": ts(G["eocc"][o]), "entered_recorded_at": ts(G["erec"][o]),
-        "exited_at": ts(G["xocc"][o], xm), "exited_recorded_at": ts(G["xrec"][o], xm),
+    return ("loyalty.segment_memberships", pa.table({
+        "membership_id": _num(base + 1 + np.arange(n)), "program_id": _const(pid, n),
+        "member_id": _num(member_id(G["member"][o])), "segment_id": _take([s[0] for s in SEGMENTS], G["seg"][o]),
+        "entered_at": _ts(G["eocc"][o]), "entered_recorded_at": _ts(G["erec"][o]),
+        "exited_at": _ts(G["xocc"][o], xm), "exited_recorded_at": _ts(G["xrec"][o], xm),
     }))
+
+
+def _tables(sim: dict, p: _Params, *, id_base: dict[str, int], tag: str, currency: str) -> tuple[dict, list[str]]:
+    """Every table as (qualified name, Arrow table) in COPY column order, and the store codes."""
+    pid = p.program_id
+    mid = id_base["member"] + 1 + np.arange(sim["N"])
+
+    def member_id(idx):
+        return mid[np.asarray(idx, np.int64)]
+
+    out: dict = {"members": _members_table(sim, p, mid, id_base["member"], tag)}
+    out["transactions"], txn_id_of, store_codes = _transactions_table(sim, pid, member_id, tag, currency)
+    out["redemptions"], red_id_of = _redemptions_table(sim, pid, member_id, tag)
+    out["points_ledger"] = _ledger_table(sim, p, member_id, id_base["entry"], txn_id_of, red_id_of)
+    out["tier_change"] = _change_table(sim["tier_ch"], TIERS, "loyalty.member_tier_changes",
+                                       id_base["tier_change"], member_id)
+    out["status_change"] = _change_table(sim["status_ch"], STATUSES, "loyalty.member_status_changes",
+                                         id_base["status_change"], member_id)
+    out["segment_memberships"] = _segments_table(sim, pid, member_id, id_base["membership"])
     return out, store_codes
 
 
