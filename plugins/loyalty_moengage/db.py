@@ -42,20 +42,31 @@ def _airflow_connection(conn_id: str) -> Any | None:
 
 
 def dsn_from_connection(conn: Any) -> str:
-    """libpq URI for an Airflow postgres Connection; a host starting with / is a socket folder."""
-    user = quote(conn.login or "postgres", safe="")
-    password = f":{quote(conn.password, safe='')}" if conn.password else ""
-    database = conn.schema or "postgres"
+    """libpq URI for an Airflow postgres Connection; a host starting with / is a socket folder.
+
+    ``Connection.get_uri()`` writes user, password, host and database percent-encoded, which
+    libpq decodes (a socket folder becomes ``%2Fvar%2Frun%2Fpostgresql``). Unset fields get
+    the defaults this project has always used: user and database ``postgres``, port 5432 (no
+    port for a socket folder).
+    """
+    from airflow.sdk import Connection
+
     host = conn.host or ""
+    socket = host.startswith("/")
+    uri = Connection(
+        conn_id=getattr(conn, "conn_id", None) or DEFAULT_CONN_ID,
+        conn_type="postgresql",
+        host=host or None,
+        login=conn.login or "postgres",
+        password=conn.password or None,
+        schema=conn.schema or "postgres",
+        port=None if socket else (conn.port or 5432),
+    ).get_uri()
     extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
     params = {k: v for k, v in (extra or {}).items() if k in {"sslmode", "sslrootcert", "application_name", "options"}}
-    if host.startswith("/"):
-        params["host"] = host
-        netloc = ""
-    else:
-        netloc = f"{host}:{conn.port or 5432}"
+    # Not get_uri's query: it passes every extra (libpq refuses unknown keys) and writes spaces as '+'.
     query = "&".join(f"{k}={quote(str(v), safe='/')}" for k, v in params.items())
-    return f"postgresql://{user}{password}@{netloc}/{database}" + (f"?{query}" if query else "")
+    return uri + (f"?{query}" if query else "")
 
 
 def loyalty_dsn(conn_id: str = DEFAULT_CONN_ID) -> str:
