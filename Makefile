@@ -10,7 +10,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: install demo test sandbox api bench bench-api run db-stop constraints clean
+.PHONY: install demo test sandbox api bench bench-api run db-stop constraints clean drills
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,3 +50,6 @@ constraints: install
 clean:
 	-$(PY) -m loyalty_moengage.cli db stop
 	rm -rf .local
+
+drills: install
+	$(PY) -m loyalty_moengage.devtools.drills $(ARGS)

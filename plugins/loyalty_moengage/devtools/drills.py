@@ -129,7 +129,9 @@ def program_env(dsn: str, work_dir: Path, *, program_id: str, time_zone: str = "
     try:
         sandbox.add_workspace(WORKSPACE, API_KEY, dc="03", export_users_per_minute=1_000_000)
         if seed_all:
-            sandbox.seed_from_loyalty_db(WORKSPACE, dsn, program_id, missing_share=0.0)
+            from loyalty_moengage.devtools.seed import seed_from_loyalty_db
+
+            seed_from_loyalty_db(sandbox, WORKSPACE, dsn, program_id, missing_share=0.0)
         os.environ["LOYALTY_PROGRAMS_FILE"] = str(programs_file)
         os.environ["AIRFLOW_CONN_LOYALTY_DB"] = connection_json(dsn)
         os.environ["AIRFLOW_CONN_MOENGAGE_DEFAULT"] = sandbox.connection_json(
@@ -306,7 +308,7 @@ def drill_kill_load_mid_post(ctx: DrillContext) -> dict[str, Any]:
         ctx.notes["kill_load_mid_post"] = {"sending_batches_at_kill": [b["batch_id"] for b in sending],
                                            "killed": killed}
         stack.wait_runs(env.dag_id, count=1, timeout=180)
-        time.sleep(max(0.0, 31 - 0))  # the hung request completes on the sandbox side
+        time.sleep(31)  # the hung request completes on the sandbox side (or fails) before counting
         _drain(stack, env, 120)
         return _finish(ctx, "kill_load_mid_post", env, stack)
 
@@ -418,11 +420,14 @@ def _commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loyalty_moengage.devtools.drills", description=__doc__.split("\n\n")[0])
-    parser.add_argument("drills", nargs="*", choices=[[], *DRILLS], help="default: all")
+    parser.add_argument("drills", nargs="*", metavar="DRILL", help=f"default: all of {', '.join(DRILLS)}")
     parser.add_argument("--members", type=int, default=8_000)
     parser.add_argument("--work", type=Path, default=None, help="where programs files and Airflow logs go")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    unknown = [d for d in args.drills if d not in DRILLS]
+    if unknown:
+        parser.error(f"unknown drill(s) {unknown}; choose from {list(DRILLS)}")
     import logging
     import tempfile
 

@@ -25,9 +25,11 @@ TZ = "Asia/Kolkata"
 
 def test_backfill_overlapping_a_rerun_sends_each_event_once(loyalty_db, pg_server, tmp_path):
     started = time.monotonic()
-    with program_env(loyalty_db, tmp_path, program_id=PROGRAM, time_zone=TZ, members=400, days=4, seed=7,
-                     last_night_activity=3.0) as env, \
+    with program_env(loyalty_db, tmp_path, program_id=PROGRAM, time_zone=TZ, members=1_000, days=4, seed=7,
+                     last_night_activity=6.0) as env, \
             airflow_stack(pg_server, root=tmp_path / "airflow", keep_root=True, dag_ids=[env.dag_id]) as stack:
+        # A little network time per request (as MoEngage has) keeps loads of different runs in flight together.
+        env.sandbox.set_faults(latency=0.3)
         first = scheduled_run(stack, env)
         after_first = len(env.events())
         observed = concurrent_backfill(stack, env)
