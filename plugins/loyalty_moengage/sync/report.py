@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Callable
 
@@ -92,6 +93,40 @@ def build(conn: Any, *, program_id: str, night: date, run_id: str, window_start:
         "needs_attention": attention,
         "notes": notes,
     }
+
+
+@dataclass
+class StageSummary:
+    """What the run's tasks recorded in task_stats, folded for the report."""
+
+    plan: dict[str, Any] = field(default_factory=dict)
+    guard: dict[str, Any] = field(default_factory=dict)
+    chunks_done: int = 0
+    requeued_uncertain: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def stage_summary(conn: Any, program_id: str, run_id: str) -> StageSummary:
+    summary = StageSummary()
+    seconds = summary.seconds
+    for stage, stats in conn.execute(
+        "SELECT stage, stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s",
+        (program_id, run_id),
+    ):
+        if stage == "plan":
+            summary.plan = stats
+            seconds["plan"] = stats["seconds"]
+        elif stage == "transform":
+            summary.chunks_done += 1
+            for k, v in stats["seconds"].items():
+                seconds[k] = seconds.get(k, 0.0) + v
+        elif stage == "load":
+            # Slots run side by side: the stage lasts as long as the slowest.
+            seconds["load"] = max(seconds.get("load", 0.0), stats.get("seconds", 0.0))
+            summary.requeued_uncertain += stats.get("requeued_uncertain", 0)
+        elif stage == "guard":
+            summary.guard = stats
+    return summary
 
 
 def batch_states(conn: Any, program_id: str, night: date) -> dict[str, int]:

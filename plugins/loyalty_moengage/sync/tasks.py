@@ -215,39 +215,20 @@ def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     with connect(state) as conn:
         recover_orphans(conn, program.id)
         in_flight = rep.wait_for_in_flight(conn, program.id, w.night)
-        stage_rows = conn.execute(
-            "SELECT stage, task_key, stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s",
-            (program.id, run_id)).fetchall()
-        seconds: dict[str, float] = {}
-        plan_info: dict[str, Any] = {}
-        guard_info: dict[str, Any] = {}
-        chunks_done = 0
-        for stage, _key, stats in stage_rows:
-            if stage == "plan":
-                plan_info = stats
-                seconds["plan"] = stats["seconds"]
-            elif stage == "transform":
-                chunks_done += 1
-                for k, v in stats["seconds"].items():
-                    seconds[k] = seconds.get(k, 0.0) + v
-            elif stage == "load":
-                seconds["load"] = max(seconds.get("load", 0.0), stats.get("seconds", 0.0))
-            elif stage == "guard":
-                guard_info = stats
+        stages = rep.stage_summary(conn, program.id, run_id)
         outcome, notes = rep.assess(
-            program_id=program.id, night=w.night, plan_info=plan_info, chunks_done=chunks_done,
-            guard_info=guard_info, night_batches=rep.batch_states(conn, program.id, w.night),
+            program_id=program.id, night=w.night, plan_info=stages.plan, chunks_done=stages.chunks_done,
+            guard_info=stages.guard, night_batches=rep.batch_states(conn, program.id, w.night),
             attention=rep.needs_attention(conn, program.id, w.night), uncertain_policy=program.uncertain_policy)
         if in_flight:
             notes.append(f"{in_flight} batch(es) of this night were still being sent by another run when "
                          "this report was written")
-        requeued = sum(s.get("requeued_uncertain", 0) for stage, _k, s in stage_rows if stage == "load")
-        if requeued:
-            notes.append(f"{requeued} uncertain batch(es) were resent by policy: possible duplicates")
-        seconds["report"] = time.perf_counter() - started
+        if stages.requeued_uncertain:
+            notes.append(f"{stages.requeued_uncertain} uncertain batch(es) were resent by policy: possible duplicates")
+        stages.seconds["report"] = time.perf_counter() - started
         body = rep.build(conn, program_id=program.id, night=w.night, run_id=run_id, window_start=w.start,
-                         window_end=w.end, outcome=outcome, stage_seconds=seconds,
-                         attributes_skipped=bool(plan_info.get("skip_reason")), notes=notes)
+                         window_end=w.end, outcome=outcome, stage_seconds=stages.seconds,
+                         attributes_skipped=bool(stages.plan.get("skip_reason")), notes=notes)
         rep.write(conn, body)
         retention = rep.enforce_retention(conn, program_id=program.id, night=w.night,
                                           retention_days=program.audit_retention_days,
