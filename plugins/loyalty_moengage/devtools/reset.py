@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-# Every moengage_sync table keyed by program_id; the outbox tables are vacuumed afterwards.
-PROGRAM_STATE_TABLES = ("batches", "event_keys", "quarantine", "task_stats", "run_reports",
-                        "attribute_watermark", "resend_requests", "customer_presence")
 _VACUUMED = ("batches", "event_keys", "quarantine")
+# Every moengage_sync table with a program_id column, read from the schema so a new state table
+# is reset without an edit here.
+_STATE_TABLES = ("SELECT table_name FROM information_schema.columns WHERE table_schema = 'moengage_sync' "
+                 "AND column_name = 'program_id' ORDER BY table_name")
 
 
 def reset_program_state(dsn: str, program_id: str) -> None:
-    """Delete the program's rows from the sync state, then VACUUM the outbox tables so the next
-    run meets no dead tuples (the benchmark times that run; for the demo it is cheap)."""
+    """Delete the program's rows from every sync state table, then VACUUM the outbox tables so
+    the next run meets no dead tuples (the benchmark times that run; for the demo it is cheap)."""
     from loyalty_moengage.db import connect
 
     with connect(dsn) as conn:
-        for table in PROGRAM_STATE_TABLES:
-            conn.execute(f"DELETE FROM moengage_sync.{table} WHERE program_id = %s", (program_id,))
+        tables = [t for (t,) in conn.execute(_STATE_TABLES).fetchall()]
+        for table in tables:
+            conn.execute(f'DELETE FROM moengage_sync."{table}" WHERE program_id = %s', (program_id,))
         conn.commit()
     with connect(dsn, autocommit=True) as conn:
         for table in _VACUUMED:
