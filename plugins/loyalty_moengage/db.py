@@ -93,6 +93,43 @@ def run_sql_files(dsn: str, files: list[Path]) -> None:
             conn.execute(path.read_text())
 
 
+def ensure_state_schema(dsn: str) -> bool:
+    """Apply the sync's state schema once per version of its file; True when it was applied.
+
+    Every run's first task calls this, and a backfill starts several runs together: DDL run
+    concurrently on live tables conflicts ("tuple concurrently updated") and takes exclusive
+    locks that stall other runs' sends. So one applies it under an advisory lock and records
+    the file's digest (as the schema's comment); everyone else sees that digest and goes on.
+    """
+    import hashlib
+
+    from loyalty_moengage.paths import PACKAGE_DIR
+
+    sql = (PACKAGE_DIR / "sql" / "010_sync_state.sql").read_text()
+    version = hashlib.sha256(sql.encode()).hexdigest()[:16]
+    with connect(dsn, autocommit=True) as conn:
+        if _state_schema_version(conn) == version:
+            return False
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('loyalty_moengage state schema'))")
+            if _state_schema_version(conn) == version:
+                return False
+            conn.execute(sql)
+            conn.execute(f"COMMENT ON SCHEMA moengage_sync IS 'loyalty_moengage state schema {version}'")
+    return True
+
+
+def _state_schema_version(conn: Any) -> str | None:
+    # Read from the catalogs with a plain query: a name lookup (to_regclass, or the table
+    # itself) can use this session's stale catalog cache and miss what another run just made.
+    row = conn.execute(
+        "SELECT d.description FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_description d "
+        "ON d.objoid = n.oid AND d.classoid = 'pg_catalog.pg_namespace'::regclass "
+        "WHERE n.nspname = 'moengage_sync'").fetchone()
+    prefix = "loyalty_moengage state schema "
+    return row[0].removeprefix(prefix) if row and row[0].startswith(prefix) else None
+
+
 def schema_files() -> list[Path]:
     return sorted((sql_dir() / "schema").glob("*.sql"))
 

@@ -27,3 +27,26 @@ def test_ledger_rejects_inconsistent_rows(loyalty_db):
             conn.rollback()
         else:
             raise AssertionError("an earn entry without earning_type and expiry was accepted")
+
+
+def test_state_schema_is_applied_once_per_version_even_by_runs_starting_together(empty_db):
+    import threading
+
+    from loyalty_moengage.db import ensure_state_schema
+
+    results: list[bool] = []
+    errors: list[BaseException] = []
+
+    def start_run() -> None:
+        try:
+            results.append(ensure_state_schema(empty_db))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start_run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(results) == [False, False, False, True]
+    assert ensure_state_schema(empty_db) is False

@@ -1,6 +1,7 @@
 -- The sync's own state: outbox of ready payload batches, the once-per-program event ledger,
 -- the quarantine of rejected rows, the attribute watermark and the run reports.
--- Idempotent: applied by `loyalty_moengage.db.apply_schema` and by the DAG's first task.
+-- Idempotent: applied by `loyalty_moengage.db.apply_schema`, and once per version of this file by
+-- the DAG's first task (`loyalty_moengage.db.ensure_state_schema`).
 
 CREATE SCHEMA IF NOT EXISTS moengage_sync;
 

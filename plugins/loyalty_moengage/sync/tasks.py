@@ -79,28 +79,21 @@ def _record(state_dsn: str, program: Program, night: Any, run_id: str, stage: st
 
 def preflight(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     """Prove the MoEngage credentials on the configured data centre and the templates' columns."""
+    from loyalty_moengage.db import connect, ensure_state_schema
     from loyalty_moengage.sync.contract import load_templates
-    from loyalty_moengage.db import connect
     from loyalty_moengage.sync.extract import SESSION_SETTINGS, describe
     from loyalty_moengage.moengage.hook import MoEngageHook
 
     w = window(program, context)
     _ensure_night_over(program, w)
     loyalty, state = dsns(program)
-    _apply_state_schema(state)
+    ensure_state_schema(state)
     MoEngageHook(program.moengage_conn_id).preflight()
     with connect(loyalty) as conn:
         conn.execute(SESSION_SETTINGS)
         for template in load_templates():
             describe(conn, template, w.params(program.id, 0, 1))
     return {"night": w.night.isoformat()}
-
-
-def _apply_state_schema(dsn: str) -> None:
-    from loyalty_moengage.db import run_sql_files
-    from loyalty_moengage.paths import PACKAGE_DIR
-
-    run_sql_files(dsn, [PACKAGE_DIR / "sql" / "010_sync_state.sql"])
 
 
 def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
@@ -175,7 +168,7 @@ def guard(program: Program, context: dict[str, Any]) -> dict[str, Any]:
             log.warning("anomaly guard overridden by the run's params: %s", problems)
             totals["overridden"] = True
         elif problems:
-            withdrawn = anomaly.withdraw_night(conn, program.id, w.night)
+            withdrawn = anomaly.withdraw_night(conn, program.id, w.night, context["run_id"])
             totals["withdrawn_batches"] = withdrawn
             _record(state, program, w.night, context["run_id"], "guard", "guard", totals)
             raise anomaly.AnomalyError(

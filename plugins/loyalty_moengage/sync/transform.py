@@ -112,7 +112,7 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
             with connect(state_dsn) as sconn:
                 return _enqueue(sconn, checked, program_id=program_id, window=window, run_id=run_id, label=label,
                                 lo=lo, hi=hi, send_users=send_users, lookup=lookup, seconds=Counter(seconds))
-        except psycopg.errors.UniqueViolation:
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
             if attempt == 3:
                 raise
             log.info("%s: another run enqueued some of these events at the same time; enqueuing again", label)

@@ -65,7 +65,7 @@ def test_release_makes_staged_batches_sendable(loyalty_db):
     assert states == {staged: "pending", sent: "sent"}
 
 
-def test_withdraw_removes_the_staged_night_its_keys_and_its_attribute_claims(loyalty_db):
+def test_withdraw_removes_the_runs_staged_batches_their_keys_and_attribute_claims(loyalty_db):
     with psycopg.connect(loyalty_db) as conn:
         events, sent = _batch(conn, "staged"), _batch(conn, "sent")
         _batch(conn, "staged", "users")
@@ -73,8 +73,9 @@ def test_withdraw_removes_the_staged_night_its_keys_and_its_attribute_claims(loy
                                        f"p,e-2,{NIGHT},loyalty_points_earned,{sent}\n".encode())
         assert outbox.claim_attribute_chunk(conn, program_id="p", night=NIGHT, lo=0, hi=9, run_id="r",
                                             chunk_label="all") is None
-        assert guard.withdraw_night(conn, "p", NIGHT) == 2
+        other = _batch(conn, "staged", run_id="another-run")
+        assert guard.withdraw_night(conn, "p", NIGHT, "r") == 2
         left = conn.execute("SELECT batch_id FROM moengage_sync.batches").fetchall()
         keys = conn.execute("SELECT event_id FROM moengage_sync.event_keys").fetchall()
         markers = conn.execute("SELECT count(*) FROM moengage_sync.attribute_chunks").fetchone()[0]
-    assert left == [(sent,)] and keys == [("e-2",)] and markers == 0
+    assert sorted(left) == sorted([(sent,), (other,)]) and keys == [("e-2",)] and markers == 0
