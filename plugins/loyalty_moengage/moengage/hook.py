@@ -192,6 +192,8 @@ class MoEngageHook(BaseHook):
     :param max_retries: resends after 5xx/timeouts/connection errors; 429 waits do not count.
     :param max_throttled: 429 waits per request before giving up.
     :param retry_args: tenacity ``Retrying`` keyword overrides (``wait``, ``stop``, ...).
+    :param sleep: how the hook waits (pacing, 429s, backoff); tests pass a fake one.
+    :param clock: monotonic seconds for pacing and idle reconnects; tests pass a fake one.
     """
 
     conn_name_attr = "moengage_conn_id"
@@ -213,6 +215,7 @@ class MoEngageHook(BaseHook):
         preflight_before_send: bool = True,
         idle_reconnect_seconds: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         if not 0 < share <= 1:
@@ -228,6 +231,7 @@ class MoEngageHook(BaseHook):
         self.preflight_before_send = preflight_before_send
         self.idle_reconnect_seconds = idle_reconnect_seconds
         self._sleep = sleep
+        self._clock = clock
         self._preflight: dict[str, Any] | None = None
         self._last_io: float | None = None
         self.stats = HookStats()
@@ -265,12 +269,14 @@ class MoEngageHook(BaseHook):
     @cached_property
     def users_bucket(self) -> TokenBucket:
         cfg = self.config
-        return TokenBucket(cfg.users_per_minute * self.share if cfg.pacing else None, sleep=self._sleep)
+        return TokenBucket(cfg.users_per_minute * self.share if cfg.pacing else None,
+                           clock=self._clock, sleep=self._sleep)
 
     @cached_property
     def events_bucket(self) -> TokenBucket:
         cfg = self.config
-        return TokenBucket(cfg.events_per_minute * self.share if cfg.pacing else None, sleep=self._sleep)
+        return TokenBucket(cfg.events_per_minute * self.share if cfg.pacing else None,
+                           clock=self._clock, sleep=self._sleep)
 
     # -- public API -----------------------------------------------------------------------
     def preflight(self) -> dict[str, Any]:
@@ -328,7 +334,8 @@ class MoEngageHook(BaseHook):
     @cached_property
     def lookup_bucket(self) -> TokenBucket:
         """The Get User API has its own, much smaller budget (1,000 users/min by default)."""
-        return TokenBucket(self.config.lookups_per_minute * self.share if self.config.pacing else None)
+        return TokenBucket(self.config.lookups_per_minute * self.share if self.config.pacing else None,
+                           clock=self._clock, sleep=self._sleep)
 
     def existing_customers(self, customer_ids: list[str]) -> set[str]:
         """Which of these customer_ids exist in MoEngage (Get User API, 20 per request).
@@ -373,7 +380,7 @@ class MoEngageHook(BaseHook):
                      f"of {cfg.users_per_minute:g} users and {cfg.events_per_minute:g} events per minute")
             fix = "Pack smaller batches or raise the budget in the connection extras if MoEngage raised it."
             raise MoEngagePermanentError(f"{cause}. {fix}", cause=cause, fix=fix)
-        started = time.monotonic()
+        started = self._clock()
         waited = self.users_bucket.acquire(users) + self.events_bucket.acquire(events)
         self.stats.pacing_seconds += waited
         attempts = _Attempts()
@@ -395,7 +402,7 @@ class MoEngageHook(BaseHook):
         self.stats.events += events
         return SendResult(status=status, request_id=request_id, attempts=attempts.requests,
                           throttled=attempts.throttled, retries=retries, bytes_sent=len(body),
-                          seconds=time.monotonic() - started, request_ids=tuple(attempts.request_ids))
+                          seconds=self._clock() - started, request_ids=tuple(attempts.request_ids))
 
     def _retrying(self) -> tenacity.Retrying:
         def before_sleep(state: tenacity.RetryCallState) -> None:
@@ -419,7 +426,7 @@ class MoEngageHook(BaseHook):
 
     def _post(self, path: str, body: bytes) -> requests.Response:
         cfg = self.config
-        now = time.monotonic()
+        now = self._clock()
         if self._last_io is not None and now - self._last_io > self.idle_reconnect_seconds:
             # A pooled connection idle this long may be closed by a load balancer mid-request,
             # which would look like an uncertain outcome: start from a fresh connection instead.
@@ -428,7 +435,7 @@ class MoEngageHook(BaseHook):
         try:
             return self.session.post(cfg.base_url + path, data=body, timeout=(min(10.0, cfg.timeout), cfg.timeout))
         finally:
-            self._last_io = time.monotonic()
+            self._last_io = self._clock()
             self.stats.requests += 1
 
     def _attempt(self, path: str, body: bytes, attempts: _Attempts) -> tuple[int, str | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -46,3 +47,15 @@ def make_hook(sb, monkeypatch):
         return MoEngageHook(conn_id, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def virtual_time(sb, monkeypatch):
+    """One virtual clock for the hooks (pass ``clock``/``sleep``) and for the sandbox's rate windows."""
+    from loyalty_moengage.devtools.sandbox import server
+    from tests.loyalty_moengage.moengage.virtual_clock import VirtualClock
+
+    clock = VirtualClock()
+    # A whole-second epoch, so the sandbox's 1 s windows start at virtual 0 on every run.
+    monkeypatch.setattr(server, "time", clock.as_time_module(epoch=float(int(time.time()))))
+    return clock

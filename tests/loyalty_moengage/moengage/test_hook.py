@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import socket
-import threading
-import time
 from dataclasses import dataclass
 
 import orjson
@@ -139,15 +138,15 @@ def test_send_transition_reuses_one_connection(sb, make_hook, workspace):
     assert hook.stats.requests == len(batches) + 1 and hook.stats.bytes_sent == sum(len(b.body) for b in batches)
 
 
-def test_429_waits_for_reset_without_using_retries(sb, make_hook, workspace):
+def test_429_waits_for_reset_without_using_retries(sb, make_hook, workspace, virtual_time):
     sb.state.faults.retry_after = 0.2
-    hook = make_hook(*workspace, hook_kwargs={"max_retries": 0})
+    hook = make_hook(*workspace, hook_kwargs={"max_retries": 0, "clock": virtual_time, "sleep": virtual_time.sleep})
     hook.preflight()
     sb.fail_next(429, 429)
-    started = time.monotonic()
+    started = virtual_time()
     result = hook.send_transition(one_event_body(), users=0, events=1)
     assert result.status == 200 and result.throttled == 2 and result.retries == 0 and result.attempts == 3
-    assert time.monotonic() - started >= 0.4
+    assert virtual_time() - started >= 0.4
     assert len(result.request_ids) == 3 and all(result.request_ids)
 
 
@@ -265,22 +264,24 @@ def test_single_user_and_event_endpoints(sb, make_hook, workspace):
 
 # -- pacing -----------------------------------------------------------------------------------
 
-def test_pacing_under_a_tight_budget(sb, make_hook):
+def test_pacing_under_a_tight_budget(sb, make_hook, virtual_time):
     sb.add_workspace("WS_TIGHT", "tight-key", "03", users_per_minute=6000, window_seconds=1.0)
-    hook = make_hook("WS_TIGHT", "tight-key", users_per_minute=6000)  # 100 users/s, 100 per 1 s window
+    hook = make_hook("WS_TIGHT", "tight-key", users_per_minute=6000,  # 100 users/s, 100 per 1 s window
+                     hook_kwargs={"clock": virtual_time, "sleep": virtual_time.sleep})
     hook.preflight()
     batches, _ = pack([user(f"REL-{i}") for i in range(300)], "customer", max_bytes=800)
-    started = time.monotonic()
+    started = virtual_time()
     results = [hook.send_transition(b.body, users=b.users, events=b.events) for b in batches]
-    elapsed = time.monotonic() - started
+    elapsed = virtual_time() - started
     assert len(sb.state.users("WS_TIGHT")) == 300
     assert 1.8 <= elapsed <= 4.0, elapsed  # (300 - 100 burst) / 100 per s = 2 s
     assert sum(r.throttled for r in results) <= 3 and all(r.retries == 0 for r in results)
 
 
-def test_two_tasks_share_the_budget(sb, make_hook):
+def test_two_tasks_share_the_budget(sb, make_hook, virtual_time):
     sb.add_workspace("WS_SHARED", "shared-key", "03", events_per_minute=12000, window_seconds=1.0)
-    hooks = [make_hook("WS_SHARED", "shared-key", events_per_minute=12000, hook_kwargs={"share": 0.5})
+    hooks = [make_hook("WS_SHARED", "shared-key", events_per_minute=12000,
+                       hook_kwargs={"share": 0.5, "clock": virtual_time, "sleep": virtual_time.sleep})
              for _ in range(2)]
     batches, _ = pack([event(f"REL-{i}") for i in range(600)], "event", max_bytes=2_000)
     halves = [batches[0::2], batches[1::2]]
@@ -290,13 +291,9 @@ def test_two_tasks_share_the_budget(sb, make_hook):
         hook.preflight()
         results.extend(hook.send_transition(b.body, users=b.users, events=b.events) for b in mine)
 
-    threads = [threading.Thread(target=run, args=(h, m)) for h, m in zip(hooks, halves, strict=True)]
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - started
+    started = virtual_time()
+    virtual_time.run_threads([functools.partial(run, h, m) for h, m in zip(hooks, halves, strict=True)])
+    elapsed = virtual_time() - started
     assert len(sb.state.events("WS_SHARED")) == 600
     assert 2.0 <= elapsed <= 4.5, elapsed  # (600 - 200 burst) / 200 per s = 2 s
     assert sum(r.throttled for r in results) <= 4

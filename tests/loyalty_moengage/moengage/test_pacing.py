@@ -1,28 +1,15 @@
-"""TokenBucket on a fake clock: exact long-run rate, bounded burst, no deadlock."""
+"""TokenBucket on a virtual clock: exact long-run rate, bounded burst, no deadlock."""
 
 from __future__ import annotations
-
-import threading
-import time
 
 import pytest
 
 from loyalty_moengage.moengage.pacing import TokenBucket
+from tests.loyalty_moengage.moengage.virtual_clock import VirtualClock
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def bucket(rate: float, **kwargs) -> tuple[TokenBucket, FakeClock]:
-    clock = FakeClock()
+def bucket(rate: float, **kwargs) -> tuple[TokenBucket, VirtualClock]:
+    clock = VirtualClock()
     return TokenBucket(rate, clock=clock, sleep=clock.sleep, **kwargs), clock
 
 
@@ -63,17 +50,14 @@ def test_unlimited():
 
 
 def test_threads_share_one_bucket_at_the_configured_rate():
-    b = TokenBucket(12_000)  # 200/s, capacity 200
-    started = time.monotonic()
+    b, clock = bucket(12_000)  # 200/s, capacity 200
+    waits: list[float] = []
 
     def worker():
         for _ in range(20):
-            b.acquire(10)
+            waits.append(b.acquire(10))
 
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    clock.run_threads([worker] * 3)
     # 600 tokens, 200 burst, 200/s -> 2 s
-    assert 1.8 <= time.monotonic() - started <= 2.6
+    assert 1.8 <= clock.now <= 2.6
+    assert clock.now == pytest.approx(2.0) and len(waits) == 60
