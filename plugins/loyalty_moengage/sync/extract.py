@@ -59,17 +59,22 @@ def describe(conn: Any, template: Template, params: dict[str, Any]) -> dict[str,
     return {name: _KINDS.get(oid, "text") for name, oid in columns}
 
 
-def extract(conn: Any, template: Template, params: dict[str, Any]) -> Extract:
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    kinds = describe(conn, template, params)
-    query = render(conn, template, params)
+def copy_out(conn: Any, query: str) -> io.BytesIO:
+    """The query's rows as CSV, through ``COPY ... TO STDOUT`` (the one COPY loop)."""
     buf = io.BytesIO()
     with conn.cursor() as cur:
         with cur.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)") as copy:
             for data in copy:
                 buf.write(data)
+    return buf
+
+
+def extract(conn: Any, template: Template, params: dict[str, Any]) -> Extract:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    kinds = describe(conn, template, params)
+    buf = copy_out(conn, render(conn, template, params))
     names = list(kinds)
     size = buf.tell()
     if size == 0:

@@ -15,7 +15,7 @@ What runs
    timed, as an executor's workers are already up when a night starts. The program file is a
    bench copy with ``verify_customers: false`` (no Get User API lookups) and the MoEngage
    connection has ``pacing: false``; the sandbox runs in ``count_only`` mode with no budget.
-3. Floors on the same data: the product's extract of the same SQL (COPY to STDOUT into Arrow)
+3. Floors on the same data: COPY of the same SQL through the product's COPY loop
    for the whole night on one connection, orjson encoding of the same
    payloads (prebuilt dicts of the exact bodies the pipeline sent, one call per body), POSTing
    the same bodies over one keep-alive session; a naive peer (one POST per record, a new
@@ -309,12 +309,12 @@ def _snapshot_bodies(dsn: str, program_id: str, run_id: str, sink: list[bytes]) 
 
 
 def _copy_floor(dsn: str, program_id: str, night: date) -> dict[str, Any]:
-    """The product's extract (``sync.extract.extract``: COPY to STDOUT, read into Arrow) of the
-    whole night on one connection, template by template."""
+    """COPY of the same SQL through the product's COPY loop (``sync.extract.copy_out``), for the
+    whole night on one connection, template by template: what Postgres and the wire cost."""
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.db import connect
     from loyalty_moengage.sync.contract import load_templates
-    from loyalty_moengage.sync.extract import SESSION_SETTINGS, extract
+    from loyalty_moengage.sync.extract import SESSION_SETTINGS, copy_out, render
     from loyalty_moengage.sync.plan import MEMBER_ID_MAX
     from loyalty_moengage.sync.tasks import window
 
@@ -326,11 +326,10 @@ def _copy_floor(dsn: str, program_id: str, night: date) -> dict[str, Any]:
     with connect(dsn) as conn:
         conn.execute(SESSION_SETTINGS)
         for template in load_templates():
+            query = render(conn, template, params)
             t = time.perf_counter()
-            result = extract(conn, template, params)
+            size += copy_out(conn, query).tell()
             per[template.name] = round(time.perf_counter() - t, 3)
-            size += result.bytes_read
-            del result
         conn.rollback()
     return {"copy_floor_s": round(sum(per.values()), 3), "copy_floor_by_template_s": per, "copy_bytes": size}
 
@@ -482,7 +481,7 @@ def render_md(r: dict[str, Any]) -> str:
         f"| records/s end to end | {r['records_per_s']:,.0f} | count_only |",
         f"| peak RSS of the largest task | {r['peak_rss_mb']} MB ({r['peak_rss_mb_by_task']}) | |",
         f"| peak RSS of all processes (sampled) | {r['peak_rss_mb_all_processes']} MB | |",
-        f"| COPY floor (the product's extract: COPY into Arrow; same SQL, whole night, 1 stream) "
+        f"| COPY floor (same SQL through the product's COPY loop, whole night, 1 stream) "
         f"| {r['copy_floor_s']} s | - |",
         f"| JSON floor (orjson, prebuilt dicts, same bodies) | {r['json_floor_s']} s | - |",
         f"| delivery floor (same {r['payload_bodies']:,} bodies, {r['payload_bytes'] / 1e6:,.0f} MB, 1 keep-alive session) "
