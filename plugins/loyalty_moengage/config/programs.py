@@ -7,6 +7,7 @@ this). Types are strict: a quoted number (``load_parallelism: "2"``) is an error
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from datetime import date
@@ -143,17 +144,32 @@ def programs_file() -> Path:
     return Path(os.environ.get("LOYALTY_PROGRAMS_FILE") or include_dir() / "programs.yaml")
 
 
-def _file_error(path: Path, program_id: str, entry: dict[str, Any], exc: ValidationError) -> ProgramsFileError:
-    """Every problem pydantic found, one line each: 'file: program, key: what is wrong (got ...)'."""
+def _unknown_key(key: Any) -> str:
+    """'unknown key 'x' (did you mean 'y'?)', or the valid keys when none is close."""
+    close = difflib.get_close_matches(str(key), sorted(Program.model_fields), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(Program.model_fields)}"
+    return f"unknown key {str(key)!r} ({hint})"
+
+
+def _file_error(path: Path, where: str, entry: dict[str, Any], exc: ValidationError) -> ProgramsFileError:
+    """Every problem pydantic found, one line each: 'file: program 'p', key 'k': what is wrong (got ...)'."""
     lines = []
     for error in exc.errors(include_url=False):
         key = str(error["loc"][0]) if error["loc"] else "?"
+        if error["type"] in ("extra_forbidden", "invalid_key"):
+            lines.append(f"{path}: {where}: {_unknown_key(key)}")
+            continue
+        if error["type"] == "missing":
+            if key == "name" and "id" not in entry:
+                continue  # name defaults to the id: only the id is missing
+            lines.append(f"{path}: {where}: missing required key {key!r}")
+            continue
         if error["type"] == "value_error":
             message = str(error["ctx"]["error"])
         else:
             message = f"{error['msg'][0].lower()}{error['msg'][1:]}, got {error['input']!r}"
-        where = "" if key in entry or not error["loc"] else " (set under defaults)"
-        lines.append(f"{path}: program {program_id!r}, key {key!r}{where}: {message}")
+        origin = "" if key in entry or not error["loc"] else " (set under defaults)"
+        lines.append(f"{path}: {where}, key {key!r}{origin}: {message}")
     return ProgramsFileError("\n".join(lines))
 
 
@@ -173,13 +189,12 @@ def load_programs(path: Path | None = None) -> list[Program]:
     """All programs in the file (enabled or not), validated."""
     path = path or programs_file()
     raw = _read(path)
-    known = set(Program.model_fields)
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise ProgramsFileError(f"{path}: 'defaults' must be a mapping")
-    unknown = set(defaults) - known
+    unknown = [key for key in defaults if key not in Program.model_fields]
     if unknown:
-        raise ProgramsFileError(f"{path}: unknown key(s) under defaults: {', '.join(sorted(unknown))}")
+        raise ProgramsFileError("\n".join(f"{path}: defaults: {_unknown_key(key)}" for key in unknown))
     entries = raw.get("programs") or []
     if not isinstance(entries, list):
         raise ProgramsFileError(f"{path}: 'programs' must be a list")
@@ -188,16 +203,11 @@ def load_programs(path: Path | None = None) -> list[Program]:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ProgramsFileError(f"{path}: programs[{i}]: expected a mapping of keys")
-        unknown = set(entry) - known
-        if unknown:
-            raise ProgramsFileError(f"{path}: programs[{i}]: unknown key(s) {', '.join(sorted(unknown))}")
-        for key in ("id", "time_zone"):
-            if key not in entry:
-                raise ProgramsFileError(f"{path}: programs[{i}]: missing required key {key!r}")
+        where = f"program {str(entry['id'])!r}" if "id" in entry else f"programs[{i}]"
         try:
             program = Program.model_validate({**defaults, **entry})
         except ValidationError as exc:
-            raise _file_error(path, str(entry["id"]), entry, exc) from None
+            raise _file_error(path, where, entry, exc) from None
         if program.id in seen:
             raise ProgramsFileError(f"{path}: program id {program.id!r} appears twice")
         seen.add(program.id)

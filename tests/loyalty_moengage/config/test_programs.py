@@ -112,15 +112,35 @@ def test_bad_id(tmp_path):
         load_programs(path)
 
 
-def test_unknown_and_missing_keys_are_refused(tmp_path):
-    with pytest.raises(ProgramsFileError, match=r"programs\[0\]: unknown key\(s\) retry"):
-        one(tmp_path, "    retry: 3\n")
-    with pytest.raises(ProgramsFileError, match="unknown key.s. under defaults: colour"):
-        one(tmp_path, defaults="  colour: red\n")
-    with pytest.raises(ProgramsFileError, match=r"programs\[0\]: missing required key 'time_zone'"):
-        load_programs(write(tmp_path, "programs:\n  - id: p1\n"))
+def test_unknown_keys_are_refused_with_the_closest_valid_key(tmp_path):
+    path = tmp_path / "programs.yaml"
+    assert error_of(tmp_path, "    load_paralelism: 3\n") == (
+        f"{path}: program 'p1': unknown key 'load_paralelism' (did you mean 'load_parallelism'?)")
+    assert error_of(tmp_path, defaults="  retrys: 1\n") == f"{path}: defaults: unknown key 'retrys' (did you mean 'retries'?)"
+    far = error_of(tmp_path, "    colour: red\n")
+    assert far.startswith(f"{path}: program 'p1': unknown key 'colour' (valid keys: id, name, time_zone, ")
+    assert "load_parallelism" in far
     with pytest.raises(Exception, match="Extra inputs"):
         Program(id="p1", time_zone="UTC", colour="red")
+
+
+def test_a_misspelt_required_key_is_reported_as_missing_and_unknown(tmp_path):
+    path = write(tmp_path, "programs:\n  - id: p1\n    time_zon: UTC\n")
+    with pytest.raises(ProgramsFileError) as info:
+        load_programs(path)
+    assert str(info.value).splitlines() == [f"{path}: program 'p1': missing required key 'time_zone'",
+                                            f"{path}: program 'p1': unknown key 'time_zon' (did you mean 'time_zone'?)"]
+
+
+def test_a_program_without_id_is_named_by_position(tmp_path):
+    path = write(tmp_path, "programs:\n  - {id: a, time_zone: UTC}\n  - time_zone: UTC\n")
+    with pytest.raises(ProgramsFileError) as info:
+        load_programs(path)
+    assert str(info.value) == f"{path}: programs[1]: missing required key 'id'"
+
+
+def test_a_non_string_key_is_unknown(tmp_path):
+    assert f"{tmp_path / 'programs.yaml'}: program 'p1': unknown key '1' (valid keys: " in error_of(tmp_path, "    1: x\n")
 
 
 def test_duplicate_ids_and_lookup(tmp_path):
