@@ -76,7 +76,8 @@ class TokenBucket:
         wait = self.reserve(n)
         if wait > 0:
             self._sleep(wait)
-            self.waited += wait
+            with self._lock:  # a read-modify-write shared by every thread: unlocked, updates get lost
+                self.waited += wait
         return wait
 
     def __repr__(self) -> str:

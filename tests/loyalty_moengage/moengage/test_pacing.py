@@ -61,3 +61,42 @@ def test_threads_share_one_bucket_at_the_configured_rate():
     # 600 tokens, 200 burst, 200/s -> 2 s
     assert 1.8 <= clock.now <= 2.6
     assert clock.now == pytest.approx(2.0) and len(waits) == 60
+
+
+def test_waited_total_loses_no_update_under_threads():
+    """``waited`` is a read-modify-write shared by every thread: it must happen under the lock.
+
+    A getter that yields the GIL makes the interleaving that loses updates likely enough to see
+    at once if the total were updated outside the lock.
+    """
+    import threading
+    import time
+
+    class Yielding(TokenBucket):
+        @property
+        def waited(self) -> float:
+            value = self._waited
+            time.sleep(0)  # let another thread run between the read and the write
+            return value
+
+        @waited.setter
+        def waited(self, value: float) -> None:
+            self._waited = value
+
+    b = Yielding(60, clock=lambda: 0.0, sleep=lambda s: None)  # no refill: every acquire waits
+    returned: list[float] = []
+    lock = threading.Lock()
+
+    def worker():
+        for _ in range(200):
+            w = b.acquire(1)
+            with lock:
+                returned.append(w)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(returned) == 1600 and sum(1 for w in returned if w == 0) == 1  # capacity 1
+    assert b.waited == pytest.approx(sum(returned))
