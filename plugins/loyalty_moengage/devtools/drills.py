@@ -173,6 +173,8 @@ def concurrency(stack: AirflowStack, dag_id: str) -> dict[str, Any]:
     return {"max_runs_with_tasks_running_at_once": max_runs, "those_runs": max_set,
             "run_pairs_with_overlapping_load_tries": [list(p) for p in load_overlaps],
             "task_tries": len(tries), "tries_after_the_first": sum(1 for t in tries if t["try_number"] > 1),
+            "failed_tries": sorted(f"{t['run_id']} {t['task_id']}[{t['map_index']}] try {t['try_number']}"
+                                   for t in tries if t["state"] in ("failed", "up_for_retry")),
             "hostnames": sorted({t["hostname"] for t in tries if t["hostname"]})}
 
 
@@ -204,8 +206,14 @@ def concurrent_backfill(stack: AirflowStack, env: ProgramEnv, *, timeout: float 
     first, last = env.nights[-3], env.nights[-1]
     # --from/--to-date are logical dates; a bare date is UTC midnight, which for a zone east
     # of UTC misses the first night and west of UTC the last: give the zone's midnights.
+    created = datetime.now(timezone.utc)
     backfill = stack.backfill(env.dag_id, env.logical_start(first).isoformat(), env.logical_start(last).isoformat(),
                               reprocess_behavior="completed")
+    # The manual rerun is triggered once the backfill's loads are sending, so its plan and loads
+    # land while other runs hold claims (triggered at once, it would plan alongside them).
+    stack.wait_for(lambda: any(t["task_id"] == "load" and t["start_date"] and t["start_date"] >= created
+                               for t in stack.task_instances(env.dag_id)),
+                   timeout=timeout, what="a load task of the backfill to start", interval=0.3)
     manual = stack.trigger(env.dag_id, run_id=f"manual__rerun_newest_{uuid.uuid4().hex[:6]}")
     wait_backfill(stack, env.dag_id, timeout=timeout)
     runs = stack.wait_runs(env.dag_id, timeout=timeout)
@@ -292,8 +300,11 @@ def drill_kill_load_mid_post(ctx: DrillContext) -> dict[str, Any]:
         stack.unpause(env.dag_id)
         stack.wait_for(lambda: env.sandbox.state.data_requests >= hang_at, timeout=150,
                        what=f"data request #{hang_at} (the one that hangs)", interval=0.2)
-        time.sleep(1.0)
-        sending = [b for b in env.batches("sending")]
+        time.sleep(1.5)
+        # The batch stuck in its POST is the one 'sending' for over a second; the other slot's
+        # normal POSTs take milliseconds (both are 'sending' only briefly).
+        stuck_since = datetime.now(timezone.utc) - timedelta(seconds=1)
+        sending = [b for b in env.batches("sending") if b["updated_at"] < stuck_since]
         slots = {int(b["claimed_by"].rsplit("slot-", 1)[1].split(":")[0]) for b in sending
                  if b["claimed_by"] and "slot-" in b["claimed_by"]}
         victims = [t for t in running_tis(stack, env.dag_id, "load") if not slots or t["map_index"] in slots]
@@ -320,11 +331,10 @@ def _restart_during(ctx: DrillContext, name: str, task_id: str, ready: Callable[
             env.sandbox.set_faults(latency=latency)
         stack.unpause(env.dag_id)
         stack.wait_for(lambda: ready(env, stack), timeout=150, what=f"a running {task_id} task", interval=0.2)
+        running = [(t["task_id"], t["map_index"], t["try_number"]) for t in stack.task_instances(env.dag_id)
+                   if t["current"] and t["state"] == "running"]
         seconds = restart_embedded(ctx.server_name)
-        ctx.notes[name] = {"restart_seconds": round(seconds, 2),
-                           "running_at_restart": [(t["task_id"], t["map_index"], t["try_number"])
-                                                  for t in stack.task_instances(env.dag_id)
-                                                  if t["current"] and t["state"] == "running"]}
+        ctx.notes[name] = {"restart_seconds": round(seconds, 2), "running_at_restart": running}
         stack.wait_runs(env.dag_id, count=1, timeout=200)
         env.sandbox.set_faults()
         _drain(stack, env, 120)

@@ -29,7 +29,7 @@ def test_backfill_overlapping_a_rerun_sends_each_event_once(loyalty_db, pg_serve
                      last_night_activity=6.0) as env, \
             airflow_stack(pg_server, root=tmp_path / "airflow", keep_root=True, dag_ids=[env.dag_id]) as stack:
         # A little network time per request (as MoEngage has) keeps loads of different runs in flight together.
-        env.sandbox.set_faults(latency=0.3)
+        env.sandbox.set_faults(latency=1.0)
         first = scheduled_run(stack, env)
         after_first = len(env.events())
         observed = concurrent_backfill(stack, env)
