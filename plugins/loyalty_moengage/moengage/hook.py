@@ -183,6 +183,10 @@ def _error_text(doc: dict[str, Any], response: requests.Response) -> str:
 class MoEngageHook(BaseHook):
     """MoEngage Data API: bulk ``transition``, single user/event, and credential preflight.
 
+    Keyword-only, like the community providers' hooks (``SlackWebhookHook(slack_webhook_conn_id=...)``):
+    ``MoEngageHook(moengage_conn_id="moengage_default", share=0.5)``. Airflow builds it the same way
+    (``Connection.get_hook`` passes ``moengage_conn_id=`` by name).
+
     :param moengage_conn_id: Airflow connection: login = Workspace ID, password = Data API key,
         host = data centre (``DC-03``, ``03`` or ``https://dashboard-03.moengage.com``); extras
         ``base_url`` (may contain ``{dc}``), ``users_per_minute``, ``events_per_minute``,
@@ -203,8 +207,8 @@ class MoEngageHook(BaseHook):
 
     def __init__(
         self,
-        moengage_conn_id: str = default_conn_name,
         *,
+        moengage_conn_id: str = default_conn_name,
         share: float = 1.0,
         retry_uncertain: bool = False,
         max_retries: int = 5,

@@ -88,7 +88,7 @@ def preflight(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     _ensure_night_over(program, w)
     loyalty, state = dsns(program)
     ensure_state_schema(state)
-    MoEngageHook(program.moengage_conn_id).preflight()
+    MoEngageHook(moengage_conn_id=program.moengage_conn_id).preflight()
     with connect(loyalty) as conn:
         conn.execute(SESSION_SETTINGS)
         for template in load_templates():
@@ -146,7 +146,7 @@ def transform(program: Program, chunk: dict[str, Any], context: dict[str, Any]) 
     if program.verify_customers:
         from loyalty_moengage.moengage.hook import MoEngageHook
 
-        lookup = MoEngageHook(program.moengage_conn_id, share=1 / TRANSFORM_CONCURRENCY).existing_customers
+        lookup = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=1 / TRANSFORM_CONCURRENCY).existing_customers
     stats = transform_chunk(lookup=lookup, program_id=program.id, window=w, lo=chunk["lo"], hi=chunk["hi"], label=chunk["label"],
                             run_id=context["run_id"], send_users=chunk["send_users"],
                             loyalty_dsn=loyalty, state_dsn=state)
@@ -187,7 +187,7 @@ def load(program: Program, slot: int, context: dict[str, Any]) -> dict[str, Any]
 
     w = window(program, context)
     _, state = dsns(program)
-    hook = MoEngageHook(program.moengage_conn_id, share=1 / program.load_parallelism,
+    hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=1 / program.load_parallelism,
                         retry_uncertain=program.uncertain_policy == "resend")
     ti = context.get("ti")
     stats = load_slot(program_id=program.id, slot=slot, night=w.night, run_id=context["run_id"], state_dsn=state,

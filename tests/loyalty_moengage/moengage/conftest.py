@@ -44,7 +44,7 @@ def make_hook(sb, monkeypatch):
                 "extra": {"base_url": base_url or sb.base_url_template, **extra}}
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
         kwargs = {"backoff_initial": 0.01, "backoff_max": 0.05, **(hook_kwargs or {})}
-        return MoEngageHook(conn_id, **kwargs)
+        return MoEngageHook(moengage_conn_id=conn_id, **kwargs)
 
     return make
 

@@ -347,3 +347,14 @@ def test_registered_as_connection_type():
     assert {"base_url", "users_per_minute", "events_per_minute", "timeout", "pacing"} <= set(widgets)
     assert widgets["users_per_minute"]["value"] == 60000
     assert MoEngageHook.conn_type == "moengage" and MoEngageHook.default_conn_name == "moengage_default"
+
+
+def test_constructor_is_keyword_only_and_airflow_builds_it(sb, workspace, monkeypatch):
+    from airflow.models.connection import Connection
+
+    with pytest.raises(TypeError):
+        MoEngageHook("moengage_default")  # type: ignore[misc]
+    conn = Connection(conn_id="moe_kw_only", conn_type="moengage", login=workspace[0], password=workspace[1],
+                      host="DC-03", extra=orjson.dumps({"base_url": sb.base_url_template}).decode())
+    hook = conn.get_hook()  # what the Test button does: hook_class(moengage_conn_id=...)
+    assert isinstance(hook, MoEngageHook) and hook.moengage_conn_id == "moe_kw_only"

@@ -99,7 +99,7 @@ KILL_SCRIPT = textwrap.dedent("""
     from loyalty_moengage.sync.guard import release_night
     from loyalty_moengage.moengage.hook import MoEngageHook
     from loyalty_moengage.sync.load import load_slot
-    hook = MoEngageHook("moengage_default")
+    hook = MoEngageHook(moengage_conn_id="moengage_default")
     load_slot(program_id=sys.argv[1], slot=0, night=date.fromisoformat(sys.argv[2]), run_id="run-k",
               state_dsn=sys.argv[3], hook=hook)
 """)
@@ -133,7 +133,7 @@ def test_worker_killed_mid_load_then_rerun(program, tmp_path):
         sandbox.set_faults()
         # What Airflow does after a worker died: the next try of the same load slot.
         stats = load_slot(program_id=PROGRAM, slot=0, night=night, run_id="run-k", state_dsn=program,
-                          hook=MoEngageHook("moengage_default"), attempt=2)
+                          hook=MoEngageHook(moengage_conn_id="moengage_default"), attempt=2)
         counts = _event_counts(sandbox)
     assert stats["orphans_uncertain"] == 1  # only the batch that was mid-POST; claimed ones are sent
     states = dict((s, n) for s, n, _ in _batches(program, program_id=PROGRAM))
@@ -194,7 +194,7 @@ def test_batches_wait_for_their_nights_guard(program, tmp_path):
                     send_users=False, loyalty_dsn=program, state_dsn=program)
     with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
         stats = load_slot(program_id=PROGRAM, slot=0, night=night + timedelta(days=1), run_id="later",
-                          state_dsn=program, hook=MoEngageHook("moengage_default"))
+                          state_dsn=program, hook=MoEngageHook(moengage_conn_id="moengage_default"))
         assert sandbox.state.events(WORKSPACE) == []
     assert stats["batches_sent"] == 0
     assert {s for s, _, _ in _batches(program, program_id=PROGRAM)} == {"staged"}
