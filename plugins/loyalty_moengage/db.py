@@ -4,6 +4,10 @@ One rule decides which database is used, everywhere (tasks, CLI, API, tests):
 1. the Airflow Connection (``loyalty_db`` unless the program says otherwise), if it exists;
 2. else the ``LOYALTY_DB_URL`` environment variable;
 3. else the embedded PostgreSQL under ``.local/pgdata``.
+
+Only a connection that does not exist falls back (and the log says to which database); any other
+error reading it (a secrets backend down, access denied, a malformed ``AIRFLOW_CONN_*``) raises
+``ConnectionUnavailable``: a night synced from the wrong database is worse than a failed task.
 """
 
 from __future__ import annotations
@@ -21,24 +25,73 @@ log = logging.getLogger(__name__)
 DEFAULT_CONN_ID = "loyalty_db"
 
 
+class ConnectionUnavailable(RuntimeError):
+    """The Airflow connection could not be read; it may exist, so nothing falls back."""
+
+
 def _airflow_connection(conn_id: str) -> Any | None:
     """The Airflow Connection, or None when it is not defined anywhere Airflow looks."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSecretsBackendAccessDenied
+
     env_name = f"AIRFLOW_CONN_{conn_id.upper()}"
     try:
-        from airflow.sdk import BaseHook
-
         return BaseHook.get_connection(conn_id)
-    except Exception as exc:  # AirflowNotFoundException, or no Airflow context at all
-        if os.environ.get(env_name):
-            # Defined, but unreadable outside a task: parse the env var the way Airflow does.
-            from airflow.sdk import Connection
+    except AirflowNotFoundException:
+        pass
+    except AirflowSecretsBackendAccessDenied as exc:
+        raise _unavailable(conn_id, exc) from exc
+    except Exception as exc:
+        if not os.environ.get(env_name):
+            raise _unavailable(conn_id, exc) from exc
+        # Defined, but Airflow could not read it here (outside a task): parse the env var as Airflow does.
+        return _from_env(conn_id, env_name)
+    if os.environ.get(env_name):
+        # Airflow's env backend reports a value it cannot parse as "not found".
+        return _from_env(conn_id, env_name)
+    failures = _backend_failures(conn_id)
+    if failures:
+        raise ConnectionUnavailable(
+            f"Cannot tell whether Airflow connection {conn_id!r} exists: {'; '.join(failures)}. "
+            "Not falling back to LOYALTY_DB_URL or the embedded database; fix the secrets backend and retry.")
+    return None
 
-            value = os.environ[env_name]
-            if value.lstrip().startswith("{"):
-                return Connection.from_json(value, conn_id=conn_id)
-            return Connection.from_uri(value, conn_id=conn_id)
-        log.debug("connection %s not found: %s", conn_id, type(exc).__name__)
-        return None
+
+def _unavailable(conn_id: str, exc: BaseException) -> ConnectionUnavailable:
+    return ConnectionUnavailable(
+        f"Cannot read Airflow connection {conn_id!r}: {type(exc).__name__}: {exc}. Not falling back to "
+        "LOYALTY_DB_URL or the embedded database; fix the connection or the secrets backend and retry.")
+
+
+def _from_env(conn_id: str, env_name: str) -> Any:
+    from airflow.sdk import Connection
+
+    value = os.environ[env_name]
+    try:
+        if value.lstrip().startswith("{"):
+            return Connection.from_json(value, conn_id=conn_id)
+        return Connection.from_uri(value, conn_id=conn_id)
+    except Exception as exc:
+        raise ConnectionUnavailable(
+            f"Airflow connection {conn_id!r} is set in {env_name} but cannot be read "
+            f"({type(exc).__name__}: {exc}); write it as a URI or as Airflow's connection JSON.") from None
+
+
+def _backend_failures(conn_id: str) -> list[str]:
+    """Each secrets backend that raised when asked for ``conn_id``.
+
+    Airflow logs a backend's error at debug level and goes on to the next backend, so a backend
+    outage ends as AirflowNotFoundException too; asking each backend again tells the two apart.
+    """
+    from airflow.sdk.execution_time.supervisor import ensure_secrets_backend_loaded
+
+    failures = []
+    for backend in ensure_secrets_backend_loaded():
+        try:
+            backend.get_connection(conn_id=conn_id)
+        except Exception as exc:
+            failures.append(f"secrets backend {type(backend).__name__} raised {type(exc).__name__}: {exc}")
+    return failures
 
 
 def dsn_from_connection(conn: Any) -> str:
@@ -70,14 +123,18 @@ def dsn_from_connection(conn: Any) -> str:
 
 
 def loyalty_dsn(conn_id: str = DEFAULT_CONN_ID) -> str:
+    """The DSN by the rule above; raises ConnectionUnavailable rather than guess."""
     conn = _airflow_connection(conn_id)
     if conn is not None:
         return dsn_from_connection(conn)
     url = os.environ.get("LOYALTY_DB_URL")
     if url:
+        log.info("Airflow connection %r does not exist: using LOYALTY_DB_URL (%s)", conn_id, redact_dsn(url))
         return url
-    from loyalty_moengage.embedded import ensure_server
+    from loyalty_moengage.embedded import data_dir, ensure_server
 
+    log.info("Airflow connection %r does not exist and LOYALTY_DB_URL is not set: using the embedded "
+             "PostgreSQL in %s", conn_id, data_dir())
     return ensure_server()
 
 
