@@ -75,6 +75,15 @@ class ContractError(ValueError):
     """A template's output columns break the contract (names the template and the column)."""
 
 
+class TemplateError(ContractError):
+    """A template Postgres cannot run as written (syntax, unknown column, a bare ``%``)."""
+
+
+class TemplateDataError(RuntimeError):
+    """A template failed on the data of one chunk (an infinite date in arithmetic, say): the
+    same rows fail every retry, so the message names the template and the rows to look at."""
+
+
 @dataclass(frozen=True)
 class Template:
     name: str          # path relative to include/sql, e.g. "events/points_earned.sql"

@@ -11,7 +11,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-from loyalty_moengage.sync.contract import Template, check_columns
+from loyalty_moengage.sync.contract import Template, TemplateDataError, TemplateError, check_columns
 
 # Postgres type OIDs -> the payload builder's value kinds.
 _KINDS = {
@@ -38,22 +38,39 @@ class Extract:
     bytes_read: int
 
 
+PERCENT_HINT = ("parameters are written %(name)s, so a literal % (a LIKE pattern, the modulo operator) "
+                "is written %%")
+
+
 def render(conn: Any, template: Template, params: dict[str, Any]) -> str:
     """The template with parameters bound client-side (COPY cannot take server parameters)."""
     import psycopg
 
     cur = psycopg.ClientCursor(conn)
-    return cur.mogrify(template.sql.strip().rstrip(";"), params)
+    try:
+        return cur.mogrify(template.sql.strip().rstrip(";"), params)
+    except (psycopg.ProgrammingError, KeyError, ValueError, TypeError) as exc:
+        raise TemplateError(
+            f"SQL template {template.name!r} cannot be prepared: {exc}. Its {PERCENT_HINT}; the "
+            f"parameters are {', '.join('%(' + k + ')s' for k in params)}. See README, 'The SQL contract'."
+        ) from None
 
 
 def describe(conn: Any, template: Template, params: dict[str, Any]) -> dict[str, str]:
     """Column kinds of a template's output, checked against the contract (no rows read)."""
+    import psycopg
+
     query = render(conn, template, params)
     with conn.cursor() as cur:
         try:
             cur.execute(f"SELECT * FROM ({query}) AS q LIMIT 0")
-        except Exception as exc:
-            raise type(exc)(f"SQL template {template.name!r} failed: {exc}") from exc
+        except psycopg.errors.DataError as exc:
+            conn.rollback()
+            raise TemplateDataError(f"SQL template {template.name!r} failed: {exc}") from exc
+        except psycopg.ProgrammingError as exc:  # syntax, unknown table or column, no privilege
+            conn.rollback()
+            raise TemplateError(f"SQL template {template.name!r} failed: {_first_line(exc)}. Fix the template "
+                                f"and clear the run (its {PERCENT_HINT}).") from exc
         columns = [(d.name, d.type_code) for d in cur.description]
     check_columns(template, [c for c, _ in columns])
     return {name: _KINDS.get(oid, "text") for name, oid in columns}
@@ -73,8 +90,19 @@ def extract(conn: Any, template: Template, params: dict[str, Any]) -> Extract:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    import psycopg
+
     kinds = describe(conn, template, params)
-    buf = copy_out(conn, render(conn, template, params))
+    try:
+        buf = copy_out(conn, render(conn, template, params))
+    except psycopg.errors.DataError as exc:
+        raise TemplateDataError(
+            f"SQL template {template.name!r} failed on the rows of members {params.get('member_lo')} to "
+            f"{params.get('member_hi')} (member_id >= lo and < hi) of night {params.get('night')}: "
+            f"{_first_line(exc)}. A value in those rows is one the template cannot compute with (an infinite "
+            "or out-of-range date or number, say): run the template for that range to find it, then fix the "
+            "row or make the template tolerate it (e.g. isfinite())."
+        ) from exc
     names = list(kinds)
     size = buf.tell()
     if size == 0:
@@ -93,3 +121,7 @@ def extract(conn: Any, template: Template, params: dict[str, Any]) -> Extract:
             ),
         )
     return Extract(template=template, table=table, kinds=kinds, bytes_read=size)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

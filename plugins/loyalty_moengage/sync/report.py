@@ -104,16 +104,19 @@ class StageSummary:
     chunks_done: int = 0
     requeued_uncertain: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)   # task -> its last error, if it failed
 
 
 def stage_summary(conn: Any, program_id: str, run_id: str) -> StageSummary:
     summary = StageSummary()
     seconds = summary.seconds
-    for stage, stats in conn.execute(
-        "SELECT stage, stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s",
-        (program_id, run_id),
+    for stage, key, stats in conn.execute(
+        "SELECT stage, task_key, stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s "
+        "ORDER BY recorded_at", (program_id, run_id),
     ):
-        if stage == "plan":
+        if stage == "error":
+            summary.errors[key] = stats["message"]
+        elif stage == "plan":
             summary.plan = stats
             seconds["plan"] = stats["seconds"]
         elif stage == "transform":
@@ -167,16 +170,18 @@ def wait_for_in_flight(conn: Any, program_id: str, night: date, *, timeout: floa
 
 def assess(*, program_id: str, night: date, plan_info: dict[str, Any], chunks_done: int,
            guard_info: dict[str, Any], night_batches: dict[str, int], attention: list[dict[str, Any]],
-           uncertain_policy: str) -> tuple[str, list[str]]:
+           uncertain_policy: str, errors: dict[str, str] | None = None) -> tuple[str, list[str]]:
     """The run's outcome and the notes that explain it: success, held, failed, incomplete or
     uncertain (the first that applies, in that order of gravity after failed and held)."""
-    notes: list[str] = []
-    outcome = "success"
+    notes: list[str] = [f"{task} failed: {message}" for task, message in (errors or {}).items()
+                        if not (task == "guard" and guard_info.get("problems"))]
+    outcome = "failed" if notes else "success"
     if plan_info.get("skip_reason"):
         notes.append(f"attribute refresh skipped: {plan_info['skip_reason']}")
     if not plan_info:
         outcome = "failed"
-        notes.append("the plan task did not finish")
+        if not notes:
+            notes.append("the plan task did not finish")
     elif chunks_done < plan_info.get("chunks", 0):
         outcome = "failed"
         notes.append(f"{plan_info['chunks'] - chunks_done} chunk(s) did not finish transforming")

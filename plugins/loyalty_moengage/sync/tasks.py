@@ -7,10 +7,11 @@ DAG parsing stays cheap.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 from loyalty_moengage.config.programs import Program
 
@@ -30,6 +31,72 @@ def _fail(message: str) -> Exception:
     from airflow.sdk.exceptions import AirflowFailException
 
     return AirflowFailException(message)
+
+
+def _permanent_cause(exc: BaseException) -> str | None:
+    """The message of an error no retry can mend (configuration, a broken template, data that
+    fails a template, credentials MoEngage refuses), else None."""
+    from loyalty_moengage.moengage.errors import MoEngageConfigError, MoEngagePermanentError
+    from loyalty_moengage.sync.contract import ContractError, TemplateDataError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (ContractError, TemplateDataError, MoEngageConfigError)):
+            return str(seen)
+        if isinstance(seen, MoEngagePermanentError) and seen.status in (401, 403, 409):
+            return str(exc)
+        seen = seen.__cause__
+    return None
+
+
+def _note_failure(program: Program, context: dict[str, Any], stage: str, message: str | None) -> None:
+    """Keep the task's last error (or clear it after a success) for the run report."""
+    ti = context.get("ti")
+    map_index = getattr(ti, "map_index", -1)
+    key = stage if map_index in (None, -1) else f"{stage}[{map_index}]"
+    try:
+        from loyalty_moengage.db import connect
+
+        _, state = dsns(program)
+        with connect(state) as conn:
+            if conn.execute("SELECT to_regclass('moengage_sync.task_stats')").fetchone()[0] is None:
+                return
+            if message is None:
+                conn.execute("DELETE FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s "
+                             "AND stage = 'error' AND task_key = %s", (program.id, context["run_id"], key))
+            else:
+                from loyalty_moengage.sync.report import record_stats
+
+                record_stats(conn, program_id=program.id, night=window(program, context).night,
+                             run_id=context["run_id"], stage="error", key=key, stats={"message": message[:2000]})
+    except Exception as exc:  # the task's own error is what matters; this is only its echo
+        log.warning("could not record the failure of %s for the report: %s", key, type(exc).__name__)
+
+
+def fails_fast(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Errors no retry can mend fail the task at once (no retries, saying what to fix); every
+    failure is kept for the run report, which names it."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(program: Program, *args: Any) -> Any:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            context = args[-1]
+            try:
+                result = fn(program, *args)
+            except AirflowFailException as exc:
+                _note_failure(program, context, stage, str(exc))
+                raise
+            except Exception as exc:
+                cause = _permanent_cause(exc)
+                _note_failure(program, context, stage, cause or f"{type(exc).__name__}: {exc}")
+                if cause:
+                    raise _fail(cause) from exc
+                raise
+            _note_failure(program, context, stage, None)
+            return result
+        return run
+    return wrap
 
 
 def _ensure_night_over(program: Program, w: Any) -> None:
@@ -77,6 +144,7 @@ def _record(state_dsn: str, program: Program, night: Any, run_id: str, stage: st
         record_stats(conn, program_id=program.id, night=night, run_id=run_id, stage=stage, key=key, stats=stats)
 
 
+@fails_fast("preflight")
 def preflight(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     """Prove the MoEngage credentials on the configured data centre and the templates' columns."""
     from loyalty_moengage.db import connect, ensure_state_schema
@@ -96,6 +164,7 @@ def preflight(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     return {"night": w.night.isoformat()}
 
 
+@fails_fast("plan")
 def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
     from loyalty_moengage.db import connect
     from loyalty_moengage.sync.outbox import recover_orphans
@@ -137,6 +206,7 @@ def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**c, "send_users": refresh} for c in chunks]
 
 
+@fails_fast("transform")
 def transform(program: Program, chunk: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     from loyalty_moengage.sync.transform import transform_chunk
 
@@ -154,6 +224,7 @@ def transform(program: Program, chunk: dict[str, Any], context: dict[str, Any]) 
     return {k: stats[k] for k in ("label", "events_enqueued", "members_enqueued", "batches")}
 
 
+@fails_fast("guard")
 def guard(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     from loyalty_moengage.sync import guard as anomaly
     from loyalty_moengage.db import connect
@@ -181,6 +252,7 @@ def guard(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in totals.items() if k != "problems"}
 
 
+@fails_fast("load")
 def load(program: Program, slot: int, context: dict[str, Any]) -> dict[str, Any]:
     from loyalty_moengage.moengage.hook import MoEngageHook
     from loyalty_moengage.sync.load import load_slot
@@ -212,7 +284,8 @@ def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
         outcome, notes = rep.assess(
             program_id=program.id, night=w.night, plan_info=stages.plan, chunks_done=stages.chunks_done,
             guard_info=stages.guard, night_batches=rep.batch_states(conn, program.id, w.night),
-            attention=rep.needs_attention(conn, program.id, w.night), uncertain_policy=program.uncertain_policy)
+            attention=rep.needs_attention(conn, program.id, w.night), uncertain_policy=program.uncertain_policy,
+            errors=stages.errors)
         if in_flight:
             notes.append(f"{in_flight} batch(es) of this night were still being sent by another run when "
                          "this report was written")
