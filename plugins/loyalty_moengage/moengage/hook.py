@@ -11,7 +11,9 @@ Outcomes of one request:
 
 * 2xx with ``"status": "success"``: accepted (not yet ingested; MoEngage has no per-element report).
 * 429: wait ``x-ratelimit-reset`` seconds (or back off when absent) and resend; never counted
-  against ``max_retries``.
+  against ``max_retries``, given up after ``max_throttled`` waits in a row with
+  :class:`MoEngageRateLimitError` naming the budget. The same on every endpoint: bulk and single
+  sends, Get User API lookups, the credential preflight.
 * 5xx, 408, connect errors: retried with exponential backoff and jitter, ``max_retries`` times,
   then :class:`MoEngageTransientError`.
 * body sent, then a read timeout or dropped connection: the outcome is unknown and MoEngage has no
@@ -113,6 +115,36 @@ class _Attempts:
     throttled: int = 0
     tries: int = 0
     request_ids: list[str | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Budget:
+    """Which MoEngage rate limit an idempotent request spends, and what to do when it stays spent."""
+
+    name: str
+    advice: Callable[[MoEngageHook], str]
+
+    def fix(self, hook: MoEngageHook) -> str:
+        return self.advice(hook)
+
+
+def _lookup_advice(hook: MoEngageHook) -> str:
+    cfg = hook.config
+    pace = (f"this task paces lookups at {cfg.lookups_per_minute * hook.share:g} users/min"
+            if cfg.pacing else "pacing is off in the connection (the pacing extra)")
+    return (f"The workspace's Get User API budget (MoEngage: 1,000 users/min unless raised) is spent: another job "
+            f"is looking users up in this workspace, or the lookups_per_minute extra ({cfg.lookups_per_minute:g}; "
+            f"{pace}) is higher than MoEngage's budget. Lower lookups_per_minute in Airflow connection "
+            f"{cfg.conn_id!r}, run fewer lookups at once, or ask MoEngage to raise the budget; then retry the run.")
+
+
+def _auth_advice(hook: MoEngageHook) -> str:
+    return ("The authentication endpoint is rate-limited by MoEngage's per-user fair use (5,000 requests/min): "
+            "something is checking credentials in a loop. Stop it, wait a minute, and retry.")
+
+
+_LOOKUP_BUDGET = _Budget("the Get User API (customer lookups)", _lookup_advice)
+_AUTH_BUDGET = _Budget("the authentication endpoint (credential preflight)", _auth_advice)
 
 
 _FIXES: dict[int, tuple[str, str]] = {
@@ -289,9 +321,10 @@ class MoEngageHook(BaseHook):
         body = orjson.dumps({"app_id": cfg.workspace_id, "app_secret": cfg.api_key.reveal(),
                              "source": "airflow-loyalty-moengage", "region": cfg.data_center})
         try:
-            response, doc, attempts = self._request_safely("/v1/integrations/authentication", body)
+            response, doc, attempts = self._request_safely("/v1/integrations/authentication", body,
+                                                           budget=_AUTH_BUDGET)
         except MoEngageTransientError as exc:
-            raise MoEngageTransientError(
+            raise type(exc)(
                 f"Could not verify MoEngage credentials: {exc}", status=exc.status,
                 request_id=exc.request_id, attempts=exc.attempts, cause=exc.cause, fix=exc.fix) from None
         request_id = _request_id(doc, response)
@@ -355,8 +388,7 @@ class MoEngageHook(BaseHook):
             body = orjson.dumps({"data": {"identifiers": [{"identifier_type": "customer_id", "identifier": c}
                                                           for c in chunk],
                                           "user_fields_to_export": ["customer_id"]}})
-            response, doc, attempts = self._request_safely(path, body)
-            self.stats.requests += attempts
+            response, doc, _ = self._request_safely(path, body, budget=_LOOKUP_BUDGET)
             if response.status_code != 200 or doc.get("status") != "success":
                 detail = f"{response.status_code} {_error_text(doc, response)}"
                 cause = f"the Get User API refused the lookup ({detail}) on {self.config.where}"
@@ -529,29 +561,69 @@ class MoEngageHook(BaseHook):
         # A little jitter so tasks sharing a workspace do not all return on the same instant.
         return min(wait, 120.0) + random.uniform(0, 0.05 + 0.05 * wait)
 
-    def _request_safely(self, path: str, body: bytes) -> tuple[requests.Response, dict[str, Any], int]:
-        """An idempotent request (preflight): every failure without an answer may be retried."""
+    def _request_safely(self, path: str, body: bytes, *, budget: _Budget
+                        ) -> tuple[requests.Response, dict[str, Any], int]:
+        """An idempotent request (preflight, Get User API lookups): every failure without an answer may
+        be retried; 429s are waited out as on the send path and never use up retries."""
         attempts = _Attempts()
         try:
             for attempt in self._retrying():
                 with attempt:
                     attempts.tries += 1
-                    attempts.requests += 1
-                    try:
-                        response = self._post(path, body)
-                    except requests.RequestException as exc:
-                        raise _Retryable(f"no answer from {self.config.where} ({_describe(exc)})") from None
-                    if response.status_code >= 500 or response.status_code in (408, 429):
-                        doc = _body(response)
-                        raise _Retryable(f"HTTP {response.status_code} {_error_text(doc, response)}",
-                                         status=response.status_code, request_id=_request_id(doc, response))
-                    return response, _body(response), attempts.requests
+                    result = self._attempt_safely(path, body, attempts, budget)
+                    self.stats.retries += attempts.tries - 1
+                    return result
         except _Retryable as exc:
-            fix = "Check the network path to MoEngage and the data centre in the connection, then retry."
+            if exc.status is None:
+                fix = "Check the network path to MoEngage and the data centre in the connection, then retry."
+            else:
+                fix = "MoEngage kept failing: check https://status.moengage.com and retry later."
             raise MoEngageTransientError(f"{exc.cause} after {attempts.tries} attempts. {fix}", status=exc.status,
                                          request_id=exc.request_id, attempts=attempts.requests,
                                          cause=exc.cause, fix=fix) from None
         raise AssertionError("unreachable")
+
+    def _attempt_safely(self, path: str, body: bytes, attempts: _Attempts, budget: _Budget
+                        ) -> tuple[requests.Response, dict[str, Any], int]:
+        """One logical attempt of an idempotent request: 429s are waited out inside it."""
+        cfg = self.config
+        while True:
+            attempts.requests += 1
+            try:
+                response = self._post(path, body)
+            except requests.RequestException as exc:
+                attempts.request_ids.append(None)
+                raise _Retryable(f"no answer from {cfg.where} ({_describe(exc)})") from None
+            status = response.status_code
+            doc = _body(response)
+            request_id = _request_id(doc, response)
+            attempts.request_ids.append(request_id)
+            if status == 429:
+                attempts.throttled += 1
+                self.stats.throttled += 1
+                if attempts.throttled > self.max_throttled:
+                    raise self._rate_limited(budget, response, request_id, attempts)
+                wait = self._throttle_wait(response, attempts.throttled)
+                self.log.info("MoEngage rate limit on %s (429, request_id %s): waiting %.2f s for the budget "
+                              "to reset", budget.name, request_id, wait)
+                self.stats.throttle_seconds += wait
+                self._sleep(wait)
+                continue
+            if status >= 500 or status == 408:
+                raise _Retryable(f"HTTP {status} {_error_text(doc, response)}", status=status, request_id=request_id)
+            return response, doc, attempts.requests
+
+    def _rate_limited(self, budget: _Budget, response: requests.Response, request_id: str | None,
+                      attempts: _Attempts) -> MoEngageRateLimitError:
+        cfg = self.config
+        limit = response.headers.get("x-ratelimit-limit")
+        reset = response.headers.get("x-ratelimit-reset")
+        seen = ", ".join(f"{k} {v}" for k, v in (("x-ratelimit-limit", limit), ("x-ratelimit-reset", reset)) if v)
+        cause = (f"MoEngage kept answering 429 (rate limit) on {budget.name}: {attempts.throttled} times in a row "
+                 f"on {cfg.where}" + (f" ({seen})" if seen else ""))
+        fix = budget.fix(self)
+        return MoEngageRateLimitError(f"{cause}. {fix}", status=429, request_id=request_id,
+                                      attempts=attempts.requests, cause=cause, fix=fix)
 
     def _too_large(self, size: int, limit: int) -> MoEngagePermanentError:
         cause = f"request body is {size} bytes; MoEngage accepts at most {limit} (not sent)"

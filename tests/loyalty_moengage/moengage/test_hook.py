@@ -17,6 +17,7 @@ from loyalty_moengage.moengage.hook import (
     MoEngageConfigError,
     MoEngageHook,
     MoEngagePermanentError,
+    MoEngageRateLimitError,
     MoEngageTransientError,
     MoEngageUncertainError,
 )
@@ -358,3 +359,56 @@ def test_constructor_is_keyword_only_and_airflow_builds_it(sb, workspace, monkey
                       host="DC-03", extra=orjson.dumps({"base_url": sb.base_url_template}).decode())
     hook = conn.get_hook()  # what the Test button does: hook_class(moengage_conn_id=...)
     assert isinstance(hook, MoEngageHook) and hook.moengage_conn_id == "moe_kw_only"
+
+
+# -- Get User API lookups: rate limits as on the send path ------------------------------------
+
+def test_lookups_wait_for_the_export_budget_to_reset(sb, make_hook, virtual_time):
+    # 1,200 users/min in 1 s windows: 20 identifiers (one request) per window; the hook paces at 100/s
+    sb.add_workspace("WS_LOOKUPS", "lookup-key", "03", export_users_per_minute=1200, window_seconds=1.0)
+    sb.seed_users("WS_LOOKUPS", [f"REL-{i}" for i in range(0, 100, 2)])
+    hook = make_hook("WS_LOOKUPS", "lookup-key", lookups_per_minute=6000, hook_kwargs={
+        "max_retries": 0, "clock": virtual_time, "sleep": virtual_time.sleep})
+    started = virtual_time()
+    found = hook.existing_customers([f"REL-{i}" for i in range(100)])
+    elapsed = virtual_time() - started
+    assert found == {f"REL-{i}" for i in range(0, 100, 2)}
+    # five requests, one per window: four 429s, each waited out to the window's end (x-ratelimit-reset)
+    assert hook.stats.throttled == 4 and hook.stats.retries == 0 and hook.stats.requests == 9
+    assert 4.0 <= elapsed < 4.6, elapsed
+
+
+def test_lookup_429_storm_speaks_of_the_rate_limit(sb, make_hook, workspace, virtual_time):
+    sb.state.faults.retry_after = 0.5
+    hook = make_hook(*workspace, lookups_per_minute=900, hook_kwargs={
+        "max_retries": 0, "max_throttled": 3, "clock": virtual_time, "sleep": virtual_time.sleep})
+    sb.fail_next(429, 429, 429, 429)
+    started = virtual_time()
+    with pytest.raises(MoEngageRateLimitError) as info:
+        hook.existing_customers(["REL-1"])
+    elapsed = virtual_time() - started
+    err = info.value
+    text = str(err)
+    assert err.status == 429 and err.attempts == 4 and err.request_id
+    assert "429 (rate limit)" in text and "Get User API" in text and "4 times in a row" in text
+    assert "lookups_per_minute" in text and "900" in text and hook.moengage_conn_id in text
+    assert "network" not in text
+    # three waits of x-ratelimit-reset (0.5 s), not the 1, 2, 4 s of a network back-off
+    assert 1.5 <= elapsed < 1.8, elapsed
+
+
+def test_lookup_429s_do_not_use_up_retries(sb, make_hook, workspace, virtual_time):
+    sb.state.faults.retry_after = 0.2
+    sb.seed_users(workspace[0], ["REL-1"])
+    hook = make_hook(*workspace, hook_kwargs={"max_retries": 0, "clock": virtual_time, "sleep": virtual_time.sleep})
+    sb.fail_next(429, 429, 429, 429, 429, 429)
+    assert hook.existing_customers(["REL-1", "REL-2"]) == {"REL-1"}
+    assert hook.stats.throttled == 6 and hook.stats.requests == 7
+    sb.fail_next(503)
+    with pytest.raises(MoEngageTransientError) as info:  # a 5xx is a retry, and max_retries=0
+        hook.existing_customers(["REL-1"])
+    assert not isinstance(info.value, MoEngageRateLimitError) and "status.moengage.com" in str(info.value)
+    retrying = make_hook(*workspace, hook_kwargs={"max_retries": 1, "clock": virtual_time, "sleep": virtual_time.sleep})
+    sb.fail_next(429, 503, 429)
+    assert retrying.existing_customers(["REL-1"]) == {"REL-1"}
+    assert (retrying.stats.throttled, retrying.stats.retries, retrying.stats.requests) == (2, 1, 4)
