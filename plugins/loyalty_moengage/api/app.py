@@ -174,6 +174,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def require_json(request: Request) -> None:
+    """415 unless the body is declared JSON: a form or text post is a misconfigured connector,
+    and guessing at it could credit points from a body nobody meant as JSON."""
+    declared = request.headers.get("content-type")
+    media_type = (declared or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        got = repr(declared) if declared else "no Content-Type"
+        raise ApiError(415, "Content-Type", f"must be application/json (got {got})")
+
+
 def _blank(value: str | None) -> bool:
     return value is None or not value.strip()
 
@@ -259,6 +269,7 @@ def create_app(settings: Settings | None = None, *, key_loader=None) -> FastAPI:
     @app.post(ADD_CUSTOMER_PATH)
     async def add_customers(request: Request, program_id: str = Depends(program_from_api_key)) -> Response:
         """Enroll/update customers and credit accruals, once per request (see idempotency.py)."""
+        require_json(request)
         idempotency_key = request.headers.get("idempotency-key")
         raw = await read_body(request, settings.max_body_bytes)
         try:

@@ -244,9 +244,40 @@ def test_oversize_body_is_413_and_writes_nothing(api, seeded_db):
     r = post(api, big)
     assert r.status_code == 413 and r.json()["error"]["field"] == "body"
     # chunked upload without Content-Length is cut off as well
-    r = api.post(PATH, params={"api_key": API_KEY}, content=iter([b"{" + b" " * 40_000, b" " * 40_000 + b"}"]))
+    r = api.post(PATH, params={"api_key": API_KEY}, content=iter([b"{" + b" " * 40_000, b" " * 40_000 + b"}"]),
+                 headers={"Content-Type": "application/json"})
     assert r.status_code == 413
     assert counts(seeded_db) == before
+
+
+@pytest.mark.parametrize("content_type", [
+    "text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+    "text/json", "application/jsonl", "application/ld+json", None])
+def test_a_body_not_declared_json_is_415_and_writes_nothing(api, seeded_db, content_type):
+    before = counts(seeded_db)
+    body = json.dumps({"customer_details": customer()}).encode()  # valid JSON: only the declared type is wrong
+    headers = {"Accept": "application/json", **({"Content-Type": content_type} if content_type else {})}
+    r = api.post(PATH, params={"api_key": API_KEY}, content=body, headers=headers)
+    assert r.status_code == 415, r.text
+    assert r.headers["content-type"] == "application/json"
+    got = repr(content_type) if content_type else "no Content-Type"
+    assert r.json() == {"error": {"field": "Content-Type", "message": f"must be application/json (got {got})"}}
+    assert counts(seeded_db) == before
+    # nothing of the refused request is remembered: the same body sent as JSON enrolls and credits
+    r = api.post(PATH, params={"api_key": API_KEY}, content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200 and r.headers["idempotent-replayed"] == "false"
+    assert r.json()["results"][0]["points_credited"] == 123
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON"])
+def test_json_with_parameters_or_another_case_is_accepted(api, seeded_db, content_type):
+    r = post(api, {"customer_details": customer()}, headers={"Content-Type": content_type})
+    assert r.status_code == 200, r.text
+
+
+def test_a_wrong_key_is_401_before_the_content_type_is_looked_at(api, seeded_db):
+    r = api.post(PATH, params={"api_key": "nope-nope-nope-nope"}, content=b"x", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 401 and r.json()["error"]["field"] == "api_key"
 
 
 @pytest.mark.parametrize("key", [None, "", "nope-nope-nope-nope", OTHER_API_KEY + "x"])
