@@ -17,31 +17,6 @@ def _summary(context: dict[str, Any]) -> str:
             f"task {getattr(ti, 'task_id', '?')}. See the task log and moengage_sync.run_reports.")
 
 
-class WebhookNotifier:
-    """Posts a one-line alert to a Slack-compatible incoming webhook kept in an Airflow Connection.
-
-    The webhook URL is the connection's host (or password); it never appears in logs.
-    """
-
-    def __init__(self, *, conn_id: str) -> None:
-        self.conn_id = conn_id
-
-    def __call__(self, context: dict[str, Any]) -> None:
-        try:
-            import requests
-            from airflow.sdk import BaseHook
-
-            conn = BaseHook.get_connection(self.conn_id)
-        except Exception:  # no such connection: alerting by webhook is simply not configured
-            log.info("no connection %r: webhook alert not sent", self.conn_id)
-            return
-        url = conn.password if (conn.password or "").startswith("http") else conn.host
-        try:
-            requests.post(url, json={"text": _summary(context)}, timeout=10)
-        except Exception as exc:  # an alert must never fail the callback chain
-            log.warning("webhook alert failed: %s", type(exc).__name__)
-
-
 def log_failure(context: dict[str, Any]) -> None:
     log.error(_summary(context))
 
@@ -60,5 +35,11 @@ def failure_callbacks(program: Program) -> list[Any]:
         except ImportError:  # pragma: no cover - the smtp provider ships with Airflow
             log.warning("smtp provider missing: no email alerts")
     if program.alert_slack_conn_id:
-        callbacks.append(WebhookNotifier(conn_id=program.alert_slack_conn_id))
+        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+        callbacks.append(SlackWebhookNotifier(
+            slack_webhook_conn_id=program.alert_slack_conn_id,
+            text=f"MoEngage sync failed for {program.name}: {{{{ dag_run.dag_id }}}} run {{{{ dag_run.run_id }}}}. "
+                 "See the report task log and moengage_sync.run_reports.",
+        ))
     return callbacks
