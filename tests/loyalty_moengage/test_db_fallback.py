@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -55,9 +57,12 @@ def test_a_missing_connection_falls_back_to_the_url_and_says_so(monkeypatch, db_
     assert db_log == [f"Airflow connection 'loyalty_nowhere' does not exist: using LOYALTY_DB_URL ({URL})"]
 
 
-def test_a_missing_connection_without_url_uses_the_embedded_database_and_says_so(monkeypatch, db_log, tmp_path):
+def test_a_missing_connection_without_url_uses_the_embedded_database_and_says_so(monkeypatch, db_log):
     from loyalty_moengage.embedded import stop_server
 
+    # Not pytest's tmp_path: as root the server runs as another user, and pytest makes its folder root-only.
+    tmp_path = Path(tempfile.mkdtemp(prefix="lm-embedded-"))
+    tmp_path.chmod(0o755)
     monkeypatch.setenv("LOYALTY_STATE_DIR", str(tmp_path))
     try:
         dsn = loyalty_dsn("loyalty_nowhere")
@@ -66,6 +71,7 @@ def test_a_missing_connection_without_url_uses_the_embedded_database_and_says_so
         assert (tmp_path / "pgdata" / "postmaster.pid").exists() and dsn.startswith("postgresql://")
     finally:
         stop_server()
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_a_malformed_env_connection_fails_naming_it(monkeypatch):
