@@ -57,30 +57,41 @@ class MoEngageConfig:
     api_key: Secret = field(repr=False)
     auth_header: Secret = field(repr=False)
     lookups_per_minute: float = float(DEFAULT_LOOKUPS_PER_MINUTE)
+    described_as: str = ""  # how messages name the connection; empty: "Airflow connection '<conn_id>'"
+
+    @property
+    def name(self) -> str:
+        """The connection as messages name it (mid-sentence)."""
+        return self.described_as or f"Airflow connection {self.conn_id!r}"
 
     @property
     def where(self) -> str:
         return f"data centre {label(self.data_center)} ({self.base_url})"
 
 
-def config_from_connection(conn: Any, conn_id: str) -> MoEngageConfig:
-    """Validate a connection into a config; every message names the connection and the fix."""
+def config_from_connection(conn: Any, conn_id: str, *, described_as: str = "") -> MoEngageConfig:
+    """Validate a connection into a config; every message names the connection and the fix.
+
+    ``described_as`` replaces "Airflow connection '<conn_id>'" in messages, for when the id is not
+    the one the user knows (the UI's Test button tests the form under a random transient id).
+    """
+    name = described_as or f"Airflow connection {conn_id!r}"
     workspace_id = (conn.login or "").strip()
     api_key = conn.password or ""
     if not workspace_id:
-        raise MoEngageConfigError(f"Airflow connection {conn_id!r} has no Workspace ID (login).")
+        raise MoEngageConfigError(f"No Workspace ID (login) in {name}.")
     if not api_key:
-        raise MoEngageConfigError(f"Airflow connection {conn_id!r} has no Data API key (password).")
+        raise MoEngageConfigError(f"No Data API key (password) in {name}.")
     try:
         dc = parse_data_center(conn.host)
     except ValueError as exc:
-        raise MoEngageConfigError(f"Airflow connection {conn_id!r}: {exc}") from None
+        raise MoEngageConfigError(f"Data centre (host) of {name}: {exc}") from None
     raw_extra = conn.extra_dejson or {}
     # The UI may store custom fields with the legacy "extra__moengage__" prefix.
     extra = {k.removeprefix("extra__moengage__"): v for k, v in raw_extra.items() if v not in (None, "")}
     base_url = str(extra.get("base_url") or api_base_url(dc)).replace("{dc}", dc).rstrip("/")
     if urlsplit(base_url).scheme not in {"http", "https"}:
-        raise MoEngageConfigError(f"Airflow connection {conn_id!r}: base_url {base_url!r} is not an http(s) URL.")
+        raise MoEngageConfigError(f"{name[0].upper()}{name[1:]}: base_url {base_url!r} is not an http(s) URL.")
     token = "Basic " + base64.b64encode(f"{workspace_id}:{api_key}".encode()).decode()
     mask(api_key, token, token.split(" ", 1)[1])
     try:
@@ -96,9 +107,10 @@ def config_from_connection(conn: Any, conn_id: str) -> MoEngageConfig:
             lookups_per_minute=float(extra.get("lookups_per_minute", DEFAULT_LOOKUPS_PER_MINUTE)),
             api_key=Secret(api_key),
             auth_header=Secret(token),
+            described_as=described_as,
         )
     except (TypeError, ValueError) as exc:
-        raise MoEngageConfigError(f"Airflow connection {conn_id!r}: invalid extra ({exc}).") from None
+        raise MoEngageConfigError(f"{name[0].upper()}{name[1:]}: invalid extra ({exc}).") from None
 
 
 def mask(*secrets: str) -> None:

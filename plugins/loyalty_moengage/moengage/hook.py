@@ -29,12 +29,15 @@ The connection and its secrets: :mod:`loyalty_moengage.moengage.connection`; the
 
 from __future__ import annotations
 
+import contextvars
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import requests
@@ -43,6 +46,7 @@ from airflow.sdk import BaseHook
 
 from loyalty_moengage.moengage import connection
 from loyalty_moengage.moengage.connection import MoEngageConfig, Secret
+from loyalty_moengage.moengage.datacenters import label
 from loyalty_moengage.moengage.errors import (
     MoEngageAuthError,
     MoEngageConfigError,
@@ -56,6 +60,19 @@ from loyalty_moengage.moengage.pacing import TokenBucket
 from loyalty_moengage.moengage.packing import SINGLE_MAX_BYTES, TRANSITION_MAX_BYTES
 
 PERMANENT_STATUSES = frozenset({400, 401, 403, 409, 413, 415})
+
+# The Test button: every try must end within TEST_CONNECTION_SECONDS. The tries are planned on the
+# hook's clock within _TEST_PLAN_SECONDS (connect at most _TEST_CONNECT_SECONDS each); a watchdog
+# answers at TEST_CONNECTION_SECONDS whatever requests does (it cannot bound DNS, and its connect
+# timeout applies to each address a host name resolves to).
+TEST_CONNECTION_SECONDS = 10.0
+_TEST_PLAN_SECONDS = 9.0
+_TEST_CONNECT_SECONDS = 4.0
+_TEST_MAX_RETRIES = 2
+_MIN_TRY_SECONDS = 1.0  # no new try with less time than this left
+# How messages name the connection under test: Airflow's POST /connections/test (the UI's Test
+# button) hands the hook a random transient conn_id, not the id the user sees.
+TESTED_CONNECTION = "this connection"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +119,13 @@ class _MoEngageAuth(requests.auth.AuthBase):
 class _Retryable(Exception):
     """Internal: one failed attempt that may be repeated."""
 
-    def __init__(self, cause: str, *, status: int | None = None, request_id: str | None = None) -> None:
+    def __init__(self, cause: str, *, status: int | None = None, request_id: str | None = None,
+                 unreachable: bool = False) -> None:
         super().__init__(cause)
         self.cause = cause
         self.status = status
         self.request_id = request_id
+        self.unreachable = unreachable  # no connection was made: name the host
 
 
 @dataclass(slots=True)
@@ -134,8 +153,8 @@ def _lookup_advice(hook: MoEngageHook) -> str:
             if cfg.pacing else "pacing is off in the connection (the pacing extra)")
     return (f"The workspace's Get User API budget (MoEngage: 1,000 users/min unless raised) is spent: another job "
             f"is looking users up in this workspace, or the lookups_per_minute extra ({cfg.lookups_per_minute:g}; "
-            f"{pace}) is higher than MoEngage's budget. Lower lookups_per_minute in Airflow connection "
-            f"{cfg.conn_id!r}, run fewer lookups at once, or ask MoEngage to raise the budget; then retry the run.")
+            f"{pace}) is higher than MoEngage's budget. Lower lookups_per_minute in {cfg.name}, run fewer lookups "
+            "at once, or ask MoEngage to raise the budget; then retry the run.")
 
 
 def _auth_advice(hook: MoEngageHook) -> str:
@@ -152,11 +171,11 @@ _FIXES: dict[int, tuple[str, str]] = {
           "Fix the payload: the message names the field. A bulk body is "
           '{"type":"transition","elements":[...]} with lowercase element types.'),
     401: ("MoEngage rejected the credentials",
-          "Check the Workspace ID, the Data API key and the data centre in Airflow connection {conn!r}."),
+          "Check the Workspace ID, the Data API key and the data centre in {conn}."),
     403: ("MoEngage refused the workspace (suspended, blocked or behind an IP allowlist)",
           "Ask the workspace admin or MoEngage support; if an IP allowlist is on, add the workers' egress IP."),
     409: ("The Workspace ID in the URL differs from the one in Basic auth",
-          "Use a single Workspace ID: check the login of Airflow connection {conn!r} for spaces or a stale value."),
+          "Use a single Workspace ID: check the login (Workspace ID) of {conn} for spaces or a stale value."),
     413: ("The request body exceeds MoEngage's size limit",
           f"Pack with loyalty_moengage.moengage.packing.pack_spans: at most {TRANSITION_MAX_BYTES} bytes per "
           f"transition request, {SINGLE_MAX_BYTES} per single request."),
@@ -181,6 +200,10 @@ def _describe(exc: BaseException) -> str:
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     inner = reason or (exc.args[0] if exc.args else exc)
     return f"{type(exc).__name__}: {inner}"
+
+
+def _as_text(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, MoEngageError) else f"{type(exc).__name__}: {exc}"
 
 
 def _body(response: requests.Response) -> dict[str, Any]:
@@ -222,7 +245,7 @@ class MoEngageHook(BaseHook):
     :param moengage_conn_id: Airflow connection: login = Workspace ID, password = Data API key,
         host = data centre (``DC-03``, ``03`` or ``https://dashboard-03.moengage.com``); extras
         ``base_url`` (may contain ``{dc}``), ``users_per_minute``, ``events_per_minute``,
-        ``timeout``, ``pacing``.
+        ``lookups_per_minute``, ``timeout``, ``pacing`` (the form in ``provider.py`` lists the same).
     :param share: this task's fraction of the workspace budget (1/N for N concurrent load tasks).
     :param retry_uncertain: resend when a body was sent but no answer came (risks duplicates).
     :param max_retries: resends after 5xx/timeouts/connection errors; 429 waits do not count.
@@ -269,6 +292,7 @@ class MoEngageHook(BaseHook):
         self._sleep = sleep
         self._clock = clock
         self._preflight: dict[str, Any] | None = None
+        self._described_as = ""  # see test_connection
         self._last_io: float | None = None
         self.stats = HookStats()
 
@@ -279,12 +303,12 @@ class MoEngageHook(BaseHook):
     @cached_property
     def config(self) -> MoEngageConfig:
         conn = self.get_connection(self.moengage_conn_id)
-        return self.config_from_connection(conn, self.moengage_conn_id)
+        return self.config_from_connection(conn, self.moengage_conn_id, described_as=self._described_as)
 
     @staticmethod
-    def config_from_connection(conn: Any, conn_id: str) -> MoEngageConfig:
+    def config_from_connection(conn: Any, conn_id: str, *, described_as: str = "") -> MoEngageConfig:
         """Validate a connection into a config; see :mod:`loyalty_moengage.moengage.connection`."""
-        return connection.config_from_connection(conn, conn_id)
+        return connection.config_from_connection(conn, conn_id, described_as=described_as)
 
     @cached_property
     def session(self) -> requests.Session:
@@ -315,14 +339,17 @@ class MoEngageHook(BaseHook):
                            clock=self._clock, sleep=self._sleep)
 
     # -- public API -----------------------------------------------------------------------
-    def preflight(self) -> dict[str, Any]:
-        """Prove the credentials work on the configured data centre before anything is sent."""
+    def preflight(self, *, deadline: float | None = None) -> dict[str, Any]:
+        """Prove the credentials work on the configured data centre before anything is sent.
+
+        :param deadline: on the hook's clock, when the last try must be over (``test_connection``).
+        """
         cfg = self.config
         body = orjson.dumps({"app_id": cfg.workspace_id, "app_secret": cfg.api_key.reveal(),
                              "source": "airflow-loyalty-moengage", "region": cfg.data_center})
         try:
             response, doc, attempts = self._request_safely("/v1/integrations/authentication", body,
-                                                           budget=_AUTH_BUDGET)
+                                                           budget=_AUTH_BUDGET, deadline=deadline)
         except MoEngageTransientError as exc:
             raise type(exc)(
                 f"Could not verify MoEngage credentials: {exc}", status=exc.status,
@@ -331,8 +358,8 @@ class MoEngageHook(BaseHook):
         if response.status_code != 200 or doc.get("status") != "success":
             detail = f"{response.status_code} {_error_text(doc, response)}"
             cause = f"MoEngage rejected the credentials ({detail}) on {cfg.where}"
-            fix = (f"Check the Workspace ID, the Data API key and the data centre in Airflow connection "
-                   f"{cfg.conn_id!r}: a workspace exists on one data centre only.")
+            fix = (f"Check the Workspace ID, the Data API key and the data centre in {cfg.name}: "
+                   "a workspace exists on one data centre only.")
             raise MoEngageAuthError(f"{cause}. {fix}", status=response.status_code, request_id=request_id,
                                     attempts=attempts, cause=cause, fix=fix)
         self._preflight = {"status": "success", "app_name": doc.get("app_name"), "workspace_id": cfg.workspace_id,
@@ -341,10 +368,40 @@ class MoEngageHook(BaseHook):
         return dict(self._preflight)
 
     def test_connection(self) -> tuple[bool, str]:
+        """The UI's Test button (and ``airflow connections test``): one preflight, answered within 10 s.
+
+        Airflow 3.3's ``POST /api/v2/connections/test`` copies the form into a connection with a
+        random ``conn_id`` (``get_random_string()``, exported as ``AIRFLOW_CONN_<ID>``) and builds
+        the hook with it, so that id means nothing to the user: messages say "this connection".
+        An unreachable host is given up within ``TEST_CONNECTION_SECONDS`` ("cannot reach <host>").
+        """
+        self._described_as = TESTED_CONNECTION
+        self.__dict__.pop("config", None)
         try:
-            result = self.preflight()
-        except Exception as exc:
-            return False, str(exc)
+            try:
+                host = urlsplit(self.config.base_url).netloc
+            except Exception as exc:  # noqa: BLE001 - the Test button shows any failure as text
+                return False, _as_text(exc)
+            outcome: list[tuple[bool, str]] = []
+            context = contextvars.copy_context()  # Airflow hands the connection over in a context variable
+            worker = threading.Thread(target=context.run, args=(lambda: outcome.append(self._test_connection()),),
+                                      name="moengage-test-connection", daemon=True)
+            worker.start()
+            worker.join(TEST_CONNECTION_SECONDS)
+            if outcome:
+                return outcome[0]
+            return False, (f"Could not verify MoEngage credentials: cannot reach {host} within "
+                           f"{TEST_CONNECTION_SECONDS:g} s (no answer to the name lookup or the connection). "
+                           f"{self._unreachable_fix(host)}")
+        finally:
+            self._described_as = ""
+            self.__dict__.pop("config", None)
+
+    def _test_connection(self) -> tuple[bool, str]:
+        try:
+            result = self.preflight(deadline=self._clock() + _TEST_PLAN_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - the Test button shows any failure as text
+            return False, _as_text(exc)
         return True, (f"Connected to MoEngage workspace {result['app_name'] or result['workspace_id']} "
                       f"on {self.config.where}.")
 
@@ -440,16 +497,25 @@ class MoEngageHook(BaseHook):
                           throttled=attempts.throttled, retries=retries, bytes_sent=len(body),
                           seconds=self._clock() - started, request_ids=tuple(attempts.request_ids))
 
-    def _retrying(self) -> tenacity.Retrying:
+    def _retrying(self, *, deadline: float | None = None) -> tenacity.Retrying:
+        retries = self.max_retries if deadline is None else min(self.max_retries, _TEST_MAX_RETRIES)
+        stop: Callable[[tenacity.RetryCallState], bool] = tenacity.stop_after_attempt(retries + 1)
+        if deadline is not None:
+            by_count = stop
+
+            def stop(state: tenacity.RetryCallState) -> bool:
+                # no new try that would start with less than _MIN_TRY_SECONDS left
+                return by_count(state) or self._clock() + state.upcoming_sleep + _MIN_TRY_SECONDS > deadline
+
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self.log.warning("MoEngage request failed (%s; request_id %s); retry %d/%d in %.2f s",
                              getattr(exc, "cause", exc), getattr(exc, "request_id", None),
-                             state.attempt_number, self.max_retries,
+                             state.attempt_number, retries,
                              state.next_action.sleep if state.next_action else 0.0)
 
         args: dict[str, Any] = {
-            "stop": tenacity.stop_after_attempt(self.max_retries + 1),
+            "stop": stop,
             "wait": tenacity.wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max,
                                                      jitter=self.backoff_initial),
             "retry": tenacity.retry_if_exception_type(_Retryable),
@@ -460,7 +526,7 @@ class MoEngageHook(BaseHook):
         args.update(self.retry_args)
         return tenacity.Retrying(**args)
 
-    def _post(self, path: str, body: bytes) -> requests.Response:
+    def _post(self, path: str, body: bytes, *, timeout: tuple[float, float] | None = None) -> requests.Response:
         cfg = self.config
         now = self._clock()
         if self._last_io is not None and now - self._last_io > self.idle_reconnect_seconds:
@@ -469,7 +535,8 @@ class MoEngageHook(BaseHook):
             for adapter in self.session.adapters.values():
                 adapter.poolmanager.clear()
         try:
-            return self.session.post(cfg.base_url + path, data=body, timeout=(min(10.0, cfg.timeout), cfg.timeout))
+            return self.session.post(cfg.base_url + path, data=body,
+                                     timeout=timeout or (min(10.0, cfg.timeout), cfg.timeout))
         finally:
             self._last_io = self._clock()
             self.stats.requests += 1
@@ -539,7 +606,7 @@ class MoEngageHook(BaseHook):
         cfg = self.config
         what, fix = _FIXES.get(status, (f"MoEngage refused the request with HTTP {status}",
                                         "Check the endpoint and the payload; this status is not retried."))
-        fix = fix.replace("{conn!r}", repr(cfg.conn_id))
+        fix = fix.replace("{conn}", cfg.name)
         cause = f"{what} ({status} {_error_text(doc, response)}) on {cfg.where}"
         kind = MoEngageAuthError if status in (401, 403) else MoEngagePermanentError
         return kind(f"{cause}; request_id {request_id}. {fix}", status=status, request_id=request_id,
@@ -561,38 +628,54 @@ class MoEngageHook(BaseHook):
         # A little jitter so tasks sharing a workspace do not all return on the same instant.
         return min(wait, 120.0) + random.uniform(0, 0.05 + 0.05 * wait)
 
-    def _request_safely(self, path: str, body: bytes, *, budget: _Budget
+    def _request_safely(self, path: str, body: bytes, *, budget: _Budget, deadline: float | None = None
                         ) -> tuple[requests.Response, dict[str, Any], int]:
         """An idempotent request (preflight, Get User API lookups): every failure without an answer may
-        be retried; 429s are waited out as on the send path and never use up retries."""
+        be retried; 429s are waited out as on the send path and never use up retries.
+
+        With ``deadline`` (the hook's clock), every try ends by then: short connect timeouts, at most
+        ``_TEST_MAX_RETRIES`` retries, and no 429 wait past it.
+        """
         attempts = _Attempts()
+        started = self._clock()
         try:
-            for attempt in self._retrying():
+            for attempt in self._retrying(deadline=deadline):
                 with attempt:
                     attempts.tries += 1
-                    result = self._attempt_safely(path, body, attempts, budget)
+                    result = self._attempt_safely(path, body, attempts, budget, deadline)
                     self.stats.retries += attempts.tries - 1
                     return result
         except _Retryable as exc:
-            if exc.status is None:
+            host = urlsplit(self.config.base_url).netloc
+            tries = f"{attempts.tries} attempts" + (f" in {self._clock() - started:.1f} s" if deadline else "")
+            if exc.unreachable:
+                fix = self._unreachable_fix(host)
+            elif exc.status is None:
                 fix = "Check the network path to MoEngage and the data centre in the connection, then retry."
             else:
                 fix = "MoEngage kept failing: check https://status.moengage.com and retry later."
-            raise MoEngageTransientError(f"{exc.cause} after {attempts.tries} attempts. {fix}", status=exc.status,
+            raise MoEngageTransientError(f"{exc.cause} after {tries}. {fix}", status=exc.status,
                                          request_id=exc.request_id, attempts=attempts.requests,
                                          cause=exc.cause, fix=fix) from None
         raise AssertionError("unreachable")
 
-    def _attempt_safely(self, path: str, body: bytes, attempts: _Attempts, budget: _Budget
-                        ) -> tuple[requests.Response, dict[str, Any], int]:
+    def _attempt_safely(self, path: str, body: bytes, attempts: _Attempts, budget: _Budget,
+                        deadline: float | None = None) -> tuple[requests.Response, dict[str, Any], int]:
         """One logical attempt of an idempotent request: 429s are waited out inside it."""
         cfg = self.config
         while True:
+            timeout = None
+            if deadline is not None:
+                left = max(0.1, deadline - self._clock())
+                timeout = (round(min(_TEST_CONNECT_SECONDS, cfg.timeout, left), 1), round(min(cfg.timeout, left), 1))
             attempts.requests += 1
             try:
-                response = self._post(path, body)
+                response = self._post(path, body, timeout=timeout)
             except requests.RequestException as exc:
                 attempts.request_ids.append(None)
+                if _never_sent(exc):
+                    host = urlsplit(cfg.base_url).netloc
+                    raise _Retryable(f"cannot reach {host} ({_describe(exc)})", unreachable=True) from None
                 raise _Retryable(f"no answer from {cfg.where} ({_describe(exc)})") from None
             status = response.status_code
             doc = _body(response)
@@ -604,6 +687,8 @@ class MoEngageHook(BaseHook):
                 if attempts.throttled > self.max_throttled:
                     raise self._rate_limited(budget, response, request_id, attempts)
                 wait = self._throttle_wait(response, attempts.throttled)
+                if deadline is not None and self._clock() + wait > deadline:
+                    raise self._rate_limited(budget, response, request_id, attempts, past_deadline=True)
                 self.log.info("MoEngage rate limit on %s (429, request_id %s): waiting %.2f s for the budget "
                               "to reset", budget.name, request_id, wait)
                 self.stats.throttle_seconds += wait
@@ -614,16 +699,29 @@ class MoEngageHook(BaseHook):
             return response, doc, attempts.requests
 
     def _rate_limited(self, budget: _Budget, response: requests.Response, request_id: str | None,
-                      attempts: _Attempts) -> MoEngageRateLimitError:
+                      attempts: _Attempts, *, past_deadline: bool = False) -> MoEngageRateLimitError:
         cfg = self.config
         limit = response.headers.get("x-ratelimit-limit")
         reset = response.headers.get("x-ratelimit-reset")
         seen = ", ".join(f"{k} {v}" for k, v in (("x-ratelimit-limit", limit), ("x-ratelimit-reset", reset)) if v)
-        cause = (f"MoEngage kept answering 429 (rate limit) on {budget.name}: {attempts.throttled} times in a row "
-                 f"on {cfg.where}" + (f" ({seen})" if seen else ""))
+        if past_deadline:
+            cause = (f"MoEngage answered 429 (rate limit) on {budget.name} on {cfg.where}, and its budget resets "
+                     f"after this test's {TEST_CONNECTION_SECONDS:g} s")
+        else:
+            cause = (f"MoEngage kept answering 429 (rate limit) on {budget.name}: {attempts.throttled} times in a "
+                     f"row on {cfg.where}")
+        cause += f" ({seen})" if seen else ""
         fix = budget.fix(self)
         return MoEngageRateLimitError(f"{cause}. {fix}", status=429, request_id=request_id,
                                       attempts=attempts.requests, cause=cause, fix=fix)
+
+    def _unreachable_fix(self, host: str) -> str:
+        try:
+            cfg = self.config
+        except Exception:  # noqa: BLE001 - only wording
+            return f"Check the data centre and base_url of the connection, and that this machine can reach {host}."
+        return (f"Check the Data centre field ({label(cfg.data_center)}, so {cfg.base_url}) and the base_url extra "
+                f"in {cfg.name}, and that this machine can reach {host} (DNS, proxy, firewall or egress rules).")
 
     def _too_large(self, size: int, limit: int) -> MoEngagePermanentError:
         cause = f"request body is {size} bytes; MoEngage accepts at most {limit} (not sent)"

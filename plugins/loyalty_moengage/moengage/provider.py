@@ -52,6 +52,12 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Workspace budget for bulk events (MoEngage default 60,000).",
                         "schema": {"type": "integer", "default": 60000, "minimum": 1},
                     },
+                    "lookups_per_minute": {
+                        "label": "Lookups per minute",
+                        "description": "Workspace budget for the Get User API (customer existence checks; "
+                        "MoEngage default 1,000 users/min).",
+                        "schema": {"type": "integer", "default": 1000, "minimum": 1},
+                    },
                     "timeout": {
                         "label": "Request timeout (seconds)",
                         "description": "Read timeout per request; connecting waits at most 10 s.",

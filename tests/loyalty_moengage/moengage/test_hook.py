@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import orjson
 import pyarrow as pa
 import pytest
+import requests
 
 from loyalty_moengage.moengage.hook import (
     MoEngageAuthError,
@@ -345,8 +346,9 @@ def test_registered_as_connection_type():
     assert behaviour["relabeling"] == {"login": "Workspace ID", "password": "Data API key", "host": "Data centre"}
     widgets = {k.rsplit("__", 1)[1]: v.field for k, v in manager.connection_form_widgets.items()
                if k.startswith("extra__moengage__")}
-    assert {"base_url", "users_per_minute", "events_per_minute", "timeout", "pacing"} <= set(widgets)
+    assert {"base_url", "users_per_minute", "events_per_minute", "lookups_per_minute", "timeout", "pacing"} <= set(widgets)
     assert widgets["users_per_minute"]["value"] == 60000
+    assert widgets["lookups_per_minute"]["value"] == 1000
     assert MoEngageHook.conn_type == "moengage" and MoEngageHook.default_conn_name == "moengage_default"
 
 
@@ -412,3 +414,117 @@ def test_lookup_429s_do_not_use_up_retries(sb, make_hook, workspace, virtual_tim
     sb.fail_next(429, 503, 429)
     assert retrying.existing_customers(["REL-1"]) == {"REL-1"}
     assert (retrying.stats.throttled, retrying.stats.retries, retrying.stats.requests) == (2, 1, 4)
+
+
+def test_form_has_every_extra_the_connection_reads():
+    import inspect
+    import re
+
+    from loyalty_moengage.moengage import connection
+    from loyalty_moengage.moengage.provider import get_provider_info
+
+    read = set(re.findall(r'extra\.get\("(\w+)"', inspect.getsource(connection.config_from_connection)))
+    assert read == {"base_url", "users_per_minute", "events_per_minute", "lookups_per_minute", "timeout", "pacing"}
+    [conn_type] = get_provider_info()["connection-types"]
+    assert set(conn_type["conn-fields"]) == read
+
+
+# -- the Test button --------------------------------------------------------------------------
+
+def _airflow_test_button(monkeypatch, **fields):
+    """What POST /api/v2/connections/test does: the form under a random transient conn_id."""
+    from airflow.models.connection import Connection
+    from airflow.utils.strings import get_random_string
+
+    conn = Connection(conn_id=get_random_string(), conn_type="moengage", **fields)
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn.conn_id.upper()}", conn.get_uri())
+    ok, message = conn.test_connection()
+    return conn.conn_id, ok, message
+
+
+def test_test_button_names_this_connection_not_the_transient_id(sb, workspace, monkeypatch):
+    extra = orjson.dumps({"base_url": sb.base_url_template}).decode()
+    transient, ok, message = _airflow_test_button(
+        monkeypatch, login=workspace[0], password="not-the-key", host="DC-03", extra=extra)
+    assert not ok and "App Secret key mismatch" in message
+    assert transient not in message and "in this connection" in message and "not-the-key" not in message
+    transient, ok, message = _airflow_test_button(monkeypatch, login=workspace[0], password="", host="DC-03", extra=extra)
+    assert not ok and message == "No Data API key (password) in this connection."
+    transient, ok, message = _airflow_test_button(
+        monkeypatch, login=workspace[0], password=workspace[1], host="DC-03", extra=extra)
+    assert ok and "DC-03" in message, message
+
+
+def test_test_connection_leaves_task_messages_naming_the_connection(sb, make_hook, workspace):
+    hook = make_hook(workspace[0], "not-the-key")
+    ok, message = hook.test_connection()
+    assert not ok and hook.moengage_conn_id not in message and "this connection" in message
+    with pytest.raises(MoEngageAuthError) as info:  # the same hook in a task names its connection
+        hook.preflight()
+    assert repr(hook.moengage_conn_id) in str(info.value)
+
+
+class _BlackHole(requests.adapters.HTTPAdapter):
+    """A host that never answers a SYN: every connect waits its whole timeout (on the virtual clock)."""
+
+    def __init__(self, clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.timeouts: list[tuple[float, float]] = []
+
+    def send(self, request, timeout=None, **kwargs):
+        connect, read = timeout
+        self.timeouts.append((connect, read))
+        self.clock.sleep(connect)
+        raise requests.exceptions.ConnectTimeout(f"Connection to {request.url} timed out. (connect timeout={connect})")
+
+
+def test_test_button_gives_up_on_an_unreachable_host_within_10_s(make_hook, workspace, virtual_time):
+    hook = make_hook(*workspace, base_url="https://api-{dc}.moengage.com", hook_kwargs={
+        "backoff_initial": 1.0, "backoff_max": 60.0, "clock": virtual_time, "sleep": virtual_time.sleep})
+    hole = _BlackHole(virtual_time)
+    hook.session.mount("https://", hole)
+    started = virtual_time()
+    ok, message = hook.test_connection()
+    elapsed = virtual_time() - started
+    assert not ok and "cannot reach api-03.moengage.com" in message, message
+    assert "network" not in message.split(".")[0] and "this connection" in message
+    assert len(hole.timeouts) >= 2 and all(c <= 4.0 and r <= 9.0 for c, r in hole.timeouts)
+    assert elapsed <= 10.0, elapsed  # today: 6 tries of 10 s plus 31 s of back-off
+    # a task's preflight keeps its patient retries
+    assert hook.max_retries == 5
+
+
+def test_test_button_refused_port_says_cannot_reach(make_hook, workspace, virtual_time):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    hook = make_hook(*workspace, base_url=f"http://127.0.0.1:{port}/dc/{{dc}}", hook_kwargs={
+        "backoff_initial": 1.0, "clock": virtual_time, "sleep": virtual_time.sleep})
+    ok, message = hook.test_connection()
+    assert not ok and f"cannot reach 127.0.0.1:{port}" in message and "3 attempts" in message, message
+    assert virtual_time() <= 10.0
+
+
+def test_test_button_watchdog_answers_when_requests_cannot(make_hook, workspace, monkeypatch):
+    """A name lookup that hangs is not bounded by requests' timeouts: the watchdog answers."""
+    import threading
+
+    from loyalty_moengage.moengage import hook as hook_module
+
+    monkeypatch.setattr(hook_module, "TEST_CONNECTION_SECONDS", 0.2)
+    release = threading.Event()
+
+    class Hang(requests.adapters.HTTPAdapter):
+        def send(self, request, **kwargs):
+            release.wait(10)
+            raise requests.exceptions.ConnectionError("name resolution hung")
+
+    hook = make_hook(*workspace, base_url="https://api-{dc}.moengage.com")
+    hook.session.mount("https://", Hang())
+    try:
+        ok, message = hook.test_connection()
+    finally:
+        release.set()
+    assert not ok and "cannot reach api-03.moengage.com within 0.2 s" in message, message
+    assert "this connection" in message
