@@ -103,18 +103,21 @@ def today_in(time_zone: str) -> date:
 @contextmanager
 def program_env(dsn: str, work_dir: Path, *, program_id: str, time_zone: str = "Asia/Kolkata", members: int = 500,
                 days: int = 4, seed: int = 7, last_night_activity: float = 1.0,
-                settings: dict[str, Any] | None = None, seed_all: bool = True) -> Iterator[ProgramEnv]:
+                settings: dict[str, Any] | None = None, seed_all: bool = True,
+                history_end: date | None = None) -> Iterator[ProgramEnv]:
     """Generate the program into ``dsn``, start the sandbox, write the programs file, set the env.
 
     The env vars (LOYALTY_PROGRAMS_FILE, AIRFLOW_CONN_LOYALTY_DB, AIRFLOW_CONN_MOENGAGE_DEFAULT)
-    are what an :func:`airflow_stack` started inside this block passes to Airflow.
+    are what an :func:`airflow_stack` started inside this block passes to Airflow. The data ends
+    at ``history_end`` (default today; ``last_night_activity`` applies to the night before it), the
+    syncable nights are always the three before today.
     """
     from loyalty_moengage.db import connection_json
     from loyalty_moengage.devtools.generator import generate
     from loyalty_moengage.devtools.sandbox import SandboxServer
 
     today = today_in(time_zone)
-    generated = generate(dsn, program_id=program_id, members=members, days=days, seed=seed, end_date=today,
+    generated = generate(dsn, program_id=program_id, members=members, days=days, seed=seed, end_date=history_end or today,
                          time_zone=time_zone, last_night_activity=last_night_activity)
     program = {"id": program_id, "time_zone": time_zone, "catchup": False, "load_parallelism": 2,
                "retries": 2, "retry_delay_seconds": 5, "verify_customers": False, "keep_sent_bodies": True,

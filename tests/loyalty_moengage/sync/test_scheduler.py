@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 
 import pytest
 
 from loyalty_moengage.devtools.airflow_stack import airflow_stack
-from loyalty_moengage.devtools.drills import concurrent_backfill, program_env, scheduled_run
+from loyalty_moengage.devtools.drills import concurrent_backfill, program_env, scheduled_run, today_in
 
 pytestmark = pytest.mark.scheduler
 
@@ -25,13 +26,16 @@ TZ = "Asia/Kolkata"
 
 def test_backfill_overlapping_a_rerun_sends_each_event_once(loyalty_db, pg_server, tmp_path):
     started = time.monotonic()
-    with program_env(loyalty_db, tmp_path, program_id=PROGRAM, time_zone=TZ, members=1_000, days=4, seed=7,
-                     last_night_activity=6.0) as env, \
+    # The busy night is the oldest of the backfill (the data ends two nights ago): its batches are
+    # what the backfill's runs, the cleared scheduled run and the manual rerun all may claim.
+    today = today_in(TZ)
+    with program_env(loyalty_db, tmp_path, program_id=PROGRAM, time_zone=TZ, members=1_000, days=5, seed=7,
+                     last_night_activity=20.0, history_end=today - timedelta(days=2)) as env, \
             airflow_stack(pg_server, root=tmp_path / "airflow", keep_root=True, dag_ids=[env.dag_id]) as stack:
-        # A little network time per request (as MoEngage has) keeps loads of different runs in flight together.
-        env.sandbox.set_faults(latency=1.0)
         first = scheduled_run(stack, env)
         after_first = len(env.events())
+        # Network time per request (MoEngage's is real) keeps the runs' loads in flight together.
+        env.sandbox.set_faults(latency=1.0)
         observed = concurrent_backfill(stack, env)
         result = env.audit()
         reports = env.reports()
