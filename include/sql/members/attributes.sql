@@ -6,13 +6,18 @@
 --   days_since_last_activity, points_expiring_30d, points_expiring_60d, points_expiring_90d.
 -- Every further column becomes a user attribute of that name. Dates are local dates in the
 -- program's time zone; days_since_last_activity counts from the night, not from the wall clock.
+-- Placeholder times never fail the template or hide a member: an enrolment time that is NULL,
+-- +-infinity or from year 2200 (the sync's last sendable year is 2199) keeps the member in, and a
+-- last transaction at +-infinity gives no days_since_last_activity; the sync leaves such dates
+-- out of the payload and records them in the quarantine.
 -- Parameters: %(program_id)s, %(window_end)s, %(night)s, %(time_zone)s,
 --   %(member_lo)s, %(member_hi)s.
 WITH mem AS (
     SELECT m.member_id, m.relation_reference, m.tier, m.status, m.enrolled_at
     FROM loyalty.members m
     WHERE m.program_id = %(program_id)s
-      AND m.enrolled_at < %(window_end)s
+      AND (m.enrolled_at < %(window_end)s OR m.enrolled_at IS NULL OR NOT isfinite(m.enrolled_at)
+           OR m.enrolled_at >= '2200-01-01 00:00+00')
       AND m.member_id >= %(member_lo)s AND m.member_id < %(member_hi)s
 ),
 ledger AS (
@@ -94,7 +99,8 @@ SELECT mem.relation_reference                                  AS customer_id,
        (mem.enrolled_at AT TIME ZONE %(time_zone)s)::date      AS enrollment_date,
        (txn.last_at AT TIME ZONE %(time_zone)s)::date          AS last_transaction_date,
        COALESCE(txn.n, 0)                                      AS total_transactions,
-       %(night)s::date - (txn.last_at AT TIME ZONE %(time_zone)s)::date AS days_since_last_activity,
+       CASE WHEN isfinite(txn.last_at)
+            THEN %(night)s::date - (txn.last_at AT TIME ZONE %(time_zone)s)::date END AS days_since_last_activity,
        COALESCE(expiring.d30, 0)                               AS points_expiring_30d,
        COALESCE(expiring.d60, 0)                               AS points_expiring_60d,
        COALESCE(expiring.d90, 0)                               AS points_expiring_90d

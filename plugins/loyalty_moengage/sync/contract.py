@@ -64,7 +64,32 @@ DISALLOWED_CUSTOMER_IDS = frozenset({
     "na", "n/a", "''", "dummy_seller_code", "user_id", "id", "customer_id", "uid", "userid",
     "none", "-2", "-1", "2",
 })
+# MoEngage stores only the first 512 characters of an attribute value (Data Tracking Policies).
 MAX_VALUE_CHARS = 512
+# MoEngage documents no length limit for customer_id; a value is kept to its first 512
+# characters, so a longer id would be stored as a different one: refused above the value limit.
+MAX_CUSTOMER_ID_CHARS = MAX_VALUE_CHARS
+# JSON numbers are read as doubles: integers beyond 2^53 lose digits on MoEngage's side.
+MAX_SAFE_INTEGER = 2**53
+# Columns that cannot be negative (points_available can: a balance may be overdrawn).
+NON_NEGATIVE_COLUMNS = frozenset({
+    "points", "points_returned", "amount", "days_out",
+    "points_accrued_lifetime", "points_redeemed_lifetime", "points_expired_lifetime",
+    "total_transactions", "days_since_last_activity",
+    "points_expiring_30d", "points_expiring_60d", "points_expiring_90d",
+})
+# Dates and times are sent only within these years (a contract choice, not a MoEngage limit):
+# 'infinity', year 0001 or 9999 are placeholders on loyalty platforms, never real dates.
+# SENDABLE_YEAR_RE must match the same range; include/sql/members/attributes.sql uses 2200 too.
+MIN_SENDABLE_YEAR, MAX_SENDABLE_YEAR = 1900, 2199
+SENDABLE_YEAR_RE = "(19|20|21)[0-9]{2}"
+# A member attribute computed from another one is left out with it (a last transaction in
+# year 0001 makes days_since_last_activity meaningless too).
+DERIVED_ATTRIBUTES = {"days_since_last_activity": "last_transaction_date"}
+# In event rows a bad value in these columns quarantines the event; a bad value in any other
+# attribute column is left out of the event (with a quarantine record). In member rows only a
+# bad customer_id quarantines the row; a bad attribute is left out (with a record).
+EVENT_ROW_COLUMNS = frozenset(EVENT_REQUIRED) | NUMERIC_COLUMNS | {"earning_type"}
 MAX_NAME_CHARS = 200
 MAX_EVENT_ATTRIBUTES = 100
 _EVENT_NAME_FORBIDDEN = re.compile(r"[\s$.<>+%!`&*#|{}?\"=/:\\@']")

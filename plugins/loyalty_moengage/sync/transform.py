@@ -47,12 +47,6 @@ class Window:
         }
 
 
-def _row_json(table: Any, mask: Any) -> list[bytes]:
-    import orjson
-
-    return [orjson.dumps(r) for r in table.filter(mask).to_pylist()]
-
-
 @dataclass
 class _Rejects:
     """Rows that will not be sent, with their reasons, gathered while a chunk is checked."""
@@ -64,6 +58,25 @@ class _Rejects:
         self.rows.append((template, reason, key, row))
         if count:
             self.reasons[reason] += 1
+
+    def add_rows(self, template: str, table: Any, mask: Any, reasons: Any, columns: Any, key_col: str, *,
+                 column: str | None = None) -> None:
+        """The rows of ``table`` where mask is true, each with its reason (an array, or one text
+        for all) about ``columns`` (an array) or ``column``; per-row Python over these rows only."""
+        import pyarrow as pa
+
+        from loyalty_moengage.sync.validate import KEPT_CHARS, detail, quarantine_row
+
+        rows = table.filter(mask).to_pylist()
+        n = len(rows)
+        why = reasons.filter(mask).to_pylist() if isinstance(reasons, (pa.Array, pa.ChunkedArray)) else [reasons] * n
+        about = columns.filter(mask).to_pylist() if columns is not None else [column] * n
+        for row, reason, col in zip(rows, why, about):
+            text = detail(template, reason, col, row.get(col) if col else None)
+            key = row.get(key_col)
+            if isinstance(key, str) and len(key) > KEPT_CHARS:
+                key = key[:KEPT_CHARS]
+            self.add(template, reason, key, quarantine_row(row, text))
 
     def copy(self) -> "_Rejects":
         return _Rejects(list(self.rows), Counter(self.reasons))
@@ -135,11 +148,12 @@ def _extract(loyalty_dsn: str, params: dict[str, Any]) -> list[Any]:
 
 
 def _check(extracts: list[Any], window: Window) -> _Checked:
-    """Row checks (the quarantine's reasons), duplicates, and the event elements."""
+    """Row checks (the quarantine's reasons), values left out, duplicates, and the event elements."""
     import pyarrow.compute as pc
 
     from loyalty_moengage.sync.payloads import event_elements
-    from loyalty_moengage.sync.validate import duplicate_mask, event_reasons, member_reasons
+    from loyalty_moengage.sync.validate import (
+        duplicate_mask, event_reasons, member_reasons, normalise_times, without_values)
 
     rejects = _Rejects()
     ev_tables: list[tuple[str, Any, Any]] = []
@@ -147,41 +161,46 @@ def _check(extracts: list[Any], window: Window) -> _Checked:
                        rows_extracted=sum(e.table.num_rows for e in extracts), members_extracted=0,
                        rejects=rejects)
     for ex in extracts:
-        table = ex.table
+        name = ex.template.name
+        table, kinds = normalise_times(ex.table, ex.kinds, window.time_zone)
         if ex.template.kind == "events":
-            reasons, key_col = event_reasons(table, ex.kinds, window.end), "event_id"
+            reasons, key_col = event_reasons(table, kinds, window.end), "event_id"
         else:
             checked.members_extracted += table.num_rows
-            reasons, key_col = member_reasons(table, ex.kinds), "customer_id"
-        bad = pc.is_valid(reasons)
-        if pc.any(bad).as_py():
-            keys = table.column(key_col).combine_chunks().filter(bad).to_pylist()
-            for reason, key, row in zip(reasons.filter(bad).to_pylist(), keys, _row_json(table, bad)):
-                rejects.add(ex.template.name, reason, key, row)
+            reasons, key_col = member_reasons(table, kinds), "customer_id"
+        bad = pc.is_valid(reasons.row)
+        any_bad = pc.any(bad).as_py()
+        if any_bad:
+            rejects.add_rows(name, table, bad, reasons.row, reasons.row_column, key_col)
+        if reasons.attributes:
+            good = pc.invert(bad)
+            for column, why in reasons.attributes.items():
+                rejects.add_rows(name, table, pc.and_(good, pc.is_valid(why)), why, None, key_col, column=column)
+            table = without_values(table, reasons.attributes)
+        if any_bad:
             table = table.filter(pc.invert(bad))
         if ex.template.kind == "events":
             if table.num_rows:
-                ev_tables.append((ex.template.name, table, event_elements(table, ex.kinds, window.time_zone)))
+                ev_tables.append((name, table, event_elements(table, kinds, window.time_zone)))
             continue
         dup = duplicate_mask(table.column("customer_id").combine_chunks())
         if pc.any(dup).as_py():
-            for key, row in zip(table.column("customer_id").combine_chunks().filter(dup).to_pylist(),
-                                _row_json(table, dup)):
-                rejects.add(ex.template.name, "duplicate customer_id", key, row)
+            rejects.add_rows(name, table, dup, "duplicate customer_id", None, key_col, column="customer_id")
             table = table.filter(pc.invert(dup))
-        checked.users, checked.user_kinds, checked.user_template = table, ex.kinds, ex.template.name
+        checked.users, checked.user_kinds, checked.user_template = table, kinds, name
     if ev_tables:
         checked.events = _event_table(ev_tables, rejects)
     return checked
 
 
 def _event_table(ev_tables: list[tuple[str, Any, Any]], rejects: _Rejects) -> Any:
-    """All templates' events as one table; an event_id returned twice is quarantined."""
-    import orjson
+    """All templates' events as one table; an event_id returned twice is quarantined (the first
+    one, in template order, is kept)."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from loyalty_moengage.sync.validate import duplicate_mask
+    from loyalty_moengage.sync.validate import detail, duplicate_mask, quarantine_row
 
     def column(name: str) -> Any:
         return pa.concat_arrays([t.column(name).combine_chunks() for _, t, _ in ev_tables])
@@ -194,12 +213,14 @@ def _event_table(ev_tables: list[tuple[str, Any, Any]], rejects: _Rejects) -> An
     })
     dup = duplicate_mask(events.column("event_id").combine_chunks())
     if pc.any(dup).as_py():
-        template_of = [name for name, t, _ in ev_tables for _ in range(t.num_rows)]
+        ends = np.cumsum([t.num_rows for _, t, _ in ev_tables])
         ids, names = events.column("event_id"), events.column("event_name")
         for i in pc.indices_nonzero(dup).to_pylist():
+            template = ev_tables[int(np.searchsorted(ends, i, side="right"))][0]
             eid = ids[i].as_py()
-            rejects.add(template_of[i], "duplicate event_id", eid,
-                        orjson.dumps({"event_id": eid, "event_name": names[i].as_py()}))
+            why = detail(template, "duplicate event_id", "event_id", eid)
+            rejects.add(template, "duplicate event_id", eid,
+                        quarantine_row({"event_id": eid, "event_name": names[i].as_py()}, why))
         events = events.filter(pc.invert(dup))
     return events
 
