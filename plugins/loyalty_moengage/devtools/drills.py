@@ -278,11 +278,12 @@ def fresh_database(server_dsn: str, prefix: str) -> Iterator[str]:
 
 @contextmanager
 def drill_setup(ctx: DrillContext, name: str, *, settings: dict[str, Any] | None = None,
-                last_night_activity: float = 10.0) -> Iterator[tuple[ProgramEnv, AirflowStack]]:
+                last_night_activity: float = 10.0, history_end: date | None = None
+                ) -> Iterator[tuple[ProgramEnv, AirflowStack]]:
     program_id = f"drill_{name}"[:40]
     with fresh_database(ctx.server_dsn, "lm_drill") as dsn, \
-            program_env(dsn, ctx.work / name, program_id=program_id, members=ctx.members, days=4, seed=11,
-                        last_night_activity=last_night_activity, settings=settings) as env, \
+            program_env(dsn, ctx.work / name, program_id=program_id, members=ctx.members, days=5, seed=11,
+                        last_night_activity=last_night_activity, settings=settings, history_end=history_end) as env, \
             airflow_stack(ctx.airflow_dsn, root=ctx.work / name / "airflow", keep_root=True,
                           dag_ids=[env.dag_id]) as stack:
         yield env, stack
@@ -395,8 +396,11 @@ def drill_resend_after_uncertain(ctx: DrillContext) -> dict[str, Any]:
 
 
 def drill_concurrent_backfill(ctx: DrillContext) -> dict[str, Any]:
-    with drill_setup(ctx, "concurrent_backfill") as (env, stack):
+    """The scheduled run, then a backfill of three nights (default concurrency) overlapped by a manual
+    rerun of the newest; the busy night is the backfill's oldest, so every run may claim its batches."""
+    with drill_setup(ctx, "concurrent_backfill", history_end=today_in("Asia/Kolkata") - timedelta(days=2)) as (env, stack):
         scheduled_run(stack, env, timeout=200)
+        env.sandbox.set_faults(latency=0.5)
         ctx.notes["concurrent_backfill"] = concurrent_backfill(stack, env, timeout=220)
         return _finish(ctx, "concurrent_backfill", env, stack)
 
