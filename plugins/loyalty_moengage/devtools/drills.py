@@ -435,6 +435,16 @@ def _commit() -> str:
         return "unknown"
 
 
+def _uncommitted() -> list[str]:
+    """Product files that differ from the commit (the sha alone would not say what ran)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", "plugins", "dags", "include"], cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return []
+    return [line[3:] for line in out.splitlines() if "/devtools/" not in line]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loyalty_moengage.devtools.drills", description=__doc__.split("\n\n")[0])
     parser.add_argument("drills", nargs="*", metavar="DRILL", help=f"default: all of {', '.join(DRILLS)}")
@@ -455,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="lm-drills-"))
     ctx = DrillContext(server_dsn=ensure_server("drills-pgdata"), server_name="drills-pgdata",
                        airflow_dsn=ensure_server("drills-airflow-pgdata"), work=work, members=args.members)
-    commit = _commit()
+    commit, dirty = _commit(), _uncommitted()
     figures: dict[str, Any] = {}
     failures: dict[str, str] = {}
     for name in names:
@@ -472,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx.notes[name]["over_time_budget"] = f"{seconds} s > {DRILL_SECONDS} s"
         print(f"[{name}] {seconds} s", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"drills": figures, "commit": commit, "failed": failures,
+    args.out.write_text(json.dumps({"drills": figures, "commit": commit, "uncommitted_at_start": dirty, "failed": failures,
                                     "details": ctx.notes}, indent=2, default=str) + "\n")
     print(f"wrote {args.out}")
     print(f"{'drill':34} {'expected':>8} {'received':>8} {'lost':>5} {'dup':>5} {'dup!unc':>7} {'uncert':>6}")
