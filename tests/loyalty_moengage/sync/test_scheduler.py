@@ -45,10 +45,8 @@ def test_backfill_overlapping_a_rerun_sends_each_event_once(loyalty_db, pg_serve
                         "reports": [{k: str(v) for k, v in r.items()} for r in reports]}, indent=1, default=str)
     print(story)
 
-    assert first["state"] == "success", f"the scheduled run failed; logs in {tmp_path / 'airflow' / 'logs'}\n{story}"
     nights = {r["logical_date"] for r in observed["runs"] if r["backfill_id"] is not None}
     assert len(nights) == 3, f"the backfill should cover three nights: {story}"
-    assert all(r["state"] == "success" for r in observed["runs"]), f"not every run succeeded:\n{story}"
     assert result.expected > 0, story
     assert result.duplicated == 0, (
         f"{result.duplicated} duplicate event(s) reached MoEngage ({result.duplicated_outside_uncertain} outside "
@@ -63,3 +61,5 @@ def test_backfill_overlapping_a_rerun_sends_each_event_once(loyalty_db, pg_serve
     assert result.events_sent_in_run_reports == result.received, (
         f"the run reports say {result.events_sent_in_run_reports} events were sent; the sandbox received "
         f"{result.received}\n{story}")
+    assert first["state"] == "success", f"the scheduled run failed; logs in {tmp_path / 'airflow' / 'logs'}\n{story}"
+    assert all(r["state"] == "success" for r in observed["runs"]), f"not every run succeeded:\n{story}"
