@@ -42,6 +42,9 @@ def build(program: Program):
             "force_attributes": Param(False, type="boolean",
                                       description="Send every member's attributes again, even those MoEngage "
                                                   "already accepted for this night"),
+            "dry_run": Param(False, type="boolean",
+                             description="Extract and transform into a throwaway area and report what would be "
+                                         "sent; nothing is enqueued or sent (README, Dry run)"),
         },
         on_failure_callback=failure_callbacks(program),
     )

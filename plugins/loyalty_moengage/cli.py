@@ -4,6 +4,7 @@ demo      load the demo program and sync last night against the local MoEngage s
 db        url | up | stop | schema: the loyalty database (embedded unless configured)
 generate  load a synthetic program (see loyalty_moengage.devtools.generator)
 run       sync one night of one program now (in-process, dag.test)
+plan      dry run of one night: counts, quarantine, sample payloads, requests, minutes; sends nothing
 resend    re-queue uncertain batches (or, with --all-events, a whole night) of one program
 resolve   record that uncertain batches did reach MoEngage (checked there by an operator)
 sandbox   start the local MoEngage sandbox
@@ -186,8 +187,8 @@ def cmd_resend(args: argparse.Namespace) -> int:
     program = get_program(args.program)
     dsn = loyalty_dsn(program.state_conn)
     result = resend(dsn, program_id=program.id, night=date.fromisoformat(args.night) if args.night else None,
-                    all_events=args.all_events, requested_by=args.requested_by or getpass.getuser(),
-                    reason=args.reason)
+                    batch_ids=args.batch, all_events=args.all_events,
+                    requested_by=args.requested_by or getpass.getuser(), reason=args.reason)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -199,7 +200,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
     program = get_program(args.program)
     result = resolve(loyalty_dsn(program.state_conn), program_id=program.id,
-                     night=date.fromisoformat(args.night) if args.night else None,
+                     night=date.fromisoformat(args.night) if args.night else None, batch_ids=args.batch,
                      requested_by=args.requested_by or getpass.getuser(), reason=args.reason)
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -225,6 +226,12 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from loyalty_moengage.devtools.bench import main
+
+    return main(args.rest) or 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from loyalty_moengage.sync.dry_run import main
 
     return main(args.rest) or 0
 
@@ -264,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     resend = sub.add_parser("resend", help="re-queue uncertain batches (default) or a whole night")
     resend.add_argument("--program", required=True)
     resend.add_argument("--night", help="only this night's uncertain batches (default: every night's)")
+    resend.add_argument("--batch", type=int, action="append",
+                        help="only this uncertain batch (moengage_sync.batches.batch_id); repeatable")
     resend.add_argument("--all-events", action="store_true",
                         help="resend the whole night, events MoEngage accepted included (needs --night)")
     resend.add_argument("--reason", required=True)
@@ -272,11 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     resolve = sub.add_parser("resolve", help="record that uncertain batches did reach MoEngage")
     resolve.add_argument("--program", required=True)
     resolve.add_argument("--night", help="only this night's uncertain batches (default: every night's)")
+    resolve.add_argument("--batch", type=int, action="append",
+                         help="only this uncertain batch (moengage_sync.batches.batch_id); repeatable")
     resolve.add_argument("--reason", required=True)
     resolve.add_argument("--requested-by")
     resolve.set_defaults(func=cmd_resolve)
     for name, func in (("generate", cmd_generate), ("sandbox", cmd_sandbox), ("api", cmd_api),
-                       ("bench", cmd_bench), ("bench-api", cmd_bench_api)):
+                       ("bench", cmd_bench), ("bench-api", cmd_bench_api), ("plan", cmd_plan)):
         p = sub.add_parser(name, help=f"see `python -m loyalty_moengage.cli {name} --help`", add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=func)
@@ -292,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough = {"generate": cmd_generate, "sandbox": cmd_sandbox, "api": cmd_api,
-                   "bench": cmd_bench, "bench-api": cmd_bench_api}
+                   "bench": cmd_bench, "bench-api": cmd_bench_api, "plan": cmd_plan}
     if argv and argv[0] in passthrough:  # their own parsers own every flag after the command
         return passthrough[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)

@@ -166,6 +166,10 @@ def preflight(program: Program, context: dict[str, Any]) -> dict[str, Any]:
 
 @fails_fast("plan")
 def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
+    from loyalty_moengage.sync import dry_run
+
+    if dry_run.is_dry_run(context):  # extract and transform into a throwaway area: sync/dry_run.py
+        return dry_run.plan_task(program, context)
     from loyalty_moengage.db import connect
     from loyalty_moengage.sync.outbox import recover_orphans
     from loyalty_moengage.sync.plan import decide_attribute_refresh, latest_complete_night, plan_chunks
@@ -208,7 +212,11 @@ def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
 
 @fails_fast("transform")
 def transform(program: Program, chunk: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    from loyalty_moengage.sync import dry_run
     from loyalty_moengage.sync.transform import transform_chunk
+
+    if dry_run.is_dry_run(context):
+        return dry_run.transform_task(program, chunk, context)
 
     w = window(program, context)
     loyalty, state = dsns(program)
@@ -226,8 +234,11 @@ def transform(program: Program, chunk: dict[str, Any], context: dict[str, Any]) 
 
 @fails_fast("guard")
 def guard(program: Program, context: dict[str, Any]) -> dict[str, Any]:
-    from loyalty_moengage.sync import guard as anomaly
+    from loyalty_moengage.sync import dry_run, guard as anomaly
     from loyalty_moengage.db import connect
+
+    if dry_run.is_dry_run(context):  # nothing was enqueued: nothing to release or withdraw
+        return {"dry_run": True}
 
     w = window(program, context)
     _, state = dsns(program)
@@ -254,6 +265,10 @@ def guard(program: Program, context: dict[str, Any]) -> dict[str, Any]:
 
 @fails_fast("load")
 def load(program: Program, slot: int, context: dict[str, Any]) -> dict[str, Any]:
+    from loyalty_moengage.sync import dry_run
+
+    if dry_run.is_dry_run(context):  # a dry run sends nothing
+        return {"slot": slot, "dry_run": True, "batches_sent": 0, "batches_rejected": 0, "batches_uncertain": 0}
     from loyalty_moengage.moengage.hook import MoEngageHook
     from loyalty_moengage.sync.load import load_slot
 
@@ -270,7 +285,10 @@ def load(program: Program, slot: int, context: dict[str, Any]) -> dict[str, Any]
 
 def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync import report as rep
+    from loyalty_moengage.sync import dry_run, run_note, report as rep
+
+    if dry_run.is_dry_run(context):  # no run report: the dry run's own, in moengage_sync.dry_runs
+        return dry_run.report_task(program, context)
     from loyalty_moengage.sync.outbox import recover_orphans
 
     started = time.perf_counter()
@@ -305,6 +323,7 @@ def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
         rep.write(conn, body)
     log.info("\n%s", rep.render(body))
     log.info("retention: %s", retention)
+    run_note.push(context, run_note.text(body, program.time_zone))  # the DAG run's note (run_note.py)
     if outcome != "success":
         # Not green in the grid, and the DAG's failure callbacks alert.
         raise _fail(f"night {w.night} of program {program.id} is {outcome}: " + "; ".join(notes))
