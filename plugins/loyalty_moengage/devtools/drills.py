@@ -325,7 +325,40 @@ def drill_kill_load_mid_post(ctx: DrillContext) -> dict[str, Any]:
         stack.wait_runs(env.dag_id, count=1, timeout=180)
         time.sleep(31)  # the hung request completes on the sandbox side (or fails) before counting
         _drain(stack, env, 120)
-        return _finish(ctx, "kill_load_mid_post", env, stack)
+        uncertain = [b["batch_id"] for b in env.batches("uncertain")]
+        ctx.notes["kill_load_mid_post"]["operator"] = _operator_settles_uncertain(env, stack)
+        return _finish(ctx, "kill_load_mid_post", env, stack, uncertain_batch_ids=uncertain)
+
+
+def _operator_settles_uncertain(env: ProgramEnv, stack: AirflowStack) -> dict[str, list[int]]:
+    """What the README asks of an operator: look for each uncertain batch's events in MoEngage
+    (here the sandbox), `cli resolve` the batches that arrived, `cli resend` the others, rerun."""
+    import psycopg
+
+    from loyalty_moengage.devtools.delivery_audit import body_identities, received
+
+    got = received(env.events())
+    settled: dict[str, list[int]] = {"resolve": [], "resend": []}
+    with psycopg.connect(env.dsn) as conn:
+        for batch_id, body in conn.execute(
+                "SELECT batch_id, body FROM moengage_sync.batches WHERE program_id = %s AND state = 'uncertain' "
+                "AND body IS NOT NULL ORDER BY batch_id", (env.program_id,)):
+            events = body_identities(bytes(body))
+            arrived = bool(events) and all(got[e] for e in events)
+            settled["resolve" if arrived else "resend"].append(batch_id)
+    for command, batch_ids in settled.items():
+        if not batch_ids:
+            continue
+        flags = [arg for b in batch_ids for arg in ("--batch", str(b))]
+        result = subprocess.run([sys.executable, "-m", "loyalty_moengage.cli", command, "--program", env.program_id,
+                                 *flags, "--requested-by", "drills", "--reason", "drill: checked the sandbox"],
+                                env=dict(os.environ), capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"{command} failed: {result.stderr[-2000:]}")
+    if settled["resend"]:
+        run_id = stack.trigger(env.dag_id, run_id=f"manual__after_resend_{uuid.uuid4().hex[:6]}")
+        stack.wait_runs(env.dag_id, [run_id], timeout=180)
+    return settled
 
 
 def _restart_during(ctx: DrillContext, name: str, task_id: str, ready: Callable[[ProgramEnv, AirflowStack], bool],

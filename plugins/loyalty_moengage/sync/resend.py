@@ -4,8 +4,8 @@ MoEngage keeps no event ids, so a resend is the one way to send an event twice o
 Every action is recorded (who, when, why, scope, how many) in ``moengage_sync.resend_requests``
 and done in one transaction:
 
-- ``resend`` (default scope ``uncertain``): the uncertain batches (of one night, or of every
-  night) go back to ``pending`` as they are, and the next load sends them. Nothing MoEngage
+- ``resend`` (default scope ``uncertain``): the uncertain batches (of one night, the named
+  batches, or of every night) go back to ``pending`` as they are, and the next load sends them. Nothing MoEngage
   accepted with a 200 is touched. An uncertain batch whose body is gone has its event keys
   forgotten instead, so the next run of its night extracts those events again.
 - ``resend`` with ``all_events`` (scope ``night``, one night only): additionally forgets the
@@ -25,18 +25,26 @@ def _check_who(requested_by: str, reason: str) -> None:
         raise ValueError("this needs --requested-by and --reason: they are kept with the request")
 
 
-def _night_clause(night: date | None) -> tuple[str, tuple[Any, ...]]:
-    return ("", ()) if night is None else (" AND night = %s", (night,))
+def _where(night: date | None, batch_ids: list[int] | None) -> tuple[str, tuple[Any, ...]]:
+    """Which uncertain batches: of one night, or the named ones, or every one."""
+    clause, params = "", ()
+    if night is not None:
+        clause, params = " AND night = %s", (night,)
+    if batch_ids:
+        clause, params = clause + " AND batch_id = ANY(%s)", (*params, list(batch_ids))
+    return clause, params
 
 
-def resend(dsn: str, *, program_id: str, night: date | None = None, all_events: bool = False,
-           requested_by: str, reason: str) -> dict[str, Any]:
+def resend(dsn: str, *, program_id: str, night: date | None = None, batch_ids: list[int] | None = None,
+           all_events: bool = False, requested_by: str, reason: str) -> dict[str, Any]:
     from loyalty_moengage.db import connect
 
     _check_who(requested_by, reason)
     if all_events and night is None:
         raise ValueError("a full resend (--all-events) names the night it resends (--night)")
-    where, params = _night_clause(night)
+    if all_events and batch_ids:
+        raise ValueError("a full resend (--all-events) covers a whole night, not named batches")
+    where, params = _where(night, batch_ids)
     with connect(dsn) as conn:
         requeued = conn.execute(
             "UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, updated_at = now(), "
@@ -81,13 +89,13 @@ def resend(dsn: str, *, program_id: str, night: date | None = None, all_events: 
     }
 
 
-def resolve(dsn: str, *, program_id: str, night: date | None = None, requested_by: str,
-            reason: str) -> dict[str, Any]:
+def resolve(dsn: str, *, program_id: str, night: date | None = None, batch_ids: list[int] | None = None,
+            requested_by: str, reason: str) -> dict[str, Any]:
     """The operator confirmed in MoEngage that the uncertain batches arrived."""
     from loyalty_moengage.db import connect
 
     _check_who(requested_by, reason)
-    where, params = _night_clause(night)
+    where, params = _where(night, batch_ids)
     with connect(dsn) as conn:
         settled = conn.execute(
             "UPDATE moengage_sync.batches SET state = 'sent', updated_at = now(), "

@@ -317,3 +317,22 @@ def test_two_runs_of_one_night_transforming_at_once_enqueue_each_event_once(prog
         in_batches = conn.execute("SELECT sum(events), sum(users) FROM moengage_sync.batches").fetchone()
     assert len(results) == 3 and sum(enqueued) == keys == in_batches[0] > 0
     assert sorted(members) == [0, 0, 300] and in_batches[1] == 300
+
+
+def test_resend_and_resolve_can_name_batches(loyalty_db):
+    from loyalty_moengage.sync import outbox
+    from loyalty_moengage.sync.resend import resend, resolve
+
+    night = _today() - timedelta(days=1)
+    with psycopg.connect(loyalty_db) as conn:
+        ids = outbox.allocate_batch_ids(conn, 3)
+        outbox.insert_batches(conn, program_id=PROGRAM, night=night, run_id="r", chunk_label="all", batch_ids=ids,
+                              batches=[outbox.NewBatch("events", b"{}", 1, 0, 1)] * 3)
+        conn.execute("UPDATE moengage_sync.batches SET state = 'uncertain'")
+    assert resend(loyalty_db, program_id=PROGRAM, batch_ids=[ids[0]], requested_by="ops", reason="missing")[
+        "batches_requeued"] == 1
+    assert resolve(loyalty_db, program_id=PROGRAM, batch_ids=[ids[1]], requested_by="ops", reason="arrived")[
+        "batches_confirmed"] == 1
+    with psycopg.connect(loyalty_db) as conn:
+        states = dict(conn.execute("SELECT batch_id, state FROM moengage_sync.batches").fetchall())
+    assert states == {ids[0]: "pending", ids[1]: "sent", ids[2]: "uncertain"}
