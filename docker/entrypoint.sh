@@ -1,7 +1,7 @@
 #!/bin/bash
 # Entrypoint of the project's image, in the spirit of Airflow's own (/entrypoint):
 # - `docker run IMAGE scheduler` runs `airflow scheduler` (the first argument is an Airflow
-#   command when it is not an executable), so docker-compose.yaml reads like Airflow's;
+#   command unless it is bash, sh, python, airflow or a path), so docker-compose.yaml reads like Airflow's;
 # - when _AIRFLOW_WWW_USER_USERNAME/_PASSWORD are set (the API server), the Simple auth manager's
 #   passwords file gets that user and password, so the UI login and the REST API's token
 #   (POST /auth/token) use a known password instead of one generated into the log.
@@ -17,7 +17,9 @@ os.chmod(path, 0o600)
 PY
 fi
 if [ $# -eq 0 ]; then set -- version; fi
-if ! command -v "$1" >/dev/null 2>&1; then
-  exec airflow "$@"
-fi
-exec "$@"
+# As Airflow's entrypoint: bash, python and paths run as they are; anything else is an Airflow
+# command (`celery worker` is `airflow celery worker`, not the bare celery CLI).
+case "$1" in
+  bash|sh|python|python3|airflow|*/*) exec "$@" ;;
+  *) exec airflow "$@" ;;
+esac

@@ -419,7 +419,9 @@ def main_test(args: argparse.Namespace) -> int:
         say(f"unpaused {DAG_ID}: the scheduler runs the newest night, {nights[-1]}")
         trigger_id = f"compose_test__{nights[0].isoformat()}"
         api.call("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {
-            "dag_run_id": trigger_id, "logical_date": iso(local_midnight(nights[1])),
+            # The timetable's logical date is the interval's start (a run named after its end
+            # would take the next night's logical date, which the backfill then skips as in flight).
+            "dag_run_id": trigger_id, "logical_date": iso(local_midnight(nights[0])),
             "data_interval_start": iso(local_midnight(nights[0])),
             "data_interval_end": iso(local_midnight(nights[1])), "conf": {}})
         say(f"triggered night {nights[0]} (run {trigger_id})")
@@ -434,6 +436,9 @@ def main_test(args: argparse.Namespace) -> int:
             done = [r for r in runs if r["state"] in TERMINAL]
             if len(runs) >= 5 and len(done) == len(runs):
                 break
+            if len(done) == len(runs) and api.call("GET", f"/api/v2/backfills/{backfill['id']}").get("completed_at"):
+                raise Failed(f"the backfill completed but only {len(runs)} runs exist: "
+                             + ", ".join(f"{r['dag_run_id']} ({r['state']})" for r in runs))
             time.sleep(5)
         runs_s = time.monotonic() - t_runs
         clock.phase("five runs (trigger + backfill of 3 + scheduled)")
@@ -443,10 +448,13 @@ def main_test(args: argparse.Namespace) -> int:
         containers = stack.containers()
         by_host = {c["hostname"]: c["name"] for c in containers.values()}
         per_worker: dict[str, int] = {}
+        per_worker_task: dict[str, dict[str, int]] = {}
         for ti in tis:
             if ti.get("hostname"):
                 name = by_host.get(ti["hostname"], ti["hostname"])
                 per_worker[name] = per_worker.get(name, 0) + 1
+                tasks = per_worker_task.setdefault(name, {})
+                tasks[ti["task_id"]] = tasks.get(ti["task_id"], 0) + 1
         probe = stack("exec", "-T", "airflow-scheduler", "python", "-m", "loyalty_moengage.devtools.compose_test",
                       "audit", "--program", PROGRAM, timeout=300)
         result = json.loads(probe.stdout.strip().splitlines()[-1])
@@ -486,6 +494,8 @@ def main_test(args: argparse.Namespace) -> int:
                           f"{'/'.join(outcomes.get(night_of(r), ['none']))}")
         report.append(f"  task instances: {len(tis)}; by worker: "
                       + ", ".join(f"{w} {n}" for w, n in sorted(per_worker.items())))
+        for w, tasks in sorted(per_worker_task.items()):
+            report.append(f"    {w}: " + ", ".join(f"{t} {n}" for t, n in sorted(tasks.items())))
         report.append(f"  events: expected {a['expected']}, received {a['received']}, lost {a['lost']}, "
                       f"duplicated {a['duplicated']}; by name received {a['received_by_event_name']}")
         report.append(f"  batches by state: {a['batches_by_state']}; sandbox counters: {result['sandbox_counters']}")
