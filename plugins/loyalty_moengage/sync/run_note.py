@@ -9,7 +9,8 @@ calls ``on_dag_run_running/success/failed`` with the DagRun it is updating, insi
 session, and the listener sets ``dag_run.note`` there (what the REST API itself does). The text
 comes from the ``report`` task, which pushes it as the XCom ``moengage_run_note`` (before it
 fails the task for an outcome other than success); the listener reads that XCom from the
-metadata database, in a savepoint so that nothing it does can spoil the scheduler's transaction.
+metadata database with one plain SELECT in the scheduler's transaction (no savepoint: the
+scheduler forbids any commit inside its loop).
 
 Notes written by people are kept: only an empty note or one this module wrote is replaced.
 Airflow 3.3 has no display name for a DAG run; the note is the place runs are labelled.
@@ -120,12 +121,18 @@ def _set_in(session: Any, dag_run: Any, final: str | None) -> None:
         return   # a person's note
     note = None
     if final is not None:
-        with session.begin_nested():
+        # A plain read in the caller's transaction: the scheduler forbids commits, savepoints
+        # included, inside its loop ("UNEXPECTED COMMIT - THIS WILL BREAK HA LOCKS").
+        with session.no_autoflush:
             note = _from_xcom(session, dag_run)
     if note is None:
         note = f"{_night_label(dag_run)}: " + ("running" if final is None else f"{final} (no run report)")
     if note != current:
-        dag_run.note = (note[:MAX_NOTE], None)
+        if dag_run.dag_run_note is not None:   # the proxy's creator only runs for a new note
+            dag_run.dag_run_note.content = note[:MAX_NOTE]
+            dag_run.dag_run_note.user_id = None
+        else:
+            dag_run.note = (note[:MAX_NOTE], None)
 
 
 @hookimpl
