@@ -33,7 +33,7 @@ import contextvars
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -56,7 +56,7 @@ from loyalty_moengage.moengage.errors import (
     MoEngageTransientError,
     MoEngageUncertainError,
 )
-from loyalty_moengage.moengage.pacing import TokenBucket
+from loyalty_moengage.moengage.pacing import ServerWindow, TokenBucket
 from loyalty_moengage.moengage.packing import SINGLE_MAX_BYTES, TRANSITION_MAX_BYTES
 
 PERMANENT_STATUSES = frozenset({400, 401, 403, 409, 413, 415})
@@ -98,6 +98,8 @@ class HookStats:
     events: int = 0
     throttle_seconds: float = 0.0
     pacing_seconds: float = 0.0
+    window_waits: int = 0  # sends held back to the server's next window (x-ratelimit-remaining)
+    window_seconds: float = 0.0
 
 
 class _MoEngageAuth(requests.auth.AuthBase):
@@ -235,6 +237,46 @@ def _error_text(doc: dict[str, Any], response: requests.Response) -> str:
     return doc.get("message") or response.reason or "no error message"
 
 
+_Pacer = tuple["Sequence[ServerWindow]", "Sequence[TokenBucket]"]  # a request's server windows and buckets
+
+
+def _header_number(response: requests.Response, name: str) -> float | None:
+    raw = response.headers.get(name)
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def _reset_seconds(response: requests.Response) -> float | None:
+    """``x-ratelimit-reset`` (or ``Retry-After``) as seconds from now: seconds or an epoch; None if absent."""
+    value = _header_number(response, "x-ratelimit-reset")
+    if value is None:
+        value = _header_number(response, "retry-after")
+    if value is None:
+        return None
+    wait = value - time.time() if value > 1_000_000_000 else value
+    return wait if wait >= 0 else None
+
+
+def _observe(pacer: _Pacer, response: requests.Response) -> None:
+    """Tell the request's server windows what ``x-ratelimit-remaining`` / ``-reset`` say."""
+    windows = pacer[0]
+    if not windows:
+        return
+    remaining = _header_number(response, "x-ratelimit-remaining")
+    reset = _reset_seconds(response) if remaining is not None else None
+    for window in windows:
+        window.observe(remaining, reset)
+
+
+def _bank(pacer: _Pacer, seconds: float) -> None:
+    for bucket in pacer[1]:
+        bucket.bank(seconds)
+
+
 class MoEngageHook(BaseHook):
     """MoEngage Data API: bulk ``transition``, single user/event, and credential preflight.
 
@@ -337,6 +379,39 @@ class MoEngageHook(BaseHook):
         cfg = self.config
         return TokenBucket(cfg.events_per_minute * self.share if cfg.pacing else None,
                            clock=self._clock, sleep=self._sleep)
+
+    def _window(self, per_minute: float) -> ServerWindow:
+        return ServerWindow(others_per_second=per_minute * (1 - self.share) / 60.0, clock=self._clock)
+
+    @cached_property
+    def users_window(self) -> ServerWindow:
+        """The server's users window as its headers last told (see :class:`ServerWindow`)."""
+        return self._window(self.config.users_per_minute)
+
+    @cached_property
+    def events_window(self) -> ServerWindow:
+        return self._window(self.config.events_per_minute)
+
+    @cached_property
+    def lookup_window(self) -> ServerWindow:
+        return self._window(self.config.lookups_per_minute)
+
+    def _wait_for_window(self, needs: list[tuple[ServerWindow, float]], buckets: list[TokenBucket]) -> float:
+        """Hold a send back to the server's next window when it would not fit in this one, and bank
+        the wait in the buckets (the budget not spent meanwhile is still owed). Pacing off: no wait."""
+        if not self.config.pacing:
+            return 0.0
+        wait = max((w.wait_for(n) for w, n in needs), default=0.0)
+        if wait <= 0:
+            return 0.0
+        wait = min(wait, 120.0)
+        self.log.debug("x-ratelimit-remaining says the next send does not fit this window: waiting %.2f s", wait)
+        self._sleep(wait)
+        for bucket in buckets:
+            bucket.bank(wait)
+        self.stats.window_waits += 1
+        self.stats.window_seconds += wait
+        return wait
 
     # -- public API -----------------------------------------------------------------------
     def preflight(self, *, deadline: float | None = None) -> dict[str, Any]:
@@ -442,10 +517,12 @@ class MoEngageHook(BaseHook):
         for start in range(0, len(customer_ids), 20):
             chunk = customer_ids[start:start + 20]
             self.stats.pacing_seconds += self.lookup_bucket.acquire(len(chunk))
+            self._wait_for_window([(self.lookup_window, len(chunk))], [self.lookup_bucket])
             body = orjson.dumps({"data": {"identifiers": [{"identifier_type": "customer_id", "identifier": c}
                                                           for c in chunk],
                                           "user_fields_to_export": ["customer_id"]}})
-            response, doc, _ = self._request_safely(path, body, budget=_LOOKUP_BUDGET)
+            response, doc, _ = self._request_safely(path, body, budget=_LOOKUP_BUDGET,
+                                                    pacer=([self.lookup_window], [self.lookup_bucket]))
             if response.status_code != 200 or doc.get("status") != "success":
                 detail = f"{response.status_code} {_error_text(doc, response)}"
                 cause = f"the Get User API refused the lookup ({detail}) on {self.config.where}"
@@ -476,12 +553,16 @@ class MoEngageHook(BaseHook):
         started = self._clock()
         waited = self.users_bucket.acquire(users) + self.events_bucket.acquire(events)
         self.stats.pacing_seconds += waited
+        needs = [(w, n) for w, n in ((self.users_window, users), (self.events_window, events)) if n]
+        buckets = [self.users_bucket, self.events_bucket]
+        self._wait_for_window(needs, buckets)
+        pacer = ([w for w, _ in needs], buckets)
         attempts = _Attempts()
         try:
             for attempt in self._retrying():
                 with attempt:
                     attempts.tries += 1
-                    status, request_id = self._attempt(path, body, attempts)
+                    status, request_id = self._attempt(path, body, attempts, pacer)
         except _Retryable as exc:
             fix = ("MoEngage or the network kept failing; the run can be resumed later. "
                    "Check https://status.moengage.com and the worker's network.")
@@ -541,7 +622,8 @@ class MoEngageHook(BaseHook):
             self._last_io = self._clock()
             self.stats.requests += 1
 
-    def _attempt(self, path: str, body: bytes, attempts: _Attempts) -> tuple[int, str | None]:
+    def _attempt(self, path: str, body: bytes, attempts: _Attempts, pacer: _Pacer = ((), ())
+                 ) -> tuple[int, str | None]:
         """One logical attempt: 429s are waited out inside it, so they never use up retries."""
         cfg = self.config
         while True:
@@ -566,6 +648,7 @@ class MoEngageHook(BaseHook):
             request_id = _request_id(doc, response)
             attempts.request_ids.append(request_id)
             self.log.debug("MoEngage POST %s -> %s request_id=%s bytes=%d", path, status, request_id, len(body))
+            _observe(pacer, response)
             if status == 429:
                 attempts.throttled += 1
                 self.stats.throttled += 1
@@ -580,6 +663,7 @@ class MoEngageHook(BaseHook):
                               request_id, wait)
                 self.stats.throttle_seconds += wait
                 self._sleep(wait)
+                _bank(pacer, wait)
                 continue
             if status == 504 and not self.retry_uncertain:
                 # A gateway timeout: the request reached MoEngage's edge and may have been processed.
@@ -614,22 +698,14 @@ class MoEngageHook(BaseHook):
 
     def _throttle_wait(self, response: requests.Response, count: int) -> float:
         """Seconds until the budget resets: ``x-ratelimit-reset`` (seconds or epoch), else backoff."""
-        raw = response.headers.get("x-ratelimit-reset") or response.headers.get("retry-after")
-        wait: float | None = None
-        if raw:
-            try:
-                value = float(raw)
-            except ValueError:
-                value = None
-            if value is not None:
-                wait = value - time.time() if value > 1_000_000_000 else value
-        if wait is None or wait < 0:
+        wait = _reset_seconds(response)
+        if wait is None:
             wait = min(60.0, 2.0 ** min(count - 1, 6))
         # A little jitter so tasks sharing a workspace do not all return on the same instant.
         return min(wait, 120.0) + random.uniform(0, 0.05 + 0.05 * wait)
 
-    def _request_safely(self, path: str, body: bytes, *, budget: _Budget, deadline: float | None = None
-                        ) -> tuple[requests.Response, dict[str, Any], int]:
+    def _request_safely(self, path: str, body: bytes, *, budget: _Budget, deadline: float | None = None,
+                        pacer: _Pacer = ((), ())) -> tuple[requests.Response, dict[str, Any], int]:
         """An idempotent request (preflight, Get User API lookups): every failure without an answer may
         be retried; 429s are waited out as on the send path and never use up retries.
 
@@ -642,7 +718,7 @@ class MoEngageHook(BaseHook):
             for attempt in self._retrying(deadline=deadline):
                 with attempt:
                     attempts.tries += 1
-                    result = self._attempt_safely(path, body, attempts, budget, deadline)
+                    result = self._attempt_safely(path, body, attempts, budget, deadline, pacer)
                     self.stats.retries += attempts.tries - 1
                     return result
         except _Retryable as exc:
@@ -660,7 +736,8 @@ class MoEngageHook(BaseHook):
         raise AssertionError("unreachable")
 
     def _attempt_safely(self, path: str, body: bytes, attempts: _Attempts, budget: _Budget,
-                        deadline: float | None = None) -> tuple[requests.Response, dict[str, Any], int]:
+                        deadline: float | None = None, pacer: _Pacer = ((), ())
+                        ) -> tuple[requests.Response, dict[str, Any], int]:
         """One logical attempt of an idempotent request: 429s are waited out inside it."""
         cfg = self.config
         while True:
@@ -681,6 +758,7 @@ class MoEngageHook(BaseHook):
             doc = _body(response)
             request_id = _request_id(doc, response)
             attempts.request_ids.append(request_id)
+            _observe(pacer, response)
             if status == 429:
                 attempts.throttled += 1
                 self.stats.throttled += 1
@@ -693,6 +771,7 @@ class MoEngageHook(BaseHook):
                               "to reset", budget.name, request_id, wait)
                 self.stats.throttle_seconds += wait
                 self._sleep(wait)
+                _bank(pacer, wait)
                 continue
             if status >= 500 or status == 408:
                 raise _Retryable(f"HTTP {status} {_error_text(doc, response)}", status=status, request_id=request_id)

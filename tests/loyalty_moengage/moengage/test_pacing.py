@@ -100,3 +100,44 @@ def test_waited_total_loses_no_update_under_threads():
         t.join()
     assert len(returned) == 1600 and sum(1 for w in returned if w == 0) == 1  # capacity 1
     assert b.waited == pytest.approx(sum(returned))
+
+
+# -- banking server waits, and following the server's window ------------------------------------
+
+def test_bank_keeps_the_tokens_accrued_while_waiting_for_the_server():
+    from loyalty_moengage.moengage.pacing import TokenBucket
+
+    b, clock = bucket(600)  # 10/s, capacity 10
+    b.acquire(10)
+    clock.sleep(5.0)          # a 429 wait of 5 s
+    b.bank(5.0)
+    assert b.acquire(50) == 0  # the 5 s of budget are owed, not lost at the 1 s capacity
+    assert b.acquire(10) == pytest.approx(1.0)
+
+
+def test_idle_time_is_never_banked():
+    b, clock = bucket(600)
+    b.acquire(10)
+    clock.sleep(30.0)         # nothing to send for 30 s
+    b.bank(1.0)               # then a 1 s wait for the server
+    assert b.acquire(20) == 0
+    assert b.acquire(10) == pytest.approx(1.0)  # 10 capacity + 10 banked, not 300
+
+
+def test_server_window_holds_back_a_send_that_does_not_fit():
+    from loyalty_moengage.moengage.pacing import ServerWindow
+
+    clock = VirtualClock()
+    w = ServerWindow(others_per_second=10.0, clock=clock)
+    assert w.wait_for(500) == 0            # nothing known yet
+    w.observe(remaining=300, reset_in=20.0)
+    assert w.wait_for(250) == 0
+    clock.sleep(10.0)                       # the others probably spent 100 meanwhile
+    assert w.wait_for(250) == pytest.approx(10.05)
+    assert w.wait_for(150) == 0
+    w.spent(150)
+    assert w.wait_for(100) == pytest.approx(10.05)
+    clock.sleep(10.0)                       # the window rolled: unknown again
+    assert w.wait_for(10_000) == 0
+    w.observe(remaining=None, reset_in=None)
+    assert w.estimate() is None
