@@ -10,7 +10,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: install demo test sandbox api bench bench-api run db-stop constraints clean drills compose-test
+.PHONY: install demo test test-ui sandbox api bench bench-api run db-stop constraints clean drills compose-test
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,25 @@ install: $(STAMP)
 demo: install
 	$(PY) -m loyalty_moengage.cli demo $(ARGS)
 
-test: install
+# The browser test runs in `make test` when Chromium is there (Playwright is installed for it);
+# without Chromium it is skipped, saying why. `make test-ui` installs Chromium (as root) and runs it.
+CHROMIUM := $(shell command -v chromium || command -v chromium-browser)
+UI_STAMP := $(VENV)/.installed-ui
+
+$(UI_STAMP): requirements-ui.txt $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-ui.txt
+	@touch $(UI_STAMP)
+
+test: install $(if $(CHROMIUM),$(UI_STAMP))
 	$(PY) -m pytest -q $(ARGS)
+
+test-ui: install
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian's chromium"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "test-ui: Chromium is missing; as root: apt-get install -y chromium"; exit 1; fi; }
+	@$(MAKE) --no-print-directory $(UI_STAMP)
+	$(PY) -m pytest -q -rs tests/loyalty_moengage/ui $(ARGS)
 
 sandbox: install
 	$(PY) -m loyalty_moengage.cli sandbox $(ARGS)
