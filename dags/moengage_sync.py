@@ -4,6 +4,9 @@
 One DAG per enabled program in `include/programs.yaml` (`moengage_sync_<program>`), run at
 12 AM in the program's time zone for the night that just ended.
 
+Load tasks run in the workspace's Airflow Pool (`moengage_<connection id>` unless the program
+sets `workspace_pool`); create it once: `airflow pools set moengage_moengage_default 2 "MoEngage workspace"`.
+
 `preflight` (MoEngage credentials on the configured data centre, SQL template columns) ->
 `plan` (member-id chunks) -> `transform` (mapped: SQL extract, row checks, payload batches
 into the Postgres outbox) -> `guard` (anomaly checks before anything is sent) -> `load`
@@ -66,7 +69,10 @@ def build(program: Program):
         def guard(**context):
             return tasks.guard(program, context)
 
-        @task(map_index_template="load slot {{ slot_label }}")
+        # One Pool per MoEngage workspace, shared by every program sending to it: at most pool_slots
+        # load tasks spend the budget at once, each at budget / pool_slots (README, "Rate budget and
+        # scale-out"; create it with `airflow pools set`: a missing Pool leaves the tasks scheduled).
+        @task(map_index_template="load slot {{ slot_label }}", pool=program.pool)
         def load(slot: int, **context):
             get_current_context()["slot_label"] = slot
             return tasks.load(program, slot, context)

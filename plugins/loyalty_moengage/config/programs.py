@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from loyalty_moengage.paths import include_dir
 
 _ID = re.compile(r"^[a-z0-9_]{1,40}$")
+_POOL = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
 UNCERTAIN_POLICIES = ("hold", "resend")
 
 
@@ -45,6 +46,12 @@ class Program(BaseModel):
     retry_delay_seconds: int = 120
     chunk_members: int = 50_000
     load_parallelism: int = 2
+    # The Airflow Pool every program of one MoEngage workspace shares for its load tasks (README,
+    # "Rate budget and scale-out"); None: "moengage_<moengage_conn_id>"; "default_pool": no shared pool.
+    workspace_pool: str | None = None
+    # The slots that Pool has (`airflow pools set NAME SLOTS ...`); each load task paces at the
+    # workspace budget / this. None: load_parallelism.
+    workspace_pool_slots: int | None = None
     reject_threshold: float = 0.01
     uncertain_policy: str = "hold"
     min_members: int = 1
@@ -111,6 +118,20 @@ class Program(BaseModel):
             raise ValueError("must be between 1 and 64")
         return value
 
+    @field_validator("workspace_pool_slots")
+    @classmethod
+    def _workspace_pool_slots(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 64:
+            raise ValueError("must be between 1 and 64")
+        return value
+
+    @field_validator("workspace_pool")
+    @classmethod
+    def _workspace_pool(cls, value: str | None) -> str | None:
+        if value is not None and not _POOL.match(value):
+            raise ValueError("use 1-256 letters, digits, '_', '-' or '.' (an Airflow Pool name)")
+        return value
+
     @field_validator("reject_threshold")
     @classmethod
     def _reject_threshold(cls, value: float) -> float:
@@ -130,6 +151,26 @@ class Program(BaseModel):
     @property
     def dag_id(self) -> str:
         return f"moengage_sync_{self.id}"
+
+    @property
+    def pool(self) -> str:
+        """The Airflow Pool of the load tasks: one per MoEngage workspace (connection), shared by every
+        program that sends to it, so their load tasks never spend more than the workspace budget."""
+        if self.workspace_pool:
+            return self.workspace_pool
+        return "moengage_" + re.sub(r"[^A-Za-z0-9_.-]", "_", self.moengage_conn_id)
+
+    @property
+    def pool_slots(self) -> int:
+        """How many load tasks of the workspace may send at once (the Pool's slots)."""
+        if self.pool == "default_pool":
+            return self.load_parallelism
+        return self.workspace_pool_slots or self.load_parallelism
+
+    @property
+    def load_share(self) -> float:
+        """Each load task's fraction of the workspace budget: at most ``pool_slots`` run at once."""
+        return 1 / self.pool_slots
 
     @property
     def state_conn(self) -> str:

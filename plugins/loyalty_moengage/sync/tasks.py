@@ -274,7 +274,7 @@ def load(program: Program, slot: int, context: dict[str, Any]) -> dict[str, Any]
 
     w = window(program, context)
     _, state = dsns(program)
-    hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=1 / program.load_parallelism,
+    hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=program.load_share,
                         retry_uncertain=program.uncertain_policy == "resend")
     ti = context.get("ti")
     stats = load_slot(program_id=program.id, slot=slot, night=w.night, run_id=context["run_id"], state_dsn=state,
