@@ -33,7 +33,7 @@ def _state_conn(program: Any) -> Any:
     return connect(state)
 
 
-def _airflow_runs(dag_id: str, run_id: str | None = None) -> dict[str, dict[str, Any]]:
+def _airflow_runs(dag_id: str, run_id: str | None = None, run_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """The DAG's runs in Airflow's metadata database (empty when not inside Airflow)."""
     try:
         from sqlalchemy import select
@@ -45,6 +45,8 @@ def _airflow_runs(dag_id: str, run_id: str | None = None) -> dict[str, dict[str,
             q = select(DagRun).where(DagRun.dag_id == dag_id)
             if run_id is not None:
                 q = q.where(DagRun.run_id == run_id)
+            if run_ids is not None:
+                q = q.where(DagRun.run_id.in_(run_ids))
             out = {}
             for dr in session.scalars(q):
                 out[dr.run_id] = {"run_id": dr.run_id, "state": str(dr.state), "run_type": str(dr.run_type),
@@ -144,7 +146,7 @@ def history(program: Any, *, nights: int = HISTORY_NIGHTS, now: datetime | None 
     for row in rows:
         r = dict(zip(cols, row))
         by_night[r["night"]].reports.append(r)
-    runs = _airflow_runs(program.dag_id)
+    runs = _airflow_runs(program.dag_id, run_ids=sorted({n.latest["run_id"] for n in by_night.values() if not n.missed}))
     upm, epm, source = budget(program)
     for n in by_night.values():
         if n.missed:
