@@ -28,6 +28,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from zoneinfo import ZoneInfo
@@ -1027,16 +1028,27 @@ _SEQUENCES = (("members", "member_id"), ("points_ledger", "entry_id"), ("member_
 
 def generate(dsn: str, *, program_id: str = "demo", members: int = 10_000, days: int = 60, seed: int = 42,
              end_date: dt.date | None = None, time_zone: str = "Asia/Kolkata", replace: bool = True,
-             last_night_activity: float = 1.0) -> GenerationSummary:
+             last_night_activity: float = 1.0, progress: Callable[[str], None] | None = None) -> GenerationSummary:
     """Write a deterministic synthetic loyalty program into the database at `dsn` (see module doc).
 
     ``last_night_activity`` multiplies the accrual rate of the last night only (default 1.0: the
     usual 3-5% of active members transact); the benchmark uses it to put ~1 event per member in
     the night it syncs. With the default the output is unchanged.
+
+    ``progress`` receives one line per stage (what, rows, elapsed seconds); the command line prints
+    them on stderr. Without it they go to the module's logger at INFO.
     """
     from loyalty_moengage.db import connect
 
     t0 = time.perf_counter()
+
+    def say(message: str) -> None:
+        line = f"generator {program_id}: {message} ({time.perf_counter() - t0:.1f} s)"
+        if progress is not None:
+            progress(line)
+        else:
+            log.info("%s", line)
+
     if members < 10:
         raise ValueError("members must be >= 10")
     if not 1 <= days <= 1000:
@@ -1083,7 +1095,10 @@ def generate(dsn: str, *, program_id: str = "demo", members: int = 10_000, days:
         }
         tag = "" if others == 0 else f"{program_id.upper()}-"
 
+        say(f"simulating {members:,} members over {days} nights")
         sim = _simulate(params)
+        say(f"simulated: {len(sim['L']['kind']):,} ledger entries, {len(sim['T']['member']):,} transactions; "
+            "building tables")
         tables, store_codes = _tables(sim, params, id_base=id_base, tag=tag, currency="INR")
         t_build = time.perf_counter() - t0
 
@@ -1103,6 +1118,7 @@ def generate(dsn: str, *, program_id: str = "demo", members: int = 10_000, days:
                         "segment_memberships"):
                 table, tbl = tables[key]
                 t1 = time.perf_counter()
+                say(f"COPY {table}: {tbl.num_rows:,} rows")
                 _copy(cur, table, tbl, pool)
                 log.info("COPY %s: %d rows in %.1fs", table, tbl.num_rows, time.perf_counter() - t1)
         for table, col in _SEQUENCES:
@@ -1113,6 +1129,7 @@ def generate(dsn: str, *, program_id: str = "demo", members: int = 10_000, days:
     with connect(dsn, autocommit=True) as conn:
         # What autovacuum does to a live platform's tables: statistics, and a visibility map so
         # the sync's member-range aggregates can read the covering index alone.
+        say("committed; VACUUM ANALYZE")
         for t in _ALL_TABLES:
             conn.execute(f"VACUUM (ANALYZE) loyalty.{t}")
 
@@ -1159,7 +1176,8 @@ def main(argv: list[str] | None = None) -> int:
 
         dsn = loyalty_dsn()
     s = generate(dsn, program_id=args.program, members=args.members, days=args.days, seed=args.seed,
-                 end_date=args.end_date, time_zone=args.time_zone, replace=not args.no_replace)
+                 end_date=args.end_date, time_zone=args.time_zone, replace=not args.no_replace,
+                 progress=lambda line: print(line, file=sys.stderr, flush=True))
     d = s.to_dict()
     if not args.nights:
         d.pop("nights")

@@ -1,0 +1,146 @@
+"""Paced nights against the budget floor: one program alone, and two programs on one workspace.
+
+Pacing is on, at a small budget (``--paced-users-per-minute``, default 6,000 users/min and the
+same events/min), and the sandbox enforces the same budget in MoEngage's fixed 60 s windows with
+``x-ratelimit-*`` headers and 429s. The floor is what the budget allows: the larger of users and
+events divided by the budget; a paced night cannot end earlier without overrunning a window.
+
+Two programs: each is a DAG of its own (its own members, night and run), sending to one
+workspace through one connection; they start together on one executor (``2 x --workers`` worker
+processes: the load tasks mostly sleep). The workspace's Airflow Pool is what the scheduler does
+with it: a load task starts only when one of the Pool's ``workspace_pool_slots`` slots is free
+(a semaphore here, the scheduler in Airflow), and each load task paces at budget / slots. Their
+joint floor is the two programs' users (or events) at one budget.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+
+class Ticker:
+    """Prints ``describe()`` every ``every`` seconds while a long step runs (progress, not timing)."""
+
+    def __init__(self, describe: Any, every: float = 15.0) -> None:
+        self._describe = describe
+        self._every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = time.perf_counter()
+
+    def _run(self) -> None:
+        from loyalty_moengage.devtools.bench import _log
+
+        while not self._stop.wait(self._every):
+            try:
+                _log(f"{self._describe()} ({time.perf_counter() - self._started:.0f} s)")
+            except Exception:  # noqa: BLE001 - progress only
+                pass
+
+    def __enter__(self) -> "Ticker":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(1)
+
+
+def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int], label: str) -> dict[str, Any]:
+    """One paced run of ``len(members)`` programs at once on one workspace; returns its figures."""
+    import multiprocessing as mp
+
+    from loyalty_moengage.db import connection_json
+    from loyalty_moengage.devtools import bench
+    from loyalty_moengage.devtools.generator import generate
+    from loyalty_moengage.devtools.reset import reset_program_state
+    from loyalty_moengage.devtools.sandbox import SandboxServer
+
+    budget = args.paced_users_per_minute
+    ids = (bench.PROGRAM_ID,) if len(members) == 1 else tuple(f"{bench.PROGRAM_ID}_{c}" for c in "ab"[:len(members)])
+    generator_s = 0.0
+    for i, (program_id, n) in enumerate(zip(ids, members)):
+        bench._log(f"{label}: generating {program_id} ({n:,} members)")
+        t = time.perf_counter()
+        generate(dsn, program_id=program_id, members=n, days=args.days, seed=args.seed + i,
+                 end_date=night + timedelta(days=1), time_zone=bench.TIME_ZONE, progress=bench._log)
+        generator_s += time.perf_counter() - t
+        reset_program_state(dsn, program_id)
+    slots = args.paced_pool_slots
+    programs = bench._programs_file(work / f"programs-{label}.yaml", chunk_members=args.chunk_members,
+                                    load_parallelism=args.load_parallelism, ids=ids, pool_slots=slots)
+    os.environ["LOYALTY_PROGRAMS_FILE"] = str(programs)
+    os.environ["AIRFLOW_CONN_LOYALTY_DB"] = connection_json(dsn)
+    from loyalty_moengage.config.programs import get_program
+
+    pool_name = {get_program(p).pool for p in ids}
+    assert len(pool_name) == 1, pool_name  # one workspace, one Pool
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    run_ids = {p: f"bench__{stamp}_{label}_{p}" for p in ids}
+    workers = args.workers * len(ids)
+    out: dict[str, Any] = {"programs": list(ids), "members_generated": members, "budget_per_minute": budget,
+                           "pool": pool_name.pop(), "pool_slots": slots or get_program(ids[0]).pool_slots,
+                           "share_per_load_task": get_program(ids[0]).load_share, "workers": workers,
+                           "generator_s": round(generator_s, 2)}
+    with SandboxServer(port=0, count_only=True) as sandbox:
+        sandbox.add_workspace(bench.WORKSPACE, bench.API_KEY, dc="03", users_per_minute=budget,
+                              events_per_minute=budget)
+        os.environ["AIRFLOW_CONN_MOENGAGE_DEFAULT"] = sandbox.connection_json(
+            bench.WORKSPACE, bench.API_KEY, dc="03", pacing=True, users_per_minute=budget, events_per_minute=budget)
+        gate = threading.Semaphore(out["pool_slots"])
+        runs: dict[str, dict[str, Any]] = {}
+        errors: list[BaseException] = []
+
+        def counters() -> dict[str, int]:
+            return sandbox.state.workspace_counters(bench.WORKSPACE)
+
+        def describe() -> str:
+            c = counters()
+            return (f"{label}: MoEngage sandbox has {c.get('users_counted', 0):,} users and "
+                    f"{c.get('events_counted', 0):,} events, {c.get('throttled', 0)} 429s")
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            list(pool.map(bench._warm_task, [0.5] * workers))
+
+            def one(program_id: str) -> None:
+                try:
+                    runs[program_id] = bench._run_dag(pool, program_id=program_id, night_iso=night.isoformat(),
+                                                      run_id=run_ids[program_id], load_gate=gate,
+                                                      label=f"{label} {program_id} ")
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    errors.append(exc)
+
+            with bench._Sampler() as sampler, Ticker(describe):
+                threads = [threading.Thread(target=one, args=(p,)) for p in ids]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+        if errors:
+            raise errors[0]
+        c = counters()
+    started = min(r["started"] for r in runs.values())
+    wall = max(r["ended"] for r in runs.values()) - started
+    users = sum(r["report"]["members_updated"] for r in runs.values())
+    events = sum(r["report"]["events_sent"] for r in runs.values())
+    floor_s = max(users, events) / budget * 60
+    out.update({
+        "members": users, "events": events, "pipeline_s": round(wall, 2), "budget_floor_s": round(floor_s, 2),
+        "over_floor_pct": round(100 * (wall / floor_s - 1), 2),
+        "throttled": c.get("throttled", 0),
+        "sandbox_users": c.get("users_counted", 0), "sandbox_events": c.get("events_counted", 0),
+        "per_program": {p: {"members": r["report"]["members_updated"], "events": r["report"]["events_sent"],
+                            "start_s": round(r["started"] - started, 2), "end_s": round(r["ended"] - started, 2),
+                            "phase_wall_s": {k: round(v, 2) for k, v in r["phases"].items()},
+                            "load_tasks_s": [round(t["seconds"], 2) for t in r["loaded"]]}
+                        for p, r in runs.items()},
+        "peak_rss_mb_all_processes": round(sampler.peak_total_mb, 1),
+        "sandbox_mode": "count_only, budget enforced in 60 s windows",
+    })
+    return out
