@@ -139,9 +139,12 @@ def loyalty_dsn(conn_id: str = DEFAULT_CONN_ID) -> str:
 
 
 def connect(dsn: str, *, autocommit: bool = False, application_name: str = "loyalty_moengage"):
+    """A psycopg connection that fails fast on an unreachable server and notices a dead one:
+    a hung connection would stall a lease's renewals or a report without an error."""
     import psycopg
 
-    return psycopg.connect(dsn, autocommit=autocommit, application_name=application_name)
+    return psycopg.connect(dsn, autocommit=autocommit, application_name=application_name, connect_timeout=10,
+                           keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
 
 
 def run_sql_files(dsn: str, files: list[Path]) -> None:

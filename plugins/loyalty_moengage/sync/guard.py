@@ -3,8 +3,10 @@
 A broken template must not fire an empty or wrong campaign, so the guard runs after every
 chunk is enqueued and before any load. Transforms enqueue batches as ``staged``; only a
 passing guard makes a night's batches ``pending`` (sendable), so no path (a failed chunk, the
-next night's load) can send a night the guard has not approved. A failing guard withdraws the
-run's staged batches with their event keys, so a corrected rerun enqueues them again.
+next night's load) can send a night the guard has not approved. A passing guard releases the
+night's staged batches of every run (a crashed run's leftovers included); a failing one
+withdraws only its own run's staged batches with their event keys, so a corrected rerun
+enqueues them again.
 """
 
 from __future__ import annotations
@@ -92,20 +94,18 @@ def release_night(conn: Any, program_id: str, night: Any) -> int:
 def withdraw_night(conn: Any, program_id: str, night: Any, run_id: str) -> int:
     """The guard failed: remove this run's staged batches of the night, their event keys and
     their claims on the attribute refresh (none was sent), so a corrected rerun enqueues them
-    again. Another run of the night keeps what it staged: its own guard decides."""
+    again. The batches go first and only those actually deleted lose their keys: a concurrent
+    guard that released some meanwhile keeps them, keys included."""
+    withdrawn = [r[0] for r in conn.execute(
+        "DELETE FROM moengage_sync.batches WHERE program_id = %s AND night = %s AND run_id = %s AND state = 'staged' "
+        "RETURNING batch_id", (program_id, night, run_id))]
+    conn.execute("DELETE FROM moengage_sync.event_keys WHERE program_id = %s AND batch_id = ANY(%s)",
+                  (program_id, withdrawn))
     conn.execute(
-        "DELETE FROM moengage_sync.attribute_chunks a WHERE a.program_id = %s AND a.night = %s AND a.run_id = %s",
-        (program_id, night, run_id),
-    )
-    conn.execute(
-        "DELETE FROM moengage_sync.event_keys k USING moengage_sync.batches b "
-        "WHERE k.batch_id = b.batch_id AND b.program_id = %s AND b.night = %s AND b.run_id = %s "
-        "AND b.state = 'staged'",
-        (program_id, night, run_id),
-    )
-    cur = conn.execute(
-        "DELETE FROM moengage_sync.batches WHERE program_id = %s AND night = %s AND run_id = %s AND state = 'staged'",
+        "DELETE FROM moengage_sync.attribute_chunks a WHERE a.program_id = %s AND a.night = %s AND a.run_id = %s "
+        "AND NOT EXISTS (SELECT 1 FROM moengage_sync.batches b WHERE b.program_id = a.program_id "
+        "AND b.night = a.night AND b.run_id = a.run_id AND b.kind = 'users')",
         (program_id, night, run_id),
     )
     conn.commit()
-    return cur.rowcount
+    return len(withdrawn)

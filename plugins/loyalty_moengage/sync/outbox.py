@@ -25,9 +25,6 @@ log = logging.getLogger(__name__)
 #: How long a claim stays the owner's without renewal; the owner renews every quarter of it.
 LEASE_SECONDS = 120.0
 
-STATES = ("staged", "pending", "claimed", "sending", "sent", "rejected", "uncertain", "superseded")
-
-
 @dataclass(frozen=True)
 class NewBatch:
     kind: str              # "events" | "users"
@@ -205,6 +202,13 @@ def claim(conn: Any, owner: Owner, limit: int, *, up_to_night: date,
     ``synchronous_commit = off``): a claim lost in a crash after its POST would resend the batch.
     """
     conn.execute("SET LOCAL synchronous_commit = on")
+    # A users batch of a night older than the newest attribute refresh would overwrite newer
+    # attributes, whichever way it came back to pending (a retry, a recovery, a requeue).
+    conn.execute(
+        "UPDATE moengage_sync.batches b SET state = 'superseded', updated_at = now(), "
+        "error = 'superseded by the attribute refresh of night ' || w.night "
+        "FROM moengage_sync.attribute_watermark w WHERE w.program_id = b.program_id AND b.program_id = %s "
+        "AND b.kind = 'users' AND b.state = 'pending' AND b.night < w.night", (owner.program_id,))
     rows = conn.execute(
         """
         UPDATE moengage_sync.batches b
@@ -230,12 +234,15 @@ def claim(conn: Any, owner: Owner, limit: int, *, up_to_night: date,
     return batches
 
 
-def start_sending(conn: Any, batch_id: int, owner: Owner) -> None:
+def start_sending(conn: Any, batch_id: int, owner: Owner, *, lease_seconds: float = LEASE_SECONDS) -> None:
     """Durably mark the one batch about to be POSTed: the only state a crash turns uncertain.
-    Raises :class:`ClaimLost` (nothing is sent) when the claim is no longer ours."""
+    Raises :class:`ClaimLost` (nothing is sent) when the claim is no longer ours, or its lease
+    ran out (the renewals failed: another run may already count it as an orphan)."""
     moved = conn.execute(
-        "UPDATE moengage_sync.batches SET state = 'sending', updated_at = now() "
-        "WHERE batch_id = %s AND state = 'claimed' AND claimed_by = %s", (batch_id, owner.token)).rowcount
+        "UPDATE moengage_sync.batches SET state = 'sending', updated_at = now(), "
+        "lease_expires_at = now() + make_interval(secs => %s) "
+        "WHERE batch_id = %s AND state = 'claimed' AND claimed_by = %s AND lease_expires_at > now()",
+        (lease_seconds, batch_id, owner.token)).rowcount
     conn.execute("SET LOCAL synchronous_commit = on")
     conn.commit()
     if moved != 1:
@@ -310,6 +317,13 @@ class LeaseKeeper:
             conn.close()
 
 
+def requeue_batch(conn: Any, batch_id: int, owner: Owner) -> int:
+    """Policy ``resend``: the batch we just marked uncertain goes back to pending at once."""
+    return conn.execute(
+        "UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, updated_at = now() "
+        "WHERE batch_id = %s AND state = 'uncertain' AND claimed_by = %s", (batch_id, owner.token)).rowcount
+
+
 def requeue_uncertain(conn: Any, program_id: str) -> int:
     cur = conn.execute(
         "UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, updated_at = now() "
@@ -318,14 +332,6 @@ def requeue_uncertain(conn: Any, program_id: str) -> int:
     )
     conn.commit()
     return cur.rowcount
-
-
-def batch_states(conn: Any, program_id: str, night: date) -> dict[str, int]:
-    rows = conn.execute(
-        "SELECT state, count(*) FROM moengage_sync.batches WHERE program_id = %s AND night = %s GROUP BY state",
-        (program_id, night),
-    ).fetchall()
-    return {state: n for state, n in rows}
 
 
 def to_csv(table: Any) -> bytes:

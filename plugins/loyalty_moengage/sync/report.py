@@ -49,9 +49,8 @@ def build(conn: Any, *, program_id: str, night: date, run_id: str, window_start:
             for key in ("events_enqueued", "events_already_sent", "members_extracted", "members_enqueued",
                         "events_extracted"):
                 totals[key] += stats.get(key, 0)
-        else:
-            for key in ("requests", "throttled", "retries", "bytes_sent", "users_sent", "events_sent",
-                        "batches_uncertain", "orphans_uncertain", "requeued_uncertain"):
+        elif stage == "load":
+            for key in ("requests", "throttled", "retries", "bytes_sent"):
                 totals[key] += int(stats.get(key, 0) or 0)
     for reason, n in conn.execute(
         "SELECT reason, count(*) FROM moengage_sync.quarantine WHERE program_id = %s AND night = %s GROUP BY reason",
@@ -79,7 +78,6 @@ def build(conn: Any, *, program_id: str, night: date, run_id: str, window_start:
         "events_sent_other_nights": int(sent[1]),
         "events_extracted": totals["events_extracted"],
         "uncertain_batches": batches.get("uncertain", 0),
-        "requeued_uncertain": totals["requeued_uncertain"],
         "members_extracted": totals["members_extracted"],
         "members_updated": int(sent[2]),
         "attributes_skipped": attributes_skipped,
@@ -139,6 +137,7 @@ def batch_states(conn: Any, program_id: str, night: date) -> dict[str, int]:
 
 
 UNSETTLED = ("staged", "pending", "claimed", "sending")
+RETENTION_GRACE_DAYS = 2
 
 
 def needs_attention(conn: Any, program_id: str, night: date) -> list[dict[str, Any]]:
@@ -283,8 +282,9 @@ def enforce_retention(conn: Any, *, program_id: str, night: date, retention_days
             (program_id,),
         )
         counts["bodies_dropped"] = cur.rowcount
-    horizon = (night.toordinal() - retention_days)
-    cutoff = date.fromordinal(horizon)
+    # Two days of grace: a run of the oldest night the plan still accepts may be going on while
+    # a newer night's report runs (the plan refuses anything older than retention_days).
+    cutoff = date.fromordinal(night.toordinal() - retention_days - RETENTION_GRACE_DAYS)
     for table in ("event_keys", "quarantine", "task_stats", "attribute_chunks"):
         cur = conn.execute(f"DELETE FROM moengage_sync.{table} WHERE program_id = %s AND night < %s", (program_id, cutoff))
         counts[f"{table}_deleted"] = cur.rowcount

@@ -274,8 +274,9 @@ def load(program: Program, slot: int, context: dict[str, Any]) -> dict[str, Any]
 
     w = window(program, context)
     _, state = dsns(program)
-    hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=program.load_share,
-                        retry_uncertain=program.uncertain_policy == "resend")
+    # Never retry_uncertain: under policy resend the outbox records the batch uncertain first and
+    # re-queues it where the report counts it (load._send_one), so no resend goes unreported.
+    hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=program.load_share)
     ti = context.get("ti")
     stats = load_slot(program_id=program.id, slot=slot, night=w.night, run_id=context["run_id"], state_dsn=state,
                       hook=hook, uncertain_policy=program.uncertain_policy,
@@ -305,8 +306,9 @@ def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     run_id = context["run_id"]
     _, state = dsns(program)
     with connect(state) as conn:
-        recover_orphans(conn, program.id)
         in_flight = rep.wait_for_in_flight(conn, program.id, w.night)
+        # After the wait: a batch whose owner died mid-POST is counted uncertain, not unsent.
+        recover_orphans(conn, program.id)
         stages = rep.stage_summary(conn, program.id, run_id)
         outcome, notes = rep.assess(
             program_id=program.id, night=w.night, plan_info=stages.plan, chunks_done=stages.chunks_done,

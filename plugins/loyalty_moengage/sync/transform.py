@@ -103,14 +103,9 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
 
     from loyalty_moengage.db import connect
 
-    with connect(state_dsn) as sconn:
-        done = sconn.execute(
-            "SELECT stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s "
-            "AND stage = 'transform' AND task_key = %s", (program_id, run_id, label)).fetchone()
+    done = _done_before(state_dsn, program_id, run_id, label)
     if done:
-        # An earlier attempt of this chunk committed (the worker died after the commit).
-        log.info("%s already enqueued by an earlier attempt of this run", label)
-        return done[0]
+        return done
 
     seconds: Counter[str] = Counter()
     t0 = time.perf_counter()
@@ -121,6 +116,8 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
     seconds["transform"] += time.perf_counter() - t0
 
     for attempt in range(1, 4):
+        if attempt > 1 and (done := _done_before(state_dsn, program_id, run_id, label)):
+            return done  # the collision was with another attempt of this very chunk, which won
         try:
             with connect(state_dsn) as sconn:
                 return _enqueue(sconn, checked, program_id=program_id, window=window, run_id=run_id, label=label,
@@ -130,6 +127,20 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
                 raise
             log.info("%s: another run enqueued some of these events at the same time; enqueuing again", label)
     raise AssertionError("unreachable")
+
+
+def _done_before(state_dsn: str, program_id: str, run_id: str, label: str) -> dict[str, Any] | None:
+    """The stats of an attempt of this run's chunk that committed (a worker died after its commit,
+    or a zombie attempt finished first)."""
+    from loyalty_moengage.db import connect
+
+    with connect(state_dsn) as sconn:
+        done = sconn.execute(
+            "SELECT stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s "
+            "AND stage = 'transform' AND task_key = %s", (program_id, run_id, label)).fetchone()
+    if done:
+        log.info("%s already enqueued by an earlier attempt of this run", label)
+    return done[0] if done else None
 
 
 def _extract(loyalty_dsn: str, params: dict[str, Any]) -> list[Any]:

@@ -96,7 +96,6 @@ def test_lost_answers_become_uncertain_and_are_never_resent(program, tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import sys
     from datetime import date
-    from loyalty_moengage.sync.guard import release_night
     from loyalty_moengage.moengage.hook import MoEngageHook
     from loyalty_moengage.sync.load import load_slot
     hook = MoEngageHook(moengage_conn_id="moengage_default")
@@ -336,3 +335,80 @@ def test_resend_and_resolve_can_name_batches(loyalty_db):
     with psycopg.connect(loyalty_db) as conn:
         states = dict(conn.execute("SELECT batch_id, state FROM moengage_sync.batches").fetchall())
     assert states == {ids[0]: "pending", ids[1]: "sent", ids[2]: "uncertain"}
+
+
+def _enqueue_night(dsn: str, night: date, run_id: str) -> None:
+    from loyalty_moengage.sync.guard import release_night
+    from loyalty_moengage.sync.runner import night_end
+    from loyalty_moengage.sync.transform import Window, transform_chunk
+
+    window = Window.for_interval(night_end(night - timedelta(days=1), TZ), night_end(night, TZ), TZ)
+    transform_chunk(program_id=PROGRAM, window=window, lo=0, hi=2**63 - 1, label="all", run_id=run_id,
+                    send_users=True, loyalty_dsn=dsn, state_dsn=dsn)
+    with psycopg.connect(dsn) as conn:
+        release_night(conn, PROGRAM, night)
+
+
+def test_a_transient_failure_leaves_no_batch_sending(program, tmp_path):
+    from loyalty_moengage.moengage.hook import MoEngageHook
+    from loyalty_moengage.sync.load import LoadError, load_slot
+
+    night = _today() - timedelta(days=1)
+    _enqueue_night(program, night, "run-t")
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        sandbox.fail_next(None, 503)  # the second batch of the first claim fails for good (no retries)
+        with pytest.raises(LoadError):
+            load_slot(program_id=PROGRAM, slot=0, night=night, run_id="run-t", state_dsn=program,
+                      hook=MoEngageHook(moengage_conn_id="moengage_default", max_retries=0))
+        stats = load_slot(program_id=PROGRAM, slot=0, night=night, run_id="run-t", state_dsn=program,
+                          hook=MoEngageHook(moengage_conn_id="moengage_default"), attempt=2)
+        counts = _event_counts(sandbox)
+    assert stats["orphans_uncertain"] == 0
+    assert {s for s, _, _ in _batches(program, program_id=PROGRAM)} == {"sent"}
+    assert max(counts.values()) == 1
+
+
+def test_policy_resend_resends_a_lost_answer_where_the_report_counts_it(program, tmp_path):
+    from loyalty_moengage.moengage.hook import MoEngageHook
+    from loyalty_moengage.sync.load import load_slot
+
+    night = _today() - timedelta(days=1)
+    _enqueue_night(program, night, "run-p")
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        sandbox.fail_next(None, "drop_after_body")   # MoEngage accepted it, the answer was lost
+        stats = load_slot(program_id=PROGRAM, slot=0, night=night, run_id="run-p", state_dsn=program,
+                          hook=MoEngageHook(moengage_conn_id="moengage_default"), uncertain_policy="resend")
+        counts = _event_counts(sandbox)
+    assert stats["batches_uncertain"] == stats["requeued_uncertain"] == 1
+    assert {s for s, _, _ in _batches(program, program_id=PROGRAM)} == {"sent"}
+    assert set(counts.values()) <= {1, 2}
+
+
+def test_a_report_after_its_owner_died_mid_post_says_uncertain(program, tmp_path):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from loyalty_moengage.config.programs import get_program
+    from loyalty_moengage.sync import outbox, tasks
+    from loyalty_moengage.sync.runner import night_end
+
+    night = _today() - timedelta(days=1)
+    context = {"data_interval_start": night_end(night - timedelta(days=1), TZ),
+               "data_interval_end": night_end(night, TZ), "run_id": "run-d", "params": {}, "ti": None}
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all"):
+        p = get_program(PROGRAM)
+        tasks.preflight(p, context)
+        for chunk in tasks.plan(p, context):
+            tasks.transform(p, chunk, context)
+        tasks.guard(p, context)
+        dead = outbox.Owner(program_id=PROGRAM, run_id="run-d", slot=0)
+        with psycopg.connect(program) as conn:
+            [batch] = outbox.claim(conn, dead, 1, up_to_night=night)
+            outbox.start_sending(conn, batch.batch_id, dead)
+        tasks.load(p, 0, context)  # another slot sends the rest; the dead one's claim is still live
+        with psycopg.connect(program) as conn:
+            conn.execute("UPDATE moengage_sync.batches SET lease_expires_at = now() - interval '1 second' "
+                         "WHERE batch_id = %s", (batch.batch_id,))
+        with pytest.raises(AirflowFailException, match="uncertain"):
+            tasks.report(p, context)
+    (row,) = reports(program, PROGRAM)
+    assert row["outcome"] == "uncertain" and row["uncertain_batches"] == 1

@@ -137,3 +137,41 @@ def test_quarantine_keeps_each_row_once_per_night(loyalty_db):
         assert outbox.insert_quarantine(conn, program_id="p", night=NIGHT, run_id="r2", rows=rows) == 0
         assert outbox.insert_quarantine(conn, program_id="p", night=date(2026, 11, 22), run_id="r3", rows=rows[:1]) == 1
         assert conn.execute("SELECT count(*) FROM moengage_sync.quarantine").fetchone()[0] == 3
+
+
+def test_a_claim_whose_lease_ran_out_is_not_posted(loyalty_db):
+    _add_batches(loyalty_db, 1)
+    owner = Owner(program_id="p", run_id="r", slot=0)
+    with psycopg.connect(loyalty_db) as conn:
+        [held] = outbox.claim(conn, owner, 1, up_to_night=NIGHT)
+        conn.execute("UPDATE moengage_sync.batches SET lease_expires_at = now() - interval '1 second'")
+        conn.commit()
+        with pytest.raises(ClaimLost):
+            outbox.start_sending(conn, held.batch_id, owner)
+    assert _states(loyalty_db) == {"claimed": 1}
+
+
+def test_users_batches_older_than_the_newest_refresh_are_never_claimed(loyalty_db):
+    older = date(2026, 11, 20)
+    _add_batches(loyalty_db, 1, night=older, kind="users")
+    _add_batches(loyalty_db, 1, night=older)
+    with psycopg.connect(loyalty_db) as conn:
+        conn.execute("INSERT INTO moengage_sync.attribute_watermark (program_id, night, run_id) VALUES ('p', %s, 'r')",
+                     (NIGHT,))
+        conn.commit()
+        claimed = outbox.claim(conn, Owner(program_id="p", run_id="r", slot=0), 10, up_to_night=NIGHT)
+    assert [b.kind for b in claimed] == ["events"]
+    assert _states(loyalty_db) == {"claimed": 1, "superseded": 1}
+
+
+def test_a_failing_guard_keeps_what_a_concurrent_passing_guard_released(loyalty_db):
+    from loyalty_moengage.sync import guard
+
+    [bid] = _add_batches(loyalty_db, 1, state="staged")
+    with psycopg.connect(loyalty_db) as conn:
+        outbox.insert_event_keys(conn, f"p,e-1,{NIGHT},loyalty_points_earned,{bid}\n".encode())
+        conn.commit()
+        assert guard.release_night(conn, "p", NIGHT) == 1          # run A's guard passes first
+        assert guard.withdraw_night(conn, "p", NIGHT, "enqueuer") == 0  # run B's fails just after
+        assert conn.execute("SELECT count(*) FROM moengage_sync.event_keys").fetchone()[0] == 1
+    assert _states(loyalty_db) == {"pending": 1}
