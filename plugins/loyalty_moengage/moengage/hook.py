@@ -551,8 +551,12 @@ class MoEngageHook(BaseHook):
             fix = "Pack smaller batches or raise the budget in the connection extras if MoEngage raised it."
             raise MoEngagePermanentError(f"{cause}. {fix}", cause=cause, fix=fix)
         started = self._clock()
-        waited = self.users_bucket.acquire(users) + self.events_bucket.acquire(events)
-        self.stats.pacing_seconds += waited
+        # While one bucket holds this send back, the other budget goes unspent: it is banked (pacing.py).
+        waited_users = self.users_bucket.acquire(users)
+        self.events_bucket.bank(waited_users)
+        waited_events = self.events_bucket.acquire(events)
+        self.users_bucket.bank(waited_events)
+        self.stats.pacing_seconds += waited_users + waited_events
         needs = [(w, n) for w, n in ((self.users_window, users), (self.events_window, events)) if n]
         buckets = [self.users_bucket, self.events_bucket]
         self._wait_for_window(needs, buckets)

@@ -27,9 +27,12 @@ workspace are expected to have sent at their share); when the batch does not fit
 for the reset. The bucket then :meth:`TokenBucket.bank` s the time waited for the server: the
 tokens that accrued while waiting are kept (beyond the 1 s capacity), so after the reset the task
 sends what it was owed and the night still ends at ``records / budget``. Without banking every
-window-edge wait is lost for good (the 13% a paced run lost before). Time is banked only after a
-wait the server asked for (its window, a 429), never after idle time, so a task that simply had
-nothing to send cannot burst.
+window-edge wait is lost for good (the 13% a paced run lost before). The same holds between the
+two budgets: a task sending an events batch waits on the events bucket while its users budget goes
+unspent, so the users bucket banks that wait (and the other way round): users and events then
+both run at their budgets, and a night takes max(users, events) / budget, not their sum. Time is
+banked only while the task was held back (by the server, or by its other bucket), never after
+idle time, and never more than a minute's worth, so a task that had nothing to send cannot burst.
 
 ``acquire(n)`` reserves tokens and sleeps outside the lock, so a request larger than the
 bucket's capacity still goes through after waiting ``n / rate`` (never a deadlock), and
@@ -87,14 +90,17 @@ class TokenBucket:
             return -self._tokens / self._per_second if self._tokens < 0 else 0.0
 
     def bank(self, seconds: float) -> None:
-        """Keep the tokens that accrued over the last ``seconds`` spent waiting for the server (its
-        window edge or a 429), beyond the bucket's capacity: that budget was not used, so it is owed."""
+        """Keep the tokens that accrued over the last ``seconds`` this task was held back from spending
+        them (waiting for the server's window or a 429, or for the other budget's bucket), beyond the
+        capacity: that budget was not used, so it is owed. At most one minute's worth is ever banked,
+        so the tokens of a per-minute budget are never spent twice."""
         if self.unlimited or seconds <= 0:
             return
         with self._lock:
             now = self._clock()
             accrued = self._tokens + (now - self._updated) * self._per_second
-            self._tokens = min(accrued, max(self._tokens, self.capacity) + seconds * self._per_second)
+            owed = max(self._tokens, self.capacity) + min(seconds, 60.0) * self._per_second
+            self._tokens = min(accrued, owed, max(self.capacity, self.rate_per_minute))
             self._updated = now
 
     def acquire(self, n: float) -> float:
