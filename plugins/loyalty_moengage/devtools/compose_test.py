@@ -455,6 +455,26 @@ def main_test(args: argparse.Namespace) -> int:
                 per_worker[name] = per_worker.get(name, 0) + 1
                 tasks = per_worker_task.setdefault(name, {})
                 tasks[ti["task_id"]] = tasks.get(ti["task_id"], 0) + 1
+        # The workspace Pool under Celery: load tasks of all runs never more than its slots at once.
+        pools = {p["name"]: p["slots"] for p in api.call("GET", "/api/v2/pools?limit=100")["pools"]}
+        loads = [ti for ti in tis if ti["task_id"] == "load" and ti.get("start_date") and ti.get("end_date")]
+        load_pools = sorted({ti.get("pool") for ti in loads})
+        edges = sorted([(ti["start_date"], 1) for ti in loads] + [(ti["end_date"], -1) for ti in loads],
+                       key=lambda e: (datetime.fromisoformat(e[0].replace("Z", "+00:00")), e[1]))
+        overlap = peak = 0
+        for _, step in edges:
+            overlap += step
+            peak = max(peak, overlap)
+        logs_ok: dict[str, bool] = {}
+        for ti in tis:
+            name = by_host.get(ti.get("hostname") or "", "")
+            if ti.get("map_index", -1) != -1 or name in logs_ok or not name:
+                continue
+            from urllib.parse import quote
+            doc = api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(ti['dag_run_id'], safe='')}/taskInstances/"
+                                  f"{ti['task_id']}/logs/{ti['try_number']}")
+            text = json.dumps(doc.get("content", ""))
+            logs_ok[name] = len(doc.get("content") or []) > 5 and "secret_key" not in text
         probe = stack("exec", "-T", "airflow-scheduler", "python", "-m", "loyalty_moengage.devtools.compose_test",
                       "audit", "--program", PROGRAM, timeout=300)
         result = json.loads(probe.stdout.strip().splitlines()[-1])
@@ -470,6 +490,13 @@ def main_test(args: argparse.Namespace) -> int:
              a["expected"] > 0 and a["expected"] == a["received"] and not (a["lost"] or a["duplicated"] or a["unexpected"])),
             (f"run reports' events_sent add up to what the sandbox received ({a['events_sent_in_run_reports']})",
              a["events_sent_in_run_reports"] == a["received"]),
+            (f"load tasks ran in the workspace Pool {', '.join(map(str, load_pools))} "
+             f"({pools.get(load_pools[0]) if len(load_pools) == 1 else '?'} slots): at most {peak} at once "
+             f"across the {len(runs)} runs", len(load_pools) == 1 and load_pools[0] in pools
+             and load_pools[0] != "default_pool" and 0 < peak <= pools[load_pools[0]]),
+            (f"task logs read through the API server from each worker's log server "
+             f"({', '.join(f'{w}: ' + ('ok' if logs_ok.get(w) else 'unreadable') for w in worker_names)})",
+             len(worker_names) == 2 and all(logs_ok.get(w) for w in worker_names)),
             (f"both workers ran tasks ({', '.join(f'{w}: {per_worker.get(w, 0)}' for w in worker_names)})",
              len(worker_names) == 2 and all(per_worker.get(w, 0) > 0 for w in worker_names)),
         ]
