@@ -41,7 +41,7 @@ test-ui: install
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "test-ui: Chromium is missing; as root: apt-get install -y chromium"; exit 1; fi; }
 	@$(MAKE) --no-print-directory $(UI_STAMP)
-	$(PY) -m pytest -q -rs tests/loyalty_moengage/ui $(ARGS)
+	LOYALTY_UI_SHOTS=$(CURDIR)/docs/img $(PY) -m pytest -q -rs tests/loyalty_moengage/ui $(ARGS)
 
 sandbox: install
 	$(PY) -m loyalty_moengage.cli sandbox $(ARGS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import re
 import shutil
 import uuid
@@ -31,7 +32,9 @@ PROGRAM = "uitabs"
 TZ = "Asia/Kolkata"
 USERS = {"viewer": "viewer-password-1", "outsider": "outsider-password-1"}
 ROOT = Path(__file__).resolve().parents[3]
-SHOTS = ROOT / "docs" / "img"
+# `make test-ui` keeps the screenshots for the README (LOYALTY_UI_SHOTS=docs/img); `make test` does not
+# rewrite tracked files.
+SHOTS = Path(os.environ.get("LOYALTY_UI_SHOTS") or tempfile.mkdtemp(prefix="lm-ui-shots-")).resolve()
 UI = "/loyalty-moengage-ui"
 # the program starts three nights ago: the newest night runs, the two before it show as missed
 START = today_in(TZ) - timedelta(days=3)
