@@ -114,6 +114,9 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
     t0 = time.perf_counter()
     checked = _check(extracts, window)
     seconds["transform"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    present, lookups = _presence(state_dsn, checked.events, program_id=program_id, lookup=lookup)
+    seconds["lookup"] += time.perf_counter() - t0
 
     for attempt in range(1, 4):
         if attempt > 1 and (done := _done_before(state_dsn, program_id, run_id, label)):
@@ -121,7 +124,8 @@ def transform_chunk(*, program_id: str, window: Window, lo: int, hi: int, label:
         try:
             with connect(state_dsn) as sconn:
                 return _enqueue(sconn, checked, program_id=program_id, window=window, run_id=run_id, label=label,
-                                lo=lo, hi=hi, send_users=send_users, lookup=lookup, seconds=Counter(seconds))
+                                lo=lo, hi=hi, send_users=send_users, present=present, lookups=lookups,
+                                seconds=Counter(seconds))
         except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
             if attempt == 3:
                 raise
@@ -236,19 +240,36 @@ def _event_table(ev_tables: list[tuple[str, Any, Any]], rejects: _Rejects) -> An
     return events
 
 
+def _presence(state_dsn: str, events: Any, *, program_id: str,
+              lookup: Callable[[list[str]], set[str]] | None) -> tuple[set[str] | None, int]:
+    """Which customers of the chunk's new events MoEngage knows (None: not checked), asked before
+    the state transaction opens: a minute of Get User API calls must not hold its locks."""
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.moengage.presence import known_customers
+    from loyalty_moengage.sync import outbox
+
+    if lookup is None or events is None or not events.num_rows:
+        return None, 0
+    with connect(state_dsn) as conn:
+        existing = outbox.existing_event_ids(conn, program_id, events.column("event_id").to_pylist())
+        customers = {cid for eid, cid in zip(events.column("event_id").to_pylist(),
+                                             events.column("customer_id").to_pylist()) if eid not in existing}
+        return known_customers(conn, program_id, sorted(customers), lookup)
+
+
 def _enqueue(sconn: Any, checked: _Checked, *, program_id: str, window: Window, run_id: str, label: str,
-             lo: int, hi: int, send_users: bool, lookup: Callable[[list[str]], set[str]] | None,
+             lo: int, hi: int, send_users: bool, present: set[str] | None, lookups: int,
              seconds: Counter[str]) -> dict[str, Any]:
-    """The chunk's one state transaction: drop events enqueued before, check presence, pack,
-    and write batches, event keys, quarantine and stats together."""
+    """The chunk's one state transaction: drop events enqueued before and those of customers
+    MoEngage does not know, pack, and write batches, event keys, quarantine and stats together."""
     from loyalty_moengage.sync import outbox
     from loyalty_moengage.sync.report import record_stats
 
     t0 = time.perf_counter()
     rejects = checked.rejects.copy()
-    stats: dict[str, Any] = {"events_already_sent": 0, "not_in_moengage": 0, "customer_lookups": 0}
-    events = _new_events(sconn, checked.events, program_id=program_id, lookup=lookup, rejects=rejects,
-                         stats=stats, seconds=seconds)
+    stats: dict[str, Any] = {"events_already_sent": 0, "not_in_moengage": 0, "customer_lookups": lookups}
+    events = _new_events(sconn, checked.events, program_id=program_id, present=present, rejects=rejects,
+                         stats=stats)
     t1 = time.perf_counter()
     event_batches, keys, events_by_type = _pack_events(events, rejects)
     user_batches: list[outbox.NewBatch] = []
@@ -269,7 +290,7 @@ def _enqueue(sconn: Any, checked: _Checked, *, program_id: str, window: Window, 
     if keys is not None:
         _insert_keys(sconn, keys, batch_ids, program_id=program_id, night=window.night)
     outbox.insert_quarantine(sconn, program_id=program_id, night=window.night, run_id=run_id, rows=rejects.rows)
-    seconds["outbox"] += time.perf_counter() - t0 - packing - seconds["lookup"]
+    seconds["outbox"] += time.perf_counter() - t0 - packing
     stats.update({
         "label": label,
         "rows_extracted": checked.rows_extracted,
@@ -289,8 +310,8 @@ def _enqueue(sconn: Any, checked: _Checked, *, program_id: str, window: Window, 
     return stats
 
 
-def _new_events(sconn: Any, events: Any, *, program_id: str, lookup: Callable[[list[str]], set[str]] | None,
-                rejects: _Rejects, stats: dict[str, Any], seconds: Counter[str]) -> Any:
+def _new_events(sconn: Any, events: Any, *, program_id: str, present: set[str] | None, rejects: _Rejects,
+                stats: dict[str, Any]) -> Any:
     """The events no run has enqueued before, for customers MoEngage knows."""
     import orjson
     import pyarrow as pa
@@ -305,14 +326,8 @@ def _new_events(sconn: Any, events: Any, *, program_id: str, lookup: Callable[[l
         keep = pc.invert(pc.is_in(events.column("event_id"), value_set=pa.array(sorted(existing), pa.string())))
         stats["events_already_sent"] = events.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
         events = events.filter(keep)
-    if lookup is None or not events.num_rows:
+    if present is None or not events.num_rows:
         return events
-    from loyalty_moengage.moengage.presence import known_customers
-
-    t = time.perf_counter()
-    present, stats["customer_lookups"] = known_customers(
-        sconn, program_id, sorted(set(events.column("customer_id").to_pylist())), lookup)
-    seconds["lookup"] += time.perf_counter() - t
     known = pc.is_in(events.column("customer_id"), value_set=pa.array(sorted(present), pa.string()))
     unknown = events.filter(pc.invert(known))
     for eid, name, cid in zip(unknown.column("event_id").to_pylist(), unknown.column("event_name").to_pylist(),
