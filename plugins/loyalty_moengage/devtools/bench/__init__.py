@@ -215,8 +215,27 @@ def _programs_file(path: Path, *, chunk_members: int | None, load_parallelism: i
     return path
 
 
+def clear_bench_programs(dsn: str) -> None:
+    """Drop the bench's programs before it generates one: TRUNCATE when the database holds nothing
+    else (the generator's per-program DELETE of a 1M-member program beside others takes minutes),
+    else leave it to the generator."""
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.devtools.generator import _ALL_TABLES
+
+    with connect(dsn) as conn:
+        if conn.execute("SELECT to_regclass('loyalty.programs')").fetchone()[0] is None:
+            return
+        ids = [r[0] for r in conn.execute("SELECT program_id FROM loyalty.programs").fetchall()]
+        if ids and all(i == PROGRAM_ID or i.startswith(PROGRAM_ID + "_") for i in ids):
+            _log(f"dropping the bench programs {', '.join(sorted(ids))} (TRUNCATE)")
+            conn.execute("TRUNCATE " + ", ".join(f"loyalty.{t}" for t in _ALL_TABLES))
+            conn.commit()
+
+
 def _generate(dsn: str, *, members: int, events_night: int, days: int, seed: int, night: date) -> tuple[float, Any]:
     from loyalty_moengage.devtools.generator import generate
+
+    clear_bench_programs(dsn)
 
     activity = max(1.0, events_night / (EVENTS_PER_MEMBER_AT_1 * members)) if events_night else 1.0
     t = time.perf_counter()

@@ -65,6 +65,7 @@ def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int
     budget = args.paced_users_per_minute
     ids = (bench.PROGRAM_ID,) if len(members) == 1 else tuple(f"{bench.PROGRAM_ID}_{c}" for c in "ab"[:len(members)])
     generator_s = 0.0
+    bench.clear_bench_programs(dsn)
     for i, (program_id, n) in enumerate(zip(ids, members)):
         bench._log(f"{label}: generating {program_id} ({n:,} members)")
         t = time.perf_counter()
