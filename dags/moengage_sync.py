@@ -5,7 +5,7 @@ One DAG per enabled program in `include/programs.yaml` (`moengage_sync_<program>
 12 AM in the program's time zone for the night that just ended.
 
 Load tasks run in the workspace's Airflow Pool (`moengage_<connection id>` unless the program
-sets `workspace_pool`); create it once: `airflow pools set moengage_moengage_default 2 "MoEngage workspace"`.
+sets `workspace_pool`); the plugin creates it when a run starts if it is missing.
 
 `preflight` (MoEngage credentials on the configured data centre, SQL template columns) ->
 `plan` (member-id chunks) -> `transform` (mapped: SQL extract, row checks, payload batches
@@ -71,7 +71,7 @@ def build(program: Program):
 
         # One Pool per MoEngage workspace, shared by every program sending to it: at most pool_slots
         # load tasks spend the budget at once, each at budget / pool_slots (README, "Rate budget and
-        # scale-out"; create it with `airflow pools set`: a missing Pool leaves the tasks scheduled).
+        # scale-out"; a missing Pool would leave them scheduled: sync/workspace_pool.py creates it).
         @task(map_index_template="load slot {{ slot_label }}", pool=program.pool)
         def load(slot: int, **context):
             get_current_context()["slot_label"] = slot

@@ -7,7 +7,8 @@
   (``external_views``, shown by the UI in an iframe). Every route requires a logged-in Airflow
   user whom the auth manager lets read that DAG (``loyalty_moengage.ui.app``).
 - ``listeners``: sets each sync run's note to its night and outcome
-  (``loyalty_moengage.sync.run_note``).
+  (``loyalty_moengage.sync.run_note``), and creates a sync run's workspace Pool if it is missing
+  (``loyalty_moengage.sync.workspace_pool``).
 
 Kept cheap at import: every Airflow process (scheduler, workers, DAG processor) loads plugins,
 but only the API server asks for ``fastapi_apps``, so FastAPI and the apps are built then.
@@ -19,7 +20,7 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from loyalty_moengage.sync import run_note
+from loyalty_moengage.sync import run_note, workspace_pool
 
 URL_PREFIX = "/loyalty-moengage"
 UI_PREFIX = "/loyalty-moengage-ui"
@@ -28,7 +29,7 @@ UI_PREFIX = "/loyalty-moengage-ui"
 class MoEngageLoyaltyApiPlugin(AirflowPlugin):
     name = "loyalty_moengage_api"
 
-    listeners = [run_note]
+    listeners = [run_note, workspace_pool]
 
     external_views = [
         {"name": "MoEngage sync", "href": f"{UI_PREFIX}/dags/{{DAG_ID}}", "destination": "dag",

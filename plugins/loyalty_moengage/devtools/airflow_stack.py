@@ -352,23 +352,6 @@ def _base_env(home: Path, meta_dsn: str) -> dict[str, str]:
     return env
 
 
-def create_pools(meta_dsn: str, programs_file: str | None) -> list[tuple[str, int]]:
-    """The workspace Pools the programs' load tasks run in (what `airflow pools set NAME SLOTS` does;
-    a task whose Pool does not exist is never scheduled). Existing Pools are left as they are."""
-    import psycopg
-
-    from loyalty_moengage.config.programs import load_programs
-
-    pools = {(p.pool, p.pool_slots) for p in load_programs(Path(programs_file) if programs_file else None)
-             if p.enabled and p.pool != "default_pool"}
-    with psycopg.connect(meta_dsn, autocommit=True) as conn:
-        for name, slots in sorted(pools):
-            conn.execute("INSERT INTO slot_pool (pool, slots, description, include_deferred) "
-                         "VALUES (%s, %s, 'MoEngage workspace budget', false) ON CONFLICT (pool) DO NOTHING",
-                         (name, slots))
-    return sorted(pools)
-
-
 @contextmanager
 def airflow_stack(server_dsn: str, *, env: dict[str, str] | None = None, parallelism: int = 8,
                   root: Path | None = None, keep_root: bool = False, start_timeout: float = 150,
@@ -392,8 +375,6 @@ def airflow_stack(server_dsn: str, *, env: dict[str, str] | None = None, paralle
     port = _free_port()
     stack_env = _base_env(root / "home", with_database(server_dsn, meta_db))
     stack_env.update({k: os.environ[k] for k in PASS_THROUGH if k in os.environ})
-    create_pools(with_database(server_dsn, meta_db), (env or {}).get("LOYALTY_PROGRAMS_FILE")
-                 or stack_env.get("LOYALTY_PROGRAMS_FILE"))
     stack_env.update({
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": str(parallelism),
