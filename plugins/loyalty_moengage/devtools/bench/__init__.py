@@ -420,32 +420,6 @@ def _delivery_floor(url: str, bodies: list[bytes]) -> float:
         return time.perf_counter() - t
 
 
-def _naive_peer(url: str, bodies: list[bytes], records: int) -> dict[str, Any]:
-    """One POST per record, a new connection each time (like the ``moengage`` PyPI client)."""
-    import orjson
-    import requests
-
-    users: list[dict] = []
-    events: list[dict] = []
-    half = records // 2
-    for body in bodies:
-        for el in orjson.loads(body)["elements"]:
-            (users if el.get("type") == "customer" else events).append(el)
-        if len(users) >= half and len(events) >= records - half:
-            break
-    sample = users[:half] + events[: records - len(users[:half])]
-    headers = {**_auth_headers(), "Connection": "close"}
-    t = time.perf_counter()
-    for el in sample:
-        path = "customer" if el.get("type") == "customer" else "event"
-        r = requests.post(f"{url}/dc/03/v1/{path}/{WORKSPACE}", data=json.dumps(el), headers=headers, timeout=30)
-        if r.status_code != 200:
-            raise RuntimeError(f"naive peer: HTTP {r.status_code} {r.text[:200]}")
-    seconds = time.perf_counter() - t
-    return {"naive_records": len(sample), "naive_seconds": round(seconds, 3),
-            "naive_records_per_s": round(len(sample) / seconds, 1)}
-
-
 def _run_night(args: argparse.Namespace, dsn: str, work: Path, *, members: int, events_night: int,
                floors: bool, paced: bool = False) -> dict[str, Any]:
     from loyalty_moengage.db import connection_json
