@@ -114,6 +114,7 @@ def program_env(dsn: str, work_dir: Path, *, program_id: str, time_zone: str = "
     """
     from loyalty_moengage.db import connection_json
     from loyalty_moengage.devtools.generator import generate
+    from loyalty_moengage.devtools.environ import restored_environ
     from loyalty_moengage.devtools.sandbox import SandboxServer
 
     today = today_in(time_zone)
@@ -126,29 +127,23 @@ def program_env(dsn: str, work_dir: Path, *, program_id: str, time_zone: str = "
     programs_file = work_dir / "programs.yaml"
     programs_file.write_text("programs:\n" + "".join(
         ("  - " if i == 0 else "    ") + f"{k}: {json.dumps(v)}\n" for i, (k, v) in enumerate(program.items())))
-    keys = ("LOYALTY_PROGRAMS_FILE", "AIRFLOW_CONN_LOYALTY_DB", "AIRFLOW_CONN_MOENGAGE_DEFAULT")
-    saved = {k: os.environ.get(k) for k in keys}
     sandbox = SandboxServer(port=0).start()
     try:
-        sandbox.add_workspace(WORKSPACE, API_KEY, dc="03", export_users_per_minute=1_000_000)
-        if seed_all:
-            from loyalty_moengage.devtools.seed import seed_from_loyalty_db
+        with restored_environ("LOYALTY_PROGRAMS_FILE", "AIRFLOW_CONN_LOYALTY_DB", "AIRFLOW_CONN_MOENGAGE_DEFAULT"):
+            sandbox.add_workspace(WORKSPACE, API_KEY, dc="03", export_users_per_minute=1_000_000)
+            if seed_all:
+                from loyalty_moengage.devtools.seed import seed_from_loyalty_db
 
-            seed_from_loyalty_db(sandbox, WORKSPACE, dsn, program_id, missing_share=0.0)
-        os.environ["LOYALTY_PROGRAMS_FILE"] = str(programs_file)
-        os.environ["AIRFLOW_CONN_LOYALTY_DB"] = connection_json(dsn)
-        os.environ["AIRFLOW_CONN_MOENGAGE_DEFAULT"] = sandbox.connection_json(
-            WORKSPACE, API_KEY, dc="03", lookups_per_minute=100_000)
-        nights = [today - timedelta(days=d) for d in range(min(days, 3), 0, -1)]
-        yield ProgramEnv(program_id=program_id, time_zone=time_zone, dsn=dsn, sandbox=sandbox,
-                         programs_file=programs_file, nights=nights, generated=generated)
+                seed_from_loyalty_db(sandbox, WORKSPACE, dsn, program_id, missing_share=0.0)
+            os.environ["LOYALTY_PROGRAMS_FILE"] = str(programs_file)
+            os.environ["AIRFLOW_CONN_LOYALTY_DB"] = connection_json(dsn)
+            os.environ["AIRFLOW_CONN_MOENGAGE_DEFAULT"] = sandbox.connection_json(
+                WORKSPACE, API_KEY, dc="03", lookups_per_minute=100_000)
+            nights = [today - timedelta(days=d) for d in range(min(days, 3), 0, -1)]
+            yield ProgramEnv(program_id=program_id, time_zone=time_zone, dsn=dsn, sandbox=sandbox,
+                             programs_file=programs_file, nights=nights, generated=generated)
     finally:
         sandbox.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # ---- observing the scheduler ------------------------------------------------------------

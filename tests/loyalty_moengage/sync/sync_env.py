@@ -17,6 +17,7 @@ def sync_env(tmp_path: Path, dsn: str, *, program_id: str = "tiny", time_zone: s
              workspace_kwargs=None):
     """Programs file + connections + a running sandbox; yields the sandbox."""
     from loyalty_moengage.db import connection_json
+    from loyalty_moengage.devtools.environ import restored_environ
     from loyalty_moengage.devtools.sandbox import SandboxServer
 
     programs = tmp_path / "programs.yaml"
@@ -29,30 +30,24 @@ def sync_env(tmp_path: Path, dsn: str, *, program_id: str = "tiny", time_zone: s
         "    load_parallelism: 1\n"
         + extra_program
     )
-    saved = {k: os.environ.get(k) for k in ("LOYALTY_PROGRAMS_FILE", "AIRFLOW_CONN_LOYALTY_DB",
-                                              "AIRFLOW_CONN_MOENGAGE_DEFAULT")}
     sandbox = SandboxServer(port=0, **(sandbox_kwargs or {})).start()
     try:
-        sandbox.add_workspace(WORKSPACE, API_KEY, dc="03", export_users_per_minute=100_000,
-                              **(workspace_kwargs or {}))
-        if customers == "all":
-            from loyalty_moengage.devtools.seed import seed_from_loyalty_db
+        with restored_environ("LOYALTY_PROGRAMS_FILE", "AIRFLOW_CONN_LOYALTY_DB", "AIRFLOW_CONN_MOENGAGE_DEFAULT"):
+            sandbox.add_workspace(WORKSPACE, API_KEY, dc="03", export_users_per_minute=100_000,
+                                  **(workspace_kwargs or {}))
+            if customers == "all":
+                from loyalty_moengage.devtools.seed import seed_from_loyalty_db
 
-            seed_from_loyalty_db(sandbox, WORKSPACE, dsn, program_id, missing_share=0.0)
-        else:
-            sandbox.seed_users(WORKSPACE, list(customers))
-        os.environ["LOYALTY_PROGRAMS_FILE"] = str(programs)
-        os.environ["AIRFLOW_CONN_LOYALTY_DB"] = connection_json(dsn)
-        os.environ["AIRFLOW_CONN_MOENGAGE_DEFAULT"] = sandbox.connection_json(
-            WORKSPACE, API_KEY, dc="03", lookups_per_minute=100_000)
-        yield sandbox
+                seed_from_loyalty_db(sandbox, WORKSPACE, dsn, program_id, missing_share=0.0)
+            else:
+                sandbox.seed_users(WORKSPACE, list(customers))
+            os.environ["LOYALTY_PROGRAMS_FILE"] = str(programs)
+            os.environ["AIRFLOW_CONN_LOYALTY_DB"] = connection_json(dsn)
+            os.environ["AIRFLOW_CONN_MOENGAGE_DEFAULT"] = sandbox.connection_json(
+                WORKSPACE, API_KEY, dc="03", lookups_per_minute=100_000)
+            yield sandbox
     finally:
         sandbox.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def run(program_id: str, night: date, time_zone: str = "Asia/Kolkata", conf=None):
