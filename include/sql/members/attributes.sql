@@ -33,17 +33,15 @@ ledger AS (
     GROUP BY l.member_id
 ),
 lots AS (
-    SELECT lot.member_id, lot.expires_on - %(night)s::date AS days_left,
-           lot.points + COALESCE(sum(d.points), 0) AS remaining
-    FROM loyalty.points_ledger lot
-    LEFT JOIN loyalty.points_ledger d
-           ON d.lot_entry_id = lot.entry_id AND d.recorded_at < %(window_end)s
-    WHERE lot.program_id = %(program_id)s
-      AND lot.entry_type = 'earn'
-      AND lot.recorded_at < %(window_end)s
-      AND lot.expires_on > %(night)s::date AND lot.expires_on <= %(night)s::date + 90
-      AND lot.member_id >= %(member_lo)s AND lot.member_id < %(member_hi)s
-    GROUP BY lot.entry_id
+    -- A lot's remaining points: the lot and the debits naming it, all rows of one member, so
+    -- the chunk reads only its members' index entries (ledger_member_recorded_idx).
+    SELECT l.member_id, max(l.expires_on) - %(night)s::date AS days_left, sum(l.points) AS remaining
+    FROM loyalty.points_ledger l
+    WHERE l.program_id = %(program_id)s
+      AND l.recorded_at < %(window_end)s
+      AND l.member_id >= %(member_lo)s AND l.member_id < %(member_hi)s
+    GROUP BY l.member_id, COALESCE(l.lot_entry_id, l.entry_id)
+    HAVING max(l.expires_on) > %(night)s::date AND max(l.expires_on) <= %(night)s::date + 90
 ),
 expiring AS (
     SELECT member_id,

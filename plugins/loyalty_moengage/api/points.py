@@ -7,8 +7,8 @@
 * next_expiry_date = min expires_on of lots with remaining > 0 and expires_on > today, or ""
   when there is none (MoEngage templates stop on null, so no field is ever null).
 
-One round trip: the member by (program_id, phone) or (program_id, relation_reference) uses the
-unique indexes, the ledger rows by ``ledger_member_idx``; a member has few rows.
+One round trip and one pass over the member's ledger rows: the member by (program_id, phone) or (program_id, relation_reference) uses the
+unique indexes, the ledger rows by ``ledger_member_recorded_idx``; a member has few rows.
 """
 
 from __future__ import annotations
@@ -32,15 +32,17 @@ lots AS (
     GROUP BY COALESCE(l.lot_entry_id, l.entry_id)
 )
 SELECT mem.relation_reference, mem.tier, mem.status, mem.today,
-       COALESCE((SELECT sum(remaining) FROM lots), 0)::bigint AS points_available,
-       COALESCE((SELECT sum(remaining) FROM lots
-                 WHERE expires_on > mem.today AND expires_on <= mem.today + 30), 0)::bigint AS d30,
-       COALESCE((SELECT sum(remaining) FROM lots
-                 WHERE expires_on > mem.today AND expires_on <= mem.today + 60), 0)::bigint AS d60,
-       COALESCE((SELECT sum(remaining) FROM lots
-                 WHERE expires_on > mem.today AND expires_on <= mem.today + 90), 0)::bigint AS d90,
-       (SELECT min(expires_on) FROM lots WHERE remaining > 0 AND expires_on > mem.today) AS next_expiry
+       COALESCE(sum(lots.remaining), 0)::bigint AS points_available,
+       COALESCE(sum(lots.remaining) FILTER (
+           WHERE lots.expires_on > mem.today AND lots.expires_on <= mem.today + 30), 0)::bigint AS d30,
+       COALESCE(sum(lots.remaining) FILTER (
+           WHERE lots.expires_on > mem.today AND lots.expires_on <= mem.today + 60), 0)::bigint AS d60,
+       COALESCE(sum(lots.remaining) FILTER (
+           WHERE lots.expires_on > mem.today AND lots.expires_on <= mem.today + 90), 0)::bigint AS d90,
+       min(lots.expires_on) FILTER (WHERE lots.remaining > 0 AND lots.expires_on > mem.today) AS next_expiry
 FROM mem
+LEFT JOIN lots ON true
+GROUP BY mem.relation_reference, mem.tier, mem.status, mem.today
 """
 BY_PHONE = _SQL.format(where="m.phone = %(key)s")
 BY_REFERENCE = _SQL.format(where="m.relation_reference = %(key)s")

@@ -1,18 +1,42 @@
-"""The benchmark command runs end to end on a small generated program (not a timed test)."""
+"""The Content API benchmark runs end to end on a small generated program (not a timed test)."""
 
 from __future__ import annotations
 
 import json
 
 
-def test_bench_smoke(loyalty_db, tmp_path, capsys):
+def test_bench_api_smoke(loyalty_db, tmp_path):
     from loyalty_moengage.devtools.bench_api import main
 
-    out = tmp_path / "bench.json"
-    rc = main(["--dsn", loyalty_db, "--members", "300", "--days", "5", "--requests", "400",
-               "--concurrency", "20", "--json", str(out)])
-    result = json.loads(out.read_text())
+    rc = main(["--dsn", loyalty_db, "--members", "300", "--days", "5", "--phones", "200",
+               "--start-rate", "50", "--max-rate", "80", "--step-seconds", "1", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "api-latest.json").read_text())
     assert rc == 0, result
-    assert result["members"] == 300 and result["errors"] == 0
-    assert result["statuses"].get("200", 0) > 0 and result["statuses"].get("404", 0) > 0
-    assert result["throughput_rps"] > 0 and result["p99_ms"] >= result["p50_ms"] > 0
+    for key in ("rate_at_p99_50ms", "http_floor_rate", "db_floor_rate", "ratio_to_http_floor", "commit"):
+        assert key in result, key
+    assert result["members"] == 300
+    points = result["steps"]["points"]
+    assert points and all(s["errors"] == 0 for s in points), points
+    seen = {k for s in points for k in s["statuses"]}
+    assert {"200", "404"} <= seen, seen
+    assert result["rate_at_p99_50ms"] >= 50 and result["http_floor_rate"] >= 50 and result["db_floor_rate"] >= 50
+    assert result["ratio_to_http_floor"] == round(result["rate_at_p99_50ms"] / result["http_floor_rate"], 3)
+    assert "points / HTTP floor" in (tmp_path / "api-latest.md").read_text()
+
+
+def test_open_loop_counts_latency_from_the_due_time():
+    """A server slower than the rate shows its queue: latency grows although each call is 20 ms."""
+    import asyncio
+
+    from loyalty_moengage.devtools.bench_api import open_loop
+
+    lock = asyncio.Lock()
+
+    async def slow(i: int):
+        async with lock:           # one at a time: capacity 50/s
+            await asyncio.sleep(0.02)
+        return "200", None
+
+    step = asyncio.run(open_loop(slow, 100, 1.0))  # 100/s asked of a 50/s server
+    assert step.requests == 100 and step.errors == 0
+    assert step.p99_ms > 500, step   # the last requests waited for ~1 s of backlog

@@ -670,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 "generator_s", "stage_seconds", "phase_wall_s", "chunks")}
                 r["scale"]["time_ratio"] = round(s["pipeline_s"] / r["pipeline_s"], 2)
                 r["scale"]["records_ratio"] = round(s["records"] / r["records"], 2)
+                r["scale_time_ratio"] = r["scale"]["time_ratio"]
+                r["peak_rss_mb_4x"] = s["peak_rss_mb"]
             if args.paced:
                 _paced_runs(args, dsn, work, r)
     except _Done:
