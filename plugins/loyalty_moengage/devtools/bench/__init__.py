@@ -610,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse", action="store_true",
                    help="skip the generator when the bench program already has that many members (iteration)")
     p.add_argument("--dsn", help="PostgreSQL to use (default: embedded server 'bench-pgdata')")
+    p.add_argument("--scale-dsn", help="database of the 4x program (default: --dsn); with --reuse, iterating on "
+                                       "the scale run keeps both programs generated")
     p.add_argument("--out", default="bench/results")
     return p
 
@@ -662,7 +664,10 @@ def main(argv: list[str] | None = None) -> int:
             r["naive_extrapolated_s"] = round(r["records"] / r["naive_records_per_s"], 1)
             r["speedup_vs_naive"] = round(r["records_per_s"] / r["naive_records_per_s"], 1)
             if args.scale:
-                s = _run_night(args, dsn, work, members=4 * args.members, events_night=4 * args.events_night,
+                scale_dsn = args.scale_dsn or dsn
+                if scale_dsn != dsn:
+                    apply_schema(scale_dsn)
+                s = _run_night(args, scale_dsn, work, members=4 * args.members, events_night=4 * args.events_night,
                                floors=False)
                 _log(f"4x: {s['records']:,} records in {s['pipeline_s']} s")
                 r["scale"] = {k: s[k] for k in ("members", "events", "records", "pipeline_s", "records_per_s",
