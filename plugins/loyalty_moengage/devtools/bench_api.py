@@ -312,20 +312,31 @@ class _Client:
                 conn = self.idle.pop()
                 if conn.lost:  # closed by the server's keep-alive timeout while idle here
                     conn = None
-            if conn is None:
-                loop = asyncio.get_running_loop()
-                _, conn = await loop.create_connection(_Conn, self.host, self.port)
-                self.opened += 1
-            conn.waiter = asyncio.get_running_loop().create_future()
-            conn.transport.write(request)
             try:
-                result = await conn.waiter
-            except BaseException:
-                conn.transport.abort()
-                raise
-            if not conn.lost:
-                self.idle.append(conn)
-            return result
+                return await self._exchange(conn or await self._open(), request)
+            except ConnectionResetError:
+                if conn is None:
+                    raise
+                # A kept-alive connection the server closed as we reused it: like any HTTP client,
+                # retry a GET once on a new connection (a fresh connection's reset is an error).
+                return await self._exchange(await self._open(), request)
+
+    async def _open(self) -> _Conn:
+        _, conn = await asyncio.get_running_loop().create_connection(_Conn, self.host, self.port)
+        self.opened += 1
+        return conn
+
+    async def _exchange(self, conn: _Conn, request: bytes) -> tuple[str, float | None]:
+        conn.waiter = asyncio.get_running_loop().create_future()
+        conn.transport.write(request)
+        try:
+            result = await conn.waiter
+        except BaseException:
+            conn.transport.abort()
+            raise
+        if not conn.lost:
+            self.idle.append(conn)
+        return result
 
     def close(self) -> None:
         for conn in self.idle:
