@@ -636,9 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    saved = {k: os.environ.get(k) for k in ("LOYALTY_PROGRAMS_FILE", "AIRFLOW_CONN_LOYALTY_DB",
-                                              "AIRFLOW_CONN_MOENGAGE_DEFAULT")}
     from loyalty_moengage.db import apply_schema
+    from loyalty_moengage.devtools.environ import restored_environ
 
     if args.dsn:
         dsn = args.dsn
@@ -652,47 +651,42 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if not out.is_absolute():
         out = project_root() / out
-    try:
-        with tempfile.TemporaryDirectory(prefix="lm-bench-") as tmp:
-            work = Path(tmp)
-            if args.paced_only:
-                r = _earlier(out / "latest.json")
-                _paced_runs(args, dsn, work, r)
-                raise _Done
-            r = _run_night(args, dsn, work, members=args.members, events_night=args.events_night, floors=True)
-            _log(f"1x: {r['records']:,} records in {r['pipeline_s']} s")
-            floors = r["copy_floor_s"] + r["json_floor_s"] + r["delivery_floor_s"]
-            r["floors_sum_s"] = round(floors, 3)
-            r["floor_ratio"] = round(r["pipeline_s"] / floors, 2) if floors else None
-            par = r["copy_floor_parallel_s"] + r["json_floor_parallel_s"] + r["delivery_floor_parallel_s"]
-            r["floors_parallel_sum_s"] = round(par, 3)
-            r["floor_ratio_parallel"] = round(r["pipeline_s"] / par, 2) if par else None
-            r["naive_extrapolated_s"] = round(r["records"] / r["naive_records_per_s"], 1)
-            r["speedup_vs_naive"] = round(r["records_per_s"] / r["naive_records_per_s"], 1)
-            if args.scale:
-                scale_dsn = args.scale_dsn or dsn
-                if scale_dsn != dsn:
-                    apply_schema(scale_dsn)
-                s = _run_night(args, scale_dsn, work, members=4 * args.members, events_night=4 * args.events_night,
-                               floors=False)
-                _log(f"4x: {s['records']:,} records in {s['pipeline_s']} s")
-                r["scale"] = {k: s[k] for k in ("members", "events", "records", "pipeline_s", "records_per_s",
-                                                "peak_rss_mb", "peak_rss_mb_by_task", "peak_rss_mb_all_processes",
-                                                "generator_s", "stage_seconds", "phase_wall_s", "chunks")}
-                r["scale"]["time_ratio"] = round(s["pipeline_s"] / r["pipeline_s"], 2)
-                r["scale"]["records_ratio"] = round(s["records"] / r["records"], 2)
-                r["scale_time_ratio"] = r["scale"]["time_ratio"]
-                r["peak_rss_mb_4x"] = s["peak_rss_mb"]
-            if args.paced:
-                _paced_runs(args, dsn, work, r)
-    except _Done:
-        pass
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with restored_environ("LOYALTY_PROGRAMS_FILE", "AIRFLOW_CONN_LOYALTY_DB", "AIRFLOW_CONN_MOENGAGE_DEFAULT"):
+        try:
+            with tempfile.TemporaryDirectory(prefix="lm-bench-") as tmp:
+                work = Path(tmp)
+                if args.paced_only:
+                    r = _earlier(out / "latest.json")
+                    _paced_runs(args, dsn, work, r)
+                    raise _Done
+                r = _run_night(args, dsn, work, members=args.members, events_night=args.events_night, floors=True)
+                _log(f"1x: {r['records']:,} records in {r['pipeline_s']} s")
+                floors = r["copy_floor_s"] + r["json_floor_s"] + r["delivery_floor_s"]
+                r["floors_sum_s"] = round(floors, 3)
+                r["floor_ratio"] = round(r["pipeline_s"] / floors, 2) if floors else None
+                par = r["copy_floor_parallel_s"] + r["json_floor_parallel_s"] + r["delivery_floor_parallel_s"]
+                r["floors_parallel_sum_s"] = round(par, 3)
+                r["floor_ratio_parallel"] = round(r["pipeline_s"] / par, 2) if par else None
+                r["naive_extrapolated_s"] = round(r["records"] / r["naive_records_per_s"], 1)
+                r["speedup_vs_naive"] = round(r["records_per_s"] / r["naive_records_per_s"], 1)
+                if args.scale:
+                    scale_dsn = args.scale_dsn or dsn
+                    if scale_dsn != dsn:
+                        apply_schema(scale_dsn)
+                    s = _run_night(args, scale_dsn, work, members=4 * args.members, events_night=4 * args.events_night,
+                                   floors=False)
+                    _log(f"4x: {s['records']:,} records in {s['pipeline_s']} s")
+                    r["scale"] = {k: s[k] for k in ("members", "events", "records", "pipeline_s", "records_per_s",
+                                                    "peak_rss_mb", "peak_rss_mb_by_task", "peak_rss_mb_all_processes",
+                                                    "generator_s", "stage_seconds", "phase_wall_s", "chunks")}
+                    r["scale"]["time_ratio"] = round(s["pipeline_s"] / r["pipeline_s"], 2)
+                    r["scale"]["records_ratio"] = round(s["records"] / r["records"], 2)
+                    r["scale_time_ratio"] = r["scale"]["time_ratio"]
+                    r["peak_rss_mb_4x"] = s["peak_rss_mb"]
+                if args.paced:
+                    _paced_runs(args, dsn, work, r)
+        except _Done:
+            pass
     if args.paced_only:
         r["earlier_run"] = r.get("earlier_run") or {"commit": r.get("commit"), "started_at": r.get("started_at"),
                                                     "command": r.get("command")}
