@@ -12,10 +12,11 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
 .PHONY: install demo test test-ui sandbox api bench bench-api run db-stop constraints clean drills compose-test
 
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt constraints.txt pyproject.toml devtools/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e devtools
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -69,10 +70,10 @@ clean:
 	rm -rf .local
 
 drills: install
-	$(PY) -m loyalty_moengage.devtools.drills $(ARGS)
+	$(PY) -m loyalty_moengage_devtools.drills $(ARGS)
 
 # The project on Airflow's CeleryExecutor in Docker Compose, two workers, a night and a three-night
 # backfill through the REST API; at most 20 minutes. Needs Docker (as root it installs and starts
 # what is missing). Not part of `make test`. See README, "Run it on Airflow with Docker Compose".
 compose-test:
-	$(PYTHON) plugins/loyalty_moengage/devtools/compose_test.py test $(ARGS)
+	$(PYTHON) devtools/loyalty_moengage_devtools/compose_test.py test $(ARGS)

@@ -47,9 +47,9 @@ def _wait(url: str, seconds: float = 120) -> None:
 def main() -> int:
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.db import apply_schema, loyalty_dsn, redact_dsn
-    from loyalty_moengage.devtools.generator import generate
-    from loyalty_moengage.devtools.reset import reset_program_state
-    from loyalty_moengage.devtools.seed import customer_ids, is_missing
+    from loyalty_moengage_devtools.generator import generate
+    from loyalty_moengage_devtools.reset import reset_program_state
+    from loyalty_moengage_devtools.seed import customer_ids, is_missing
 
     program = get_program(os.environ.get("DEMO_PROGRAM", "demo"))
     members = int(os.environ.get("DEMO_MEMBERS", "10000"))

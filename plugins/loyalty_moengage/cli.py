@@ -2,14 +2,14 @@
 
 demo      load the demo program and sync last night against the local MoEngage sandbox
 db        url | up | stop | schema: the loyalty database (embedded unless configured)
-generate  load a synthetic program (see loyalty_moengage.devtools.generator)
+generate  load a synthetic program (see loyalty_moengage_devtools.generator)
 run       sync one night of one program now (in-process, dag.test)
 plan      dry run of one night: counts, quarantine, sample payloads, requests, minutes; sends nothing
 resend    re-queue uncertain batches (or, with --all-events, a whole night) of one program
 resolve   record that uncertain batches did reach MoEngage (checked there by an operator)
 sandbox   start the local MoEngage sandbox
 api       serve the MoEngage-facing Content API / connector webhook
-bench     benchmark a night's sync (see loyalty_moengage.devtools.bench)
+bench     benchmark a night's sync (see loyalty_moengage_devtools.bench)
 bench-api benchmark the points lookup under MoEngage-like bursts
 """
 
@@ -65,7 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from loyalty_moengage.db import apply_schema, connect, connection_json, loyalty_dsn, redact_dsn
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.sync.report import render
-    from loyalty_moengage.devtools.sandbox import SandboxServer
+    from loyalty_moengage_devtools.sandbox import SandboxServer
 
     program = get_program(args.program)
     started = time.perf_counter()
@@ -74,12 +74,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     apply_schema(dsn)
     night = date.fromisoformat(args.night) if args.night else _last_night(program.time_zone)
     if not args.keep:
-        from loyalty_moengage.devtools.generator import generate
+        from loyalty_moengage_devtools.generator import generate
 
         t = time.perf_counter()
         summary = generate(dsn, program_id=program.id, members=args.members, days=args.days, seed=args.seed,
                            end_date=night + timedelta(days=1), time_zone=program.time_zone)
-        from loyalty_moengage.devtools.reset import reset_program_state
+        from loyalty_moengage_devtools.reset import reset_program_state
 
         reset_program_state(dsn, program.id)
         print(f"generated program {program.id!r}: {args.members:,} members, {args.days} nights of history "
@@ -88,7 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault(f"AIRFLOW_CONN_{program.loyalty_conn_id.upper()}", connection_json(dsn))
     with SandboxServer(port=0) as sandbox:
         sandbox.add_workspace(DEMO_WORKSPACE, DEMO_KEY, dc="03", export_users_per_minute=args.lookups_per_minute)
-        from loyalty_moengage.devtools.seed import seed_from_loyalty_db
+        from loyalty_moengage_devtools.seed import seed_from_loyalty_db
 
         seeded = seed_from_loyalty_db(sandbox, DEMO_WORKSPACE, dsn, program.id, missing_share=args.missing_share)
         os.environ[f"AIRFLOW_CONN_{program.moengage_conn_id.upper()}"] = sandbox.connection_json(
@@ -207,13 +207,13 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from loyalty_moengage.devtools.generator import main
+    from loyalty_moengage_devtools.generator import main
 
     return main(args.rest) or 0
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from loyalty_moengage.devtools.sandbox.__main__ import main
+    from loyalty_moengage_devtools.sandbox.__main__ import main
 
     return main(args.rest) or 0
 
@@ -225,7 +225,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from loyalty_moengage.devtools.bench import main
+    from loyalty_moengage_devtools.bench import main
 
     return main(args.rest) or 0
 
@@ -237,7 +237,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_api(args: argparse.Namespace) -> int:
-    from loyalty_moengage.devtools.bench_api import main
+    from loyalty_moengage_devtools.bench_api import main
 
     return main(args.rest) or 0
 

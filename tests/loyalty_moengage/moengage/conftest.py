@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from loyalty_moengage.devtools.sandbox.server import SandboxServer
+from loyalty_moengage_devtools.sandbox.server import SandboxServer
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +52,7 @@ def make_hook(sb, monkeypatch):
 @pytest.fixture
 def virtual_time(sb, monkeypatch):
     """One virtual clock for the hooks (pass ``clock``/``sleep``) and for the sandbox's rate windows."""
-    from loyalty_moengage.devtools.sandbox import server
+    from loyalty_moengage_devtools.sandbox import server
     from tests.loyalty_moengage.moengage.virtual_clock import VirtualClock
 
     clock = VirtualClock()

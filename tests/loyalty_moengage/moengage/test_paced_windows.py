@@ -7,7 +7,7 @@ import queue
 
 import pytest
 
-from loyalty_moengage.devtools.sandbox.server import SandboxServer
+from loyalty_moengage_devtools.sandbox.server import SandboxServer
 
 BUDGET = 6_000      # users/min
 USERS = 20_000
@@ -39,7 +39,7 @@ def test_paced_night_ends_at_the_budget_floor_without_429(counting_sandbox, make
                                                           monkeypatch, phase, tasks, events):
     """Events batches first (as the outbox orders them), then users: while a task waits on its
     events bucket its users budget is banked, so the night takes max(users, events) / budget."""
-    from loyalty_moengage.devtools.sandbox import server
+    from loyalty_moengage_devtools.sandbox import server
 
     # where in MoEngage's minute the night starts
     monkeypatch.setattr(server, "time", virtual_time.as_time_module(epoch=1_800_000_000.0 + phase))

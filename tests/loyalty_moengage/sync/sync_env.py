@@ -17,8 +17,8 @@ def sync_env(tmp_path: Path, dsn: str, *, program_id: str = "tiny", time_zone: s
              workspace_kwargs=None):
     """Programs file + connections + a running sandbox; yields the sandbox."""
     from loyalty_moengage.db import connection_json
-    from loyalty_moengage.devtools.environ import restored_environ
-    from loyalty_moengage.devtools.sandbox import SandboxServer
+    from loyalty_moengage_devtools.environ import restored_environ
+    from loyalty_moengage_devtools.sandbox import SandboxServer
 
     programs = tmp_path / "programs.yaml"
     programs.write_text(
@@ -36,7 +36,7 @@ def sync_env(tmp_path: Path, dsn: str, *, program_id: str = "tiny", time_zone: s
             sandbox.add_workspace(WORKSPACE, API_KEY, dc="03", export_users_per_minute=100_000,
                                   **(workspace_kwargs or {}))
             if customers == "all":
-                from loyalty_moengage.devtools.seed import seed_from_loyalty_db
+                from loyalty_moengage_devtools.seed import seed_from_loyalty_db
 
                 seed_from_loyalty_db(sandbox, WORKSPACE, dsn, program_id, missing_share=0.0)
             else:

@@ -16,7 +16,7 @@ import orjson
 import psycopg
 import pytest
 
-from loyalty_moengage.devtools.generator import generate
+from loyalty_moengage_devtools.generator import generate
 from tests.loyalty_moengage.sync.sync_env import WORKSPACE, reports, run, sync_env
 
 TZ = "Asia/Kolkata"

@@ -7,7 +7,7 @@ from datetime import date, datetime, timezone
 import psycopg
 import pytest
 
-from loyalty_moengage.devtools.generator import generate
+from loyalty_moengage_devtools.generator import generate
 from loyalty_moengage.sync import outbox
 from loyalty_moengage.sync.plan import (
     MEMBER_ID_MAX,

@@ -15,8 +15,8 @@ from datetime import timedelta
 
 import pytest
 
-from loyalty_moengage.devtools.airflow_stack import airflow_stack
-from loyalty_moengage.devtools.drills import concurrent_backfill, program_env, scheduled_run, today_in
+from loyalty_moengage_devtools.airflow_stack import airflow_stack
+from loyalty_moengage_devtools.drills import concurrent_backfill, program_env, scheduled_run, today_in
 
 pytestmark = pytest.mark.scheduler
 

@@ -23,8 +23,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from loyalty_moengage.devtools.airflow_stack import airflow_stack
-from loyalty_moengage.devtools.drills import program_env, scheduled_run, today_in
+from loyalty_moengage_devtools.airflow_stack import airflow_stack
+from loyalty_moengage_devtools.drills import program_env, scheduled_run, today_in
 
 pytestmark = pytest.mark.scheduler
 
@@ -59,7 +59,7 @@ def ui_stack(pg_server, template_db, tmp_path_factory):
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:viewer" for u in USERS),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__CORE__AUTH_MANAGER": "loyalty_moengage.devtools.auth_manager.DagScopedSimpleAuthManager",
+        "AIRFLOW__CORE__AUTH_MANAGER": "loyalty_moengage_devtools.auth_manager.DagScopedSimpleAuthManager",
         "LOYALTY_DEV_DENIED_DAGS": f"outsider=moengage_sync_{PROGRAM}",
     }
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from loyalty_moengage.devtools.sandbox.server import SandboxServer
-from loyalty_moengage.devtools.seed import is_missing, seed_from_loyalty_db
+from loyalty_moengage_devtools.sandbox.server import SandboxServer
+from loyalty_moengage_devtools.seed import is_missing, seed_from_loyalty_db
 
 WS, KEY = "WS_SANDBOX", "sandbox-key-123"
 
@@ -34,7 +34,7 @@ def test_seed_from_loyalty_db_with_deterministic_missing_share(sb, loyalty_db):
 def test_the_sandbox_does_not_read_the_loyalty_schema():
     from pathlib import Path
 
-    import loyalty_moengage.devtools.sandbox as sandbox
+    import loyalty_moengage_devtools.sandbox as sandbox
 
     for path in Path(sandbox.__file__).parent.glob("*.py"):
         text = path.read_text()

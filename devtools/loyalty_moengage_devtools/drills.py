@@ -1,13 +1,13 @@
 """Delivery drills under the real Airflow scheduler: kill, restart, fault and overlap the sync.
 
 Each drill generates a program on the embedded Postgres, runs the local MoEngage sandbox in
-this process and a real Airflow stack (:mod:`loyalty_moengage.devtools.airflow_stack`), breaks
+this process and a real Airflow stack (:mod:`loyalty_moengage_devtools.airflow_stack`), breaks
 something while the DAG runs, lets Airflow retry or rerun, and then counts, event by event
-(:mod:`loyalty_moengage.devtools.delivery_audit`), what the sandbox received against what was
+(:mod:`loyalty_moengage_devtools.delivery_audit`), what the sandbox received against what was
 enqueued. Results go to ``bench/results/drills-latest.json``.
 
-    python -m loyalty_moengage.devtools.drills                 # every drill (make drills)
-    python -m loyalty_moengage.devtools.drills fault_storm     # some of them
+    python -m loyalty_moengage_devtools.drills                 # every drill (make drills)
+    python -m loyalty_moengage_devtools.drills fault_storm     # some of them
 
 The Airflow metadata database lives on its own embedded server, so restarting the server that
 holds the sync state (two drills do) never takes the scheduler down with it.
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from zoneinfo import ZoneInfo
 
-from loyalty_moengage.devtools.airflow_stack import PROJECT_ROOT, AirflowStack, StackError, airflow_stack, with_database
+from loyalty_moengage_devtools.airflow_stack import PROJECT_ROOT, AirflowStack, StackError, airflow_stack, with_database
 
 WORKSPACE = "WS_DRILL"
 API_KEY = "drill-data-api-key-5c1e"
@@ -69,7 +69,7 @@ class ProgramEnv:
         return self.sandbox.state.events(WORKSPACE)
 
     def audit(self, **kwargs: Any) -> Any:
-        from loyalty_moengage.devtools.delivery_audit import audit
+        from loyalty_moengage_devtools.delivery_audit import audit
 
         return audit(self.dsn, self.program_id, self.events(), **kwargs)
 
@@ -113,9 +113,9 @@ def program_env(dsn: str, work_dir: Path, *, program_id: str, time_zone: str = "
     syncable nights are always the three before today.
     """
     from loyalty_moengage.db import connection_json
-    from loyalty_moengage.devtools.generator import generate
-    from loyalty_moengage.devtools.environ import restored_environ
-    from loyalty_moengage.devtools.sandbox import SandboxServer
+    from loyalty_moengage_devtools.generator import generate
+    from loyalty_moengage_devtools.environ import restored_environ
+    from loyalty_moengage_devtools.sandbox import SandboxServer
 
     today = today_in(time_zone)
     generated = generate(dsn, program_id=program_id, members=members, days=days, seed=seed, end_date=history_end or today,
@@ -132,7 +132,7 @@ def program_env(dsn: str, work_dir: Path, *, program_id: str, time_zone: str = "
         with restored_environ("LOYALTY_PROGRAMS_FILE", "AIRFLOW_CONN_LOYALTY_DB", "AIRFLOW_CONN_MOENGAGE_DEFAULT"):
             sandbox.add_workspace(WORKSPACE, API_KEY, dc="03", export_users_per_minute=1_000_000)
             if seed_all:
-                from loyalty_moengage.devtools.seed import seed_from_loyalty_db
+                from loyalty_moengage_devtools.seed import seed_from_loyalty_db
 
                 seed_from_loyalty_db(sandbox, WORKSPACE, dsn, program_id, missing_share=0.0)
             os.environ["LOYALTY_PROGRAMS_FILE"] = str(programs_file)
@@ -330,7 +330,7 @@ def _operator_settles_uncertain(env: ProgramEnv, stack: AirflowStack) -> dict[st
     (here the sandbox), `cli resolve` the batches that arrived, `cli resend` the others, rerun."""
     import psycopg
 
-    from loyalty_moengage.devtools.delivery_audit import body_identities, received
+    from loyalty_moengage_devtools.delivery_audit import body_identities, received
 
     got = received(env.events())
     settled: dict[str, list[int]] = {"resolve": [], "resend": []}
@@ -470,11 +470,11 @@ def _uncommitted() -> list[str]:
                              capture_output=True, text=True, timeout=10).stdout
     except OSError:
         return []
-    return [line[3:] for line in out.splitlines() if "/devtools/" not in line]
+    return [line[3:] for line in out.splitlines()]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loyalty_moengage.devtools.drills", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m loyalty_moengage_devtools.drills", description=__doc__.split("\n\n")[0])
     parser.add_argument("drills", nargs="*", metavar="DRILL", help=f"default: all of {', '.join(DRILLS)}")
     parser.add_argument("--members", type=int, default=8_000)
     parser.add_argument("--work", type=Path, default=None, help="where programs files and Airflow logs go")

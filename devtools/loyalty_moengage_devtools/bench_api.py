@@ -1,7 +1,7 @@
 """Benchmark of the points lookup as MoEngage drives it: an open-loop load at fixed rates.
 
-    python -m loyalty_moengage.devtools.bench_api                      # 1,000,000 members
-    python -m loyalty_moengage.devtools.bench_api --members 20000 --step-seconds 3
+    python -m loyalty_moengage_devtools.bench_api                      # 1,000,000 members
+    python -m loyalty_moengage_devtools.bench_api --members 20000 --step-seconds 3
 
 MoEngage renders a campaign by calling the Content API once per user at its own pace; it does
 not wait for one answer before asking the next. So the load here is open-loop: request i is
@@ -113,7 +113,7 @@ def ensure_program(dsn: str, program_id: str, members: int, days: int, seed: int
         have = conn.execute("SELECT count(*) FROM loyalty.members WHERE program_id = %s", (program_id,)).fetchone()[0]
     if have >= members:
         return have
-    from loyalty_moengage.devtools.generator import generate
+    from loyalty_moengage_devtools.generator import generate
 
     _log(f"generating program {program_id!r} with {members:,} members ({days} days)")
     t0 = time.perf_counter()
@@ -159,7 +159,7 @@ def start_server(dsn: str, program_id: str, api_key: str, store_id: str, store_k
         "LOYALTY_API_ACCESS_LOG": "0",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "loyalty_moengage.devtools.bench_api:create_bench_app",
+        [sys.executable, "-m", "uvicorn", "--factory", "loyalty_moengage_devtools.bench_api:create_bench_app",
          "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-log",
          "--no-server-header", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"], env=env)
     return proc, f"http://127.0.0.1:{port}"
@@ -465,7 +465,7 @@ def _log(msg: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loyalty_moengage.devtools.bench_api", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m loyalty_moengage_devtools.bench_api", description=__doc__.splitlines()[0])
     p.add_argument("--dsn", help="loyalty database (default: the project's rule: connection, LOYALTY_DB_URL, embedded)")
     p.add_argument("--program", default="bench_api", help="program id to generate/use (default bench_api)")
     p.add_argument("--members", type=int, default=1_000_000, help="members the program must have (default 1,000,000)")
@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from loyalty_moengage.devtools.bench import _git_commit, _machine
+    from loyalty_moengage_devtools.bench import _git_commit, _machine
     from loyalty_moengage.paths import project_root
 
     args = build_parser().parse_args(argv)
@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     r = run(args)
     r.update({"started_at": started_at, "commit": commit, "commit_at_end": _git_commit(),
               "machine": _machine(args.dsn or _dsn()),
-              "command": "python -m loyalty_moengage.devtools.bench_api " + " ".join(argv or sys.argv[1:])})
+              "command": "python -m loyalty_moengage_devtools.bench_api " + " ".join(argv or sys.argv[1:])})
     out = Path(args.out)
     if not out.is_absolute():
         out = project_root() / out

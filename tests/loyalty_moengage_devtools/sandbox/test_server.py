@@ -12,7 +12,7 @@ import orjson
 import pytest
 import requests
 
-from loyalty_moengage.devtools.sandbox.server import SandboxServer
+from loyalty_moengage_devtools.sandbox.server import SandboxServer
 
 WS, KEY = "WS_SANDBOX", "sandbox-key-123"
 
@@ -247,7 +247,7 @@ def test_cli_serves_the_default_workspace(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "loyalty_moengage.devtools.sandbox", "--port", str(port), "--dc", "DC-01"],
+    proc = subprocess.Popen([sys.executable, "-m", "loyalty_moengage_devtools.sandbox", "--port", str(port), "--dc", "DC-01"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     try:
         line = proc.stdout.readline()

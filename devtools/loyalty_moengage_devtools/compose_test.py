@@ -61,7 +61,7 @@ class Failed(Exception):
 
 
 def root_dir() -> Path:
-    return Path(__file__).resolve().parents[3]
+    return Path(__file__).resolve().parents[2]
 
 
 def say(msg: str) -> None:
@@ -347,7 +347,7 @@ def audit_main(program_id: str, sandbox: str) -> int:
     """Printed as one JSON line: the delivery audit, run reports and sandbox counters."""
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.db import connect, loyalty_dsn
-    from loyalty_moengage.devtools.delivery_audit import audit
+    from loyalty_moengage_devtools.delivery_audit import audit
 
     program = get_program(program_id)
     dsn = loyalty_dsn(program.state_conn_id or program.loyalty_conn_id)
@@ -475,7 +475,7 @@ def main_test(args: argparse.Namespace) -> int:
                                   f"{ti['task_id']}/logs/{ti['try_number']}")
             text = json.dumps(doc.get("content", ""))
             logs_ok[name] = len(doc.get("content") or []) > 5 and "secret_key" not in text
-        probe = stack("exec", "-T", "airflow-scheduler", "python", "-m", "loyalty_moengage.devtools.compose_test",
+        probe = stack("exec", "-T", "airflow-scheduler", "python", "-m", "loyalty_moengage_devtools.compose_test",
                       "audit", "--program", PROGRAM, timeout=300)
         result = json.loads(probe.stdout.strip().splitlines()[-1])
         clock.phase("audit")

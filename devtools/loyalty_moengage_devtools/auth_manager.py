@@ -2,7 +2,7 @@
 
 Airflow's simple auth manager gives every viewer every DAG. To prove that the "MoEngage sync"
 views ask the auth manager about *this* DAG, the UI test runs the API server with
-``[core] auth_manager = loyalty_moengage.devtools.auth_manager.DagScopedSimpleAuthManager`` and
+``[core] auth_manager = loyalty_moengage_devtools.auth_manager.DagScopedSimpleAuthManager`` and
 ``LOYALTY_DEV_DENIED_DAGS="user=dag_id,user=dag_id"``. Development tool only.
 """
 

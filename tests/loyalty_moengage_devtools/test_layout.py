@@ -24,6 +24,6 @@ def _imports(path: Path) -> set[str]:
 def test_product_never_imports_devtools():
     files = [p for folder in PRODUCT for p in (PACKAGE / folder).rglob("*.py")]
     files += [PACKAGE / name for name in ("db.py", "embedded.py", "paths.py", "__init__.py")]
-    offenders = {str(p.relative_to(PACKAGE)): sorted(m for m in _imports(p) if m.startswith("loyalty_moengage.devtools"))
+    offenders = {str(p.relative_to(PACKAGE)): sorted(m for m in _imports(p) if m.startswith("loyalty_moengage_devtools"))
                  for p in files}
     assert files and {k: v for k, v in offenders.items() if v} == {}

@@ -6,7 +6,7 @@ import json
 
 
 def test_bench_api_smoke(loyalty_db, tmp_path):
-    from loyalty_moengage.devtools.bench_api import main
+    from loyalty_moengage_devtools.bench_api import main
 
     rc = main(["--dsn", loyalty_db, "--members", "300", "--days", "5", "--phones", "200",
                "--start-rate", "50", "--max-rate", "80", "--step-seconds", "1", "--out", str(tmp_path)])
@@ -28,7 +28,7 @@ def test_open_loop_counts_latency_from_the_due_time():
     """A server slower than the rate shows its queue: latency grows although each call is 20 ms."""
     import asyncio
 
-    from loyalty_moengage.devtools.bench_api import open_loop
+    from loyalty_moengage_devtools.bench_api import open_loop
 
     lock = asyncio.Lock()
 

@@ -35,7 +35,7 @@ class Ticker:
         self._started = time.perf_counter()
 
     def _run(self) -> None:
-        from loyalty_moengage.devtools.bench import _log
+        from loyalty_moengage_devtools.bench import _log
 
         while not self._stop.wait(self._every):
             try:
@@ -57,10 +57,10 @@ def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int
     import multiprocessing as mp
 
     from loyalty_moengage.db import connection_json
-    from loyalty_moengage.devtools import bench
-    from loyalty_moengage.devtools.generator import generate
-    from loyalty_moengage.devtools.reset import reset_program_state
-    from loyalty_moengage.devtools.sandbox import SandboxServer
+    from loyalty_moengage_devtools import bench
+    from loyalty_moengage_devtools.generator import generate
+    from loyalty_moengage_devtools.reset import reset_program_state
+    from loyalty_moengage_devtools.sandbox import SandboxServer
 
     budget = args.paced_users_per_minute
     ids = (bench.PROGRAM_ID,) if len(members) == 1 else tuple(f"{bench.PROGRAM_ID}_{c}" for c in "ab"[:len(members)])

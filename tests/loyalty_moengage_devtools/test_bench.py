@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from loyalty_moengage.devtools.bench import REQUIRED_KEYS, main
+from loyalty_moengage_devtools.bench import REQUIRED_KEYS, main
 
 
 def test_bench_smoke_writes_every_key(loyalty_db, tmp_path):

@@ -10,7 +10,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from loyalty_moengage.devtools.generator import GenerationSummary, generate, main
+from loyalty_moengage_devtools.generator import GenerationSummary, generate, main
 
 END = dt.date(2025, 3, 1)
 TZ = "Asia/Kolkata"

@@ -1,6 +1,6 @@
 """Benchmark of one night's sync: the pipeline against its floors and a naive peer, in one run.
 
-``python -m loyalty_moengage.devtools.bench [--members N] [--events-night N] [--scale] [--paced] [--out DIR]``
+``python -m loyalty_moengage_devtools.bench [--members N] [--events-night N] [--scale] [--paced] [--out DIR]``
 (``make bench`` calls it through ``python -m loyalty_moengage.cli bench``).
 
 What runs
@@ -220,7 +220,7 @@ def clear_bench_programs(dsn: str) -> None:
     else (the generator's per-program DELETE of a 1M-member program beside others takes minutes),
     else leave it to the generator."""
     from loyalty_moengage.db import connect
-    from loyalty_moengage.devtools.generator import _ALL_TABLES
+    from loyalty_moengage_devtools.generator import _ALL_TABLES
 
     with connect(dsn) as conn:
         if conn.execute("SELECT to_regclass('loyalty.programs')").fetchone()[0] is None:
@@ -233,7 +233,7 @@ def clear_bench_programs(dsn: str) -> None:
 
 
 def _generate(dsn: str, *, members: int, events_night: int, days: int, seed: int, night: date) -> tuple[float, Any]:
-    from loyalty_moengage.devtools.generator import generate
+    from loyalty_moengage_devtools.generator import generate
 
     clear_bench_programs(dsn)
 
@@ -423,8 +423,8 @@ def _delivery_floor(url: str, bodies: list[bytes]) -> float:
 def _run_night(args: argparse.Namespace, dsn: str, work: Path, *, members: int, events_night: int,
                floors: bool, paced: bool = False) -> dict[str, Any]:
     from loyalty_moengage.db import connection_json
-    from loyalty_moengage.devtools.reset import reset_program_state
-    from loyalty_moengage.devtools.sandbox import SandboxServer
+    from loyalty_moengage_devtools.reset import reset_program_state
+    from loyalty_moengage_devtools.sandbox import SandboxServer
 
     night = datetime.now(timezone.utc).astimezone(__import__("zoneinfo").ZoneInfo(TIME_ZONE)).date() - timedelta(days=1)
     if args.reuse and _members_loaded(dsn) == members:
@@ -465,7 +465,7 @@ def _run_night(args: argparse.Namespace, dsn: str, work: Path, *, members: int, 
             out["payload_bytes"] = sum(len(b) for b in bodies)
             out["payload_bodies"] = len(bodies)
             from loyalty_moengage.config.programs import get_program
-            from loyalty_moengage.devtools.bench import floors as fl
+            from loyalty_moengage_devtools.bench import floors as fl
             from loyalty_moengage.sync.tasks import TRANSFORM_CONCURRENCY
 
             slots = get_program(PROGRAM_ID).load_parallelism
@@ -591,7 +591,7 @@ def render_md(r: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loyalty_moengage.devtools.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m loyalty_moengage_devtools.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", type=int, default=1_000_000)
     p.add_argument("--events-night", type=int, default=None,
@@ -637,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from loyalty_moengage.db import apply_schema
-    from loyalty_moengage.devtools.environ import restored_environ
+    from loyalty_moengage_devtools.environ import restored_environ
 
     if args.dsn:
         dsn = args.dsn
@@ -694,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "keys) is from this earlier run")
     r.update({
         "started_at": started_at, "commit": commit, "commit_at_end": _git_commit(), "machine": _machine(dsn), "days": args.days,
-        "workers": args.workers, "command": "python -m loyalty_moengage.devtools.bench " + " ".join(argv or sys.argv[1:]),
+        "workers": args.workers, "command": "python -m loyalty_moengage_devtools.bench " + " ".join(argv or sys.argv[1:]),
         "sandbox_mode": {"pipeline": "count_only", "delivery_floor": "count_only", "naive_peer": "count_only",
                          "paced": "count_only with the budget enforced"},
         "naive_extrapolated": True,
@@ -725,7 +725,7 @@ def _paced_runs(args: argparse.Namespace, dsn: str, work: Path, r: dict[str, Any
     """The paced night (one program) and the shared-workspace night (two programs), into ``r``."""
     from zoneinfo import ZoneInfo
 
-    from loyalty_moengage.devtools.bench.paced import run_paced
+    from loyalty_moengage_devtools.bench.paced import run_paced
 
     night = datetime.now(timezone.utc).astimezone(ZoneInfo(TIME_ZONE)).date() - timedelta(days=1)
     p = run_paced(args, dsn, work, night, members=[args.paced_members], label="paced")

@@ -28,8 +28,8 @@ import orjson
 from aiohttp import web
 
 from loyalty_moengage.moengage.packing import SINGLE_MAX_BYTES, TRANSITION_MAX_BYTES
-from loyalty_moengage.devtools.sandbox.state import Faults, SandboxState, Workspace
-from loyalty_moengage.devtools.sandbox.validation import StructuralError, check_element
+from loyalty_moengage_devtools.sandbox.state import Faults, SandboxState, Workspace
+from loyalty_moengage_devtools.sandbox.validation import StructuralError, check_element
 
 log = logging.getLogger(__name__)
 

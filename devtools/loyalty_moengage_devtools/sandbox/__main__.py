@@ -1,4 +1,4 @@
-"""``python -m loyalty_moengage.devtools.sandbox``: run the MoEngage sandbox until Ctrl-C (``make sandbox``)."""
+"""``python -m loyalty_moengage_devtools.sandbox``: run the MoEngage sandbox until Ctrl-C (``make sandbox``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m loyalty_moengage.devtools.sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m loyalty_moengage_devtools.sandbox", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (the /sandbox API has no auth: keep loopback)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="Workspace ID of the default workspace")
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from loyalty_moengage.moengage.datacenters import parse_data_center
-    from loyalty_moengage.devtools.sandbox.server import SandboxServer
+    from loyalty_moengage_devtools.sandbox.server import SandboxServer
 
     dc = parse_data_center(args.dc)
     server = SandboxServer(host=args.host, port=args.port, count_only=args.count_only, default_dc=dc)

@@ -39,7 +39,7 @@ def _chunks(conn: Any, program: Any) -> list[dict[str, Any]]:
 
 
 def _window(program: Any, night: date) -> Any:
-    from loyalty_moengage.devtools.bench import _context
+    from loyalty_moengage_devtools.bench import _context
     from loyalty_moengage.sync.tasks import window
 
     return window(program, _context(program, night, "floor"))

@@ -1,0 +1,5 @@
+import sys
+
+from loyalty_moengage_devtools.bench import main
+
+sys.exit(main())
