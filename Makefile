@@ -22,7 +22,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml devtools/pyproject.tom
 install: $(STAMP)
 
 demo: install
-	$(PY) -m loyalty_moengage.cli demo $(ARGS)
+	$(PY) -m loyalty_moengage_devtools.cli demo $(ARGS)
 
 # The browser test runs in `make test` when Chromium is there (Playwright is installed for it);
 # without Chromium it is skipped, saying why. `make test-ui` installs Chromium (as root) and runs it.
@@ -45,19 +45,19 @@ test-ui: install
 	LOYALTY_UI_SHOTS=$(CURDIR)/docs/img $(PY) -m pytest -q -rs tests/loyalty_moengage/ui $(ARGS)
 
 sandbox: install
-	$(PY) -m loyalty_moengage.cli sandbox $(ARGS)
+	$(PY) -m loyalty_moengage_devtools.cli sandbox $(ARGS)
 
 api: install
 	$(PY) -m loyalty_moengage.cli api $(ARGS)
 
 bench: install
-	$(PY) -m loyalty_moengage.cli bench $(if $(SCALE),--scale) $(ARGS)
+	$(PY) -m loyalty_moengage_devtools.cli bench $(if $(SCALE),--scale) $(ARGS)
 
 run: install
 	$(PY) -m loyalty_moengage.cli run --program $(or $(PROGRAM),demo) $(if $(NIGHT),--night $(NIGHT))
 
 bench-api: install
-	$(PY) -m loyalty_moengage.cli bench-api $(ARGS)
+	$(PY) -m loyalty_moengage_devtools.cli bench-api $(ARGS)
 
 db-stop: install
 	$(PY) -m loyalty_moengage.cli db stop

@@ -1,7 +1,7 @@
 """Benchmark of one night's sync: the pipeline against its floors and a naive peer, in one run.
 
 ``python -m loyalty_moengage_devtools.bench [--members N] [--events-night N] [--scale] [--paced] [--out DIR]``
-(``make bench`` calls it through ``python -m loyalty_moengage.cli bench``).
+(``make bench`` calls it through ``python -m loyalty_moengage_devtools.cli bench``).
 
 What runs
 ---------
