@@ -21,54 +21,64 @@ def get_provider_info() -> dict[str, Any]:
                 "connection-type": "moengage",
                 "hook-class-name": "loyalty_moengage.moengage.hook.MoEngageHook",
                 "hook-name": "MoEngage",
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "extra"],
-                    "relabeling": {
-                        "login": "Workspace ID",
-                        "password": "Data API key",
-                        "host": "Data centre",
-                    },
-                    "placeholders": {
-                        "login": "Settings > Account > APIs > Workspace ID",
-                        "password": "Settings > Account > APIs > Data API key",
-                        "host": "DC-03, 03 or https://dashboard-03.moengage.com",
-                    },
-                },
-                "conn-fields": {
-                    "base_url": {
-                        "label": "API base URL override",
-                        "description": "Leave empty for https://api-{dc}.moengage.com. For the local "
-                        "sandbox: http://127.0.0.1:8765/dc/{dc} ({dc} becomes the data centre code).",
-                        "schema": {"type": ["string", "null"], "format": "url"},
-                    },
-                    "users_per_minute": {
-                        "label": "Users per minute",
-                        "description": "Workspace budget for bulk user updates (MoEngage default 60,000; "
-                        "raised on request).",
-                        "schema": {"type": "integer", "default": 60000, "minimum": 1},
-                    },
-                    "events_per_minute": {
-                        "label": "Events per minute",
-                        "description": "Workspace budget for bulk events (MoEngage default 60,000).",
-                        "schema": {"type": "integer", "default": 60000, "minimum": 1},
-                    },
-                    "lookups_per_minute": {
-                        "label": "Lookups per minute",
-                        "description": "Workspace budget for the Get User API (customer existence checks; "
-                        "MoEngage default 1,000 users/min).",
-                        "schema": {"type": "integer", "default": 1000, "minimum": 1},
-                    },
-                    "timeout": {
-                        "label": "Request timeout (seconds)",
-                        "description": "Read timeout per request; connecting waits at most 10 s.",
-                        "schema": {"type": "number", "default": 30, "minimum": 1},
-                    },
-                    "pacing": {
-                        "label": "Pace requests",
-                        "description": "Keep within the budgets above. Turn off only for benchmarks.",
-                        "schema": {"type": "boolean", "default": True},
-                    },
-                },
+                "ui-field-behaviour": _field_behaviour(),
+                "conn-fields": _conn_fields(),
             }
         ],
+    }
+
+
+def _field_behaviour() -> dict[str, Any]:
+    """The standard fields: which are hidden, and how the rest are labelled."""
+    return {
+        "hidden-fields": ["schema", "port", "extra"],
+        "relabeling": {
+            "login": "Workspace ID",
+            "password": "Data API key",
+            "host": "Data centre",
+        },
+        "placeholders": {
+            "login": "Settings > Account > APIs > Workspace ID",
+            "password": "Settings > Account > APIs > Data API key",
+            "host": "DC-03, 03 or https://dashboard-03.moengage.com",
+        },
+    }
+
+
+def _conn_fields() -> dict[str, Any]:
+    """The extras, as form fields (the ones ``connection.config_from_connection`` reads)."""
+    return {
+        "base_url": {
+            "label": "API base URL override",
+            "description": "Leave empty for https://api-{dc}.moengage.com. For the local "
+            "sandbox: http://127.0.0.1:8765/dc/{dc} ({dc} becomes the data centre code).",
+            "schema": {"type": ["string", "null"], "format": "url"},
+        },
+        "users_per_minute": {
+            "label": "Users per minute",
+            "description": "Workspace budget for bulk user updates (MoEngage default 60,000; "
+            "raised on request).",
+            "schema": {"type": "integer", "default": 60000, "minimum": 1},
+        },
+        "events_per_minute": {
+            "label": "Events per minute",
+            "description": "Workspace budget for bulk events (MoEngage default 60,000).",
+            "schema": {"type": "integer", "default": 60000, "minimum": 1},
+        },
+        "lookups_per_minute": {
+            "label": "Lookups per minute",
+            "description": "Workspace budget for the Get User API (customer existence checks; "
+            "MoEngage default 1,000 users/min).",
+            "schema": {"type": "integer", "default": 1000, "minimum": 1},
+        },
+        "timeout": {
+            "label": "Request timeout (seconds)",
+            "description": "Read timeout per request; connecting waits at most 10 s.",
+            "schema": {"type": "number", "default": 30, "minimum": 1},
+        },
+        "pacing": {
+            "label": "Pace requests",
+            "description": "Keep within the budgets above. Turn off only for benchmarks.",
+            "schema": {"type": "boolean", "default": True},
+        },
     }
