@@ -9,17 +9,22 @@ are safe to replay, and tenacity for retries (``retry_args`` overrides the defau
 
 Outcomes of one request:
 
-* 2xx with ``"status": "success"``: accepted (not yet ingested; MoEngage has no per-element report).
+* 2xx, unless it says ``"status": "fail"``: accepted (not yet ingested; MoEngage has no per-element report).
 * 429: wait ``x-ratelimit-reset`` seconds (or back off when absent) and resend; never counted
   against ``max_retries``, given up after ``max_throttled`` waits in a row with
   :class:`MoEngageRateLimitError` naming the budget. The same on every endpoint: bulk and single
   sends, Get User API lookups, the credential preflight.
 * 5xx, 408, connect errors: retried with exponential backoff and jitter, ``max_retries`` times,
   then :class:`MoEngageTransientError`.
-* body sent, then a read timeout or dropped connection: the outcome is unknown and MoEngage has no
-  dedupe, so :class:`MoEngageUncertainError` at once, unless ``retry_uncertain=True``.
-* 400, 401, 403, 409, 413, 415, or 200 with ``"status": "fail"``: :class:`MoEngagePermanentError`
-  naming the cause and the fix; never retried.
+* body sent, then a read timeout, a dropped connection or a 504: the outcome is unknown and MoEngage
+  has no dedupe, so :class:`MoEngageUncertainError` at once, unless ``retry_uncertain=True``.
+* 400, 401, 403, 409, 413, 415 (and any other status not named here), or 2xx with
+  ``"status": "fail"``: :class:`MoEngagePermanentError` naming the cause and the fix; never retried.
+
+Bulk and single sends, lookups and the preflight share one send loop (``MoEngageHook._request``);
+a ``_RequestKind`` says what differs. Lookups and the preflight are idempotent: every failure
+without an answer, and every 504, is retried like a 5xx, and their callers read the answer. The
+Test button's preflight also has a deadline (``TEST_CONNECTION_SECONDS``).
 
 Pacing: see :mod:`loyalty_moengage.moengage.pacing` (``share`` is this task's fraction of the workspace budget).
 The connection and its secrets: :mod:`loyalty_moengage.moengage.connection`; the exceptions:
@@ -34,7 +39,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,6 +53,7 @@ from loyalty_moengage.moengage import connection
 from loyalty_moengage.moengage.connection import MoEngageConfig, Secret
 from loyalty_moengage.moengage.datacenters import label
 from loyalty_moengage.moengage.errors import (
+    PERMANENT_STATUSES,
     MoEngageAuthError,
     MoEngageConfigError,
     MoEngageError,
@@ -58,8 +64,6 @@ from loyalty_moengage.moengage.errors import (
 )
 from loyalty_moengage.moengage.pacing import ServerWindow, TokenBucket
 from loyalty_moengage.moengage.packing import SINGLE_MAX_BYTES, TRANSITION_MAX_BYTES
-
-PERMANENT_STATUSES = frozenset({400, 401, 403, 409, 413, 415})
 
 # The Test button: every try must end within TEST_CONNECTION_SECONDS. The tries are planned on the
 # hook's clock within _TEST_PLAN_SECONDS (connect at most _TEST_CONNECT_SECONDS each); a watchdog
@@ -139,14 +143,33 @@ class _Attempts:
 
 
 @dataclass(frozen=True, slots=True)
-class _Budget:
-    """Which MoEngage rate limit an idempotent request spends, and what to do when it stays spent."""
+class _Answer:
+    """MoEngage's final answer to one request (no 429, 5xx or 408)."""
 
-    name: str
-    advice: Callable[[MoEngageHook], str]
+    response: requests.Response
+    doc: dict[str, Any]
+    request_id: str | None
 
-    def fix(self, hook: MoEngageHook) -> str:
-        return self.advice(hook)
+
+@dataclass(frozen=True, slots=True)
+class _RequestKind:
+    """What the one send loop (:meth:`MoEngageHook._request`) does differently per kind of request.
+
+    ``idempotent=False`` is a data send: its bytes count in ``HookStats.bytes_sent``; MoEngage has
+    no dedupe, so a body sent without an answer (or answered 504) is uncertain; and the hook judges
+    the answer (4xx, or 2xx with ``"status": "fail"``: permanent). An idempotent request retries every
+    failure without an answer, and its caller reads the answer.
+    """
+
+    idempotent: bool
+    budget: str | None  # the rate limit it spends, as 429 messages name it; None: the users/events budgets
+    advice: Callable[[MoEngageHook], str]  # the fix when 429s keep coming
+    deadline: float | None = None  # on the hook's clock: every try ends by then (the Test button)
+
+
+def _send_advice(hook: MoEngageHook) -> str:
+    return ("Another sender is spending this workspace's budget, or the budget in the connection "
+            "extras is higher than MoEngage's: lower users_per_minute/events_per_minute or use a Pool.")
 
 
 def _lookup_advice(hook: MoEngageHook) -> str:
@@ -164,9 +187,13 @@ def _auth_advice(hook: MoEngageHook) -> str:
             "something is checking credentials in a loop. Stop it, wait a minute, and retry.")
 
 
-_LOOKUP_BUDGET = _Budget("the Get User API (customer lookups)", _lookup_advice)
-_AUTH_BUDGET = _Budget("the authentication endpoint (credential preflight)", _auth_advice)
+_SEND = _RequestKind(idempotent=False, budget=None, advice=_send_advice)
+_LOOKUP = _RequestKind(idempotent=True, budget="the Get User API (customer lookups)", advice=_lookup_advice)
+_PREFLIGHT = _RequestKind(idempotent=True, budget="the authentication endpoint (credential preflight)",
+                          advice=_auth_advice)
 
+_UNCERTAIN_FIX = ("Resending may duplicate events (MoEngage has no dedupe). Reconcile this batch, "
+                  "or set retry_uncertain=True if duplicates are acceptable.")
 
 _FIXES: dict[int, tuple[str, str]] = {
     400: ("MoEngage could not read the request",
@@ -423,20 +450,20 @@ class MoEngageHook(BaseHook):
         body = orjson.dumps({"app_id": cfg.workspace_id, "app_secret": cfg.api_key.reveal(),
                              "source": "airflow-loyalty-moengage", "region": cfg.data_center})
         try:
-            response, doc, attempts = self._request_safely("/v1/integrations/authentication", body,
-                                                           budget=_AUTH_BUDGET, deadline=deadline)
+            answer, attempts = self._request(replace(_PREFLIGHT, deadline=deadline),
+                                             "/v1/integrations/authentication", body)
         except MoEngageTransientError as exc:
             raise type(exc)(
                 f"Could not verify MoEngage credentials: {exc}", status=exc.status,
                 request_id=exc.request_id, attempts=exc.attempts, cause=exc.cause, fix=exc.fix) from None
-        request_id = _request_id(doc, response)
+        response, doc, request_id = answer.response, answer.doc, answer.request_id
         if response.status_code != 200 or doc.get("status") != "success":
             detail = f"{response.status_code} {_error_text(doc, response)}"
             cause = f"MoEngage rejected the credentials ({detail}) on {cfg.where}"
             fix = (f"Check the Workspace ID, the Data API key and the data centre in {cfg.name}: "
                    "a workspace exists on one data centre only.")
-            raise MoEngageAuthError(f"{cause}. {fix}", status=response.status_code, request_id=request_id,
-                                    attempts=attempts, cause=cause, fix=fix)
+            raise MoEngageAuthError.of(cause, fix, status=response.status_code, request_id=request_id,
+                                       attempts=attempts.requests)
         self._preflight = {"status": "success", "app_name": doc.get("app_name"), "workspace_id": cfg.workspace_id,
                            "data_center": cfg.data_center, "base_url": cfg.base_url, "request_id": request_id}
         self.log.info("MoEngage credentials verified for workspace %s on %s", cfg.workspace_id, cfg.where)
@@ -521,14 +548,13 @@ class MoEngageHook(BaseHook):
             body = orjson.dumps({"data": {"identifiers": [{"identifier_type": "customer_id", "identifier": c}
                                                           for c in chunk],
                                           "user_fields_to_export": ["customer_id"]}})
-            response, doc, _ = self._request_safely(path, body, budget=_LOOKUP_BUDGET,
-                                                    pacer=([self.lookup_window], [self.lookup_bucket]))
+            answer, _ = self._request(_LOOKUP, path, body, pacer=([self.lookup_window], [self.lookup_bucket]))
+            response, doc = answer.response, answer.doc
             if response.status_code != 200 or doc.get("status") != "success":
                 detail = f"{response.status_code} {_error_text(doc, response)}"
                 cause = f"the Get User API refused the lookup ({detail}) on {self.config.where}"
                 fix = "Check the connection's credentials and that the workspace has the Get User API enabled."
-                raise MoEngagePermanentError(f"{cause}. {fix}", status=response.status_code,
-                                             request_id=_request_id(doc, response), cause=cause, fix=fix)
+                raise MoEngagePermanentError.of(cause, fix, status=response.status_code, request_id=answer.request_id)
             for user in (doc.get("data") or {}).get("users") or []:
                 cid = (user.get("user_attributes") or {}).get("customer_id")
                 if isinstance(cid, str):
@@ -549,7 +575,7 @@ class MoEngageHook(BaseHook):
             cause = (f"one request carries {users} users and {events} events, more than the workspace budget "
                      f"of {cfg.users_per_minute:g} users and {cfg.events_per_minute:g} events per minute")
             fix = "Pack smaller batches or raise the budget in the connection extras if MoEngage raised it."
-            raise MoEngagePermanentError(f"{cause}. {fix}", cause=cause, fix=fix)
+            raise MoEngagePermanentError.of(cause, fix)
         started = self._clock()
         # While one bucket holds this send back, the other budget goes unspent: it is banked (pacing.py).
         waited_users = self.users_bucket.acquire(users)
@@ -560,27 +586,32 @@ class MoEngageHook(BaseHook):
         needs = [(w, n) for w, n in ((self.users_window, users), (self.events_window, events)) if n]
         buckets = [self.users_bucket, self.events_bucket]
         self._wait_for_window(needs, buckets)
-        pacer = ([w for w, _ in needs], buckets)
-        attempts = _Attempts()
-        try:
-            for attempt in self._retrying():
-                with attempt:
-                    attempts.tries += 1
-                    status, request_id = self._attempt(path, body, attempts, pacer)
-        except _Retryable as exc:
-            fix = ("MoEngage or the network kept failing; the run can be resumed later. "
-                   "Check https://status.moengage.com and the worker's network.")
-            cause = f"{exc.cause} after {attempts.tries} attempts on {cfg.where}"
-            raise MoEngageTransientError(f"{cause}. {fix}", status=exc.status, request_id=exc.request_id,
-                                         attempts=attempts.requests, cause=cause, fix=fix) from None
+        answer, attempts = self._request(_SEND, path, body, pacer=([w for w, _ in needs], buckets))
         retries = attempts.tries - 1
         self.stats.sends += 1
-        self.stats.retries += retries
         self.stats.users += users
         self.stats.events += events
-        return SendResult(status=status, request_id=request_id, attempts=attempts.requests,
-                          throttled=attempts.throttled, retries=retries, bytes_sent=len(body),
-                          seconds=self._clock() - started, request_ids=tuple(attempts.request_ids))
+        return SendResult(status=answer.response.status_code, request_id=answer.request_id,
+                          attempts=attempts.requests, throttled=attempts.throttled, retries=retries,
+                          bytes_sent=len(body), seconds=self._clock() - started,
+                          request_ids=tuple(attempts.request_ids))
+
+    def _request(self, kind: _RequestKind, path: str, body: bytes, *, pacer: _Pacer = ((), ())
+                 ) -> tuple[_Answer, _Attempts]:
+        """The one send loop: tenacity resends what ``kind`` allows (5xx, 408, failures without an
+        answer) with backoff; each attempt waits out its 429s, so they never use up retries."""
+        attempts = _Attempts()
+        started = self._clock()
+        try:
+            for attempt in self._retrying(deadline=kind.deadline):
+                with attempt:
+                    attempts.tries += 1
+                    answer = self._attempt(kind, path, body, attempts, pacer)
+                    self.stats.retries += attempts.tries - 1
+                    return answer, attempts
+        except _Retryable as exc:
+            raise self._gave_up(kind, exc, attempts, started) from None
+        raise AssertionError("unreachable")
 
     def _retrying(self, *, deadline: float | None = None) -> tenacity.Retrying:
         retries = self.max_retries if deadline is None else min(self.max_retries, _TEST_MAX_RETRIES)
@@ -626,79 +657,104 @@ class MoEngageHook(BaseHook):
             self._last_io = self._clock()
             self.stats.requests += 1
 
-    def _attempt(self, path: str, body: bytes, attempts: _Attempts, pacer: _Pacer = ((), ())
-                 ) -> tuple[int, str | None]:
-        """One logical attempt: 429s are waited out inside it, so they never use up retries."""
-        cfg = self.config
+    def _attempt(self, kind: _RequestKind, path: str, body: bytes, attempts: _Attempts, pacer: _Pacer) -> _Answer:
+        """One logical attempt: 429s are waited out inside it; 5xx and 408 raise ``_Retryable``."""
         while True:
             attempts.requests += 1
             try:
-                response = self._post(path, body)
+                response = self._post(path, body, timeout=self._try_timeout(kind.deadline))
             except requests.RequestException as exc:
                 attempts.request_ids.append(None)
-                if _never_sent(exc):
-                    raise _Retryable(f"could not connect ({_describe(exc)})") from None
-                if self.retry_uncertain:
-                    raise _Retryable(f"no answer after the body was sent ({_describe(exc)})") from None
-                cause = (f"the request body ({len(body)} bytes) was sent to {cfg.where} but no answer came "
-                         f"({_describe(exc)}); MoEngage may or may not have accepted it")
-                fix = ("Resending may duplicate events (MoEngage has no dedupe). Reconcile this batch, "
-                       "or set retry_uncertain=True if duplicates are acceptable.")
-                raise MoEngageUncertainError(f"{cause}. {fix}", attempts=attempts.requests, cause=cause,
-                                             fix=fix) from None
-            self.stats.bytes_sent += len(body)
+                raise self._unanswered(kind, exc, len(body), attempts.requests) from None
             status = response.status_code
             doc = _body(response)
             request_id = _request_id(doc, response)
             attempts.request_ids.append(request_id)
-            self.log.debug("MoEngage POST %s -> %s request_id=%s bytes=%d", path, status, request_id, len(body))
+            if not kind.idempotent:
+                self.stats.bytes_sent += len(body)
+                self.log.debug("MoEngage POST %s -> %s request_id=%s bytes=%d", path, status, request_id, len(body))
             _observe(pacer, response)
             if status == 429:
-                attempts.throttled += 1
-                self.stats.throttled += 1
-                if attempts.throttled > self.max_throttled:
-                    cause = f"MoEngage answered 429 {attempts.throttled} times in a row on {cfg.where}"
-                    fix = ("Another sender is spending this workspace's budget, or the budget in the connection "
-                           "extras is higher than MoEngage's: lower users_per_minute/events_per_minute or use a Pool.")
-                    raise MoEngageRateLimitError(f"{cause}. {fix}", status=429, request_id=request_id,
-                                                 attempts=attempts.requests, cause=cause, fix=fix)
-                wait = self._throttle_wait(response, attempts.throttled)
-                self.log.info("MoEngage rate limit (429, request_id %s): waiting %.2f s for the budget to reset",
-                              request_id, wait)
-                self.stats.throttle_seconds += wait
-                self._sleep(wait)
-                _bank(pacer, wait)
+                self._wait_out_429(kind, response, request_id, attempts, pacer)
                 continue
-            if status == 504 and not self.retry_uncertain:
+            if status == 504 and not (kind.idempotent or self.retry_uncertain):
                 # A gateway timeout: the request reached MoEngage's edge and may have been processed.
-                cause = (f"MoEngage's gateway timed out (504, request_id {request_id}) on {cfg.where} after the "
-                         "body was sent; MoEngage may or may not have accepted it")
-                fix = ("Resending may duplicate events (MoEngage has no dedupe). Reconcile this batch, "
-                       "or set retry_uncertain=True if duplicates are acceptable.")
-                raise MoEngageUncertainError(f"{cause}. {fix}", status=status, request_id=request_id,
-                                             attempts=attempts.requests, cause=cause, fix=fix)
+                cause = (f"MoEngage's gateway timed out (504, request_id {request_id}) on {self.config.where} "
+                         "after the body was sent; MoEngage may or may not have accepted it")
+                raise MoEngageUncertainError.of(cause, _UNCERTAIN_FIX, status=status, request_id=request_id,
+                                                attempts=attempts.requests)
             if status >= 500 or status == 408:
                 raise _Retryable(f"HTTP {status} {_error_text(doc, response)}", status=status, request_id=request_id)
-            if 200 <= status < 300:
-                if doc.get("status") == "fail":
-                    cause = f"MoEngage answered {status} but reported a failure ({_error_text(doc, response)}) on {cfg.where}"
-                    fix = "The request was not accepted: fix what the message names; do not count it as sent."
-                    raise MoEngagePermanentError(f"{cause}; request_id {request_id}. {fix}", status=status,
-                                                 request_id=request_id, attempts=attempts.requests,
-                                                 cause=cause, fix=fix)
-                return status, request_id
-            raise self._permanent(status, doc, response, request_id, attempts.requests)
+            answer = _Answer(response, doc, request_id)
+            if not kind.idempotent:
+                self._judge(answer, attempts.requests)
+            return answer
 
-    def _permanent(self, status: int, doc: dict[str, Any], response: requests.Response, request_id: str | None,
-                   attempts: int) -> MoEngagePermanentError:
+    def _try_timeout(self, deadline: float | None) -> tuple[float, float] | None:
+        """Under a deadline, connect and read timeouts that end the try by then; else the connection's."""
+        if deadline is None:
+            return None
+        cfg = self.config
+        left = max(0.1, deadline - self._clock())
+        return round(min(_TEST_CONNECT_SECONDS, cfg.timeout, left), 1), round(min(cfg.timeout, left), 1)
+
+    def _unanswered(self, kind: _RequestKind, exc: requests.RequestException, size: int, attempts: int
+                    ) -> _Retryable | MoEngageUncertainError:
+        """A request that got no answer: retryable, unless a send's body may have arrived."""
+        cfg = self.config
+        if kind.idempotent:
+            if _never_sent(exc):
+                host = urlsplit(cfg.base_url).netloc
+                return _Retryable(f"cannot reach {host} ({_describe(exc)})", unreachable=True)
+            return _Retryable(f"no answer from {cfg.where} ({_describe(exc)})")
+        if _never_sent(exc):
+            return _Retryable(f"could not connect ({_describe(exc)})")
+        if self.retry_uncertain:
+            return _Retryable(f"no answer after the body was sent ({_describe(exc)})")
+        cause = (f"the request body ({size} bytes) was sent to {cfg.where} but no answer came "
+                 f"({_describe(exc)}); MoEngage may or may not have accepted it")
+        return MoEngageUncertainError.of(cause, _UNCERTAIN_FIX, attempts=attempts)
+
+    def _judge(self, answer: _Answer, attempts: int) -> None:
+        """A send's final answer: a 2xx is accepted unless it says ``"status": "fail"``; the rest is permanent."""
+        response, doc, request_id = answer.response, answer.doc, answer.request_id
+        status = response.status_code
+        if not 200 <= status < 300:
+            raise self._permanent(answer, attempts)
+        if doc.get("status") == "fail":
+            cause = (f"MoEngage answered {status} but reported a failure ({_error_text(doc, response)}) "
+                     f"on {self.config.where}")
+            fix = "The request was not accepted: fix what the message names; do not count it as sent."
+            raise MoEngagePermanentError.of(cause, fix, detail=f"; request_id {request_id}", status=status,
+                                            request_id=request_id, attempts=attempts)
+
+    def _permanent(self, answer: _Answer, attempts: int) -> MoEngagePermanentError:
+        response, request_id = answer.response, answer.request_id
+        status = response.status_code
         cfg = self.config
         what, fix = _FIXES.get(status, (f"MoEngage refused the request with HTTP {status}",
                                         "Check the endpoint and the payload; this status is not retried."))
         fix = fix.replace("{conn}", cfg.name)
-        cause = f"{what} ({status} {_error_text(doc, response)}) on {cfg.where}"
-        kind = MoEngageAuthError if status in (401, 403) else MoEngagePermanentError
-        return kind(f"{cause}; request_id {request_id}. {fix}", status=status, request_id=request_id,
-                    attempts=attempts, cause=cause, fix=fix)
+        cause = f"{what} ({status} {_error_text(answer.doc, response)}) on {cfg.where}"
+        error = MoEngageAuthError if status in (401, 403) else MoEngagePermanentError
+        return error.of(cause, fix, detail=f"; request_id {request_id}", status=status, request_id=request_id,
+                        attempts=attempts)
+
+    def _wait_out_429(self, kind: _RequestKind, response: requests.Response, request_id: str | None,
+                      attempts: _Attempts, pacer: _Pacer) -> None:
+        """Wait until the budget resets; give up when 429s persist or the wait would pass the deadline."""
+        attempts.throttled += 1
+        self.stats.throttled += 1
+        if attempts.throttled > self.max_throttled:
+            raise self._rate_limited(kind, response, request_id, attempts)
+        wait = self._throttle_wait(response, attempts.throttled)
+        if kind.deadline is not None and self._clock() + wait > kind.deadline:
+            raise self._rate_limited(kind, response, request_id, attempts, past_deadline=True)
+        self.log.info("MoEngage rate limit%s (429, request_id %s): waiting %.2f s for the budget to reset",
+                      f" on {kind.budget}" if kind.budget else "", request_id, wait)
+        self.stats.throttle_seconds += wait
+        self._sleep(wait)
+        _bank(pacer, wait)
 
     def _throttle_wait(self, response: requests.Response, count: int) -> float:
         """Seconds until the budget resets: ``x-ratelimit-reset`` (seconds or epoch), else backoff."""
@@ -708,95 +764,43 @@ class MoEngageHook(BaseHook):
         # A little jitter so tasks sharing a workspace do not all return on the same instant.
         return min(wait, 120.0) + random.uniform(0, 0.05 + 0.05 * wait)
 
-    def _request_safely(self, path: str, body: bytes, *, budget: _Budget, deadline: float | None = None,
-                        pacer: _Pacer = ((), ())) -> tuple[requests.Response, dict[str, Any], int]:
-        """An idempotent request (preflight, Get User API lookups): every failure without an answer may
-        be retried; 429s are waited out as on the send path and never use up retries.
-
-        With ``deadline`` (the hook's clock), every try ends by then: short connect timeouts, at most
-        ``_TEST_MAX_RETRIES`` retries, and no 429 wait past it.
-        """
-        attempts = _Attempts()
-        started = self._clock()
-        try:
-            for attempt in self._retrying(deadline=deadline):
-                with attempt:
-                    attempts.tries += 1
-                    result = self._attempt_safely(path, body, attempts, budget, deadline, pacer)
-                    self.stats.retries += attempts.tries - 1
-                    return result
-        except _Retryable as exc:
-            host = urlsplit(self.config.base_url).netloc
-            tries = f"{attempts.tries} attempts" + (f" in {self._clock() - started:.1f} s" if deadline else "")
-            if exc.unreachable:
-                fix = self._unreachable_fix(host)
-            elif exc.status is None:
-                fix = "Check the network path to MoEngage and the data centre in the connection, then retry."
-            else:
-                fix = "MoEngage kept failing: check https://status.moengage.com and retry later."
-            raise MoEngageTransientError(f"{exc.cause} after {tries}. {fix}", status=exc.status,
-                                         request_id=exc.request_id, attempts=attempts.requests,
-                                         cause=exc.cause, fix=fix) from None
-        raise AssertionError("unreachable")
-
-    def _attempt_safely(self, path: str, body: bytes, attempts: _Attempts, budget: _Budget,
-                        deadline: float | None = None, pacer: _Pacer = ((), ())
-                        ) -> tuple[requests.Response, dict[str, Any], int]:
-        """One logical attempt of an idempotent request: 429s are waited out inside it."""
-        cfg = self.config
-        while True:
-            timeout = None
-            if deadline is not None:
-                left = max(0.1, deadline - self._clock())
-                timeout = (round(min(_TEST_CONNECT_SECONDS, cfg.timeout, left), 1), round(min(cfg.timeout, left), 1))
-            attempts.requests += 1
-            try:
-                response = self._post(path, body, timeout=timeout)
-            except requests.RequestException as exc:
-                attempts.request_ids.append(None)
-                if _never_sent(exc):
-                    host = urlsplit(cfg.base_url).netloc
-                    raise _Retryable(f"cannot reach {host} ({_describe(exc)})", unreachable=True) from None
-                raise _Retryable(f"no answer from {cfg.where} ({_describe(exc)})") from None
-            status = response.status_code
-            doc = _body(response)
-            request_id = _request_id(doc, response)
-            attempts.request_ids.append(request_id)
-            _observe(pacer, response)
-            if status == 429:
-                attempts.throttled += 1
-                self.stats.throttled += 1
-                if attempts.throttled > self.max_throttled:
-                    raise self._rate_limited(budget, response, request_id, attempts)
-                wait = self._throttle_wait(response, attempts.throttled)
-                if deadline is not None and self._clock() + wait > deadline:
-                    raise self._rate_limited(budget, response, request_id, attempts, past_deadline=True)
-                self.log.info("MoEngage rate limit on %s (429, request_id %s): waiting %.2f s for the budget "
-                              "to reset", budget.name, request_id, wait)
-                self.stats.throttle_seconds += wait
-                self._sleep(wait)
-                _bank(pacer, wait)
-                continue
-            if status >= 500 or status == 408:
-                raise _Retryable(f"HTTP {status} {_error_text(doc, response)}", status=status, request_id=request_id)
-            return response, doc, attempts.requests
-
-    def _rate_limited(self, budget: _Budget, response: requests.Response, request_id: str | None,
+    def _rate_limited(self, kind: _RequestKind, response: requests.Response, request_id: str | None,
                       attempts: _Attempts, *, past_deadline: bool = False) -> MoEngageRateLimitError:
         cfg = self.config
-        limit = response.headers.get("x-ratelimit-limit")
-        reset = response.headers.get("x-ratelimit-reset")
-        seen = ", ".join(f"{k} {v}" for k, v in (("x-ratelimit-limit", limit), ("x-ratelimit-reset", reset)) if v)
-        if past_deadline:
-            cause = (f"MoEngage answered 429 (rate limit) on {budget.name} on {cfg.where}, and its budget resets "
-                     f"after this test's {TEST_CONNECTION_SECONDS:g} s")
+        if kind.budget is None:
+            cause = f"MoEngage answered 429 {attempts.throttled} times in a row on {cfg.where}"
         else:
-            cause = (f"MoEngage kept answering 429 (rate limit) on {budget.name}: {attempts.throttled} times in a "
-                     f"row on {cfg.where}")
-        cause += f" ({seen})" if seen else ""
-        fix = budget.fix(self)
-        return MoEngageRateLimitError(f"{cause}. {fix}", status=429, request_id=request_id,
-                                      attempts=attempts.requests, cause=cause, fix=fix)
+            limit = response.headers.get("x-ratelimit-limit")
+            reset = response.headers.get("x-ratelimit-reset")
+            seen = ", ".join(f"{k} {v}" for k, v in (("x-ratelimit-limit", limit), ("x-ratelimit-reset", reset)) if v)
+            if past_deadline:
+                cause = (f"MoEngage answered 429 (rate limit) on {kind.budget} on {cfg.where}, and its budget "
+                         f"resets after this test's {TEST_CONNECTION_SECONDS:g} s")
+            else:
+                cause = (f"MoEngage kept answering 429 (rate limit) on {kind.budget}: {attempts.throttled} times "
+                         f"in a row on {cfg.where}")
+            cause += f" ({seen})" if seen else ""
+        return MoEngageRateLimitError.of(cause, kind.advice(self), status=429, request_id=request_id,
+                                         attempts=attempts.requests)
+
+    def _gave_up(self, kind: _RequestKind, exc: _Retryable, attempts: _Attempts, started: float
+                 ) -> MoEngageTransientError:
+        """The retries are spent: what kept failing, and what to check."""
+        cfg = self.config
+        if not kind.idempotent:
+            fix = ("MoEngage or the network kept failing; the run can be resumed later. "
+                   "Check https://status.moengage.com and the worker's network.")
+            return MoEngageTransientError.of(f"{exc.cause} after {attempts.tries} attempts on {cfg.where}", fix,
+                                             status=exc.status, request_id=exc.request_id, attempts=attempts.requests)
+        tries = f"{attempts.tries} attempts" + (f" in {self._clock() - started:.1f} s" if kind.deadline else "")
+        if exc.unreachable:
+            fix = self._unreachable_fix(urlsplit(cfg.base_url).netloc)
+        elif exc.status is None:
+            fix = "Check the network path to MoEngage and the data centre in the connection, then retry."
+        else:
+            fix = "MoEngage kept failing: check https://status.moengage.com and retry later."
+        return MoEngageTransientError.of(exc.cause, fix, detail=f" after {tries}", status=exc.status,
+                                         request_id=exc.request_id, attempts=attempts.requests)
 
     def _unreachable_fix(self, host: str) -> str:
         try:
@@ -808,8 +812,7 @@ class MoEngageHook(BaseHook):
 
     def _too_large(self, size: int, limit: int) -> MoEngagePermanentError:
         cause = f"request body is {size} bytes; MoEngage accepts at most {limit} (not sent)"
-        fix = _FIXES[413][1]
-        return MoEngagePermanentError(f"{cause}. {fix}", status=None, cause=cause, fix=fix)
+        return MoEngagePermanentError.of(cause, _FIXES[413][1], status=None)
 
 
 def _keep_alive_adapter() -> requests.adapters.HTTPAdapter:
@@ -822,6 +825,7 @@ def _keep_alive_adapter() -> requests.adapters.HTTPAdapter:
 
 
 __all__ = [
+    "PERMANENT_STATUSES",
     "HookStats",
     "MoEngageAuthError",
     "MoEngageConfig",

@@ -530,3 +530,16 @@ def test_test_button_watchdog_answers_when_requests_cannot(make_hook, workspace,
         release.set()
     assert not ok and "cannot reach api-03.moengage.com within 0.2 s" in message, message
     assert "this connection" in message
+
+
+def test_a_504_is_retried_on_lookups_but_uncertain_on_sends(sb, make_hook, workspace):
+    sb.seed_users(workspace[0], ["REL-1"])
+    hook = make_hook(*workspace, hook_kwargs={"max_retries": 1})
+    sb.fail_next(504)
+    assert hook.existing_customers(["REL-1"]) == {"REL-1"}  # idempotent: a 504 is a 5xx like any other
+    assert (hook.stats.retries, hook.stats.requests, hook.stats.bytes_sent) == (1, 2, 0)
+    hook.preflight()
+    sb.fail_next(504)
+    with pytest.raises(MoEngageUncertainError) as info:
+        hook.send_transition(one_event_body(), users=0, events=1)
+    assert info.value.status == 504 and info.value.attempts == 1 and hook.stats.retries == 1
