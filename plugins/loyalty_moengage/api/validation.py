@@ -33,7 +33,6 @@ _GENDERS = {
     "other": "other", "o": "other", "non-binary": "other", "nonbinary": "other",
 }
 _GENDER_UNKNOWN = {"", "unknown", "u", "not specified", "prefer not to say", "na", "n/a", "none", "null"}
-FIELDS = ("number", "email_id", "name", "gender", "amount", "channel", "store_id", "admin_id", "customer_id")
 
 
 @dataclass(frozen=True)
