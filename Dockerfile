@@ -1,8 +1,12 @@
 # The project's Airflow image: Airflow 3.3.2 with the pinned dependencies, the Celery executor's
-# packages, the loyalty_moengage package, and dags/, plugins/, include/. Used by docker-compose.yaml
-# for every Airflow service, the MoEngage sandbox and the demo generator.
+# packages, the loyalty_moengage package, and dags/, plugins/, include/. Two targets:
+#   production (the default, the last stage): the product only, no development tool; every Airflow
+#              service of docker-compose.yaml runs it;
+#   dev:       production plus devtools/ (loyalty-moengage-devtools: the MoEngage sandbox, the
+#              synthetic data generator, docker/demo_init.py); the Compose demo's sandbox and generator.
 #
 #   docker build -t loyalty-moengage:local .
+#   docker build --target dev -t loyalty-moengage-dev:local .
 #   docker build --network host --build-arg BASE_IMAGE=<a Python 3.11 Debian image> \
 #       --build-arg CA_BUNDLE=build-ca.crt -t loyalty-moengage:local .     # see README
 #
@@ -11,7 +15,7 @@
 # CA_BUNDLE: a file name under docker/certs/, trusted by pip during the build only (TLS-inspecting
 # proxies); the runtime image keeps the base image's CA store.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE} AS product
 
 ARG CA_BUNDLE=""
 ARG AIRFLOW_UID=50000
@@ -48,7 +52,7 @@ RUN set -eu; \
     chown -R "${AIRFLOW_UID}:0" /opt/airflow/plugins
 COPY --chown=${AIRFLOW_UID}:0 dags/ ./dags/
 COPY --chown=${AIRFLOW_UID}:0 include/ ./include/
-COPY --chown=${AIRFLOW_UID}:0 docker/entrypoint.sh docker/demo_init.py docker/programs.compose-test.yaml ./docker/
+COPY --chown=${AIRFLOW_UID}:0 docker/entrypoint.sh docker/programs.compose-test.yaml ./docker/
 
 ENV AIRFLOW__CORE__DAGS_FOLDER=/opt/airflow/dags \
     AIRFLOW__CORE__PLUGINS_FOLDER=/opt/airflow/plugins \
@@ -57,3 +61,22 @@ USER ${AIRFLOW_UID}:0
 RUN python -c "import airflow, loyalty_moengage, airflow.providers.celery; print('airflow', airflow.__version__)"
 ENTRYPOINT ["/opt/airflow/docker/entrypoint.sh"]
 CMD ["version"]
+
+# ---- dev: the product image plus the development tools (never in the production image) ----
+FROM product AS dev
+ARG CA_BUNDLE=""
+ARG AIRFLOW_UID=50000
+USER root
+COPY docker/certs/ /tmp/build-certs/
+COPY --chown=${AIRFLOW_UID}:0 devtools/ ./devtools/
+COPY --chown=${AIRFLOW_UID}:0 docker/demo_init.py ./docker/
+RUN set -eu; \
+    if [ -n "${CA_BUNDLE}" ]; then export PIP_CERT="/tmp/build-certs/${CA_BUNDLE}"; test -s "$PIP_CERT"; fi; \
+    pip install -q --no-deps -e ./devtools; \
+    rm -rf /tmp/build-certs; \
+    chown -R "${AIRFLOW_UID}:0" /opt/airflow/devtools
+USER ${AIRFLOW_UID}:0
+RUN python -c "import loyalty_moengage_devtools.cli, loyalty_moengage_devtools.sandbox.server, loyalty_moengage_devtools.generator"
+
+# ---- production, the default target (the last stage): the product stage as it is ----
+FROM product AS production

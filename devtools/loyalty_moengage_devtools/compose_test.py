@@ -6,8 +6,10 @@ Runs on the host with the system ``python3`` (standard library only), in at most
    (apt-get), a running ``dockerd``; images: the official ``python:3.11-slim-bookworm``,
    ``postgres:16`` and ``redis:7.2-bookworm`` when a registry answers, otherwise a Python 3.11 base
    made from Debian packages (``docker/base-image.sh``) and stand-ins for Postgres and Redis
-   (``docker/stand-ins/``); then builds the project's image with ``--network host`` and the
-   machine's CA bundle (``/etc/ssl/certs/ca-certificates.crt``) as the ``CA_BUNDLE`` build argument;
+   (``docker/stand-ins/``); then builds the project's two images (the Dockerfile's ``production``
+   target for the Airflow services, its ``dev`` target, with the devtools, for the sandbox and the
+   demo generator) with ``--network host`` and the machine's CA bundle
+   (``/etc/ssl/certs/ca-certificates.crt``) as the ``CA_BUNDLE`` build argument;
 2. **starts** ``docker-compose.yaml`` with the ``demo`` profile and two Celery workers, under a
    project name of its own and an env file of its own (random secrets, free host ports; the
    user's ``.env`` is not read), a 2,000-member demo program with seven nights of history;
@@ -15,9 +17,9 @@ Runs on the host with the system ``python3`` (standard library only), in at most
    (the scheduler then runs the newest night), triggers an older night and backfills the three
    nights between (Airflow's default backfill concurrency), and waits for all five runs;
 4. **checks** every run succeeded (the report task fails a run whose night is not fully sent),
-   that the sandbox received every enqueued event exactly once (``devtools.delivery_audit``, run
-   inside a container: event by event against the outbox bodies), and, from the task instances'
-   hostnames, that both workers ran tasks;
+   that the sandbox received every enqueued event exactly once (``delivery_audit``, run inside
+   the sandbox's container, which has the dev image: event by event against the outbox bodies),
+   and, from the task instances' hostnames, that both workers ran tasks;
 5. prints a **report** and **tears down** the stack (volumes included), and stops ``dockerd`` if
    it started it. Images are kept as a build cache.
 
@@ -48,6 +50,7 @@ PROGRAM = "demo"
 TIME_ZONE = "Asia/Kolkata"          # the demo program's zone (docker/programs.compose-test.yaml)
 DAG_ID = f"moengage_sync_{PROGRAM}"
 APP_IMAGE = "loyalty-moengage:local"
+DEV_IMAGE = "loyalty-moengage-dev:local"
 LOCAL_BASE = "loyalty-moengage/bookworm-python:3.11"
 LOCAL_POSTGRES = "loyalty-moengage/postgres:16-standin"
 LOCAL_REDIS = "loyalty-moengage/redis:7-standin"
@@ -180,14 +183,15 @@ class Machine:
         return p.returncode == 0
 
     def build(self, base: str) -> float:
-        args = ["docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}", "-t", APP_IMAGE]
+        args = ["docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}"]
         certs = root_dir() / "docker/certs"
         if MACHINE_CA.is_file():
             shutil.copyfile(MACHINE_CA, certs / "build-ca.crt")
             args += ["--build-arg", "CA_BUNDLE=build-ca.crt"]
-        say(f"building {APP_IMAGE} on {base} (cached layers are reused) ...")
         t = time.monotonic()
-        run([*args, "."], timeout=self.clock.left(), cwd=root_dir())
+        for target, image in (("production", APP_IMAGE), ("dev", DEV_IMAGE)):
+            say(f"building {image} (target {target}) on {base} (cached layers are reused) ...")
+            run([*args, "--target", target, "-t", image, "."], timeout=self.clock.left(), cwd=root_dir())
         return time.monotonic() - t
 
     def stop_dockerd(self) -> None:
@@ -211,6 +215,7 @@ def free_port() -> int:
 def env_file(path: Path, images: dict[str, str], members: int) -> dict[str, str]:
     env = {
         "AIRFLOW_IMAGE_NAME": APP_IMAGE,
+        "AIRFLOW_DEV_IMAGE_NAME": DEV_IMAGE,
         "POSTGRES_IMAGE": images["postgres"],
         "REDIS_IMAGE": images["redis"],
         "BASE_IMAGE": images["base"],
@@ -386,7 +391,7 @@ def main_test(args: argparse.Namespace) -> int:
         images = machine.images()
         build_s = machine.build(images["base"])
         clock.phase("prepare + build")
-        say(f"image built in {build_s:.0f} s")
+        say(f"images built in {build_s:.0f} s")
 
         env = env_file(workdir / "compose.env", images, args.members)
         stack = Stack(machine.compose, workdir / "compose.env", clock)
@@ -475,8 +480,9 @@ def main_test(args: argparse.Namespace) -> int:
                                   f"{ti['task_id']}/logs/{ti['try_number']}")
             text = json.dumps(doc.get("content", ""))
             logs_ok[name] = len(doc.get("content") or []) > 5 and "secret_key" not in text
-        probe = stack("exec", "-T", "airflow-scheduler", "python", "-m", "loyalty_moengage_devtools.compose_test",
-                      "audit", "--program", PROGRAM, timeout=300)
+        # In the sandbox's container: the dev image holds the devtools, the Airflow images do not.
+        probe = stack("exec", "-T", "sandbox", "python", "-m", "loyalty_moengage_devtools.compose_test",
+                      "audit", "--program", PROGRAM, "--sandbox", "http://127.0.0.1:8765", timeout=300)
         result = json.loads(probe.stdout.strip().splitlines()[-1])
         clock.phase("audit")
         a = result["audit"]
