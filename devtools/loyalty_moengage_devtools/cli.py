@@ -37,7 +37,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _quiet_airflow()
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.db import apply_schema, connection_json, loyalty_dsn, redact_dsn
-    from loyalty_moengage.sync.report import render
+    from loyalty_moengage.sync.render import render
 
     program = get_program(args.program)
     started = time.perf_counter()

@@ -19,12 +19,7 @@ import json
 import logging
 import os
 import sys
-from datetime import date, datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
-
-
-def _last_night(time_zone: str) -> date:
-    return datetime.now(timezone.utc).astimezone(ZoneInfo(time_zone)).date() - timedelta(days=1)
+from datetime import date
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -49,22 +44,52 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from loyalty_moengage.config.programs import get_program
-    from loyalty_moengage.sync.plan import NightNotOverError, ensure_night_over
-    from loyalty_moengage.sync.runner import night_end, run_night
-    from loyalty_moengage.sync.tasks import now
+def _night(program, night: str | None) -> date | None:
+    """The night asked for (default: the newest complete one), or None after saying it has not ended."""
+    from loyalty_moengage.night import NightNotOverError, Window, ensure_over, latest_complete_night
 
-    program = get_program(args.program)
-    night = date.fromisoformat(args.night) if args.night else _last_night(program.time_zone)
+    chosen = date.fromisoformat(night) if night else latest_complete_night(program.time_zone)
     try:
-        ensure_night_over(night, night_end(night, program.time_zone), program.time_zone, now())
+        ensure_over(Window.of_night(chosen, program.time_zone))
     except NightNotOverError as exc:
         print(f"refused: {exc}", file=sys.stderr)
+        return None
+    return chosen
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from loyalty_moengage.config.programs import get_program
+    from loyalty_moengage.sync.runner import run_night
+
+    program = get_program(args.program)
+    night = _night(program, args.night)
+    if night is None:
         return 2
     conf = {"force_attributes": True} if args.force_attributes else None
     dag_run = run_night(program.id, night, program.time_zone, conf=conf)
     print(f"{program.dag_id} night {night}: {dag_run.state}")
+    return 0 if str(dag_run.state) == "success" else 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The dry run: the DAG run with ``dry_run`` in-process, then its summary."""
+    from loyalty_moengage.config.programs import get_program
+    from loyalty_moengage.db import connect, loyalty_dsn
+    from loyalty_moengage.sync.render import render_dry_run
+    from loyalty_moengage.sync.runner import run_night
+
+    program = get_program(args.program)
+    night = _night(program, args.night)
+    if night is None:
+        return 2
+    dag_run = run_night(program.id, night, program.time_zone, conf={"dry_run": True})
+    with connect(loyalty_dsn(program.state_conn)) as conn:
+        row = conn.execute("SELECT stats FROM moengage_sync.dry_runs WHERE program_id = %s AND run_id = %s "
+                           "AND task_key = 'report'", (program.id, dag_run.run_id)).fetchone()
+    if row is None:
+        print(f"the dry run wrote no summary; the DAG run ended {dag_run.state}", file=sys.stderr)
+        return 1
+    print(json.dumps(row[0], indent=2) if args.json else render_dry_run(row[0]))
     return 0 if str(dag_run.state) == "success" else 1
 
 
@@ -101,12 +126,6 @@ def cmd_api(args: argparse.Namespace) -> int:
     return main(args.rest) or 0
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    from loyalty_moengage.sync.dry_run import main
-
-    return main(args.rest) or 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loyalty-moengage", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force-attributes", action="store_true",
                      help="send every member's attributes again, even those MoEngage already accepted")
     run.set_defaults(func=cmd_run)
+    plan = sub.add_parser("plan", help="dry run of one night: what would be sent; sends nothing")
+    plan.add_argument("--program", default="demo")
+    plan.add_argument("--night", help="YYYY-MM-DD (default: last night in the program's zone)")
+    plan.add_argument("--json", action="store_true", help="print the summary as JSON")
+    plan.set_defaults(func=cmd_plan)
     resend = sub.add_parser("resend", help="re-queue uncertain batches (default) or a whole night")
     resend.add_argument("--program", required=True)
     resend.add_argument("--night", help="only this night's uncertain batches (default: every night's)")
@@ -138,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--reason", required=True)
     resolve.add_argument("--requested-by")
     resolve.set_defaults(func=cmd_resolve)
-    for name, func in (("api", cmd_api), ("plan", cmd_plan)):
+    for name, func in (("api", cmd_api),):
         p = sub.add_parser(name, help=f"see `python -m loyalty_moengage.cli {name} --help`", add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=func)
@@ -153,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough = {"api": cmd_api, "plan": cmd_plan}
+    passthrough = {"api": cmd_api}
     if argv and argv[0] in passthrough:  # their own parsers own every flag after the command
         return passthrough[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)

@@ -180,3 +180,16 @@ CREATE TABLE IF NOT EXISTS moengage_sync.customer_presence (
     checked_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (program_id, customer_id)
 );
+
+-- A dry run's stats (sync/dry_run.py): its plan, one row per chunk ('chunk <label>') with a few
+-- sample payloads, and its summary ('report'). Nothing here can be sent; rows older than a week
+-- are deleted by the next dry run of the program.
+CREATE TABLE IF NOT EXISTS moengage_sync.dry_runs (
+    program_id  text NOT NULL,
+    night       date NOT NULL,
+    run_id      text NOT NULL,
+    task_key    text NOT NULL,
+    stats       jsonb NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (program_id, run_id, task_key)
+);

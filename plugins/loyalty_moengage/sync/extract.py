@@ -125,3 +125,16 @@ def extract(conn: Any, template: Template, params: dict[str, Any]) -> Extract:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def extract_chunk(loyalty_dsn: str, params: dict[str, Any]) -> list[Extract]:
+    """Every template's rows of one chunk, from one consistent snapshot."""
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.sync.contract import load_templates
+
+    with connect(loyalty_dsn) as conn:
+        conn.execute(SESSION_SETTINGS)
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        extracts = [extract(conn, t, params) for t in load_templates()]
+        conn.rollback()
+    return extracts

@@ -20,20 +20,15 @@ class AnomalyError(RuntimeError):
 
 
 def run_totals(conn: Any, program_id: str, run_id: str) -> dict[str, Any]:
-    rows = conn.execute(
+    """The run's chunks folded (``stats.fold_chunks``): what the guard judges."""
+    from loyalty_moengage.sync.stats import fold_chunks
+
+    folded = fold_chunks(stats for (stats,) in conn.execute(
         "SELECT stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s AND stage = 'transform'",
-        (program_id, run_id),
-    ).fetchall()
-    totals: dict[str, Any] = {"rows_extracted": 0, "members_extracted": 0, "events_enqueued": 0,
-                              "events_already_sent": 0, "events_extracted": 0, "quarantined": 0,
-                              "chunks": len(rows)}
-    for (stats,) in rows:
-        totals["rows_extracted"] += stats["rows_extracted"]
-        totals["members_extracted"] += stats["members_extracted"]
-        totals["events_enqueued"] += stats["events_enqueued"]
-        totals["events_already_sent"] += stats["events_already_sent"]
-        totals["events_extracted"] += stats.get("events_extracted", 0)
-        totals["quarantined"] += sum(stats["quarantined"].values())
+        (program_id, run_id)))
+    totals: dict[str, Any] = {k: folded.counts[k] for k in (
+        "rows_extracted", "members_extracted", "events_enqueued", "events_already_sent", "events_extracted")}
+    totals.update(quarantined=sum(folded.quarantined.values()), chunks=folded.chunks)
     return totals
 
 
@@ -50,7 +45,7 @@ def recent_event_average(conn: Any, program_id: str, night: date, lookback: int)
 
 
 def check(conn: Any, *, program: Any, night: date, run_id: str) -> dict[str, Any]:
-    """Raise AnomalyError naming what looks wrong and where to look; else return the totals."""
+    """The run's totals, with ``problems``: what looks wrong and where to look (empty: none)."""
     totals = run_totals(conn, program.id, run_id)
     problems = []
     where = (f"SELECT reason, count(*) FROM moengage_sync.quarantine WHERE program_id = '{program.id}' "
@@ -109,3 +104,32 @@ def withdraw_night(conn: Any, program_id: str, night: Any, run_id: str) -> int:
     )
     conn.commit()
     return len(withdrawn)
+
+
+def guard_night(state_dsn: str, *, program: Any, night: date, run_id: str, override: bool) -> dict[str, Any]:
+    """Release the night's staged batches, or withdraw this run's and raise :class:`AnomalyError`
+    (unless ``override``: the run's params said the night is genuinely unusual)."""
+    import logging
+
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.sync.stats import record_stats
+
+    with connect(state_dsn) as conn:
+        totals = check(conn, program=program, night=night, run_id=run_id)
+        problems = totals.pop("problems")
+        if problems and override:
+            logging.getLogger(__name__).warning("anomaly guard overridden by the run's params: %s", problems)
+            totals["overridden"] = True
+        if problems and not override:
+            totals["withdrawn_batches"] = withdraw_night(conn, program.id, night, run_id)
+        else:
+            totals["released_batches"] = release_night(conn, program.id, night)
+        record_stats(conn, program_id=program.id, night=night, run_id=run_id, stage="guard", key="guard",
+                     stats={**totals, "problems": problems})
+        conn.commit()
+    if problems and not override:
+        raise AnomalyError(
+            f"Night {night} of program {program.id} held before sending anything: " + "; ".join(problems)
+            + f". {totals['withdrawn_batches']} batch(es) withdrawn. Fix the cause and clear this run, or trigger "
+            "it with params {\"skip_anomaly_guard\": true} if the night is genuinely unusual.")
+    return totals

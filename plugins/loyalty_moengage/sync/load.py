@@ -12,24 +12,59 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from loyalty_moengage.sync.delivery import ClaimedBatch, Owner
+
+if TYPE_CHECKING:
+    from loyalty_moengage.moengage.hook import MoEngageHook
 
 log = logging.getLogger(__name__)
 
 CLAIM_SIZE = 8
-CONFIG_STATUSES = (401, 403, 409)   # the connection is wrong, not the batch: keep it pending
 
 
 class LoadError(RuntimeError):
     pass
 
 
-def _quarantine_batch(conn: Any, batch: Any, *, program_id: str, run_id: str, reason: str) -> None:
+class StateDatabaseLost(LoadError):
+    """The slot's connection to the state database died; the next try goes on."""
+
+
+def claim_size(hook: MoEngageHook) -> int:
+    """Paced, a slot claims one batch at a time: a slot holding 8 claimed batches (tens of seconds at
+    its share of the budget) while the other slots have run out leaves their share unspent at the end
+    of the night. Unpaced, 8 at a time saves round-trips."""
+    return 1 if hook.config.pacing else CLAIM_SIZE
+
+
+@dataclass
+class Slot:
+    """One attempt of one load slot: who it is, where it sends, what it counted."""
+
+    owner: Owner
+    night: date
+    state_dsn: str
+    hook: MoEngageHook
+    uncertain_policy: str
+    claim_size: int
+    lease: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stats = {"slot": self.owner.slot, "owner": self.owner.token, "batches_sent": 0, "batches_rejected": 0,
+                      "batches_uncertain": 0, "batches_failed": 0, "orphans_uncertain": 0, "requeued_uncertain": 0,
+                      "claims_lost": 0, "users_sent": 0, "events_sent": 0}
+
+
+def _quarantine_batch(conn: Any, batch: ClaimedBatch, *, program_id: str, run_id: str, reason: str) -> None:
     """A batch MoEngage refused: each of its elements goes to the quarantine with the reason."""
     import orjson
 
-    from loyalty_moengage.sync.outbox import insert_quarantine
+    from loyalty_moengage.sync.enqueue import insert_quarantine
 
     elements = orjson.loads(batch.body)["elements"]
     insert_quarantine(conn, program_id=program_id, night=batch.night, run_id=run_id, rows=(
@@ -37,93 +72,111 @@ def _quarantine_batch(conn: Any, batch: Any, *, program_id: str, run_id: str, re
 
 
 def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn: str,
-              hook: Any, uncertain_policy: str = "hold", claim_size: int = CLAIM_SIZE,
+              hook: MoEngageHook, uncertain_policy: str = "hold", claim_size: int = CLAIM_SIZE,
               attempt: int = 1, lease_seconds: float | None = None) -> dict[str, Any]:
     """Send every pending batch this slot can claim (nights up to ``night``, oldest first)."""
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync import outbox
-    from loyalty_moengage.sync.report import record_stats
+    from loyalty_moengage.sync.delivery import LEASE_SECONDS, LeaseKeeper
+    from loyalty_moengage.sync.stats import record_stats
 
-    owner = outbox.Owner(program_id=program_id, run_id=run_id, slot=slot, try_number=attempt)
-    lease = lease_seconds or outbox.LEASE_SECONDS
-    stats = {"slot": slot, "owner": owner.token, "batches_sent": 0, "batches_rejected": 0, "batches_uncertain": 0,
-             "batches_failed": 0, "orphans_uncertain": 0, "requeued_uncertain": 0, "claims_lost": 0,
-             "users_sent": 0, "events_sent": 0}
+    me = Slot(owner=Owner(program_id=program_id, run_id=run_id, slot=slot, try_number=attempt), night=night,
+              state_dsn=state_dsn, hook=hook, uncertain_policy=uncertain_policy, claim_size=claim_size,
+              lease=lease_seconds or LEASE_SECONDS)
     started = time.perf_counter()
-    failure: Exception | None = None
     # Credentials and the data centre are proven before anything is claimed, so a failure
     # there leaves no batch 'sending' that was never posted.
     if callable(getattr(hook, "preflight", None)):
         hook.preflight()
     with connect(state_dsn) as conn:
-        # Outcome marks need not wait for a WAL flush: a mark lost in a database crash leaves its
-        # batch 'sending', which a later try turns 'uncertain'. Claims and 'sending' marks stay
-        # synchronous, and each such flush makes earlier marks durable.
-        conn.execute("SET synchronous_commit = off")
-        conn.commit()
-        stats["orphans_uncertain"], released = outbox.recover_orphans(conn, program_id, owner)
-        if released:
-            log.info("%d batch(es) claimed by a stopped load attempt were never posted: pending again", released)
-        if stats["orphans_uncertain"]:
-            log.warning("%d batch(es) were mid-POST when their load attempt stopped: marked uncertain",
-                        stats["orphans_uncertain"])
-        if uncertain_policy == "resend" and slot == 0:
-            stats["requeued_uncertain"] = outbox.requeue_uncertain(conn, program_id)
-        with outbox.LeaseKeeper(state_dsn, owner, lease_seconds=lease):
-            while failure is None:
-                claimed = outbox.claim(conn, owner, claim_size, up_to_night=night, lease_seconds=lease)
-                if not claimed:
-                    break
-                for i, batch in enumerate(claimed):
-                    try:
-                        outbox.start_sending(conn, batch.batch_id, owner, lease_seconds=lease)
-                    except outbox.ClaimLost as exc:
-                        stats["claims_lost"] += 1
-                        failure = exc
-                    else:
-                        failure = _send_one(conn, state_dsn, hook, batch, owner, stats, program_id=program_id,
-                                            run_id=run_id, uncertain_policy=uncertain_policy)
-                        conn.commit()
-                    if failure is not None:
-                        outbox.release(conn, [b.batch_id for b in claimed[i + 1:]], owner,
-                                       error="not attempted: the slot stopped")
-                        conn.commit()
-                        break
+        _take_over(conn, me)
+        with LeaseKeeper(state_dsn, me.owner, lease_seconds=me.lease):
+            failure = _send_all(conn, me)
         hook_stats = getattr(hook, "stats", None)
         if hook_stats is not None:
-            stats.update({k: getattr(hook_stats, k) for k in ("requests", "throttled", "retries", "bytes_sent",
-                                                               "throttle_seconds", "pacing_seconds")})
-        stats["seconds"] = round(time.perf_counter() - started, 4)
+            me.stats.update({k: getattr(hook_stats, k) for k in ("requests", "throttled", "retries", "bytes_sent",
+                                                                  "throttle_seconds", "pacing_seconds")})
+        me.stats["seconds"] = round(time.perf_counter() - started, 4)
         record_stats(conn, program_id=program_id, night=night, run_id=run_id, stage="load",
-                     key=f"{program_id}:slot-{slot}:try-{attempt}", stats=stats)
+                     key=f"{program_id}:slot-{slot}:try-{attempt}", stats=me.stats)
         conn.commit()
     if failure is not None:
         raise LoadError(
             f"load slot {slot} stopped: {failure}. Unsent batches stay pending and are retried by the "
             "next attempt of this task or by the next night."
         ) from failure
-    log.info("slot %d: %s", slot, stats)
-    return stats
+    log.info("slot %d: %s", slot, me.stats)
+    return me.stats
+
+
+def _take_over(conn: Any, me: Slot) -> None:
+    """What earlier attempts left: their claims, and (policy resend, slot 0) uncertain batches."""
+    from loyalty_moengage.sync.delivery import recover_orphans, requeue_uncertain
+
+    # Outcome marks need not wait for a WAL flush: a mark lost in a database crash leaves its
+    # batch 'sending', which a later try turns 'uncertain'. Claims and 'sending' marks stay
+    # synchronous, and each such flush makes earlier marks durable.
+    conn.execute("SET synchronous_commit = off")
+    conn.commit()
+    me.stats["orphans_uncertain"], released = recover_orphans(conn, me.owner.program_id, me.owner)
+    if released:
+        log.info("%d batch(es) claimed by a stopped load attempt were never posted: pending again", released)
+    if me.stats["orphans_uncertain"]:
+        log.warning("%d batch(es) were mid-POST when their load attempt stopped: marked uncertain",
+                    me.stats["orphans_uncertain"])
+    if me.uncertain_policy == "resend" and me.owner.slot == 0:
+        me.stats["requeued_uncertain"] = requeue_uncertain(conn, me.owner.program_id)
+
+
+def _send_all(conn: Any, me: Slot) -> Exception | None:
+    """Claim and send until nothing is pending; the error that stopped the slot, if any."""
+    from loyalty_moengage.sync.delivery import claim, release
+
+    while claimed := claim(conn, me.owner, me.claim_size, up_to_night=me.night, lease_seconds=me.lease):
+        for i, batch in enumerate(claimed):
+            failure = _post_claimed(conn, me, batch)
+            if failure is not None:
+                release(conn, [b.batch_id for b in claimed[i + 1:]], me.owner, error="not attempted: the slot stopped")
+                conn.commit()
+                return failure
+    return None
+
+
+def _post_claimed(conn: Any, me: Slot, batch: ClaimedBatch) -> Exception | None:
+    from loyalty_moengage.sync.delivery import ClaimLost, start_sending
+
+    try:
+        start_sending(conn, batch.batch_id, me.owner, lease_seconds=me.lease)
+    except ClaimLost as exc:
+        me.stats["claims_lost"] += 1
+        return exc
+    failure = _send_one(conn, me, batch)
+    conn.commit()
+    return failure
 
 
 #: An uncertain batch is resent by policy ``resend`` at most this many times in a row.
 RESEND_ATTEMPTS = 3
 
 
-def _send_one(conn: Any, state_dsn: str, hook: Any, batch: Any, owner: Any, stats: dict[str, Any], *,
-              program_id: str, run_id: str, uncertain_policy: str) -> Exception | None:
+def _send_one(conn: Any, me: Slot, batch: ClaimedBatch) -> Exception | None:
     """POST one batch we hold as 'sending' and record its outcome; returns the error that
     must stop the slot, if any."""
     from loyalty_moengage.moengage.errors import (
         MoEngageConfigError,
+        MoEngageError,
         MoEngagePermanentError,
         MoEngageTransientError,
         MoEngageUncertainError,
+        is_config_failure,
     )
-    from loyalty_moengage.sync import outbox
+    from loyalty_moengage.sync.delivery import requeue_batch
 
-    def settle(state: str, **kw: Any) -> bool:
-        if _finish_durably(conn, state_dsn, batch.batch_id, owner, state, **kw):
+    stats = me.stats
+
+    def settle(state: str, exc: MoEngageError | None = None, **kw: Any) -> bool:
+        if exc is not None:
+            kw.update(request_id=exc.request_id, http_status=exc.status, error=str(exc))
+        if _finish_durably(conn, me, batch.batch_id, state, **kw):
             return True
         stats["claims_lost"] += 1
         log.warning("batch %d was taken from this slot during its POST (outcome %s not recorded by us)",
@@ -131,26 +184,23 @@ def _send_one(conn: Any, state_dsn: str, hook: Any, batch: Any, owner: Any, stat
         return False
 
     try:
-        result = hook.send_transition(batch.body, users=batch.users, events=batch.events)
+        result = me.hook.send_transition(batch.body, users=batch.users, events=batch.events)
     except MoEngageUncertainError as exc:
-        if settle("uncertain", request_id=exc.request_id, http_status=exc.status, error=str(exc)):
+        if settle("uncertain", exc):
             stats["batches_uncertain"] += 1
-            if uncertain_policy == "resend" and batch.attempts < RESEND_ATTEMPTS:
+            if me.uncertain_policy == "resend" and batch.attempts < RESEND_ATTEMPTS:
                 # Visible, unlike a silent client retry: the report counts it as a possible duplicate.
-                stats["requeued_uncertain"] += outbox.requeue_batch(conn, batch.batch_id, owner)
-    except MoEngageConfigError as exc:  # the connection cannot be read: nothing was posted
-        settle("pending", error=str(exc))
-        return exc
-    except MoEngagePermanentError as exc:
-        if exc.status in CONFIG_STATUSES:
-            settle("pending", request_id=exc.request_id, http_status=exc.status, error=str(exc))
+                stats["requeued_uncertain"] += requeue_batch(conn, batch.batch_id, me.owner)
+    except (MoEngageConfigError, MoEngagePermanentError) as exc:
+        if is_config_failure(exc):  # the connection is wrong, not the batch: it stays pending
+            settle("pending", exc)
             return exc
-        if settle("rejected", request_id=exc.request_id, http_status=exc.status, error=str(exc)):
-            _quarantine_batch(conn, batch, program_id=program_id, run_id=run_id,
+        if settle("rejected", exc):
+            _quarantine_batch(conn, batch, program_id=me.owner.program_id, run_id=me.owner.run_id,
                               reason=f"MoEngage refused the batch: {exc.status} {exc.cause}")
             stats["batches_rejected"] += 1
     except MoEngageTransientError as exc:
-        settle("pending", request_id=exc.request_id, http_status=exc.status, error=str(exc))
+        settle("pending", exc)
         stats["batches_failed"] += 1
         return exc
     else:
@@ -161,45 +211,41 @@ def _send_one(conn: Any, state_dsn: str, hook: Any, batch: Any, owner: Any, stat
     return None
 
 
-def _finish_durably(conn: Any, state_dsn: str, batch_id: int, owner: Any, state: str, **kw: Any) -> bool:
+def _finish_durably(conn: Any, me: Slot, batch_id: int, state: str, **kw: Any) -> bool:
     """Record an answer MoEngage gave even if the state database went away meanwhile: retried on
     fresh connections for about half a lease (the compare-and-set makes a retry safe), so a
     restart does not turn a known outcome into 'uncertain'. The slot then stops: its connection
     is gone, and the next try takes over the rest."""
     import psycopg
 
-    from loyalty_moengage.sync import outbox
+    from loyalty_moengage.sync.delivery import finish
 
     try:
-        done = outbox.finish(conn, batch_id, owner, state, **kw)
+        done = finish(conn, batch_id, me.owner, state, **kw)
         conn.commit()
         return done
     except psycopg.OperationalError as lost:
-        _finish_on_fresh_connection(state_dsn, batch_id, owner, state, **kw)
+        _finish_on_fresh_connection(me, batch_id, state, **kw)
         log.warning("the state database was lost after batch %d's POST; its outcome (%s) is recorded", batch_id, state)
         raise StateDatabaseLost(f"the state database connection was lost ({lost}); batch {batch_id}'s outcome "
                                 "was recorded on a new connection") from lost
 
 
-def _finish_on_fresh_connection(state_dsn: str, batch_id: int, owner: Any, state: str, **kw: Any) -> None:
+def _finish_on_fresh_connection(me: Slot, batch_id: int, state: str, **kw: Any) -> None:
     import psycopg
 
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync import outbox
+    from loyalty_moengage.sync.delivery import LEASE_SECONDS, finish
 
-    deadline = time.monotonic() + outbox.LEASE_SECONDS / 2
+    deadline = time.monotonic() + LEASE_SECONDS / 2
     wait = 0.5
     while True:
         time.sleep(wait)
         try:
-            with connect(state_dsn) as fresh:
-                outbox.finish(fresh, batch_id, owner, state, **kw)
+            with connect(me.state_dsn) as fresh:
+                finish(fresh, batch_id, me.owner, state, **kw)
             return
         except psycopg.OperationalError:
             if time.monotonic() > deadline:
                 raise
             wait = min(wait * 2, 8.0)
-
-
-class StateDatabaseLost(LoadError):
-    """The slot's connection to the state database died; the next try goes on."""

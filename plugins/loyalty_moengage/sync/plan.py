@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import date, datetime, timedelta
+from datetime import date
 from typing import Any
-from zoneinfo import ZoneInfo
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +36,27 @@ def plan_chunks(conn: Any, program_id: str, *, chunk_members: int, max_chunks: i
     return chunks
 
 
-def latest_complete_night(now: datetime, time_zone: str) -> date:
-    """The newest night whose midnight has passed in the program's zone."""
-    return now.astimezone(ZoneInfo(time_zone)).date() - timedelta(days=1)
-
-
 def decide_attribute_refresh(conn: Any, *, program_id: str, night: date, run_id: str,
-                             latest_night: date, force: bool = False) -> tuple[bool, str | None]:
+                             latest_night: date, force: bool = False, apply: bool = True) -> tuple[bool, str | None]:
     """Attributes are last-write-wins in MoEngage: only the newest night may refresh them.
 
-    Returns (refresh, reason_if_skipped). Moves the program's watermark when refreshing. Chunks
-    whose members this night already enqueued (an earlier or concurrent run) are skipped by the
-    transform (``outbox.claim_attribute_chunk``); ``force`` forgets them so all are sent again.
+    Returns (refresh, reason_if_skipped). Moves the program's watermark when refreshing, unless
+    ``apply`` is false (a dry run: the same decision, nothing moved). Chunks whose members this
+    night already enqueued (an earlier or concurrent run) are skipped by the chunk pipeline
+    (``gate.py``, ``enqueue.claim_attribute_chunk``); ``force`` forgets them so all are sent again.
     """
     row = conn.execute(
-        "SELECT night FROM moengage_sync.attribute_watermark WHERE program_id = %s FOR UPDATE",
+        "SELECT night FROM moengage_sync.attribute_watermark WHERE program_id = %s" + (" FOR UPDATE" if apply else ""),
         (program_id,),
     ).fetchone()
+    why_not = None
     if row and row[0] > night:
+        why_not = f"a newer night ({row[0]}) already sent the attribute refresh"
+    elif night < latest_night:
+        why_not = f"night {night} is older than the newest complete night ({latest_night}), which refreshes attributes"
+    if why_not or not apply:
         conn.commit()
-        return False, f"a newer night ({row[0]}) already sent the attribute refresh"
-    if night < latest_night:
-        conn.commit()
-        return False, f"night {night} is older than the newest complete night ({latest_night}), which refreshes attributes"
+        return why_not is None, why_not
     conn.execute(
         "UPDATE moengage_sync.batches SET state = 'superseded', updated_at = now(), "
         "error = 'superseded by the attribute refresh of night ' || %s "
@@ -77,17 +74,3 @@ def decide_attribute_refresh(conn: Any, *, program_id: str, night: date, run_id:
     )
     conn.commit()
     return True, None
-
-
-class NightNotOverError(ValueError):
-    """The night has not ended in the program's zone: its rows are not all there yet, and an
-    event stamped in the future is refused by MoEngage (and would use up its event key)."""
-
-
-def ensure_night_over(night: date, window_end: datetime, time_zone: str, now: datetime) -> None:
-    if window_end > now:
-        local_end = window_end.astimezone(ZoneInfo(time_zone))
-        raise NightNotOverError(
-            f"night {night} has not ended yet: it ends at {local_end:%Y-%m-%d %H:%M} {time_zone} "
-            f"({window_end:%Y-%m-%d %H:%M} UTC). Sync it after that; the scheduled run does so at midnight."
-        )

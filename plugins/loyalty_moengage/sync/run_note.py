@@ -7,7 +7,7 @@ with a user's token, i.e. a credential stored for the task. So the note is set b
 **listener** (a documented plugin extension point, ``AirflowPlugin.listeners``): the scheduler
 calls ``on_dag_run_running/success/failed`` with the DagRun it is updating, inside its own
 session, and the listener sets ``dag_run.note`` there (what the REST API itself does). The text
-comes from the ``report`` task, which pushes it as the XCom ``moengage_run_note`` (before it
+(``render.note``) comes from the ``report`` task, which pushes it as the XCom ``moengage_run_note`` (before it
 fails the task for an outcome other than success); the listener reads that XCom from the
 metadata database with one plain SELECT in the scheduler's transaction (no savepoint: the
 scheduler forbids any commit inside its loop).
@@ -33,20 +33,6 @@ OURS = ("night ", "DRY RUN night ")
 MAX_NOTE = 1000   # the REST API's limit on a note
 
 
-def text(report: dict[str, Any], time_zone: str) -> str:
-    """"night 2026-11-22 (Asia/Kolkata): 592 events, 10,000 members, 0 quarantined, 0 uncertain: success"."""
-    unsent = sum(n for state, n in report.get("batches_by_state", {}).items()
-                 if state in ("staged", "pending", "claimed", "sending"))
-    parts = [f"{report['events_sent']:,} events", f"{report['members_updated']:,} members",
-             f"{sum(report.get('quarantined_by_reason', {}).values()):,} quarantined",
-             f"{report.get('uncertain_batches', 0):,} uncertain"]
-    if report.get("events_already_sent"):
-        parts.append(f"{report['events_already_sent']:,} already sent")
-    if unsent:
-        parts.append(f"{unsent:,} batches unsent")
-    return f"night {report['night']} ({time_zone}): " + ", ".join(parts) + f": {report['outcome']}"
-
-
 def push(context: dict[str, Any], note: str) -> None:
     """Hand the note to the listener (an XCom of the report task)."""
     ti = context.get("ti")
@@ -60,14 +46,14 @@ def push(context: dict[str, Any], note: str) -> None:
 
 def _night_label(dag_run: Any) -> str:
     from loyalty_moengage.config.programs import load_programs
-    from loyalty_moengage.sync.tasks import window
+    from loyalty_moengage.night import from_context
 
     program = next((p for p in load_programs() if p.dag_id == dag_run.dag_id), None)
     if program is None:
         return "night ?"
-    w = window(program, {"data_interval_start": dag_run.data_interval_start,
-                         "data_interval_end": dag_run.data_interval_end,
-                         "logical_date": dag_run.logical_date, "dag_run": dag_run})
+    w = from_context(program.time_zone, {"data_interval_start": dag_run.data_interval_start,
+                                         "data_interval_end": dag_run.data_interval_end,
+                                         "logical_date": dag_run.logical_date, "dag_run": dag_run})
     dry = "DRY RUN " if (dag_run.conf or {}).get("dry_run") else ""
     return f"{dry}night {w.night} ({program.time_zone})"
 

@@ -9,10 +9,9 @@ import importlib.util
 import os
 import subprocess
 import sys
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from loyalty_moengage.paths import project_root
 
@@ -39,15 +38,6 @@ def ensure_metadata_db() -> None:
     marker.touch()
 
 
-def night_end(night: date, time_zone: str) -> datetime:
-    """The UTC instant of the midnight that closes the night (local), when its run is due.
-
-    ``dag.test(logical_date=...)`` treats the date as "run after" and syncs the last complete
-    interval before it, which is this night.
-    """
-    return datetime.combine(night + timedelta(days=1), time(0), ZoneInfo(time_zone)).astimezone(timezone.utc)
-
-
 def load_dag(program_id: str) -> Any:
     path = project_root() / "dags" / "moengage_sync.py"
     spec = importlib.util.spec_from_file_location("moengage_sync_dags", path)
@@ -62,6 +52,10 @@ def load_dag(program_id: str) -> Any:
 
 def run_night(program_id: str, night: date, time_zone: str, *, conf: dict[str, Any] | None = None) -> Any:
     """Run the program's DAG for one night and return the DagRun."""
+    from loyalty_moengage.night import Window
+
     ensure_metadata_db()
     dag = load_dag(program_id)
-    return dag.test(logical_date=night_end(night, time_zone), run_conf=conf)
+    # dag.test(logical_date=...) treats the date as "run after" and syncs the last complete
+    # interval before it: the night that ends there.
+    return dag.test(logical_date=Window.of_night(night, time_zone).end, run_conf=conf)

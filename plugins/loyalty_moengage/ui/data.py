@@ -14,8 +14,11 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from loyalty_moengage.night import Window, from_context, latest_complete_night
+from loyalty_moengage.night import now as clock
+from loyalty_moengage.sync.states import UNSETTLED
+
 HISTORY_NIGHTS = 60
-UNSETTLED = ("staged", "pending", "claimed", "sending")
 SAMPLES_PER_REASON = 3
 
 
@@ -67,14 +70,10 @@ def local(ts: datetime | None, time_zone: str) -> str:
     return ts.astimezone(ZoneInfo(time_zone)).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def logical_start(night: date, time_zone: str) -> str:
-    """The night's logical date (its local midnight, with offset) for ``airflow backfill create``."""
-    return datetime.combine(night, datetime.min.time(), ZoneInfo(time_zone)).isoformat()
-
-
 def backfill_command(dag_id: str, first: date, last: date, time_zone: str) -> str:
-    return (f"airflow backfill create --dag-id {dag_id} --from-date {logical_start(first, time_zone)} "
-            f"--to-date {logical_start(last, time_zone)} --reprocess-behavior failed --max-active-runs 1")
+    return (f"airflow backfill create --dag-id {dag_id} "
+            f"--from-date {Window.of_night(first, time_zone).logical_start} "
+            f"--to-date {Window.of_night(last, time_zone).logical_start} --reprocess-behavior failed --max-active-runs 1")
 
 
 @dataclass
@@ -126,10 +125,7 @@ def budget(program: Any) -> tuple[float, float, str]:
 
 
 def history(program: Any, *, nights: int = HISTORY_NIGHTS, now: datetime | None = None) -> dict[str, Any]:
-    from loyalty_moengage.sync.plan import latest_complete_night
-
-    now = now or datetime.now(timezone.utc)
-    newest = latest_complete_night(now, program.time_zone)
+    newest = latest_complete_night(program.time_zone, now or clock())
     first = max(date.fromisoformat(str(program.start_date)[:10]), newest - timedelta(days=nights - 1))
     with _state_conn(program) as conn:
         have = conn.execute("SELECT to_regclass('moengage_sync.run_reports')").fetchone()[0]
@@ -199,12 +195,10 @@ def run_detail(program: Any, run_id: str) -> dict[str, Any]:
                 out["dry_run"] = dry[0]
                 out["night"] = date.fromisoformat(dry[0]["night"])
         if out["night"] is None and out["airflow"]:
-            from loyalty_moengage.sync.tasks import window
-
             a = out["airflow"]
-            out["night"] = window(program, {"data_interval_start": a["data_interval_start"],
-                                            "data_interval_end": a["data_interval_end"],
-                                            "logical_date": a["logical_date"]}).night
+            out["night"] = from_context(program.time_zone, {"data_interval_start": a["data_interval_start"],
+                                                            "data_interval_end": a["data_interval_end"],
+                                                            "logical_date": a["logical_date"]}).night
         night = out["night"]
         if night is None:
             return out

@@ -63,3 +63,15 @@ def reports(dsn: str, program_id: str) -> list[dict]:
     with psycopg.connect(dsn, row_factory=dict_row) as conn:
         return conn.execute("SELECT * FROM moengage_sync.run_reports WHERE program_id = %s ORDER BY reported_at",
                             (program_id,)).fetchall()
+
+
+def transform_chunk(*, program_id: str, window, lo: int, hi: int, label: str, run_id: str, send_users: bool,
+                    loyalty_dsn: str, state_dsn: str, lookup=None) -> dict:
+    """One chunk through the pipeline into the outbox, as the DAG's transform task runs it."""
+    from loyalty_moengage.sync.chunk import run_chunk
+    from loyalty_moengage.sync.job import ChunkJob
+    from loyalty_moengage.sync.outbox_sink import OutboxSink
+
+    job = ChunkJob(program_id=program_id, window=window, lo=lo, hi=hi, label=label, run_id=run_id,
+                   send_users=send_users, loyalty_dsn=loyalty_dsn, state_dsn=state_dsn)
+    return run_chunk(job, OutboxSink(state_dsn), lookup=lookup)

@@ -11,8 +11,8 @@ import pytest
 
 from loyalty_moengage.sync.contract import ContractError
 from loyalty_moengage.paths import sql_dir
-from loyalty_moengage.sync.runner import night_end
-from loyalty_moengage.sync.transform import Window, transform_chunk
+from loyalty_moengage.night import Window
+from tests.loyalty_moengage.sync.sync_env import transform_chunk
 from tests.loyalty_moengage.sync.test_transform import FIXTURE, NIGHT
 
 
@@ -105,7 +105,7 @@ INSERT INTO loyalty.points_ledger (entry_id, program_id, member_id, entry_type, 
 
 def test_a_night_across_the_spring_daylight_saving_change(loyalty_db):
     # 2026-03-08 in New York has 23 hours: 05:00 UTC to 04:00 UTC the next day.
-    start, end = night_end(date(2026, 3, 7), "America/New_York"), night_end(date(2026, 3, 8), "America/New_York")
+    start, end = Window.of_night(date(2026, 3, 7), "America/New_York").end, Window.of_night(date(2026, 3, 8), "America/New_York").end
     assert (start, end) == (datetime(2026, 3, 8, 5, tzinfo=timezone.utc), datetime(2026, 3, 9, 4, tzinfo=timezone.utc))
     with psycopg.connect(loyalty_db) as conn:
         conn.execute(DST_PROGRAM)
@@ -116,7 +116,7 @@ def test_a_night_across_the_spring_daylight_saving_change(loyalty_db):
 
 
 def test_the_autumn_night_has_25_hours():
-    assert (night_end(date(2026, 11, 1), "America/New_York") - night_end(date(2026, 10, 31), "America/New_York")
+    assert (Window.of_night(date(2026, 11, 1), "America/New_York").end - Window.of_night(date(2026, 10, 31), "America/New_York").end
             ).total_seconds() == 25 * 3600
 
 

@@ -108,11 +108,11 @@ def test_worker_killed_mid_load_then_rerun(program, tmp_path):
     from loyalty_moengage.sync.guard import release_night
     from loyalty_moengage.moengage.hook import MoEngageHook
     from loyalty_moengage.sync.load import load_slot
-    from loyalty_moengage.sync.transform import Window, transform_chunk
-    from loyalty_moengage.sync.runner import night_end
+    from loyalty_moengage.night import Window
+    from tests.loyalty_moengage.sync.sync_env import transform_chunk
 
     night = _today() - timedelta(days=1)
-    window = Window.for_interval(night_end(night - timedelta(days=1), TZ), night_end(night, TZ), TZ)
+    window = Window.of_night(night, TZ)
     transform_chunk(program_id=PROGRAM, window=window, lo=0, hi=2**63 - 1, label="all", run_id="run-k",
                     send_users=True, loyalty_dsn=program, state_dsn=program)
     with psycopg.connect(program) as conn:
@@ -184,11 +184,11 @@ def test_batches_wait_for_their_nights_guard(program, tmp_path):
     """A night whose guard never ran (a chunk failed) is not sent by a later load."""
     from loyalty_moengage.moengage.hook import MoEngageHook
     from loyalty_moengage.sync.load import load_slot
-    from loyalty_moengage.sync.runner import night_end
-    from loyalty_moengage.sync.transform import Window, transform_chunk
+    from loyalty_moengage.night import Window
+    from tests.loyalty_moengage.sync.sync_env import transform_chunk
 
     night = _today() - timedelta(days=2)
-    window = Window.for_interval(night_end(night - timedelta(days=1), TZ), night_end(night, TZ), TZ)
+    window = Window.of_night(night, TZ)
     transform_chunk(program_id=PROGRAM, window=window, lo=0, hi=2**63 - 1, label="all", run_id="run-s",
                     send_users=False, loyalty_dsn=program, state_dsn=program)
     with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
@@ -291,11 +291,11 @@ def test_uncertain_batches_need_attention_in_later_reports_until_resolved(progra
 
 
 def test_two_runs_of_one_night_transforming_at_once_enqueue_each_event_once(program, tmp_path):
-    from loyalty_moengage.sync.runner import night_end
-    from loyalty_moengage.sync.transform import Window, transform_chunk
+    from loyalty_moengage.night import Window
+    from tests.loyalty_moengage.sync.sync_env import transform_chunk
 
     night = _today() - timedelta(days=1)
-    window = Window.for_interval(night_end(night - timedelta(days=1), TZ), night_end(night, TZ), TZ)
+    window = Window.of_night(night, TZ)
     results: dict[str, dict] = {}
 
     def chunk(run_id: str) -> None:
@@ -319,14 +319,14 @@ def test_two_runs_of_one_night_transforming_at_once_enqueue_each_event_once(prog
 
 
 def test_resend_and_resolve_can_name_batches(loyalty_db):
-    from loyalty_moengage.sync import outbox
+    from loyalty_moengage.sync import delivery, enqueue
     from loyalty_moengage.sync.resend import resend, resolve
 
     night = _today() - timedelta(days=1)
     with psycopg.connect(loyalty_db) as conn:
-        ids = outbox.allocate_batch_ids(conn, 3)
-        outbox.insert_batches(conn, program_id=PROGRAM, night=night, run_id="r", chunk_label="all", batch_ids=ids,
-                              batches=[outbox.NewBatch("events", b"{}", 1, 0, 1)] * 3)
+        ids = enqueue.allocate_batch_ids(conn, 3)
+        enqueue.insert_batches(conn, program_id=PROGRAM, night=night, run_id="r", chunk_label="all", batch_ids=ids,
+                              batches=[enqueue.NewBatch("events", b"{}", 1, 0, 1)] * 3)
         conn.execute("UPDATE moengage_sync.batches SET state = 'uncertain'")
     assert resend(loyalty_db, program_id=PROGRAM, batch_ids=[ids[0]], requested_by="ops", reason="missing")[
         "batches_requeued"] == 1
@@ -339,10 +339,10 @@ def test_resend_and_resolve_can_name_batches(loyalty_db):
 
 def _enqueue_night(dsn: str, night: date, run_id: str) -> None:
     from loyalty_moengage.sync.guard import release_night
-    from loyalty_moengage.sync.runner import night_end
-    from loyalty_moengage.sync.transform import Window, transform_chunk
+    from loyalty_moengage.night import Window
+    from tests.loyalty_moengage.sync.sync_env import transform_chunk
 
-    window = Window.for_interval(night_end(night - timedelta(days=1), TZ), night_end(night, TZ), TZ)
+    window = Window.of_night(night, TZ)
     transform_chunk(program_id=PROGRAM, window=window, lo=0, hi=2**63 - 1, label="all", run_id=run_id,
                     send_users=True, loyalty_dsn=dsn, state_dsn=dsn)
     with psycopg.connect(dsn) as conn:
@@ -388,22 +388,22 @@ def test_a_report_after_its_owner_died_mid_post_says_uncertain(program, tmp_path
     from airflow.sdk.exceptions import AirflowFailException
 
     from loyalty_moengage.config.programs import get_program
-    from loyalty_moengage.sync import outbox, tasks
-    from loyalty_moengage.sync.runner import night_end
+    from loyalty_moengage.sync import delivery, tasks
+    from loyalty_moengage.night import Window
 
     night = _today() - timedelta(days=1)
-    context = {"data_interval_start": night_end(night - timedelta(days=1), TZ),
-               "data_interval_end": night_end(night, TZ), "run_id": "run-d", "params": {}, "ti": None}
+    context = {"data_interval_start": Window.of_night(night - timedelta(days=1), TZ).end,
+               "data_interval_end": Window.of_night(night, TZ).end, "run_id": "run-d", "params": {}, "ti": None}
     with sync_env(tmp_path, program, program_id=PROGRAM, customers="all"):
         p = get_program(PROGRAM)
         tasks.preflight(p, context)
         for chunk in tasks.plan(p, context):
             tasks.transform(p, chunk, context)
         tasks.guard(p, context)
-        dead = outbox.Owner(program_id=PROGRAM, run_id="run-d", slot=0)
+        dead = delivery.Owner(program_id=PROGRAM, run_id="run-d", slot=0)
         with psycopg.connect(program) as conn:
-            [batch] = outbox.claim(conn, dead, 1, up_to_night=night)
-            outbox.start_sending(conn, batch.batch_id, dead)
+            [batch] = delivery.claim(conn, dead, 1, up_to_night=night)
+            delivery.start_sending(conn, batch.batch_id, dead)
         tasks.load(p, 0, context)  # another slot sends the rest; the dead one's claim is still live
         with psycopg.connect(program) as conn:
             conn.execute("UPDATE moengage_sync.batches SET lease_expires_at = now() - interval '1 second' "

@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from loyalty_moengage.config.programs import get_program
 from loyalty_moengage.sync import tasks
-from loyalty_moengage.sync.runner import night_end
+from loyalty_moengage.night import Window
 from tests.loyalty_moengage.sync.sync_env import API_KEY, WORKSPACE, reports, run, sync_env
 from tests.loyalty_moengage.sync.test_contract import templates, tiny  # noqa: F401 - fixtures
 
@@ -19,8 +19,8 @@ NIGHT = date(2026, 11, 21)
 
 
 def _context(run_id: str = "r-fast") -> dict:
-    start = night_end(NIGHT - timedelta(days=1), "Asia/Kolkata").astimezone(timezone.utc)
-    end = night_end(NIGHT, "Asia/Kolkata").astimezone(timezone.utc)
+    start = Window.of_night(NIGHT - timedelta(days=1), "Asia/Kolkata").end.astimezone(timezone.utc)
+    end = Window.of_night(NIGHT, "Asia/Kolkata").end.astimezone(timezone.utc)
     return {"data_interval_start": start, "data_interval_end": end, "run_id": run_id, "params": {}, "ti": None}
 
 

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import psycopg
 
-from loyalty_moengage.sync import guard, outbox
-from loyalty_moengage.sync.report import record_stats
+from loyalty_moengage.sync import delivery, enqueue, guard
+from loyalty_moengage.sync.stats import record_stats
 
 NIGHT = date(2026, 11, 21)
 PROGRAM = SimpleNamespace(id="p", min_members=10, reject_threshold=0.1, max_event_drop_pct=50.0,
@@ -50,9 +50,9 @@ def test_too_few_members_too_many_rejects_and_an_event_drop_are_each_named(loyal
 
 
 def _batch(conn, state: str, kind: str = "events", run_id: str = "r") -> int:
-    [bid] = outbox.allocate_batch_ids(conn, 1)
-    outbox.insert_batches(conn, program_id="p", night=NIGHT, run_id=run_id, chunk_label="all", batch_ids=[bid],
-                          batches=[outbox.NewBatch(kind, b"{}", 1, int(kind == "users"), int(kind == "events"))])
+    [bid] = enqueue.allocate_batch_ids(conn, 1)
+    enqueue.insert_batches(conn, program_id="p", night=NIGHT, run_id=run_id, chunk_label="all", batch_ids=[bid],
+                          batches=[enqueue.NewBatch(kind, b"{}", 1, int(kind == "users"), int(kind == "events"))])
     conn.execute("UPDATE moengage_sync.batches SET state = %s WHERE batch_id = %s", (state, bid))
     return bid
 
@@ -69,9 +69,9 @@ def test_withdraw_removes_the_runs_staged_batches_their_keys_and_attribute_claim
     with psycopg.connect(loyalty_db) as conn:
         events, sent = _batch(conn, "staged"), _batch(conn, "sent")
         _batch(conn, "staged", "users")
-        outbox.insert_event_keys(conn, f"p,e-1,{NIGHT},loyalty_points_earned,{events}\n"
+        enqueue.insert_event_keys(conn, f"p,e-1,{NIGHT},loyalty_points_earned,{events}\n"
                                        f"p,e-2,{NIGHT},loyalty_points_earned,{sent}\n".encode())
-        assert outbox.claim_attribute_chunk(conn, program_id="p", night=NIGHT, lo=0, hi=9, run_id="r",
+        assert enqueue.claim_attribute_chunk(conn, program_id="p", night=NIGHT, lo=0, hi=9, run_id="r",
                                             chunk_label="all") is None
         other = _batch(conn, "staged", run_id="another-run")
         assert guard.withdraw_night(conn, "p", NIGHT, "r") == 2

@@ -8,18 +8,18 @@ from datetime import date
 import psycopg
 import pytest
 
-from loyalty_moengage.sync import outbox
-from loyalty_moengage.sync.outbox import ClaimLost, Owner
+from loyalty_moengage.sync import delivery, enqueue
+from loyalty_moengage.sync.delivery import ClaimLost, Owner
 
 NIGHT = date(2026, 11, 21)
 
 
 def _add_batches(dsn: str, n: int, *, night: date = NIGHT, state: str = "pending", kind: str = "events") -> list[int]:
     with psycopg.connect(dsn) as conn:
-        ids = outbox.allocate_batch_ids(conn, n)
+        ids = enqueue.allocate_batch_ids(conn, n)
         body = b'{"type":"transition","elements":[{}]}'
-        outbox.insert_batches(conn, program_id="p", night=night, run_id="enqueuer", chunk_label="all",
-                              batch_ids=ids, batches=[outbox.NewBatch(kind, body, 1, 0, 1)] * n)
+        enqueue.insert_batches(conn, program_id="p", night=night, run_id="enqueuer", chunk_label="all",
+                              batch_ids=ids, batches=[enqueue.NewBatch(kind, body, 1, 0, 1)] * n)
         conn.execute("UPDATE moengage_sync.batches SET state = %s WHERE batch_id = ANY(%s)", (state, ids))
     return ids
 
@@ -34,12 +34,12 @@ def test_a_live_claim_is_never_taken_by_another_run(loyalty_db):
     a = Owner(program_id="p", run_id="night-A", slot=0)
     b = Owner(program_id="p", run_id="night-B", slot=0)
     with psycopg.connect(loyalty_db) as conn:
-        held = outbox.claim(conn, a, 2, up_to_night=NIGHT)
-        outbox.start_sending(conn, held[0].batch_id, a)
+        held = delivery.claim(conn, a, 2, up_to_night=NIGHT)
+        delivery.start_sending(conn, held[0].batch_id, a)
         # Run B's slot 0 starts: same slot number, another run. Nothing of A's is an orphan.
-        assert outbox.recover_orphans(conn, "p", b) == (0, 0)
-        assert outbox.recover_orphans(conn, "p") == (0, 0)
-        others = outbox.claim(conn, b, 10, up_to_night=NIGHT)
+        assert delivery.recover_orphans(conn, "p", b) == (0, 0)
+        assert delivery.recover_orphans(conn, "p") == (0, 0)
+        others = delivery.claim(conn, b, 10, up_to_night=NIGHT)
     assert {x.batch_id for x in others}.isdisjoint({x.batch_id for x in held})
     assert _states(loyalty_db) == {"sending": 1, "claimed": 3}
 
@@ -49,18 +49,18 @@ def test_a_later_try_of_the_same_slot_takes_over_and_the_zombie_cannot_send(loya
     zombie = Owner(program_id="p", run_id="r", slot=0, try_number=1)
     retry = Owner(program_id="p", run_id="r", slot=0, try_number=2)
     with psycopg.connect(loyalty_db) as conn:
-        held = outbox.claim(conn, zombie, 3, up_to_night=NIGHT)
-        outbox.start_sending(conn, held[0].batch_id, zombie)
+        held = delivery.claim(conn, zombie, 3, up_to_night=NIGHT)
+        delivery.start_sending(conn, held[0].batch_id, zombie)
         # The retry: the batch mid-POST may have reached MoEngage, the others were never posted.
-        assert outbox.recover_orphans(conn, "p", retry) == (1, 2)
+        assert delivery.recover_orphans(conn, "p", retry) == (1, 2)
         with pytest.raises(ClaimLost):
-            outbox.start_sending(conn, held[1].batch_id, zombie)
-        taken = outbox.claim(conn, retry, 10, up_to_night=NIGHT)
+            delivery.start_sending(conn, held[1].batch_id, zombie)
+        taken = delivery.claim(conn, retry, 10, up_to_night=NIGHT)
         # The zombie's answer still settles the batch it posted (recovery kept its name on it) ...
-        assert outbox.finish(conn, held[0].batch_id, zombie, "sent", request_id="r-1")
+        assert delivery.finish(conn, held[0].batch_id, zombie, "sent", request_id="r-1")
         # ... but it cannot touch what the retry holds now.
-        assert not outbox.finish(conn, taken[0].batch_id, zombie, "sent")
-        assert outbox.release(conn, [taken[0].batch_id], zombie, error="x") == 0
+        assert not delivery.finish(conn, taken[0].batch_id, zombie, "sent")
+        assert delivery.release(conn, [taken[0].batch_id], zombie, error="x") == 0
         conn.commit()
     assert {b.batch_id for b in taken} == {held[1].batch_id, held[2].batch_id}
     assert _states(loyalty_db) == {"sent": 1, "claimed": 2}
@@ -70,12 +70,12 @@ def test_an_expired_lease_is_an_orphan_for_anyone(loyalty_db):
     _add_batches(loyalty_db, 2)
     dead = Owner(program_id="p", run_id="r", slot=0)
     with psycopg.connect(loyalty_db) as conn:
-        held = outbox.claim(conn, dead, 2, up_to_night=NIGHT, lease_seconds=60)
-        outbox.start_sending(conn, held[0].batch_id, dead)
-        assert outbox.recover_orphans(conn, "p") == (0, 0)
+        held = delivery.claim(conn, dead, 2, up_to_night=NIGHT, lease_seconds=60)
+        delivery.start_sending(conn, held[0].batch_id, dead)
+        assert delivery.recover_orphans(conn, "p") == (0, 0)
         conn.execute("UPDATE moengage_sync.batches SET lease_expires_at = now() - interval '1 second'")
         conn.commit()
-        assert outbox.recover_orphans(conn, "p") == (1, 1)
+        assert delivery.recover_orphans(conn, "p") == (1, 1)
     assert _states(loyalty_db) == {"uncertain": 1, "pending": 1}
 
 
@@ -92,8 +92,8 @@ def test_the_lease_keeper_renews_while_the_owner_lives(loyalty_db):
         return float(left)
 
     with psycopg.connect(loyalty_db) as conn:
-        outbox.claim(conn, owner, 1, up_to_night=NIGHT, lease_seconds=30)
-        with outbox.LeaseKeeper(loyalty_db, owner, lease_seconds=3600, every=0.05):
+        delivery.claim(conn, owner, 1, up_to_night=NIGHT, lease_seconds=30)
+        with delivery.LeaseKeeper(loyalty_db, owner, lease_seconds=3600, every=0.05):
             deadline = time.monotonic() + 10
             while lease_left(conn) < 1000 and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -101,7 +101,7 @@ def test_the_lease_keeper_renews_while_the_owner_lives(loyalty_db):
         conn.execute("UPDATE moengage_sync.batches SET lease_expires_at = now() - interval '1 second'")
         conn.commit()
         time.sleep(0.3)  # a keeper still running would have renewed by now
-        assert outbox.recover_orphans(conn, "p") == (0, 1)
+        assert delivery.recover_orphans(conn, "p") == (0, 1)
 
 
 def test_claims_of_concurrent_owners_never_overlap(loyalty_db):
@@ -112,10 +112,10 @@ def test_claims_of_concurrent_owners_never_overlap(loyalty_db):
         owner = Owner(program_id="p", run_id=f"run-{k % 3}", slot=k)
         mine = []
         with psycopg.connect(loyalty_db) as conn:
-            while batch := outbox.claim(conn, owner, 3, up_to_night=NIGHT):
+            while batch := delivery.claim(conn, owner, 3, up_to_night=NIGHT):
                 for b in batch:
-                    outbox.start_sending(conn, b.batch_id, owner)
-                    assert outbox.finish(conn, b.batch_id, owner, "sent")
+                    delivery.start_sending(conn, b.batch_id, owner)
+                    assert delivery.finish(conn, b.batch_id, owner, "sent")
                     conn.commit()
                     mine.append(b.batch_id)
         seen.append(mine)
@@ -133,9 +133,9 @@ def test_claims_of_concurrent_owners_never_overlap(loyalty_db):
 def test_quarantine_keeps_each_row_once_per_night(loyalty_db):
     rows = [("events/x.sql", "bad", "e-1", b'{"event_id": "e-1"}'), ("events/x.sql", "bad", "e-2", b'{"event_id": "e-2"}')]
     with psycopg.connect(loyalty_db) as conn:
-        assert outbox.insert_quarantine(conn, program_id="p", night=NIGHT, run_id="r1", rows=rows) == 2
-        assert outbox.insert_quarantine(conn, program_id="p", night=NIGHT, run_id="r2", rows=rows) == 0
-        assert outbox.insert_quarantine(conn, program_id="p", night=date(2026, 11, 22), run_id="r3", rows=rows[:1]) == 1
+        assert enqueue.insert_quarantine(conn, program_id="p", night=NIGHT, run_id="r1", rows=rows) == 2
+        assert enqueue.insert_quarantine(conn, program_id="p", night=NIGHT, run_id="r2", rows=rows) == 0
+        assert enqueue.insert_quarantine(conn, program_id="p", night=date(2026, 11, 22), run_id="r3", rows=rows[:1]) == 1
         assert conn.execute("SELECT count(*) FROM moengage_sync.quarantine").fetchone()[0] == 3
 
 
@@ -143,11 +143,11 @@ def test_a_claim_whose_lease_ran_out_is_not_posted(loyalty_db):
     _add_batches(loyalty_db, 1)
     owner = Owner(program_id="p", run_id="r", slot=0)
     with psycopg.connect(loyalty_db) as conn:
-        [held] = outbox.claim(conn, owner, 1, up_to_night=NIGHT)
+        [held] = delivery.claim(conn, owner, 1, up_to_night=NIGHT)
         conn.execute("UPDATE moengage_sync.batches SET lease_expires_at = now() - interval '1 second'")
         conn.commit()
         with pytest.raises(ClaimLost):
-            outbox.start_sending(conn, held.batch_id, owner)
+            delivery.start_sending(conn, held.batch_id, owner)
     assert _states(loyalty_db) == {"claimed": 1}
 
 
@@ -159,7 +159,7 @@ def test_users_batches_older_than_the_newest_refresh_are_never_claimed(loyalty_d
         conn.execute("INSERT INTO moengage_sync.attribute_watermark (program_id, night, run_id) VALUES ('p', %s, 'r')",
                      (NIGHT,))
         conn.commit()
-        claimed = outbox.claim(conn, Owner(program_id="p", run_id="r", slot=0), 10, up_to_night=NIGHT)
+        claimed = delivery.claim(conn, Owner(program_id="p", run_id="r", slot=0), 10, up_to_night=NIGHT)
     assert [b.kind for b in claimed] == ["events"]
     assert _states(loyalty_db) == {"claimed": 1, "superseded": 1}
 
@@ -169,7 +169,7 @@ def test_a_failing_guard_keeps_what_a_concurrent_passing_guard_released(loyalty_
 
     [bid] = _add_batches(loyalty_db, 1, state="staged")
     with psycopg.connect(loyalty_db) as conn:
-        outbox.insert_event_keys(conn, f"p,e-1,{NIGHT},loyalty_points_earned,{bid}\n".encode())
+        enqueue.insert_event_keys(conn, f"p,e-1,{NIGHT},loyalty_points_earned,{bid}\n".encode())
         conn.commit()
         assert guard.release_night(conn, "p", NIGHT) == 1          # run A's guard passes first
         assert guard.withdraw_night(conn, "p", NIGHT, "enqueuer") == 0  # run B's fails just after

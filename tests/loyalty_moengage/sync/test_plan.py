@@ -1,22 +1,15 @@
-"""The plan: member-id chunks, the newest night's attribute refresh, nights not over yet."""
+"""The plan: member-id chunks and the newest night's attribute refresh."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date
 
 import psycopg
 import pytest
 
 from loyalty_moengage_devtools.generator import generate
-from loyalty_moengage.sync import outbox
-from loyalty_moengage.sync.plan import (
-    MEMBER_ID_MAX,
-    NightNotOverError,
-    decide_attribute_refresh,
-    ensure_night_over,
-    latest_complete_night,
-    plan_chunks,
-)
+from loyalty_moengage.sync import delivery, enqueue
+from loyalty_moengage.sync.plan import MEMBER_ID_MAX, decide_attribute_refresh, plan_chunks
 
 NIGHT = date(2026, 11, 21)
 
@@ -41,23 +34,10 @@ def test_chunks_never_exceed_max_chunks(loyalty_db):
             {"lo": 0, "hi": MEMBER_ID_MAX, "label": "members (none)"}]
 
 
-def test_latest_complete_night_is_yesterday_in_the_program_zone():
-    now = datetime(2026, 11, 22, 20, 0, tzinfo=timezone.utc)  # 01:30 on the 23rd in Kolkata
-    assert latest_complete_night(now, "Asia/Kolkata") == date(2026, 11, 22)
-    assert latest_complete_night(now, "America/New_York") == date(2026, 11, 21)
-
-
-def test_a_night_not_over_is_refused_with_its_local_end():
-    end = datetime(2026, 11, 22, 18, 30, tzinfo=timezone.utc)
-    ensure_night_over(NIGHT, end, "Asia/Kolkata", end)
-    with pytest.raises(NightNotOverError, match="2026-11-23 00:00 Asia/Kolkata"):
-        ensure_night_over(NIGHT, end, "Asia/Kolkata", datetime(2026, 11, 22, 18, 29, tzinfo=timezone.utc))
-
-
 def _users_batch(conn, night: date, state: str) -> int:
-    [batch_id] = outbox.allocate_batch_ids(conn, 1)
-    outbox.insert_batches(conn, program_id="p", night=night, run_id=f"r-{night}", chunk_label="all",
-                          batch_ids=[batch_id], batches=[outbox.NewBatch("users", b"{}", 1, 1, 0)])
+    [batch_id] = enqueue.allocate_batch_ids(conn, 1)
+    enqueue.insert_batches(conn, program_id="p", night=night, run_id=f"r-{night}", chunk_label="all",
+                          batch_ids=[batch_id], batches=[enqueue.NewBatch("users", b"{}", 1, 1, 0)])
     conn.execute("UPDATE moengage_sync.batches SET state = %s WHERE batch_id = %s", (state, batch_id))
     return batch_id
 
@@ -82,12 +62,12 @@ def test_only_the_newest_night_refreshes_and_it_supersedes_older_unsent_attribut
 def test_a_rerun_refreshes_only_chunks_no_run_has_enqueued_unless_forced(loyalty_db):
     with psycopg.connect(loyalty_db) as conn:
         assert decide_attribute_refresh(conn, program_id="p", night=NIGHT, run_id="r1", latest_night=NIGHT)[0]
-        assert outbox.claim_attribute_chunk(conn, program_id="p", night=NIGHT, lo=0, hi=10, run_id="r1",
+        assert enqueue.claim_attribute_chunk(conn, program_id="p", night=NIGHT, lo=0, hi=10, run_id="r1",
                                             chunk_label="members 1-10") is None
         pending = _users_batch(conn, NIGHT, "pending")
         conn.commit()
         assert decide_attribute_refresh(conn, program_id="p", night=NIGHT, run_id="r2", latest_night=NIGHT)[0]
-        why = outbox.claim_attribute_chunk(conn, program_id="p", night=NIGHT, lo=0, hi=10, run_id="r2",
+        why = enqueue.claim_attribute_chunk(conn, program_id="p", night=NIGHT, lo=0, hi=10, run_id="r2",
                                            chunk_label="members 1-10")
         assert why and "run r1 already enqueued" in why
         assert _state(conn, pending) == "pending"
@@ -95,5 +75,5 @@ def test_a_rerun_refreshes_only_chunks_no_run_has_enqueued_unless_forced(loyalty
         assert decide_attribute_refresh(conn, program_id="p", night=NIGHT, run_id="r3", latest_night=NIGHT,
                                         force=True)[0]
         assert _state(conn, pending) == "superseded"
-        assert outbox.claim_attribute_chunk(conn, program_id="p", night=NIGHT, lo=0, hi=10, run_id="r3",
+        assert enqueue.claim_attribute_chunk(conn, program_id="p", night=NIGHT, lo=0, hi=10, run_id="r3",
                                             chunk_label="members 1-10") is None

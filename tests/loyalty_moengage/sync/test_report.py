@@ -6,7 +6,9 @@ from datetime import date, datetime, timezone
 
 import psycopg
 
-from loyalty_moengage.sync import outbox, report
+from loyalty_moengage.night import Window
+from loyalty_moengage.sync import delivery, enqueue, outcome, render, report
+from loyalty_moengage.sync.stats import StageSummary
 
 NIGHT = date(2026, 11, 21)
 PLAN = {"chunks": 2, "seconds": 0.1, "skip_reason": None}
@@ -15,7 +17,7 @@ PLAN = {"chunks": 2, "seconds": 0.1, "skip_reason": None}
 def _assess(**kw):
     args = {"program_id": "p", "night": NIGHT, "plan_info": PLAN, "chunks_done": 2, "guard_info": {},
             "night_batches": {"sent": 3}, "attention": [], "uncertain_policy": "hold"}
-    return report.assess(**{**args, **kw})
+    return outcome.assess(**{**args, **kw})
 
 
 def test_success_only_when_every_batch_of_the_night_is_settled():
@@ -47,31 +49,30 @@ def test_needs_attention_names_the_command_that_resolves_it():
 
 
 def _batch(conn, night: date, state: str, *, events: int = 0, users: int = 0, sent_by: str | None = None) -> None:
-    [bid] = outbox.allocate_batch_ids(conn, 1)
-    outbox.insert_batches(conn, program_id="p", night=night, run_id="enqueuer", chunk_label="all", batch_ids=[bid],
-                          batches=[outbox.NewBatch("users" if users else "events", b"{}", 1, users, events)])
+    [bid] = enqueue.allocate_batch_ids(conn, 1)
+    enqueue.insert_batches(conn, program_id="p", night=night, run_id="enqueuer", chunk_label="all", batch_ids=[bid],
+                          batches=[enqueue.NewBatch("users" if users else "events", b"{}", 1, users, events)])
     conn.execute("UPDATE moengage_sync.batches SET state = %s, sent_by_run = %s WHERE batch_id = %s",
                  (state, sent_by, bid))
 
 
 def test_each_run_counts_what_its_own_slots_sent(loyalty_db):
-    start = end = datetime(2026, 11, 21, tzinfo=timezone.utc)
+    window = Window.of_night(NIGHT, "UTC")
     with psycopg.connect(loyalty_db) as conn:
         _batch(conn, NIGHT, "sent", events=10, sent_by="run-a")
         _batch(conn, date(2026, 11, 20), "sent", events=7, sent_by="run-a")   # an earlier night, sent by A
         _batch(conn, NIGHT, "sent", events=5, sent_by="run-b")
         _batch(conn, NIGHT, "sent", users=100, sent_by="run-b")
         _batch(conn, date(2026, 11, 19), "uncertain", events=3)
-        built = {run: report.build(conn, program_id="p", night=NIGHT, run_id=run, window_start=start,
-                                   window_end=end, outcome="success", stage_seconds={}, attributes_skipped=False,
-                                   notes=[]) for run in ("run-a", "run-b")}
+        built = {run: report.build(conn, program_id="p", window=window, run_id=run, outcome="success",
+                                   stages=StageSummary(), notes=[]) for run in ("run-a", "run-b")}
     a, b = built["run-a"], built["run-b"]
     assert (a["events_sent"], a["events_sent_other_nights"], a["members_updated"]) == (17, 7, 0)
     assert (b["events_sent"], b["events_sent_other_nights"], b["members_updated"]) == (5, 0, 100)
     assert a["batches_by_state"] == b["batches_by_state"] == {"sent": 3}
     assert a["needs_attention"] == [{"night": "2026-11-19", "state": "uncertain", "batches": 1, "events": 3,
                                      "users": 0}]
-    text = report.render(a)
+    text = render.render(a)
     assert "of the events sent, 7 belong to earlier nights" in text
 
 
@@ -80,20 +81,20 @@ def test_the_report_waits_for_batches_another_run_is_sending(loyalty_db):
     slept: list[float] = []
     with psycopg.connect(loyalty_db) as conn:
         _batch(conn, NIGHT, "pending", events=1)
-        owner = outbox.Owner(program_id="p", run_id="other", slot=0)
-        [held] = outbox.claim(conn, owner, 1, up_to_night=NIGHT)
+        owner = delivery.Owner(program_id="p", run_id="other", slot=0)
+        [held] = delivery.claim(conn, owner, 1, up_to_night=NIGHT)
 
         def sleep(seconds: float) -> None:
             slept.append(seconds)
             if len(slept) == 2:  # the other run finishes its POST meanwhile
-                outbox.start_sending(conn, held.batch_id, owner)
-                outbox.finish(conn, held.batch_id, owner, "sent")
+                delivery.start_sending(conn, held.batch_id, owner)
+                delivery.finish(conn, held.batch_id, owner, "sent")
                 conn.commit()
 
-        left = report.wait_for_in_flight(conn, "p", NIGHT, timeout=50, sleep=sleep, clock=lambda: next(clock))
+        left = delivery.wait_for_in_flight(conn, "p", NIGHT, timeout=50, sleep=sleep, clock=lambda: next(clock))
         assert left == 0 and len(slept) == 2
         slept.clear()
         _batch(conn, NIGHT, "pending", events=1)
-        outbox.claim(conn, owner, 1, up_to_night=NIGHT)
-        assert report.wait_for_in_flight(conn, "p", NIGHT, timeout=3, sleep=slept.append,
+        delivery.claim(conn, owner, 1, up_to_night=NIGHT)
+        assert delivery.wait_for_in_flight(conn, "p", NIGHT, timeout=3, sleep=slept.append,
                                          clock=lambda: next(clock)) == 1

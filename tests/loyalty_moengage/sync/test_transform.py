@@ -9,7 +9,8 @@ import orjson
 import psycopg
 import pytest
 
-from loyalty_moengage.sync.transform import Window, transform_chunk
+from loyalty_moengage.night import Window
+from tests.loyalty_moengage.sync.sync_env import transform_chunk
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tiny_program.sql"
 NIGHT = Window.for_interval(datetime(2026, 11, 20, 18, 30, tzinfo=timezone.utc),

@@ -1,7 +1,7 @@
-"""The Postgres outbox: ready payload batches and their explicit delivery states.
+"""The delivery side of the outbox: claims, leases and the outcome of each POST.
 
-States: ``staged`` -> ``pending`` -> ``claimed`` -> ``sending`` -> ``sent`` | ``rejected`` |
-``uncertain`` (see sql/010_sync_state.sql for every transition). A claim belongs to one
+States (``sync/states.py``; every transition in sql/010_sync_state.sql): ``pending`` ->
+``claimed`` -> ``sending`` -> ``sent`` | ``rejected`` | ``uncertain``. A claim belongs to one
 :class:`Owner` (run, load slot, task try, and a nonce) and carries a lease the owner renews
 (:class:`LeaseKeeper`); every transition out of ``claimed`` or ``sending`` is a compare-and-set
 on (state, owner) with its rowcount checked, so nobody can post a batch another owner holds.
@@ -12,26 +12,20 @@ goes back to ``pending`` (it was never posted).
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Iterable
+from typing import Any, Callable
+
+from loyalty_moengage.sync.states import OUTCOMES
 
 log = logging.getLogger(__name__)
 
 #: How long a claim stays the owner's without renewal; the owner renews every quarter of it.
 LEASE_SECONDS = 120.0
-
-@dataclass(frozen=True)
-class NewBatch:
-    kind: str              # "events" | "users"
-    body: bytes
-    element_count: int
-    users: int
-    events: int
 
 
 @dataclass(frozen=True)
@@ -44,107 +38,6 @@ class ClaimedBatch:
     events: int
     attempts: int
 
-
-def existing_event_ids(conn: Any, program_id: str, event_ids: list[str]) -> set[str]:
-    """Which of these event_ids were already enqueued for the program (by any run, ever)."""
-    if not event_ids:
-        return set()
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _candidates (event_id text) ON COMMIT DELETE ROWS")
-    with conn.cursor() as cur:
-        with cur.copy("COPY _candidates (event_id) FROM STDIN") as copy:
-            copy.write("\n".join(_copy_text(e) for e in event_ids) + "\n")
-        cur.execute(
-            "SELECT c.event_id FROM _candidates c JOIN moengage_sync.event_keys k "
-            "ON k.program_id = %s AND k.event_id = c.event_id",
-            (program_id,),
-        )
-        found = {r[0] for r in cur.fetchall()}
-        cur.execute("TRUNCATE _candidates")
-    return found
-
-
-def _copy_text(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
-def allocate_batch_ids(conn: Any, count: int) -> list[int]:
-    if count == 0:
-        return []
-    rows = conn.execute(
-        "SELECT nextval(pg_get_serial_sequence('moengage_sync.batches', 'batch_id')) "
-        "FROM generate_series(1, %s)",
-        (count,),
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
-def insert_batches(conn: Any, *, program_id: str, night: date, run_id: str, chunk_label: str,
-                   batch_ids: list[int], batches: list[NewBatch]) -> None:
-    # Binary COPY: bodies travel as raw bytes (text COPY would hex-escape every byte of a
-    # ~100 KB body in Python, which cost a third of a chunk's time).
-    with conn.cursor() as cur:
-        with cur.copy(
-            "COPY moengage_sync.batches (batch_id, program_id, night, run_id, kind, chunk_label, "
-            "element_count, users, events, body, body_bytes) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(["int8", "text", "date", "text", "text", "text", "int4", "int4", "int4", "bytea", "int4"])
-            for batch_id, b in zip(batch_ids, batches):
-                copy.write_row((batch_id, program_id, night, run_id, b.kind, chunk_label,
-                                b.element_count, b.users, b.events, b.body, len(b.body)))
-
-
-def insert_event_keys(conn: Any, csv_bytes: bytes) -> None:
-    """COPY (program_id, event_id, night, event_name, batch_id) rows given as CSV."""
-    with conn.cursor() as cur:
-        with cur.copy(
-            "COPY moengage_sync.event_keys (program_id, event_id, night, event_name, batch_id) "
-            "FROM STDIN WITH (FORMAT csv)"
-        ) as copy:
-            copy.write(csv_bytes)
-
-
-def insert_quarantine(conn: Any, *, program_id: str, night: date, run_id: str,
-                      rows: Iterable[tuple[str, str, str | None, bytes]]) -> int:
-    """rows: (template, reason, row_key, row_json). Each row is kept once per night, whatever
-    reruns or concurrent runs record it again. Returns the rows new to the night."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _quarantine (template text, reason text, row_key text, "
-                 "row_data jsonb) ON COMMIT DELETE ROWS")
-    with conn.cursor() as cur:
-        with cur.copy("COPY _quarantine (template, reason, row_key, row_data) FROM STDIN") as copy:
-            for template, reason, key, row_json in rows:
-                copy.write_row((template, reason, key, row_json.decode()))
-        cur.execute(
-            "INSERT INTO moengage_sync.quarantine (program_id, night, run_id, template, reason, row_key, "
-            "row_data, row_digest) SELECT %s, %s, %s, template, reason, row_key, row_data, md5(row_data::text) "
-            "FROM _quarantine ON CONFLICT (program_id, night, template, reason, row_digest) DO NOTHING",
-            (program_id, night, run_id))
-        added = cur.rowcount
-        cur.execute("TRUNCATE _quarantine")
-    return added
-
-
-def claim_attribute_chunk(conn: Any, *, program_id: str, night: date, lo: int, hi: int, run_id: str,
-                          chunk_label: str) -> str | None:
-    """Take the night's attribute refresh of members [lo, hi) for this run, in the caller's
-    transaction. Returns None when taken, else why not (a newer night refreshes attributes, or
-    another run of this night already enqueued these members). A concurrent run blocks on the
-    row until this transaction ends, so the same members are never enqueued twice."""
-    row = conn.execute("SELECT night FROM moengage_sync.attribute_watermark WHERE program_id = %s FOR SHARE",
-                       (program_id,)).fetchone()
-    if row and row[0] > night:
-        return f"a newer night ({row[0]}) refreshes attributes"
-    taken = conn.execute(
-        "INSERT INTO moengage_sync.attribute_chunks (program_id, night, member_lo, member_hi, run_id, chunk_label) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", (program_id, night, lo, hi, run_id, chunk_label),
-    ).rowcount
-    if taken:
-        return None
-    other = conn.execute("SELECT run_id FROM moengage_sync.attribute_chunks WHERE program_id = %s AND night = %s "
-                         "AND member_lo = %s AND member_hi = %s", (program_id, night, lo, hi)).fetchone()
-    return f"run {other[0] if other else '?'} already enqueued these members' attributes for night {night}"
-
-
-# ---- load side -------------------------------------------------------------------------
 
 class ClaimLost(RuntimeError):
     """Another owner holds the batch now (our lease expired, or a later try took over)."""
@@ -258,7 +151,7 @@ def finish(conn: Any, batch_id: int, owner: Owner, state: str, *, request_id: st
     after a transient failure). A recovery that took the batch from us mid-POST made it
     ``uncertain`` but kept our name on it, so our answer still settles it; False when it moved
     on since (re-queued or claimed by another owner): the caller must not count it."""
-    assert state in ("sent", "rejected", "uncertain", "pending")
+    assert state in OUTCOMES, state
     return conn.execute(
         "UPDATE moengage_sync.batches SET state = %(state)s, request_id = %(rid)s, http_status = %(status)s, "
         "error = %(error)s, updated_at = now(), lease_expires_at = NULL, "
@@ -337,9 +230,17 @@ def requeue_uncertain(conn: Any, program_id: str) -> int:
     return cur.rowcount
 
 
-def to_csv(table: Any) -> bytes:
-    import pyarrow.csv as pacsv
-
-    buf = io.BytesIO()
-    pacsv.write_csv(table, buf, write_options=pacsv.WriteOptions(include_header=False))
-    return buf.getvalue()
+def wait_for_in_flight(conn: Any, program_id: str, night: date, *, timeout: float = 600.0, poll: float = 1.0,
+                       sleep: Callable[[float], None] = time.sleep,
+                       clock: Callable[[], float] = time.monotonic) -> int:
+    """Wait while live owners (another run's load slots) are posting batches of this night, so
+    the outcome judges finished work; returns how many are still in flight at the timeout."""
+    deadline = clock() + timeout
+    while True:
+        n = conn.execute(
+            "SELECT count(*) FROM moengage_sync.batches WHERE program_id = %s AND night = %s "
+            "AND state IN ('claimed', 'sending') AND lease_expires_at >= now()", (program_id, night)).fetchone()[0]
+        conn.commit()
+        if not n or clock() >= deadline:
+            return n
+        sleep(poll)

@@ -1,0 +1,98 @@
+"""One chunk of a night, end to end: extract -> check -> gate -> pack -> ``sink.write()``.
+
+The same pipeline serves a real run and a dry run; only the sink differs (``sink.py``: the
+outbox enqueues, the dry run keeps counts and samples), so a dry run's counts are a real run's.
+A retried or cleared chunk either finds its work done (``sink.done_before``) or redoes all of
+it. Two runs enqueuing the same events at once collide in the sink's transaction
+(``sink.Collision``); the loser reads what is known again and finds those events enqueued.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from loyalty_moengage.sync.check import Checked
+from loyalty_moengage.sync.gate import Lookup
+from loyalty_moengage.sync.job import ChunkJob
+from loyalty_moengage.sync.pack import Packed
+from loyalty_moengage.sync.sink import Collision, Sink
+
+log = logging.getLogger(__name__)
+
+WRITE_ATTEMPTS = 3
+
+
+class StageTimer:
+    """Seconds by stage, summed over a chunk's steps."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - started
+
+
+def run_chunk(job: ChunkJob, sink: Sink, *, lookup: Lookup | None = None) -> dict[str, Any]:
+    """Extract, check, gate, pack and write one member-id range; returns its stats."""
+    from loyalty_moengage.sync.check import check_chunk
+    from loyalty_moengage.sync.extract import extract_chunk
+    from loyalty_moengage.sync.gate import read_known
+    from loyalty_moengage.sync.pack import pack_chunk
+
+    done = sink.done_before(job)
+    if done:
+        return done
+    timer = StageTimer()
+    with timer("extract"):
+        extracts = extract_chunk(job.loyalty_dsn, job.params)
+    with timer("transform"):
+        checked = check_chunk(extracts, job.window)
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        with timer("lookup"):
+            known = read_known(job, checked, lookup)
+        with timer("transform"):
+            packed = pack_chunk(checked, known)
+        try:
+            return sink.write(job, checked, packed, Counter(timer.seconds))
+        except Collision:
+            if attempt == WRITE_ATTEMPTS:
+                raise
+            done = sink.done_before(job)
+            if done:
+                return done  # the collision was with another attempt of this very chunk, which won
+            log.info("%s: another run enqueued some of these events at the same time; enqueuing again", job.label)
+    raise AssertionError("unreachable")
+
+
+def chunk_stats(job: ChunkJob, checked: Checked, packed: Packed, seconds: Counter[str]) -> dict[str, Any]:
+    """The chunk's measurements, as the guard, the report and the dry run's summary fold them."""
+    stats: dict[str, Any] = {
+        "label": job.label,
+        "rows_extracted": checked.rows_extracted,
+        "events_by_type": dict(packed.events_by_type),
+        "events_extracted": checked.event_count,
+        "events_enqueued": sum(packed.events_by_type.values()),
+        "events_already_sent": packed.events_already_sent,
+        "not_in_moengage": packed.not_in_moengage,
+        "customer_lookups": packed.customer_lookups,
+        "members_extracted": checked.members_extracted,
+        "members_enqueued": sum(b.users for b in packed.user_batches),
+        "quarantined": dict(packed.rejects.reasons),
+        "batches": len(packed.batches),
+        "event_requests": len(packed.event_batches),
+        "user_requests": len(packed.user_batches),
+        "bytes": sum(len(b.body) for b in packed.batches),
+        "seconds": {k: round(v, 4) for k, v in seconds.items()},
+    }
+    if packed.attributes_skip_reason:
+        stats["attributes_skip_reason"] = packed.attributes_skip_reason
+    return stats

@@ -1,0 +1,139 @@
+"""A real run's sink: the outbox MoEngage is sent from.
+
+A chunk's batches (``staged``), event keys, quarantine rows and stats are one transaction, so
+a retried chunk finds its work done or redoes all of it; the event keys' primary key is what
+makes reruns and backfills send no event twice. The guard makes a night's batches sendable,
+the load slots send them, the report judges the night.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from datetime import date
+from typing import Any
+
+from loyalty_moengage.night import Window
+from loyalty_moengage.sync.chunk import chunk_stats
+from loyalty_moengage.sync.check import Checked
+from loyalty_moengage.sync.job import ChunkJob
+from loyalty_moengage.sync.pack import Packed
+from loyalty_moengage.sync.sink import Collision
+
+log = logging.getLogger(__name__)
+
+
+class OutboxSink:
+    def __init__(self, state_dsn: str) -> None:
+        self.state_dsn = state_dsn
+
+    # -- the plan ------------------------------------------------------------------------------
+    def start_night(self, conn: Any, *, program: Any, window: Window, run_id: str) -> dict[str, Any]:
+        from loyalty_moengage.sync.delivery import recover_orphans
+
+        # Only claims whose lease ran out: other runs of this program may be sending right now.
+        orphans, _released = recover_orphans(conn, program.id)
+        if orphans:
+            log.warning("%d batch(es) were mid-POST when their load attempt stopped: marked uncertain", orphans)
+        # A cleared run plans again; its earlier chunk stats are redone.
+        conn.execute("DELETE FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s "
+                     "AND stage IN ('transform', 'guard')", (program.id, run_id))
+        conn.commit()
+        return {"orphans_uncertain": orphans}
+
+    def decide_refresh(self, conn: Any, *, program_id: str, night: date, run_id: str, latest_night: date,
+                       force: bool) -> tuple[bool, str | None]:
+        from loyalty_moengage.sync.plan import decide_attribute_refresh
+
+        return decide_attribute_refresh(conn, program_id=program_id, night=night, run_id=run_id,
+                                        latest_night=latest_night, force=force)
+
+    def record(self, *, program_id: str, night: date, run_id: str, stage: str, key: str,
+               stats: dict[str, Any]) -> None:
+        from loyalty_moengage.db import connect
+        from loyalty_moengage.sync.stats import record_stats
+
+        with connect(self.state_dsn) as conn:
+            record_stats(conn, program_id=program_id, night=night, run_id=run_id, stage=stage, key=key, stats=stats)
+
+    # -- the chunks ----------------------------------------------------------------------------
+    def done_before(self, job: ChunkJob) -> dict[str, Any] | None:
+        """The stats of an attempt of this run's chunk that committed (a worker died after its
+        commit, or a zombie attempt finished first)."""
+        from loyalty_moengage.db import connect
+
+        with connect(job.state_dsn) as conn:
+            done = conn.execute(
+                "SELECT stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s "
+                "AND stage = 'transform' AND task_key = %s", (job.program_id, job.run_id, job.label)).fetchone()
+        if done:
+            log.info("%s already enqueued by an earlier attempt of this run", job.label)
+        return done[0] if done else None
+
+    def write(self, job: ChunkJob, checked: Checked, packed: Packed, seconds: Counter[str]) -> dict[str, Any]:
+        import psycopg
+
+        from loyalty_moengage.db import connect
+
+        try:
+            with connect(job.state_dsn) as conn:
+                return self._enqueue(conn, job, checked, packed, seconds)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected) as exc:
+            raise Collision(f"{job.label}: {type(exc).__name__}") from exc
+
+    def _enqueue(self, conn: Any, job: ChunkJob, checked: Checked, packed: Packed,
+                 seconds: Counter[str]) -> dict[str, Any]:
+        from loyalty_moengage.sync import enqueue
+        from loyalty_moengage.sync.stats import record_stats
+
+        started = time.perf_counter()
+        night = job.window.night
+        if packed.user_batches:
+            why_not = enqueue.claim_attribute_chunk(conn, program_id=job.program_id, night=night, lo=job.lo,
+                                                    hi=job.hi, run_id=job.run_id, chunk_label=job.label)
+            if why_not:
+                log.info("attribute refresh of %s not enqueued: %s", job.label, why_not)
+                packed = packed.without_users(why_not)
+        batches = packed.batches
+        batch_ids = enqueue.allocate_batch_ids(conn, len(batches))
+        enqueue.insert_batches(conn, program_id=job.program_id, night=night, run_id=job.run_id,
+                               chunk_label=job.label, batch_ids=batch_ids, batches=batches)
+        if packed.keys is not None:
+            enqueue.insert_event_keys(conn, enqueue.event_key_rows(packed.keys, batch_ids, program_id=job.program_id,
+                                                                   night=night))
+        enqueue.insert_quarantine(conn, program_id=job.program_id, night=night, run_id=job.run_id,
+                                  rows=packed.rejects.rows)
+        seconds["outbox"] += time.perf_counter() - started
+        stats = chunk_stats(job, checked, packed, seconds)
+        record_stats(conn, program_id=job.program_id, night=night, run_id=job.run_id, stage="transform",
+                     key=job.label, stats=stats)
+        conn.commit()
+        return stats
+
+    # -- after the chunks ----------------------------------------------------------------------
+    def release(self, *, program: Any, window: Window, run_id: str, override: bool) -> dict[str, Any]:
+        from loyalty_moengage.sync.guard import guard_night
+
+        return guard_night(self.state_dsn, program=program, night=window.night, run_id=run_id, override=override)
+
+    def deliver(self, *, program: Any, slot: int, window: Window, run_id: str, attempt: int) -> dict[str, Any]:
+        from loyalty_moengage.moengage.hook import MoEngageHook
+        from loyalty_moengage.sync.load import claim_size, load_slot
+
+        # Never retry_uncertain: under policy resend the outbox records the batch uncertain first and
+        # re-queues it where the report counts it (load.py), so no resend goes unreported.
+        hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=program.load_share)
+        stats = load_slot(program_id=program.id, slot=slot, night=window.night, run_id=run_id,
+                          state_dsn=self.state_dsn, hook=hook, uncertain_policy=program.uncertain_policy,
+                          attempt=attempt, claim_size=claim_size(hook))
+        return {k: stats[k] for k in ("slot", "batches_sent", "batches_rejected", "batches_uncertain")}
+
+    def report(self, *, program: Any, window: Window, run_id: str) -> tuple[dict[str, Any], str, str | None]:
+        from loyalty_moengage.db import connect
+        from loyalty_moengage.sync.render import note, render
+        from loyalty_moengage.sync.report import report_night
+
+        with connect(self.state_dsn) as conn:
+            body = report_night(conn, program=program, window=window, run_id=run_id)
+        return body, render(body), note(body, program.time_zone)

@@ -1,0 +1,118 @@
+"""A checked chunk packed into request bodies: the events no run enqueued before, for customers
+MoEngage knows, and the members' attribute updates, in bodies of at most 100,000 bytes
+(``moengage/packing.py``). Pure: the sink decides where the bodies go.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from loyalty_moengage.sync.check import NOT_IN_MOENGAGE, Checked, Rejects
+from loyalty_moengage.sync.enqueue import NewBatch
+from loyalty_moengage.sync.gate import Known
+
+
+@dataclass(frozen=True)
+class Packed:
+    events: Any                      # pa.Table of the events packed (event_id, event_name, customer_id, element)
+    event_batches: list[NewBatch]
+    keys: Any                        # pa.Table: event_id, event_name, batch (index into event_batches); or None
+    user_batches: list[NewBatch]
+    rejects: Rejects
+    events_by_type: Counter[str] = field(default_factory=Counter)
+    events_already_sent: int = 0
+    not_in_moengage: int = 0
+    customer_lookups: int = 0         # Get User API lookups the gate made
+    attributes_skip_reason: str | None = None
+
+    @property
+    def batches(self) -> list[NewBatch]:
+        return self.event_batches + self.user_batches
+
+    def without_users(self, reason: str) -> "Packed":
+        """The attribute refresh went to another run after all (decided in the sink's transaction)."""
+        return replace(self, user_batches=[], attributes_skip_reason=reason)
+
+
+def pack_chunk(checked: Checked, known: Known) -> Packed:
+    rejects = checked.rejects.copy()
+    events, already, absent = _new_events(checked.events, known, rejects)
+    event_batches, keys, by_type = _pack_events(events, rejects)
+    user_batches = _pack_users(checked, rejects) if known.send_users else []
+    return Packed(events=events, event_batches=event_batches, keys=keys, user_batches=user_batches, rejects=rejects,
+                  events_by_type=by_type, events_already_sent=already, not_in_moengage=absent, customer_lookups=known.lookups,
+                  attributes_skip_reason=known.attributes_skip_reason)
+
+
+def _new_events(events: Any, known: Known, rejects: Rejects) -> tuple[Any, int, int]:
+    """The events no run has enqueued before, for customers MoEngage knows; with how many were
+    dropped as already sent and how many quarantined as unknown to MoEngage."""
+    import orjson
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if events is None or not events.num_rows:
+        return None, 0, 0
+    already = 0
+    if known.already_enqueued:
+        keep = pc.invert(pc.is_in(events.column("event_id"),
+                                  value_set=pa.array(sorted(known.already_enqueued), pa.string())))
+        already = events.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
+        events = events.filter(keep)
+    if known.present is None or not events.num_rows:
+        return events, already, 0
+    found = pc.is_in(events.column("customer_id"), value_set=pa.array(sorted(known.present), pa.string()))
+    unknown = events.filter(pc.invert(found))
+    for eid, name, cid in zip(unknown.column("event_id").to_pylist(), unknown.column("event_name").to_pylist(),
+                              unknown.column("customer_id").to_pylist()):
+        rejects.add("(presence)", NOT_IN_MOENGAGE, eid,
+                    orjson.dumps({"event_id": eid, "event_name": name, "customer_id": cid}), count=False)
+    return events.filter(found), already, unknown.num_rows
+
+
+def _pack_events(events: Any, rejects: Rejects) -> tuple[list[NewBatch], Any, Counter[str]]:
+    """Event batches, and the event-key rows (event_id, event_name, batch index) they carry."""
+    import numpy as np
+    import orjson
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from loyalty_moengage.moengage.packing import pack_spans
+
+    by_type: Counter[str] = Counter()
+    if events is None or not events.num_rows:
+        return [], None, by_type
+    spans, oversize = pack_spans(events.column("element").combine_chunks())
+    ids = events.column("event_id")
+    for idx, size in oversize:
+        rejects.add("(payload)", "element over 100000 bytes", ids[idx].as_py(),
+                    orjson.dumps({"event_id": ids[idx].as_py(), "bytes": size}))
+    if not spans:
+        return [], None, by_type
+    batch_of = np.full(events.num_rows, -1, dtype=np.int64)
+    batches = []
+    for k, span in enumerate(spans):
+        n = span.stop - span.start
+        batches.append(NewBatch("events", span.body, n, 0, n))
+        batch_of[span.start:span.stop] = k
+    keys = pa.table({"event_id": ids, "event_name": events.column("event_name"), "batch": pa.array(batch_of)})
+    if oversize:
+        keys = keys.filter(pc.greater_equal(keys.column("batch"), 0))
+    by_type.update({c["values"]: c["counts"] for c in pc.value_counts(keys.column("event_name")).to_pylist()})
+    return batches, keys, by_type
+
+
+def _pack_users(checked: Checked, rejects: Rejects) -> list[NewBatch]:
+    import orjson
+
+    from loyalty_moengage.moengage.packing import pack_spans
+    from loyalty_moengage.sync.payloads import user_elements
+
+    spans, oversize = pack_spans(user_elements(checked.users, checked.user_kinds))
+    cids = checked.users.column("customer_id").combine_chunks()
+    for idx, size in oversize:
+        rejects.add(checked.user_template, "element over 100000 bytes", cids[idx].as_py(),
+                    orjson.dumps({"customer_id": cids[idx].as_py(), "bytes": size}))
+    return [NewBatch("users", s.body, s.stop - s.start, s.stop - s.start, 0) for s in spans]

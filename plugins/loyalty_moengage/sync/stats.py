@@ -1,0 +1,97 @@
+"""The run's ledger of measurements: each task records what it did (``task_stats``), and the
+guard, the report and the dry run fold the same records the same way."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Iterable
+
+import orjson
+
+#: The per-chunk counts that add up over a night (``chunk.chunk_stats`` writes them).
+CHUNK_COUNTS = ("rows_extracted", "events_extracted", "events_enqueued", "events_already_sent", "not_in_moengage",
+                "customer_lookups", "members_extracted", "members_enqueued", "batches", "event_requests",
+                "user_requests", "bytes")
+#: The per-slot counts that add up over a night's loads.
+LOAD_COUNTS = ("requests", "throttled", "retries", "bytes_sent")
+
+
+def record_stats(conn: Any, *, program_id: str, night: date, run_id: str, stage: str, key: str,
+                 stats: dict[str, Any]) -> None:
+    """Keep one task's measurements (a chunk, a load slot attempt, the plan) for the report."""
+    conn.execute(
+        "INSERT INTO moengage_sync.task_stats (program_id, night, run_id, stage, task_key, stats) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (program_id, run_id, stage, task_key) "
+        "DO UPDATE SET stats = EXCLUDED.stats, recorded_at = now()",
+        (program_id, night, run_id, stage, key, orjson.dumps(stats).decode()),
+    )
+
+
+def run_records(conn: Any, program_id: str, run_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(stage, task key, stats) of every task of the run, oldest first."""
+    return conn.execute(
+        "SELECT stage, task_key, stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s "
+        "ORDER BY recorded_at", (program_id, run_id)).fetchall()
+
+
+@dataclass
+class ChunkTotals:
+    chunks: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    events_by_type: Counter[str] = field(default_factory=Counter)
+    quarantined: Counter[str] = field(default_factory=Counter)   # rows the templates' data is to blame for
+
+    def add(self, stats: dict[str, Any]) -> None:
+        self.chunks += 1
+        self.counts.update({k: int(stats.get(k, 0) or 0) for k in CHUNK_COUNTS})
+        self.events_by_type.update(stats.get("events_by_type", {}))
+        self.quarantined.update(stats.get("quarantined", {}))
+
+
+def fold_chunks(chunk_stats: Iterable[dict[str, Any]]) -> ChunkTotals:
+    totals = ChunkTotals()
+    for stats in chunk_stats:
+        totals.add(stats)
+    return totals
+
+
+@dataclass
+class StageSummary:
+    """What the run's tasks recorded, folded for the report."""
+
+    plan: dict[str, Any] = field(default_factory=dict)
+    guard: dict[str, Any] = field(default_factory=dict)
+    chunks: ChunkTotals = field(default_factory=ChunkTotals)
+    loads: Counter[str] = field(default_factory=Counter)
+    requeued_uncertain: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)   # task -> its last error, if it failed
+
+    @property
+    def chunks_done(self) -> int:
+        return self.chunks.chunks
+
+
+def stage_summary(records: Iterable[tuple[str, str, dict[str, Any]]]) -> StageSummary:
+    summary = StageSummary()
+    seconds = summary.seconds
+    for stage, key, stats in records:
+        if stage == "error":
+            summary.errors[key] = stats["message"]
+        elif stage == "plan":
+            summary.plan = stats
+            seconds["plan"] = stats["seconds"]
+        elif stage == "transform":
+            summary.chunks.add(stats)
+            for k, v in stats["seconds"].items():
+                seconds[k] = seconds.get(k, 0.0) + v
+        elif stage == "load":
+            # Slots run side by side: the stage lasts as long as the slowest.
+            seconds["load"] = max(seconds.get("load", 0.0), stats.get("seconds", 0.0))
+            summary.requeued_uncertain += stats.get("requeued_uncertain", 0)
+            summary.loads.update({k: int(stats.get(k, 0) or 0) for k in LOAD_COUNTS})
+        elif stage == "guard":
+            summary.guard = stats
+    return summary
