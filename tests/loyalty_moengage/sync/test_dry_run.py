@@ -96,3 +96,50 @@ def test_cli_plan_prints_the_dry_run(tiny, tmp_path, capsys):
     assert "customer_id is a value MoEngage refuses" in out and "sample payloads, loyalty_" in out
     assert "minutes at the workspace budget" in out
     assert _count(tiny, "batches") == 0 and _count(tiny, "event_keys") == 0
+
+
+def _night_batches(dsn: str, program_id: str, night) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM moengage_sync.batches WHERE program_id = %s AND night = %s",
+                            (program_id, night)).fetchone()[0]
+
+
+def _agree(summary: dict, report: dict, requests: int) -> None:
+    """A dry run's counts are those of the real run of the same night that follows it."""
+    assert summary["events"] == report["events_enqueued"]
+    assert summary["events_by_type"] == report["events_by_type"]
+    assert summary["events_extracted"] == report["events_extracted"]
+    assert summary["events_already_sent"] == report["events_already_sent"]
+    assert summary["members_extracted"] == report["members_extracted"]
+    assert summary["members"] == report["members_updated"]
+    assert summary["attributes_refresh"] == (not report["attributes_skipped"])
+    assert summary["quarantined_by_reason"] == report["quarantined_by_reason"]
+    assert summary["requests"] == requests
+
+
+def test_the_dry_runs_counts_are_the_real_runs_first_run_and_rerun(loyalty_db, tmp_path):
+    from datetime import datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    from loyalty_moengage_devtools.generator import generate
+    from loyalty_moengage_devtools.seed import seed_from_loyalty_db
+    from tests.loyalty_moengage.sync.sync_env import WORKSPACE
+
+    tz = "Asia/Kolkata"
+    night = datetime.now(timezone.utc).astimezone(ZoneInfo(tz)).date() - timedelta(days=1)   # the newest night
+    generate(loyalty_db, program_id="gen", members=400, days=3, seed=11, end_date=night + timedelta(days=1),
+             time_zone=tz)
+    with sync_env(tmp_path, loyalty_db, program_id="gen", time_zone=tz, customers=()) as sandbox:
+        seed_from_loyalty_db(sandbox, WORKSPACE, loyalty_db, "gen", missing_share=0.1)  # some unknown to MoEngage
+        dry = _dry_report(loyalty_db, run("gen", night, tz, conf={"dry_run": True}).run_id)
+        assert str(run("gen", night, tz).state) == "success"
+        (first,) = reports(loyalty_db, "gen")
+        _agree(dry, first, _night_batches(loyalty_db, "gen", night))
+        assert dry["events"] > 0 and dry["members"] == 400 and dry["quarantined_by_reason"]
+
+        again = _dry_report(loyalty_db, run("gen", night, tz, conf={"dry_run": True}).run_id)
+        batches_before = _night_batches(loyalty_db, "gen", night)
+        assert str(run("gen", night, tz).state) == "success"
+        rerun = reports(loyalty_db, "gen")[-1]
+        _agree(again, rerun, _night_batches(loyalty_db, "gen", night) - batches_before)
+        assert again["events"] == 0 and again["members"] == 0 and again["events_already_sent"] == dry["events"]
