@@ -64,7 +64,7 @@ def _seconds(s: float | None) -> str:
 
 @dataclass(frozen=True)
 class _Frame:
-    """The chart's geometry and scales, shared by everything drawn on it."""
+    """The chart's geometry and scales, computed once per chart for everything drawn on it."""
 
     types: list[str]
     colour: dict[str, str]
@@ -83,10 +83,11 @@ class _Frame:
         """The frame for ``nights``, oldest first."""
         types = sorted({t for n in nights for t in n.events_by_type})
         step = (cls.width - cls.left - 10) / max(len(nights), 1)
-        return cls(types, {t: COLOURS[i % len(COLOURS)] for i, t in enumerate(types)}, step, max(step * 0.72, 2),
-                   max([sum(n.events_by_type.values()) for n in nights] + [1]),
-                   max([n.total("members_updated") for n in nights if not n.missed] + [1]),
-                   max([m.duration_s or 0 for m in nights] + [m.floor_s or 0 for m in nights] + [1]))
+        return cls(types=types, colour={t: COLOURS[i % len(COLOURS)] for i, t in enumerate(types)},
+                   step=step, bar=max(step * 0.72, 2),
+                   ev_max=max([sum(n.events_by_type.values()) for n in nights] + [1]),
+                   mem_max=max([n.total("members_updated") for n in nights if not n.missed] + [1]),
+                   duration_max=max([m.duration_s or 0 for m in nights] + [m.floor_s or 0 for m in nights] + [1]))
 
 
 def _chart(h: dict[str, Any]) -> str:
