@@ -7,13 +7,13 @@ Every number carries ``data-k`` (and rows ``data-night``) so tests can read them
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
 from html import escape
 from typing import Any
 
 import orjson
 
-from loyalty_moengage.ui.data import UNSETTLED, local, resolve_commands
+from loyalty_moengage.sync.states import UNSETTLED
+from loyalty_moengage.ui.data import local, resolve_commands
 
 COLOURS = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7", "#9c755f",
            "#bab0ac", "#e15759", "#86bcb6"]
@@ -412,8 +412,9 @@ def _dry_run_section(s: dict[str, Any]) -> str:
              f'<b data-k="minutes_at_budget">{s["minutes_at_budget"]:.2f}</b> minutes at the workspace budget '
              f'({s["users_per_minute"]:,.0f} users/min, {s["events_per_minute"]:,.0f} events/min, {_e(s["budget_source"])}).'
              f' {_n(s["events_already_sent"])} events were already sent by earlier runs.</div>']
-    if s.get("customer_lookups_needed"):
-        parts.append(f"<p>The real run would first look up {_n(s['customer_lookups_needed'])} customers with the Get User API.</p>")
+    if s.get("customer_lookups"):
+        parts.append(f"<p>{_n(s['customer_lookups'])} customers were looked up with the Get User API; the answers are "
+                     "cached, so the real run spends none of that budget again.</p>")
     if not s["attributes_refresh"]:
         parts.append(f"<p>Attribute refresh: skipped ({_e(s['attributes_skip_reason'])}).</p>")
     parts.append("<h2>Events by type</h2>" + _kv_table("events_by_type", s["events_by_type"], "event", "would be sent"))
@@ -430,4 +431,4 @@ def error_page(title: str, message: str) -> str:
     return _page(title, f"<h1>{_e(title)}</h1><p>{_e(message)}</p>")
 
 
-__all__ = ["history_page", "run_page", "error_page", "UNSETTLED", "date"]
+__all__ = ["history_page", "run_page", "error_page"]
