@@ -18,8 +18,9 @@ import os
 import sys
 import time
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
+from datetime import date, timedelta
+
+from loyalty_moengage.night import latest_complete_night
 
 DEMO_WORKSPACE = "DEMO_WORKSPACE"
 DEMO_KEY = "demo-data-api-key"
@@ -27,10 +28,6 @@ DEMO_KEY = "demo-data-api-key"
 
 def _quiet_airflow() -> None:
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
-
-
-def _last_night(time_zone: str) -> date:
-    return datetime.now(timezone.utc).astimezone(ZoneInfo(time_zone)).date() - timedelta(days=1)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -44,7 +41,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     dsn = loyalty_dsn(program.loyalty_conn_id)
     print(f"loyalty database: {redact_dsn(dsn)}")
     apply_schema(dsn)
-    night = date.fromisoformat(args.night) if args.night else _last_night(program.time_zone)
+    night = date.fromisoformat(args.night) if args.night else latest_complete_night(program.time_zone)
     if not args.keep:
         _generate_demo(args, dsn, program, night)
     os.environ.setdefault(f"AIRFLOW_CONN_{program.loyalty_conn_id.upper()}", connection_json(dsn))

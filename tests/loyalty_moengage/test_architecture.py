@@ -135,3 +135,23 @@ def test_no_product_function_is_over_60_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{module}.{node.name}: {lines} lines")
     assert long == []
+
+
+def test_every_import_of_the_product_resolves():
+    """The development tools, the tests, the DAGs and the images' scripts name product modules and
+    names that exist (a redesign that moved one leaves no import behind to fail at run time)."""
+    import importlib
+
+    root = PACKAGE.parents[1]
+    files = [p for folder in ("devtools", "tests", "dags", "docker") for p in (root / folder).rglob("*.py")]
+    missing = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("loyalty_moengage."):
+                module = importlib.import_module(node.module)
+                missing += [f"{path.relative_to(root)}:{node.lineno} {node.module}.{a.name}" for a in node.names
+                            if not hasattr(module, a.name) and f"{node.module}.{a.name}" not in MODULES]
+            elif isinstance(node, ast.Import):
+                missing += [f"{path.relative_to(root)}:{node.lineno} {a.name}" for a in node.names
+                            if a.name.startswith("loyalty_moengage.") and a.name not in MODULES]
+    assert len(files) > 50 and missing == []

@@ -41,6 +41,8 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from loyalty_moengage.night import latest_complete_night
+
 WORKSPACE = "BENCH_WS"
 API_KEY = "bench-data-api-key"
 PROGRAM_ID = "bench"
@@ -92,7 +94,7 @@ def _warm() -> None:
     import requests  # noqa: F401
     import tenacity  # noqa: F401
 
-    from loyalty_moengage.sync import load, outbox, payloads, tasks, transform, validate  # noqa: F401
+    from loyalty_moengage.sync import check, chunk, delivery, enqueue, load, pack, payloads, tasks, validate  # noqa: F401
     from loyalty_moengage.db import loyalty_dsn
     from loyalty_moengage.moengage import hook  # noqa: F401
 
@@ -106,12 +108,10 @@ def _warm_task(pause: float) -> int:
 
 
 def _context(program: Any, night: date, run_id: str) -> dict[str, Any]:
-    from zoneinfo import ZoneInfo
+    from loyalty_moengage.night import Window
 
-    tz = ZoneInfo(program.time_zone)
-    start = datetime.combine(night, datetime.min.time(), tz).astimezone(timezone.utc)
-    end = datetime.combine(night + timedelta(days=1), datetime.min.time(), tz).astimezone(timezone.utc)
-    return {"data_interval_start": start, "data_interval_end": end, "logical_date": end,
+    w = Window.of_night(night, program.time_zone)
+    return {"data_interval_start": w.start, "data_interval_end": w.end, "logical_date": w.end,
             "run_id": run_id, "params": {}, "ti": None}
 
 
@@ -368,11 +368,11 @@ def _copy_floor(dsn: str, program_id: str, night: date) -> dict[str, Any]:
     from loyalty_moengage.db import connect
     from loyalty_moengage.sync.contract import load_templates
     from loyalty_moengage.sync.extract import SESSION_SETTINGS, copy_out, render
+    from loyalty_moengage.night import Window
     from loyalty_moengage.sync.plan import MEMBER_ID_MAX
-    from loyalty_moengage.sync.tasks import window
 
     program = get_program(program_id)
-    w = window(program, _context(program, night, "floor"))
+    w = Window.of_night(night, program.time_zone)
     params = w.params(program_id, 0, MEMBER_ID_MAX)
     per: dict[str, float] = {}
     size = 0
@@ -426,7 +426,7 @@ def _run_night(args: argparse.Namespace, dsn: str, work: Path, *, members: int, 
     from loyalty_moengage_devtools.reset import reset_program_state
     from loyalty_moengage_devtools.sandbox import SandboxServer
 
-    night = datetime.now(timezone.utc).astimezone(__import__("zoneinfo").ZoneInfo(TIME_ZONE)).date() - timedelta(days=1)
+    night = latest_complete_night(TIME_ZONE)
     if args.reuse and _members_loaded(dsn) == members:
         generator_s, activity = None, None    # iteration only: the data of an earlier run
     else:
@@ -723,11 +723,9 @@ def _earlier(path: Path) -> dict[str, Any]:
 
 def _paced_runs(args: argparse.Namespace, dsn: str, work: Path, r: dict[str, Any]) -> None:
     """The paced night (one program) and the shared-workspace night (two programs), into ``r``."""
-    from zoneinfo import ZoneInfo
-
     from loyalty_moengage_devtools.bench.paced import run_paced
 
-    night = datetime.now(timezone.utc).astimezone(ZoneInfo(TIME_ZONE)).date() - timedelta(days=1)
+    night = latest_complete_night(TIME_ZONE)
     p = run_paced(args, dsn, work, night, members=[args.paced_members], label="paced")
     _log(f"paced: {p['members']:,} users + {p['events']:,} events in {p['pipeline_s']} s, floor "
          f"{p['budget_floor_s']} s ({p['over_floor_pct']:+.1f}%), {p['throttled']} 429s")

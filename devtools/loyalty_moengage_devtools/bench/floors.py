@@ -39,10 +39,9 @@ def _chunks(conn: Any, program: Any) -> list[dict[str, Any]]:
 
 
 def _window(program: Any, night: date) -> Any:
-    from loyalty_moengage_devtools.bench import _context
-    from loyalty_moengage.sync.tasks import window
+    from loyalty_moengage.night import Window
 
-    return window(program, _context(program, night, "floor"))
+    return Window.of_night(night, program.time_zone)
 
 
 def copy_floor_parallel(dsn: str, program_id: str, night: date, parallelism: int) -> dict[str, Any]:

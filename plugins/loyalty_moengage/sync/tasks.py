@@ -64,7 +64,7 @@ def _note_failure(program: Program, context: dict[str, Any], stage: str, message
                 conn.execute("DELETE FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s "
                              "AND stage = 'error' AND task_key = %s", (program.id, context["run_id"], key))
             else:
-                record_stats(conn, program_id=program.id, night=window(program, context).night,
+                record_stats(conn, program_id=program.id, night=from_context(program.time_zone, context).night,
                              run_id=context["run_id"], stage="error", key=key, stats={"message": message[:2000]})
     except Exception as exc:  # the task's own error is what matters; this is only its echo
         log.warning("could not record the failure of %s for the report: %s", key, type(exc).__name__)
@@ -103,11 +103,6 @@ def _ensure_night_over(w: Window) -> None:
         raise _fail(str(exc)) from None
 
 
-def window(program: Program, context: dict[str, Any]) -> Window:
-    """The night's recorded_at window (``night.from_context``)."""
-    return from_context(program.time_zone, context)
-
-
 def dsns(program: Program) -> tuple[str, str]:
     from loyalty_moengage.db import loyalty_dsn
 
@@ -139,7 +134,7 @@ def preflight(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     from loyalty_moengage.sync.contract import load_templates
     from loyalty_moengage.sync.extract import SESSION_SETTINGS, describe
 
-    w = window(program, context)
+    w = from_context(program.time_zone, context)
     _ensure_night_over(w)
     loyalty, state = dsns(program)
     ensure_state_schema(state)
@@ -167,7 +162,7 @@ def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
     from loyalty_moengage.sync.plan import plan_chunks
 
     started = time.perf_counter()
-    w = window(program, context)
+    w = from_context(program.time_zone, context)
     _ensure_night_over(w)
     run_id, params, sink = context["run_id"], context.get("params") or {}, sink_for(program, context)
     newest = latest_complete_night(program.time_zone)
@@ -195,7 +190,7 @@ def transform(program: Program, chunk: dict[str, Any], context: dict[str, Any]) 
     from loyalty_moengage.sync.job import ChunkJob
 
     loyalty, state = dsns(program)
-    job = ChunkJob(program_id=program.id, window=window(program, context), lo=chunk["lo"], hi=chunk["hi"],
+    job = ChunkJob(program_id=program.id, window=from_context(program.time_zone, context), lo=chunk["lo"], hi=chunk["hi"],
                    label=chunk["label"], run_id=context["run_id"], send_users=chunk["send_users"],
                    loyalty_dsn=loyalty, state_dsn=state)
     lookup = None
@@ -213,14 +208,14 @@ def transform(program: Program, chunk: dict[str, Any], context: dict[str, Any]) 
 def guard(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     """The anomaly guard: the night is released to the loads, or held (``guard.py``)."""
     override = bool((context.get("params") or {}).get("skip_anomaly_guard"))
-    return sink_for(program, context).release(program=program, window=window(program, context),
+    return sink_for(program, context).release(program=program, window=from_context(program.time_zone, context),
                                               run_id=context["run_id"], override=override)
 
 
 @fails_fast("load")
 def load(program: Program, slot: int, context: dict[str, Any]) -> dict[str, Any]:
     ti = context.get("ti")
-    return sink_for(program, context).deliver(program=program, slot=slot, window=window(program, context),
+    return sink_for(program, context).deliver(program=program, slot=slot, window=from_context(program.time_zone, context),
                                               run_id=context["run_id"], attempt=getattr(ti, "try_number", 1) or 1)
 
 
@@ -228,7 +223,7 @@ def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     """The night's report in the task log and the run's note; anything but success fails the task."""
     from loyalty_moengage.sync import run_note
 
-    w = window(program, context)
+    w = from_context(program.time_zone, context)
     body, text, note = sink_for(program, context).report(program=program, window=w, run_id=context["run_id"])
     log.info("\n%s", text)
     if "retention" in body:
