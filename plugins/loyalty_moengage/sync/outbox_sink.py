@@ -135,5 +135,6 @@ class OutboxSink:
         from loyalty_moengage.sync.report import report_night
 
         with connect(self.state_dsn) as conn:
-            body = report_night(conn, program=program, window=window, run_id=run_id)
+            body, retention = report_night(conn, program=program, window=window, run_id=run_id)
+        log.info("retention: %s", retention)
         return body, render(body), note(body, program.time_zone)

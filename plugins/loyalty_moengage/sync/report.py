@@ -79,8 +79,9 @@ def write(conn: Any, report: dict[str, Any]) -> None:
     conn.commit()
 
 
-def report_night(conn: Any, *, program: Any, window: Window, run_id: str) -> dict[str, Any]:
-    """Judge the night once its in-flight batches settle, write the run's report, apply retention."""
+def report_night(conn: Any, *, program: Any, window: Window, run_id: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """Judge the night once its in-flight batches settle, write the run's report, apply retention;
+    returns the report and what retention deleted."""
     from loyalty_moengage.sync.delivery import recover_orphans, wait_for_in_flight
     from loyalty_moengage.sync.outcome import judge
     from loyalty_moengage.sync.retention import enforce_retention
@@ -108,5 +109,4 @@ def report_night(conn: Any, *, program: Any, window: Window, run_id: str) -> dic
     # stage's time, retention included, is filled in afterwards.
     body["stage_seconds"]["report"] = round(time.perf_counter() - started, 3)
     write(conn, body)
-    body["retention"] = retention
-    return body
+    return body, retention

@@ -190,8 +190,8 @@ def transform(program: Program, chunk: dict[str, Any], context: dict[str, Any]) 
     from loyalty_moengage.sync.job import ChunkJob
 
     loyalty, state = dsns(program)
-    job = ChunkJob(program_id=program.id, window=from_context(program.time_zone, context), lo=chunk["lo"], hi=chunk["hi"],
-                   label=chunk["label"], run_id=context["run_id"], send_users=chunk["send_users"],
+    job = ChunkJob(program_id=program.id, window=from_context(program.time_zone, context), lo=chunk["lo"],
+                   hi=chunk["hi"], label=chunk["label"], run_id=context["run_id"], send_users=chunk["send_users"],
                    loyalty_dsn=loyalty, state_dsn=state)
     lookup = None
     if program.verify_customers:
@@ -214,9 +214,10 @@ def guard(program: Program, context: dict[str, Any]) -> dict[str, Any]:
 
 @fails_fast("load")
 def load(program: Program, slot: int, context: dict[str, Any]) -> dict[str, Any]:
-    ti = context.get("ti")
+    """One load slot: sends what it can claim (``load.py``), paced at its share of the budget."""
+    attempt = getattr(context.get("ti"), "try_number", 1) or 1
     return sink_for(program, context).deliver(program=program, slot=slot, window=from_context(program.time_zone, context),
-                                              run_id=context["run_id"], attempt=getattr(ti, "try_number", 1) or 1)
+                                              run_id=context["run_id"], attempt=attempt)
 
 
 def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
@@ -226,8 +227,6 @@ def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     w = from_context(program.time_zone, context)
     body, text, note = sink_for(program, context).report(program=program, window=w, run_id=context["run_id"])
     log.info("\n%s", text)
-    if "retention" in body:
-        log.info("retention: %s", body.pop("retention"))
     run_note.push(context, note)  # the DAG run's note (run_note.py)
     if body["outcome"] != "success":
         # Not green in the grid, and the DAG's failure callbacks alert.
