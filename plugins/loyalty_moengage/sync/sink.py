@@ -1,4 +1,4 @@
-"""Where a night goes: what a sink must do, and the one place that picks it.
+"""Where a night goes: what a sink must do (the one place that picks one is ``tasks.sink_for``).
 
 Two sinks: the outbox (``outbox_sink.py``: batches MoEngage will receive) and the dry run
 (``dry_run.py``: counts and sample payloads, nothing sendable). The DAG's tasks
