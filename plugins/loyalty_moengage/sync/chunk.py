@@ -15,10 +15,8 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from loyalty_moengage.sync.check import Checked
 from loyalty_moengage.sync.gate import Lookup
 from loyalty_moengage.sync.job import ChunkJob
-from loyalty_moengage.sync.pack import Packed
 from loyalty_moengage.sync.sink import Collision, Sink
 
 log = logging.getLogger(__name__)
@@ -71,28 +69,3 @@ def run_chunk(job: ChunkJob, sink: Sink, *, lookup: Lookup | None = None) -> dic
                 return done  # the collision was with another attempt of this very chunk, which won
             log.info("%s: another run enqueued some of these events at the same time; enqueuing again", job.label)
     raise AssertionError("unreachable")
-
-
-def chunk_stats(job: ChunkJob, checked: Checked, packed: Packed, seconds: Counter[str]) -> dict[str, Any]:
-    """The chunk's measurements, as the guard, the report and the dry run's summary fold them."""
-    stats: dict[str, Any] = {
-        "label": job.label,
-        "rows_extracted": checked.rows_extracted,
-        "events_by_type": dict(packed.events_by_type),
-        "events_extracted": checked.event_count,
-        "events_enqueued": sum(packed.events_by_type.values()),
-        "events_already_sent": packed.events_already_sent,
-        "not_in_moengage": packed.not_in_moengage,
-        "customer_lookups": packed.customer_lookups,
-        "members_extracted": checked.members_extracted,
-        "members_enqueued": sum(b.users for b in packed.user_batches),
-        "quarantined": dict(packed.rejects.reasons),
-        "batches": len(packed.batches),
-        "event_requests": len(packed.event_batches),
-        "user_requests": len(packed.user_batches),
-        "bytes": sum(len(b.body) for b in packed.batches),
-        "seconds": {k: round(v, 4) for k, v in seconds.items()},
-    }
-    if packed.attributes_skip_reason:
-        stats["attributes_skip_reason"] = packed.attributes_skip_reason
-    return stats

@@ -28,9 +28,9 @@ import orjson
 
 from loyalty_moengage.night import Window
 from loyalty_moengage.sync.check import NOT_IN_MOENGAGE, Checked
-from loyalty_moengage.sync.chunk import chunk_stats
 from loyalty_moengage.sync.job import ChunkJob
 from loyalty_moengage.sync.pack import Packed
+from loyalty_moengage.sync.stats import chunk_stats
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from datetime import date
 from typing import Any
 
 from loyalty_moengage.night import Window
-from loyalty_moengage.sync.chunk import chunk_stats
 from loyalty_moengage.sync.check import Checked
 from loyalty_moengage.sync.job import ChunkJob
 from loyalty_moengage.sync.pack import Packed
 from loyalty_moengage.sync.sink import Collision
+from loyalty_moengage.sync.stats import chunk_stats
 
 log = logging.getLogger(__name__)
 

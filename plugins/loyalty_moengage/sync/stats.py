@@ -10,12 +10,41 @@ from typing import Any, Iterable
 
 import orjson
 
-#: The per-chunk counts that add up over a night (``chunk.chunk_stats`` writes them).
+from loyalty_moengage.sync.check import Checked
+from loyalty_moengage.sync.job import ChunkJob
+from loyalty_moengage.sync.pack import Packed
+
+#: The per-chunk counts that add up over a night (:func:`chunk_stats` writes them).
 CHUNK_COUNTS = ("rows_extracted", "events_extracted", "events_enqueued", "events_already_sent", "not_in_moengage",
                 "customer_lookups", "members_extracted", "members_enqueued", "batches", "event_requests",
                 "user_requests", "bytes")
 #: The per-slot counts that add up over a night's loads.
 LOAD_COUNTS = ("requests", "throttled", "retries", "bytes_sent")
+
+
+def chunk_stats(job: ChunkJob, checked: Checked, packed: Packed, seconds: Counter[str]) -> dict[str, Any]:
+    """The chunk's measurements, as the guard, the report and the dry run's summary fold them."""
+    stats: dict[str, Any] = {
+        "label": job.label,
+        "rows_extracted": checked.rows_extracted,
+        "events_by_type": dict(packed.events_by_type),
+        "events_extracted": checked.event_count,
+        "events_enqueued": sum(packed.events_by_type.values()),
+        "events_already_sent": packed.events_already_sent,
+        "not_in_moengage": packed.not_in_moengage,
+        "customer_lookups": packed.customer_lookups,
+        "members_extracted": checked.members_extracted,
+        "members_enqueued": sum(b.users for b in packed.user_batches),
+        "quarantined": dict(packed.rejects.reasons),
+        "batches": len(packed.batches),
+        "event_requests": len(packed.event_batches),
+        "user_requests": len(packed.user_batches),
+        "bytes": sum(len(b.body) for b in packed.batches),
+        "seconds": {k: round(v, 4) for k, v in seconds.items()},
+    }
+    if packed.attributes_skip_reason:
+        stats["attributes_skip_reason"] = packed.attributes_skip_reason
+    return stats
 
 
 def record_stats(conn: Any, *, program_id: str, night: date, run_id: str, stage: str, key: str,
@@ -50,9 +79,9 @@ class ChunkTotals:
         self.quarantined.update(stats.get("quarantined", {}))
 
 
-def fold_chunks(chunk_stats: Iterable[dict[str, Any]]) -> ChunkTotals:
+def fold_chunks(records: Iterable[dict[str, Any]]) -> ChunkTotals:
     totals = ChunkTotals()
-    for stats in chunk_stats:
+    for stats in records:
         totals.add(stats)
     return totals
 

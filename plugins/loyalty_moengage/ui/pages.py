@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 
-from loyalty_moengage.sync.states import UNSETTLED
 from loyalty_moengage.ui.data import local, resolve_commands
 
 COLOURS = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7", "#9c755f",
