@@ -40,7 +40,7 @@ class Sink(Protocol):
         """The stats of an attempt of this run's chunk that already wrote it, else None."""
 
     def write(self, job: ChunkJob, checked: Checked, packed: Packed, seconds: Counter[str]) -> dict[str, Any]:
-        """Keep the chunk; returns its stats (``chunk.chunk_stats``). Raises :class:`Collision`."""
+        """Keep the chunk; returns its stats (``stats.chunk_stats``). Raises :class:`Collision`."""
 
     def release(self, *, program: Any, window: Window, run_id: str, override: bool) -> dict[str, Any]:
         """After every chunk: make the night sendable (the anomaly guard), or not."""
