@@ -371,7 +371,16 @@ class MoEngageHook(BaseHook):
     # -- configuration --------------------------------------------------------------------
     @cached_property
     def config(self) -> MoEngageConfig:
-        conn = self.get_connection(self.moengage_conn_id)
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            conn = self.get_connection(self.moengage_conn_id)
+        except AirflowNotFoundException:
+            # No retry can mend it: say so at once instead of retrying for minutes.
+            raise MoEngageConfigError.of(
+                f"the Airflow connection {self.moengage_conn_id!r} (MoEngage) is not defined",
+                "Add it (README, \"Point it at MoEngage\"), or try the local sandbox: `make sandbox` prints the "
+                "connection to export") from None
         return self.config_from_connection(conn, self.moengage_conn_id, described_as=self._described_as)
 
     @staticmethod

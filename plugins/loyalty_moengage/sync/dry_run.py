@@ -89,19 +89,23 @@ class DryRunSink:
         from loyalty_moengage.db import connect
         from loyalty_moengage.sync.render import dry_run_note, render_dry_run
 
+        from loyalty_moengage.sync.stats import run_records, stage_summary
+
         with connect(self.state_dsn) as conn:
             rows = conn.execute("SELECT task_key, stats FROM moengage_sync.dry_runs WHERE program_id = %s "
                                 "AND run_id = %s", (program.id, run_id)).fetchall()
+            errors = stage_summary(run_records(conn, program.id, run_id)).errors   # fails_fast keeps them
         plan = next((s for k, s in rows if k == "plan"), {})
         chunks = [s for k, s in rows if k.startswith("chunk ")]
         upm, epm, source = budget(program.moengage_conn_id)
         summary = summarise(chunks, program_id=program.id, night=window.night, time_zone=program.time_zone,
                             plan=plan, users_per_minute=upm, events_per_minute=epm, budget_source=source)
-        finished = bool(plan) and summary["chunks"] >= summary["chunks_planned"]
+        summary["notes"] = [f"{task} failed: {message}" for task, message in errors.items()]
+        finished = bool(plan) and summary["chunks"] >= summary["chunks_planned"] and not errors
         summary["outcome"] = "success" if finished else "failed"
         if not finished:
-            summary["notes"] = [f"dry run of night {window.night} did not finish: {summary['chunks']} of "
-                                f"{summary['chunks_planned']} chunk(s) transformed"]
+            summary["notes"].append(f"dry run of night {window.night} did not finish: {summary['chunks']} of "
+                                    f"{summary['chunks_planned']} chunk(s) transformed")
         self.record(program_id=program.id, night=window.night, run_id=run_id, stage="report", key="report",
                     stats=summary)
         return summary, render_dry_run(summary), dry_run_note(summary)

@@ -71,6 +71,7 @@ def render_dry_run(summary: dict[str, Any]) -> str:
     for name, items in s["samples"].items():
         lines.append(f"  sample payloads, {name}:")
         lines += ["    " + orjson.dumps(item).decode() for item in items]
+    lines += [f"  note: {note}" for note in s.get("notes", [])]
     return "\n".join(lines)
 
 

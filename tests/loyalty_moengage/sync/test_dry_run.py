@@ -143,3 +143,17 @@ def test_the_dry_runs_counts_are_the_real_runs_first_run_and_rerun(loyalty_db, t
         rerun = reports(loyalty_db, "gen")[-1]
         _agree(again, rerun, _night_batches(loyalty_db, "gen", night) - batches_before)
         assert again["events"] == 0 and again["members"] == 0 and again["events_already_sent"] == dry["events"]
+
+
+def test_cli_plan_without_a_moengage_connection_says_which_and_how_to_add_it(tiny, tmp_path, capsys):
+    import os
+
+    from loyalty_moengage.cli import main
+
+    with sync_env(tmp_path, tiny):
+        del os.environ["AIRFLOW_CONN_MOENGAGE_DEFAULT"]
+        assert main(["plan", "--program", "tiny", "--night", NIGHT.isoformat()]) == 1
+    out = capsys.readouterr().out
+    assert "note: preflight failed: the Airflow connection 'moengage_default' (MoEngage) is not defined" in out
+    assert "make sandbox" in out
+    assert _count(tiny, "batches") == 0
