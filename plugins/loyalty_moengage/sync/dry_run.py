@@ -149,6 +149,7 @@ def summarise(chunks: list[dict[str, Any]], *, program_id: str, night: date, tim
         "events_extracted": counts["events_extracted"], "events_already_sent": counts["events_already_sent"],
         "members_extracted": counts["members_extracted"], "members": counts["members_enqueued"],
         "attributes_refresh": bool(plan.get("send_users")), "attributes_skip_reason": plan.get("skip_reason"),
+        "attributes_taken": next((c["attributes_skip_reason"] for c in chunks if c.get("attributes_skip_reason")), None),
         "quarantined_by_reason": dict(sorted(quarantined.items())), "quarantined": sum(quarantined.values()),
         "requests": counts["batches"], "event_requests": counts["event_requests"],
         "user_requests": counts["user_requests"], "bytes": counts["bytes"],

@@ -56,6 +56,8 @@ def render_dry_run(summary: dict[str, Any]) -> str:
              f"earlier runs {s['events_already_sent']:,})"]
     lines += _by_type_lines(s["events_by_type"])
     refresh = "yes" if s["attributes_refresh"] else f"no ({s['attributes_skip_reason']})"
+    if s["attributes_refresh"] and s.get("attributes_taken"):
+        refresh += f", but {s['attributes_taken']}"
     lines.append(f"  members extracted {s['members_extracted']:,}, attribute updates {s['members']:,} (refresh: {refresh})")
     if s["quarantined_by_reason"]:
         lines.append(f"  would be quarantined, by reason ({s['quarantined']:,}):")

@@ -143,6 +143,7 @@ def test_the_dry_runs_counts_are_the_real_runs_first_run_and_rerun(loyalty_db, t
         rerun = reports(loyalty_db, "gen")[-1]
         _agree(again, rerun, _night_batches(loyalty_db, "gen", night) - batches_before)
         assert again["events"] == 0 and again["members"] == 0 and again["events_already_sent"] == dry["events"]
+        assert "already enqueued these members' attributes" in again["attributes_taken"]
 
 
 def test_cli_plan_without_a_moengage_connection_says_which_and_how_to_add_it(tiny, tmp_path, capsys):
