@@ -13,7 +13,6 @@ The product's commands (db, run, plan, resend, resolve, api) are ``python -m loy
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -206,18 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # The same Airflow defaults as the product's CLI (loyalty_moengage.cli.main).
-    from loyalty_moengage.paths import state_dir
-    from loyalty_moengage.sync.runner import airflow_env
+    from loyalty_moengage.cli import dispatch
 
-    for key, value in airflow_env(state_dir() / "airflow").items():
-        os.environ.setdefault(key, value)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in PASSTHROUGH:  # their own parsers own every flag after the command
-        return PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    return dispatch(build_parser, PASSTHROUGH, argv)
 
 
 if __name__ == "__main__":

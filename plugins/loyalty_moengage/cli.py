@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 from datetime import date
+from typing import Callable
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -169,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def dispatch(build: Callable[[], argparse.ArgumentParser], passthrough: dict[str, Callable[..., int]],
+             argv: list[str] | None) -> int:
+    """Run a command line: Airflow's defaults for an in-process run, then the command. Commands in
+    ``passthrough`` get every argument after their name (their own parsers own them). The
+    development tools' CLI runs through here too."""
     from loyalty_moengage.paths import state_dir
     from loyalty_moengage.sync.runner import airflow_env
 
@@ -177,11 +182,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough = {"api": cmd_api}
-    if argv and argv[0] in passthrough:  # their own parsers own every flag after the command
+    if argv and argv[0] in passthrough:
         return passthrough[argv[0]](argparse.Namespace(rest=argv[1:]))
-    args = build_parser().parse_args(argv)
+    args = build().parse_args(argv)
     return args.func(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch(build_parser, {"api": cmd_api}, argv)
 
 
 if __name__ == "__main__":
