@@ -10,7 +10,9 @@ sets `workspace_pool`); the plugin creates it when a run starts if it is missing
 `preflight` (MoEngage credentials on the configured data centre, SQL template columns) ->
 `plan` (member-id chunks) -> `transform` (mapped: SQL extract, row checks, payload batches
 into the Postgres outbox) -> `guard` (anomaly checks before anything is sent) -> `load`
-(mapped, paced sends) -> `report` (always runs; writes `moengage_sync.run_reports`).
+(mapped, paced sends) -> `settle` (lost answers settled by their receipts in MoEngage, and
+resent when MoEngage did not apply them) -> `report` (always runs; writes
+`moengage_sync.run_reports`).
 
 Reruns, cleared tasks and backfills never send an event twice: see README, "Backfills and reruns".
 """
@@ -77,6 +79,11 @@ def build(program: Program):
             get_current_context()["slot_label"] = slot
             return tasks.load(program, slot, context)
 
+        # Runs whatever the loads did: earlier nights' doubts are settled too.
+        @task(trigger_rule="all_done", pool=program.pool)
+        def settle(**context):
+            return tasks.settle(program, context)
+
         @teardown(on_failure_fail_dagrun=True)
         def report(**context):
             return tasks.report(program, context)
@@ -86,7 +93,7 @@ def build(program: Program):
         transformed = transform.expand(chunk=chunks)
         checked = guard()
         loaded = load.expand(slot=list(range(program.load_parallelism)))
-        transformed >> checked >> loaded >> report()
+        transformed >> checked >> loaded >> settle() >> report()
 
     return sync()
 

@@ -28,7 +28,7 @@ import orjson
 from aiohttp import web
 
 from loyalty_moengage.moengage.packing import SINGLE_MAX_BYTES, TRANSITION_MAX_BYTES
-from loyalty_moengage_devtools.sandbox.state import Faults, SandboxState, Workspace
+from loyalty_moengage_devtools.sandbox.state import Faults, SandboxState, Workspace, apply_deferred
 from loyalty_moengage_devtools.sandbox.validation import StructuralError, check_element
 
 log = logging.getLogger(__name__)
@@ -331,6 +331,7 @@ class SandboxApp:
         now = time.time()
         tolerance = self.state.future_tolerance
         with self.state.lock:
+            apply_deferred(ws, now)
             counters = ws.counters
             counters["requests"] += 1
             counters["elements"] += len(elements)
@@ -359,7 +360,15 @@ class SandboxApp:
                         drop("element", "update_existing_only is true and the user does not exist", customer_id)
                         counters["elements_dropped"] += 1
                         continue
-                    ws.users.setdefault(customer_id, {}).update(checked.attributes)
+                    attributes = checked.attributes
+                    refused = [name for name in attributes if name in ws.refused_attributes]
+                    for name in refused:
+                        drop("attribute", "this workspace refuses the attribute", customer_id, name=name)
+                    attributes = {k: v for k, v in attributes.items() if k not in ws.refused_attributes}
+                    if ws.attribute_delay > 0 and exists:
+                        ws.deferred.append((now + ws.attribute_delay, customer_id, attributes))
+                    else:
+                        ws.users.setdefault(customer_id, {}).update(attributes)
                     if not exists:
                         ws.origins[customer_id] = "customer"
                     counters["users_created" if not exists else "users_updated"] += 1
@@ -410,9 +419,12 @@ class SandboxApp:
         if len(identifiers) > 20:
             raise _Reject(_fail(400, "LimitBreached", "max limit allowed is 20", request_id, attribute="identifiers"))
         fields = data.get("user_fields_to_export")
+        if not ws.export_enabled:
+            raise _Reject(_fail(403, "Forbidden", "Get User API is not enabled for this workspace", request_id))
         headers = self._budget(ws, request_id, export=len(identifiers))
         found, missing = [], []
         with self.state.lock:
+            apply_deferred(ws)
             for item in identifiers:
                 kind = item.get("identifier_type") if isinstance(item, dict) else None
                 value = item.get("identifier") if isinstance(item, dict) else None

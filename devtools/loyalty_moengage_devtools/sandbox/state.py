@@ -57,6 +57,10 @@ class Workspace:
     export_budget: Budget
     create_unknown_users_on_event: bool = True
     honour_update_existing_only_on_events: bool = False
+    attribute_delay: float = 0.0          # seconds before an accepted attribute write is applied (visible)
+    refused_attributes: frozenset[str] = frozenset()   # attribute names this workspace drops
+    export_enabled: bool = True           # the Get User API (MoEngage enables it per workspace)
+    deferred: deque = field(default_factory=deque)     # (apply at, customer_id, attributes)
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)  # customer_id -> seed/customer/event
     events: list[tuple] = field(default_factory=list)
@@ -73,6 +77,9 @@ class Workspace:
             "events_per_minute": self.events_budget.per_minute,
             "window_seconds": self.users_budget.window_seconds,
             "create_unknown_users_on_event": self.create_unknown_users_on_event,
+            "attribute_delay": self.attribute_delay,
+            "refused_attributes": sorted(self.refused_attributes),
+            "export_enabled": self.export_enabled,
             "users": len(self.users),
             "events": len(self.events),
             "drops": len(self.drops),
@@ -169,6 +176,9 @@ class SandboxState:
         window_seconds: float = 60.0,
         create_unknown_users_on_event: bool = True,
         honour_update_existing_only_on_events: bool = False,
+        attribute_delay: float = 0.0,
+        refused_attributes: Any = (),
+        export_enabled: bool = True,
     ) -> Workspace:
         from loyalty_moengage.moengage.datacenters import parse_data_center
 
@@ -181,6 +191,9 @@ class SandboxState:
             export_budget=Budget(export_users_per_minute, window_seconds),
             create_unknown_users_on_event=create_unknown_users_on_event,
             honour_update_existing_only_on_events=honour_update_existing_only_on_events,
+            attribute_delay=float(attribute_delay),
+            refused_attributes=frozenset(refused_attributes),
+            export_enabled=bool(export_enabled),
         )
         with self.lock:
             self.workspaces[workspace_id] = workspace
@@ -212,6 +225,9 @@ class SandboxState:
                         window_seconds=ws.users_budget.window_seconds,
                         create_unknown_users_on_event=ws.create_unknown_users_on_event,
                         honour_update_existing_only_on_events=ws.honour_update_existing_only_on_events,
+                        attribute_delay=ws.attribute_delay,
+                        refused_attributes=ws.refused_attributes,
+                        export_enabled=ws.export_enabled,
                     )
             self.faults = Faults()
             self.request_log.clear()
@@ -237,7 +253,9 @@ class SandboxState:
 
     def users(self, workspace_id: str) -> dict[str, dict[str, Any]]:
         with self.lock:
-            return {cid: dict(attrs) for cid, attrs in self.workspace(workspace_id).users.items()}
+            ws = self.workspace(workspace_id)
+            apply_deferred(ws)
+            return {cid: dict(attrs) for cid, attrs in ws.users.items()}
 
     def user_origins(self, workspace_id: str) -> dict[str, str]:
         with self.lock:
@@ -276,3 +294,11 @@ class SandboxState:
 
 def now() -> float:
     return time.time()
+
+
+def apply_deferred(ws: Workspace, at: float | None = None) -> None:
+    """Apply the accepted attribute writes whose processing delay has passed (call under the lock)."""
+    at = time.time() if at is None else at
+    while ws.deferred and ws.deferred[0][0] <= at:
+        _, customer_id, attributes = ws.deferred.popleft()
+        ws.users.setdefault(customer_id, {}).update(attributes)

@@ -21,6 +21,7 @@ from loyalty_moengage.paths import include_dir
 
 _ID = re.compile(r"^[a-z0-9_]{1,40}$")
 _POOL = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
+_ATTRIBUTE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 UNCERTAIN_POLICIES = ("hold", "resend")
 
 
@@ -60,6 +61,9 @@ class Program(BaseModel):
     audit_retention_days: int = 30
     keep_sent_bodies: bool = False
     verify_customers: bool = True
+    receipts: bool = True
+    receipt_attribute: str = "loyalty_sync_receipt"
+    receipt_wait_seconds: float = 900.0
     alert_email: list[str] = []
     alert_slack_conn_id: str | None = None
 
@@ -102,6 +106,21 @@ class Program(BaseModel):
     def _uncertain_policy(cls, value: str) -> str:
         if value not in UNCERTAIN_POLICIES:
             raise ValueError(f"must be one of {', '.join(UNCERTAIN_POLICIES)}")
+        return value
+
+    @field_validator("receipt_attribute")
+    @classmethod
+    def _receipt_attribute(cls, value: str) -> str:
+        if not _ATTRIBUTE.match(value) or value.lower().startswith("moe_") or value in ("id", "_id"):
+            raise ValueError("use 1-64 letters, digits or underscores, not starting with moe_ (a MoEngage user "
+                             "attribute name)")
+        return value
+
+    @field_validator("receipt_wait_seconds")
+    @classmethod
+    def _receipt_wait_seconds(cls, value: float) -> float:
+        if not 1 <= value <= 86_400:
+            raise ValueError("must be between 1 and 86400 seconds")
         return value
 
     @field_validator("chunk_members")

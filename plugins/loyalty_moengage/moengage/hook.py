@@ -104,6 +104,7 @@ class HookStats:
     pacing_seconds: float = 0.0
     window_waits: int = 0  # sends held back to the server's next window (x-ratelimit-remaining)
     window_seconds: float = 0.0
+    lookups: int = 0  # customer ids read through the Get User API
 
 
 class _MoEngageAuth(requests.auth.AuthBase):
@@ -192,8 +193,8 @@ _LOOKUP = _RequestKind(idempotent=True, budget="the Get User API (customer looku
 _PREFLIGHT = _RequestKind(idempotent=True, budget="the authentication endpoint (credential preflight)",
                           advice=_auth_advice)
 
-_UNCERTAIN_FIX = ("Resending may duplicate events (MoEngage has no dedupe). Reconcile this batch, "
-                  "or set retry_uncertain=True if duplicates are acceptable.")
+_UNCERTAIN_FIX = ("The outbox settles it: a users batch is sent again (attributes are last-write-wins); an "
+                  "events batch is settled by its receipt (README, Backfills and reruns).")
 
 _FIXES: dict[int, tuple[str, str]] = {
     400: ("MoEngage could not read the request",
@@ -548,26 +549,37 @@ class MoEngageHook(BaseHook):
         Used before sending events: an event for an unknown customer_id creates a MoEngage
         profile, and this integration never creates profiles.
         """
-        found: set[str] = set()
+        return set(self.read_users(customer_ids, ["customer_id"]))
+
+    def read_users(self, customer_ids: list[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+        """The ``fields`` of each of these customers MoEngage has (Get User API, 20 per request,
+        paced on the lookup budget); customers it does not have are absent from the answer."""
+        found: dict[str, dict[str, Any]] = {}
         path = f"/v1/customers/export?app_id={self.config.workspace_id}"
+        wanted = list(dict.fromkeys(["customer_id", *fields]))
         for start in range(0, len(customer_ids), 20):
             chunk = customer_ids[start:start + 20]
             self.stats.pacing_seconds += self.lookup_bucket.acquire(len(chunk))
             self._wait_for_window([(self.lookup_window, len(chunk))], [self.lookup_bucket])
             body = orjson.dumps({"data": {"identifiers": [{"identifier_type": "customer_id", "identifier": c}
                                                           for c in chunk],
-                                          "user_fields_to_export": ["customer_id"]}})
+                                          "user_fields_to_export": wanted}})
             answer, _ = self._request(_LOOKUP, path, body, pacer=([self.lookup_window], [self.lookup_bucket]))
             response, doc = answer.response, answer.doc
+            self.stats.lookups += len(chunk)
             if response.status_code != 200 or doc.get("status") != "success":
                 detail = f"{response.status_code} {_error_text(doc, response)}"
                 cause = f"the Get User API refused the lookup ({detail}) on {self.config.where}"
-                fix = "Check the connection's credentials and that the workspace has the Get User API enabled."
-                raise MoEngagePermanentError.of(cause, fix, status=response.status_code, request_id=answer.request_id)
+                fix = ("Check the connection's credentials and that MoEngage enabled the Get User API for the "
+                       "workspace (your customer success manager does): customer checks (verify_customers) and "
+                       "receipts (receipts) need it.")
+                error = MoEngageAuthError if response.status_code in (401, 403) else MoEngagePermanentError
+                raise error.of(cause, fix, status=response.status_code, request_id=answer.request_id)
             for user in (doc.get("data") or {}).get("users") or []:
-                cid = (user.get("user_attributes") or {}).get("customer_id")
+                attributes = user.get("user_attributes") or {}
+                cid = attributes.get("customer_id")
                 if isinstance(cid, str):
-                    found.add(cid)
+                    found[cid] = attributes
         return found
 
     def close(self) -> None:

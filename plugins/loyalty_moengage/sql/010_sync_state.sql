@@ -12,9 +12,12 @@ CREATE SCHEMA IF NOT EXISTS moengage_sync;
 --   claimed   -> pending when its owner stops first, or its lease expired, or a later try
 --                of the same load slot takes over
 --   sending   -> pending (transient failure, retried by the next attempt or the next night)
---   sending   -> uncertain when its owner died mid-POST (lease expired / a later try took over)
---   uncertain -> pending only by policy `resend` or an operator's resend;
---             -> sent when an operator confirmed MoEngage has it (`cli resolve`)
+--   sending   -> uncertain (events batches) when the answer was lost or its owner died mid-POST;
+--             -> pending (users batches: attributes are last-write-wins, a resend duplicates nothing)
+--   uncertain -> sent when its receipt is seen in MoEngage (sync/settle.py), or an operator
+--                confirmed MoEngage has it (`loyalty-moengage resolve`);
+--             -> pending when its receipt is absent after the wait while a later probe is visible,
+--                by policy `resend`, or an operator's resend
 --   staged | pending | uncertain -> superseded (users batches: a newer night's refresh
 --                                   replaces them, so old attributes never overwrite new ones;
 --                                   an uncertain batch whose body is gone, on an operator's resend)
@@ -56,8 +59,25 @@ ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS lease_expires_at time
 ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS claim_slot text;     -- program:run:slot of the owner
 ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS claim_try integer;   -- the owner's task try
 ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS sent_by_run text;    -- run whose load sent it
+-- Receipts (sync/receipts.py): the attribute value an events batch's POST wrote on one carrier.
+ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS receipt_carrier text;
+ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS receipt_token text;
+ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS posted_at timestamptz;     -- the last POST began
+ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS lost_answers integer NOT NULL DEFAULT 0;
+ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS settled_by text;   -- answer | receipt | absence | operator
 CREATE INDEX IF NOT EXISTS batches_sent_by_idx ON moengage_sync.batches (program_id, sent_by_run)
     WHERE sent_by_run IS NOT NULL;
+
+-- Who carried a receipt last: a carrier is used again only after CARRIER_QUIET, so no other write
+-- of the receipt attribute on that user can land near ours, in whatever order MoEngage applies them.
+CREATE TABLE IF NOT EXISTS moengage_sync.receipt_carriers (
+    program_id   text NOT NULL,
+    customer_id  text NOT NULL,
+    token        text NOT NULL,
+    batch_id     bigint,                        -- NULL: a settle probe
+    used_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (program_id, customer_id)
+);
 
 -- One row per chunk of a night whose attribute refresh was enqueued: a rerun (or a concurrent
 -- run) of the same night does not enqueue the same members again unless forced.

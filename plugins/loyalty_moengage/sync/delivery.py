@@ -1,13 +1,15 @@
 """The delivery side of the outbox: claims, leases and the outcome of each POST.
 
 States (``sync/states.py``; every transition in sql/010_sync_state.sql): ``pending`` ->
-``claimed`` -> ``sending`` -> ``sent`` | ``rejected`` | ``uncertain``. A claim belongs to one
+``claimed`` -> ``sending`` -> ``sent`` | ``rejected`` | ``uncertain`` (events batches whose answer
+was lost; ``settle.py`` settles them by their receipts) | ``pending`` (users batches whose answer
+was lost: resending attributes duplicates nothing). A claim belongs to one
 :class:`Owner` (run, load slot, task try, and a nonce) and carries a lease the owner renews
 (:class:`LeaseKeeper`); every transition out of ``claimed`` or ``sending`` is a compare-and-set
 on (state, owner) with its rowcount checked, so nobody can post a batch another owner holds.
 A claim is orphaned only when its lease expired or a later try of the same load slot took
-over; then ``sending`` becomes ``uncertain`` (it may have reached MoEngage) and ``claimed``
-goes back to ``pending`` (it was never posted).
+over; then a ``sending`` events batch becomes ``uncertain`` (it may have reached MoEngage), a
+``sending`` users batch and every ``claimed`` one go back to ``pending``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class ClaimedBatch:
     users: int
     events: int
     attempts: int
+    lost_answers: int = 0
 
 
 class ClaimLost(RuntimeError):
@@ -65,9 +68,9 @@ class Owner:
 def recover_orphans(conn: Any, program_id: str, owner: Owner | None = None) -> tuple[int, int]:
     """Take back claims nobody holds any more: leases that expired (any owner), and with
     ``owner`` the claims of earlier tries of the same load slot (Airflow starts a try only when
-    the one before has ended). ``sending`` ones may have reached MoEngage: uncertain; ``claimed``
-    ones were never posted: pending again. A live owner's claims are never touched.
-    Returns (uncertain, released)."""
+    the one before has ended). ``sending`` events batches may have reached MoEngage: uncertain;
+    ``sending`` users batches are sent again (last-write-wins) and ``claimed`` ones were never
+    posted: pending again. A live owner's claims are never touched. Returns (uncertain, released)."""
     orphaned = "(coalesce(lease_expires_at, '-infinity') < now()"
     params: dict[str, Any] = {"program": program_id}
     if owner is not None:
@@ -76,10 +79,17 @@ def recover_orphans(conn: Any, program_id: str, owner: Owner | None = None) -> t
     orphaned += ")"
     uncertain = conn.execute(
         "UPDATE moengage_sync.batches SET state = 'uncertain', updated_at = now(), lease_expires_at = NULL, "
-        "error = 'its load attempt (' || coalesce(claimed_by, '?') || ') stopped during the POST; MoEngage may "
-        "or may not have it' WHERE program_id = %(program)s AND state = 'sending' AND " + orphaned, params,
+        "lost_answers = lost_answers + 1, error = 'its load attempt (' || coalesce(claimed_by, '?') || ') stopped "
+        "during the POST; MoEngage may or may not have it' "
+        "WHERE program_id = %(program)s AND state = 'sending' AND kind = 'events' AND " + orphaned, params,
     ).rowcount
     released = conn.execute(
+        "UPDATE moengage_sync.batches SET state = 'pending', updated_at = now(), lease_expires_at = NULL, "
+        "claimed_by = NULL, lost_answers = lost_answers + 1, settled_by = 'resend', error = 'its load attempt "
+        "stopped during the POST; sent again (attributes are last-write-wins)' "
+        "WHERE program_id = %(program)s AND state = 'sending' AND kind = 'users' AND " + orphaned, params,
+    ).rowcount
+    released += conn.execute(
         "UPDATE moengage_sync.batches SET state = 'pending', updated_at = now(), lease_expires_at = NULL, "
         "claimed_by = NULL WHERE program_id = %(program)s AND state = 'claimed' AND " + orphaned, params,
     ).rowcount
@@ -119,47 +129,53 @@ def claim(conn: Any, owner: Owner, limit: int, *, up_to_night: date,
             FOR UPDATE SKIP LOCKED
         ) c
         WHERE b.batch_id = c.batch_id
-        RETURNING b.batch_id, b.night, b.kind, b.body, b.users, b.events, b.attempts
+        RETURNING b.batch_id, b.night, b.kind, b.body, b.users, b.events, b.attempts, b.lost_answers
         """,
         {"owner": owner.token, "slot": owner.slot_key, "try": owner.try_number, "lease": lease_seconds,
          "program": owner.program_id, "limit": limit, "night": up_to_night},
     ).fetchall()
     conn.commit()
-    batches = [ClaimedBatch(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in rows]
+    batches = [ClaimedBatch(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
     batches.sort(key=lambda b: (b.night, b.kind, b.batch_id))
     return batches
 
 
-def start_sending(conn: Any, batch_id: int, owner: Owner, *, lease_seconds: float = LEASE_SECONDS) -> None:
-    """Durably mark the one batch about to be POSTed: the only state a crash turns uncertain.
-    Raises :class:`ClaimLost` (nothing is sent) when the claim is no longer ours, or its lease
-    ran out (the renewals failed: another run may already count it as an orphan)."""
+def start_sending(conn: Any, batch_id: int, owner: Owner, *, lease_seconds: float = LEASE_SECONDS,
+                  carrier: str | None = None, token: str | None = None) -> None:
+    """Durably mark the one batch about to be POSTed, with its receipt (carrier and token, taken
+    in this transaction): the only state a crash turns uncertain. Raises :class:`ClaimLost`
+    (nothing is sent) when the claim is no longer ours, or its lease ran out (the renewals
+    failed: another run may already count it as an orphan)."""
     moved = conn.execute(
-        "UPDATE moengage_sync.batches SET state = 'sending', updated_at = now(), "
-        "lease_expires_at = now() + make_interval(secs => %s) "
+        "UPDATE moengage_sync.batches SET state = 'sending', updated_at = now(), posted_at = now(), "
+        "receipt_carrier = %s, receipt_token = %s, lease_expires_at = now() + make_interval(secs => %s) "
         "WHERE batch_id = %s AND state = 'claimed' AND claimed_by = %s AND lease_expires_at > now()",
-        (lease_seconds, batch_id, owner.token)).rowcount
+        (carrier, token, lease_seconds, batch_id, owner.token)).rowcount
+    if moved != 1:
+        conn.rollback()
+        raise ClaimLost(f"batch {batch_id} is no longer claimed by {owner.token}")
     conn.execute("SET LOCAL synchronous_commit = on")
     conn.commit()
-    if moved != 1:
-        raise ClaimLost(f"batch {batch_id} is no longer claimed by {owner.token}")
 
 
 def finish(conn: Any, batch_id: int, owner: Owner, state: str, *, request_id: str | None = None,
-           http_status: int | None = None, error: str | None = None) -> bool:
+           http_status: int | None = None, error: str | None = None, lost: bool = False) -> bool:
     """Record the outcome of our POST (``sent``, ``rejected``, ``uncertain``, or ``pending``
-    after a transient failure). A recovery that took the batch from us mid-POST made it
+    after a transient failure; ``lost``: the answer was lost). A recovery that took the batch from us mid-POST made it
     ``uncertain`` but kept our name on it, so our answer still settles it; False when it moved
     on since (re-queued or claimed by another owner): the caller must not count it."""
     assert state in OUTCOMES, state
     return conn.execute(
         "UPDATE moengage_sync.batches SET state = %(state)s, request_id = %(rid)s, http_status = %(status)s, "
         "error = %(error)s, updated_at = now(), lease_expires_at = NULL, "
+        "lost_answers = lost_answers + %(lost)s, "
+        "settled_by = CASE WHEN %(lost)s = 1 AND kind = 'users' THEN 'resend' ELSE settled_by END, "
         "claimed_by = CASE WHEN %(state)s = 'pending' THEN NULL ELSE claimed_by END, "
         "sent_at = CASE WHEN %(state)s = 'sent' THEN now() ELSE sent_at END, "
         "sent_by_run = CASE WHEN %(state)s = 'sent' THEN %(run)s ELSE sent_by_run END "
         "WHERE batch_id = %(id)s AND claimed_by = %(owner)s AND (state = 'sending' OR state = 'uncertain')",
         {"state": state, "rid": request_id, "status": http_status, "error": error, "run": owner.run_id,
+         "lost": int(lost),
          "id": batch_id, "owner": owner.token},
     ).rowcount == 1
 

@@ -4,8 +4,10 @@ Slots claim a few batches at a time with SKIP LOCKED ('claimed'), each claim own
 attempt of one slot of one run and kept alive by a lease, so any number of slots of any number
 of runs (on any executor) share the outbox without sending a batch twice. Just before its POST
 a batch is durably marked 'sending' (compare-and-set: an attempt that lost its claim stops
-without sending), and its outcome is recorded right after: after a crash, only the one batch
-that was mid-POST is 'uncertain'; claimed batches never posted go back to 'pending'.
+without sending), with the receipt an events batch carries (``receipts.py``), and its outcome
+is recorded right after. A lost answer (or a crash mid-POST) leaves an events batch
+'uncertain', for ``settle.py`` to settle by its receipt; a users batch is simply sent again
+(attributes are last-write-wins). Claimed batches never posted go back to 'pending'.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from loyalty_moengage.sync.delivery import ClaimedBatch, Owner
+from loyalty_moengage.sync.receipts import ReceiptSettings
 
 if TYPE_CHECKING:
     from loyalty_moengage.moengage.hook import MoEngageHook
@@ -52,12 +55,13 @@ class Slot:
     uncertain_policy: str
     claim_size: int
     lease: float
+    receipts: ReceiptSettings | None = None
     stats: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.stats = {"slot": self.owner.slot, "owner": self.owner.token, "batches_sent": 0, "batches_rejected": 0,
                       "batches_uncertain": 0, "batches_failed": 0, "orphans_uncertain": 0, "requeued_uncertain": 0,
-                      "claims_lost": 0, "users_sent": 0, "events_sent": 0}
+                      "users_resent": 0, "receipts": 0, "claims_lost": 0, "users_sent": 0, "events_sent": 0}
 
 
 def _quarantine_batch(conn: Any, batch: ClaimedBatch, *, program_id: str, run_id: str, reason: str) -> None:
@@ -73,7 +77,8 @@ def _quarantine_batch(conn: Any, batch: ClaimedBatch, *, program_id: str, run_id
 
 def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn: str,
               hook: MoEngageHook, uncertain_policy: str = "hold", claim_size: int = CLAIM_SIZE,
-              attempt: int = 1, lease_seconds: float | None = None) -> dict[str, Any]:
+              attempt: int = 1, lease_seconds: float | None = None,
+              receipts: ReceiptSettings | None = None) -> dict[str, Any]:
     """Send every pending batch this slot can claim (nights up to ``night``, oldest first)."""
     from loyalty_moengage.db import connect
     from loyalty_moengage.sync.delivery import LEASE_SECONDS, LeaseKeeper
@@ -81,7 +86,7 @@ def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn
 
     me = Slot(owner=Owner(program_id=program_id, run_id=run_id, slot=slot, try_number=attempt), night=night,
               state_dsn=state_dsn, hook=hook, uncertain_policy=uncertain_policy, claim_size=claim_size,
-              lease=lease_seconds or LEASE_SECONDS)
+              lease=lease_seconds or LEASE_SECONDS, receipts=receipts)
     started = time.perf_counter()
     # Credentials and the data centre are proven before anything is claimed, so a failure
     # there leaves no batch 'sending' that was never posted.
@@ -143,24 +148,35 @@ def _send_all(conn: Any, me: Slot) -> Exception | None:
 
 def _post_claimed(conn: Any, me: Slot, batch: ClaimedBatch) -> Exception | None:
     from loyalty_moengage.sync.delivery import ClaimLost, start_sending
+    from loyalty_moengage.sync.receipts import stamp
 
+    stamped = None
+    if me.receipts is not None and batch.kind == "events":
+        stamped = stamp(conn, program_id=me.owner.program_id, batch_id=batch.batch_id, attempt=batch.attempts,
+                        body=batch.body, settings=me.receipts)
     try:
-        start_sending(conn, batch.batch_id, me.owner, lease_seconds=me.lease)
+        start_sending(conn, batch.batch_id, me.owner, lease_seconds=me.lease,
+                      carrier=stamped.carrier if stamped else None, token=stamped.token if stamped else None)
     except ClaimLost as exc:
         me.stats["claims_lost"] += 1
         return exc
-    failure = _send_one(conn, me, batch)
+    if stamped is not None:
+        me.stats["receipts"] += 1
+    failure = _send_one(conn, me, batch, body=stamped.body if stamped else batch.body,
+                        extra_users=1 if stamped else 0)
     conn.commit()
     return failure
 
 
 #: An uncertain batch is resent by policy ``resend`` at most this many times in a row.
 RESEND_ATTEMPTS = 3
+#: A users batch whose answers keep being lost stops the slot after this many (it stays pending).
+USERS_LOST_ANSWERS = 5
 
 
-def _send_one(conn: Any, me: Slot, batch: ClaimedBatch) -> Exception | None:
-    """POST one batch we hold as 'sending' and record its outcome; returns the error that
-    must stop the slot, if any."""
+def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, extra_users: int = 0) -> Exception | None:
+    """POST one batch we hold as 'sending' (``body``: with its receipt, if any) and record its
+    outcome; returns the error that must stop the slot, if any."""
     from loyalty_moengage.moengage.errors import (
         MoEngageConfigError,
         MoEngageError,
@@ -173,7 +189,7 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch) -> Exception | None:
 
     stats = me.stats
 
-    def settle(state: str, exc: MoEngageError | None = None, **kw: Any) -> bool:
+    def record(state: str, exc: MoEngageError | None = None, **kw: Any) -> bool:
         if exc is not None:
             kw.update(request_id=exc.request_id, http_status=exc.status, error=str(exc))
         if _finish_durably(conn, me, batch.batch_id, state, **kw):
@@ -184,27 +200,35 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch) -> Exception | None:
         return False
 
     try:
-        result = me.hook.send_transition(batch.body, users=batch.users, events=batch.events)
+        result = me.hook.send_transition(body, users=batch.users + extra_users, events=batch.events)
     except MoEngageUncertainError as exc:
-        if settle("uncertain", exc):
+        if batch.kind == "users":
+            # Last-write-wins: sending it again duplicates nothing (claim() supersedes it if a newer
+            # night's refresh came meanwhile).
+            if record("pending", exc, lost=True):
+                stats["users_resent"] += 1
+            if batch.lost_answers + 1 >= USERS_LOST_ANSWERS:
+                return exc
+            return None
+        if record("uncertain", exc, lost=True):
             stats["batches_uncertain"] += 1
             if me.uncertain_policy == "resend" and batch.attempts < RESEND_ATTEMPTS:
                 # Visible, unlike a silent client retry: the report counts it as a possible duplicate.
                 stats["requeued_uncertain"] += requeue_batch(conn, batch.batch_id, me.owner)
     except (MoEngageConfigError, MoEngagePermanentError) as exc:
         if is_config_failure(exc):  # the connection is wrong, not the batch: it stays pending
-            settle("pending", exc)
+            record("pending", exc)
             return exc
-        if settle("rejected", exc):
+        if record("rejected", exc):
             _quarantine_batch(conn, batch, program_id=me.owner.program_id, run_id=me.owner.run_id,
                               reason=f"MoEngage refused the batch: {exc.status} {exc.cause}")
             stats["batches_rejected"] += 1
     except MoEngageTransientError as exc:
-        settle("pending", exc)
+        record("pending", exc)
         stats["batches_failed"] += 1
         return exc
     else:
-        if settle("sent", request_id=result.request_id, http_status=result.status):
+        if record("sent", request_id=result.request_id, http_status=result.status):
             stats["batches_sent"] += 1
             stats["users_sent"] += batch.users
             stats["events_sent"] += batch.events

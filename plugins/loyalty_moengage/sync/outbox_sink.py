@@ -23,6 +23,10 @@ from loyalty_moengage.sync.stats import chunk_stats
 
 log = logging.getLogger(__name__)
 
+#: The settle task's own load slot (its resends), and how many settle-and-resend rounds it runs.
+SETTLE_SLOT = -1
+SETTLE_ROUNDS = 3
+
 
 class OutboxSink:
     def __init__(self, state_dsn: str) -> None:
@@ -120,14 +124,43 @@ class OutboxSink:
     def deliver(self, *, program: Any, slot: int, window: Window, run_id: str, attempt: int) -> dict[str, Any]:
         from loyalty_moengage.moengage.hook import MoEngageHook
         from loyalty_moengage.sync.load import claim_size, load_slot
+        from loyalty_moengage.sync.receipts import ReceiptSettings
 
-        # Never retry_uncertain: under policy resend the outbox records the batch uncertain first and
-        # re-queues it where the report counts it (load.py), so no resend goes unreported.
+        # Never retry_uncertain: the outbox records a lost answer first (load.py), so no resend
+        # goes unrecorded.
         hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=program.load_share)
         stats = load_slot(program_id=program.id, slot=slot, night=window.night, run_id=run_id,
                           state_dsn=self.state_dsn, hook=hook, uncertain_policy=program.uncertain_policy,
-                          attempt=attempt, claim_size=claim_size(hook))
+                          attempt=attempt, claim_size=claim_size(hook), receipts=ReceiptSettings.of(program))
         return {k: stats[k] for k in ("slot", "batches_sent", "batches_rejected", "batches_uncertain")}
+
+    def settle(self, *, program: Any, window: Window, run_id: str, attempt: int) -> dict[str, Any]:
+        from loyalty_moengage.db import connect
+        from loyalty_moengage.moengage.hook import MoEngageHook
+        from loyalty_moengage.sync.load import load_slot
+        from loyalty_moengage.sync.receipts import ReceiptSettings
+        from loyalty_moengage.sync.settle import Settled, settle
+        from loyalty_moengage.sync.stats import record_stats
+
+        receipts = ReceiptSettings.of(program)
+        hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=program.load_share)
+        total = Settled()
+        # A resend can lose its answer too: a few rounds, each settled by its own receipts.
+        for round_ in range(SETTLE_ROUNDS):
+            with connect(self.state_dsn) as conn:
+                settled = settle(conn, program_id=program.id, hook=hook, settings=receipts, up_to_night=window.night)
+            total.add(settled)
+            if not (settled.absent or settled.users_requeued):
+                break
+            load_slot(program_id=program.id, slot=SETTLE_SLOT, night=window.night, run_id=run_id,
+                      state_dsn=self.state_dsn, hook=hook, uncertain_policy=program.uncertain_policy,
+                      attempt=attempt * SETTLE_ROUNDS + round_, claim_size=1, receipts=receipts)
+        with connect(self.state_dsn) as conn:
+            record_stats(conn, program_id=program.id, night=window.night, run_id=run_id, stage="settle",
+                         key=f"settle-try-{attempt}", stats=total.as_stats())
+            conn.commit()
+        log.info("settle: %s", total.as_stats())
+        return total.as_stats()
 
     def report(self, *, program: Any, window: Window, run_id: str) -> tuple[dict[str, Any], str, str | None]:
         from loyalty_moengage.db import connect

@@ -79,15 +79,18 @@ def _pack_events(events: Any, rejects: Rejects) -> tuple[list[NewBatch], Any, Co
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from loyalty_moengage.moengage.packing import pack_spans
+    from loyalty_moengage.moengage.packing import TRANSITION_MAX_BYTES, pack_spans
+    from loyalty_moengage.sync.receipts import RECEIPT_RESERVE
 
     by_type: Counter[str] = Counter()
     if events is None or not events.num_rows:
         return [], None, by_type
-    spans, oversize = pack_spans(events.column("element").combine_chunks())
+    # Room is left for the receipt element the load adds to each events request (receipts.py).
+    spans, oversize = pack_spans(events.column("element").combine_chunks(),
+                                 max_bytes=TRANSITION_MAX_BYTES - RECEIPT_RESERVE)
     ids = events.column("event_id")
     for idx, size in oversize:
-        rejects.add("(payload)", "element over 100000 bytes", ids[idx].as_py(),
+        rejects.add("(payload)", f"element over {TRANSITION_MAX_BYTES - RECEIPT_RESERVE} bytes", ids[idx].as_py(),
                     orjson.dumps({"event_id": ids[idx].as_py(), "bytes": size}))
     if not spans:
         return [], None, by_type

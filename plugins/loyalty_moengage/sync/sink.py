@@ -48,5 +48,8 @@ class Sink(Protocol):
     def deliver(self, *, program: Any, slot: int, window: Window, run_id: str, attempt: int) -> dict[str, Any]:
         """One load slot's sending."""
 
+    def settle(self, *, program: Any, window: Window, run_id: str, attempt: int) -> dict[str, Any]:
+        """After the loads: settle lost answers by evidence (``settle.py``) and send what it freed."""
+
     def report(self, *, program: Any, window: Window, run_id: str) -> tuple[dict[str, Any], str, str | None]:
         """(the night's report, its text for the log, the run's note); the outcome is in the report."""

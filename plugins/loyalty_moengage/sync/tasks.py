@@ -138,12 +138,30 @@ def preflight(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     _ensure_night_over(w)
     loyalty, state = dsns(program)
     ensure_state_schema(state)
-    MoEngageHook(moengage_conn_id=program.moengage_conn_id).preflight()
+    hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id)
+    hook.preflight()
+    if program.verify_customers or program.receipts:
+        _check_get_user_api(program, hook)
     with connect(loyalty) as conn:
         conn.execute(SESSION_SETTINGS)
         for template in load_templates():
             describe(conn, template, w.params(program.id, 0, 1))
     return {"night": w.night.isoformat()}
+
+
+def _check_get_user_api(program: Program, hook: Any) -> None:
+    """Customer checks and receipts read users back: say at once if the workspace cannot."""
+    from loyalty_moengage.moengage.errors import MoEngagePermanentError
+
+    try:
+        hook.read_users(["loyalty-moengage-preflight"], [program.receipt_attribute])
+    except MoEngagePermanentError as exc:
+        uses = [name for name, on in (("verify_customers", program.verify_customers),
+                                      ("receipts", program.receipts)) if on]
+        raise _fail(f"{' and '.join(uses)} need MoEngage's Get User API, which refused a lookup: {exc.cause}. Ask "
+                    "MoEngage to enable the Get User API for this workspace, or set "
+                    + " and ".join(f"{u}: false" for u in uses) + f" for program {program.id} in the programs "
+                    "file (README, Backfills and reruns, says what each costs).") from exc
 
 
 def _within_retention(program: Program, w: Window, newest: Any) -> None:
@@ -218,6 +236,14 @@ def load(program: Program, slot: int, context: dict[str, Any]) -> dict[str, Any]
     attempt = getattr(context.get("ti"), "try_number", 1) or 1
     return sink_for(program, context).deliver(program=program, slot=slot, window=from_context(program.time_zone, context),
                                               run_id=context["run_id"], attempt=attempt)
+
+
+@fails_fast("settle")
+def settle(program: Program, context: dict[str, Any]) -> dict[str, Any]:
+    """Lost answers settled by MoEngage's evidence (``settle.py``), and what that freed sent."""
+    attempt = getattr(context.get("ti"), "try_number", 1) or 1
+    return sink_for(program, context).settle(program=program, window=from_context(program.time_zone, context),
+                                             run_id=context["run_id"], attempt=attempt)
 
 
 def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
