@@ -372,6 +372,8 @@ class SandboxApp:
                     if not exists:
                         ws.origins[customer_id] = "customer"
                     counters["users_created" if not exists else "users_updated"] += 1
+                    if exists and len(attributes) == 1:
+                        counters[f"single_attribute_updates:{next(iter(attributes))}"] += 1
                 elif checked.type == "event":
                     if not exists:
                         if checked.update_existing_only and ws.honour_update_existing_only_on_events:

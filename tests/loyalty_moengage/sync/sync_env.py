@@ -28,6 +28,7 @@ def sync_env(tmp_path: Path, dsn: str, *, program_id: str = "tiny", time_zone: s
         "    retries: 0\n"
         "    reject_threshold: 0.5\n"
         "    load_parallelism: 1\n"
+        "    receipt_wait_seconds: 2\n"
         + extra_program
     )
     sandbox = SandboxServer(port=0, **(sandbox_kwargs or {})).start()
@@ -48,6 +49,15 @@ def sync_env(tmp_path: Path, dsn: str, *, program_id: str = "tiny", time_zone: s
             yield sandbox
     finally:
         sandbox.stop()
+
+
+RECEIPT_ATTRIBUTE = "loyalty_sync_receipt"
+
+
+def member_updates(sandbox) -> int:
+    """Users the sandbox updated, less the receipts (one single-attribute write per events POST)."""
+    counters = sandbox.state.workspace_counters(WORKSPACE)
+    return counters.get("users_updated", 0) - counters.get(f"single_attribute_updates:{RECEIPT_ATTRIBUTE}", 0)
 
 
 def run(program_id: str, night: date, time_zone: str = "Asia/Kolkata", conf=None):
