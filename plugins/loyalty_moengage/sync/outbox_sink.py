@@ -142,25 +142,28 @@ class OutboxSink:
         from loyalty_moengage.sync.settle import Settled, settle
         from loyalty_moengage.sync.stats import record_stats
 
+        started = time.perf_counter()
         receipts = ReceiptSettings.of(program)
         hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=program.load_share)
         total = Settled()
         # A resend can lose its answer too: a few rounds, each settled by its own receipts.
         for round_ in range(SETTLE_ROUNDS):
             with connect(self.state_dsn) as conn:
-                settled = settle(conn, program_id=program.id, hook=hook, settings=receipts, up_to_night=window.night)
+                settled = settle(conn, program_id=program.id, hook=hook, settings=receipts, up_to_night=window.night,
+                                 run_id=run_id)
             total.add(settled)
             if not (settled.absent or settled.users_requeued):
                 break
             load_slot(program_id=program.id, slot=SETTLE_SLOT, night=window.night, run_id=run_id,
                       state_dsn=self.state_dsn, hook=hook, uncertain_policy=program.uncertain_policy,
                       attempt=attempt * SETTLE_ROUNDS + round_, claim_size=1, receipts=receipts)
+        stats = {**total.as_stats(), "seconds": round(time.perf_counter() - started, 4)}
         with connect(self.state_dsn) as conn:
             record_stats(conn, program_id=program.id, night=window.night, run_id=run_id, stage="settle",
-                         key=f"settle-try-{attempt}", stats=total.as_stats())
+                         key=f"settle-try-{attempt}", stats=stats)
             conn.commit()
-        log.info("settle: %s", total.as_stats())
-        return total.as_stats()
+        log.info("settle: %s", stats)
+        return {k: v for k, v in stats.items() if k != "notes"}
 
     def report(self, *, program: Any, window: Window, run_id: str) -> tuple[dict[str, Any], str, str | None]:
         from loyalty_moengage.db import connect

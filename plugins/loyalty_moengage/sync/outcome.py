@@ -16,14 +16,16 @@ def batch_states(conn: Any, program_id: str, night: date) -> dict[str, int]:
 
 
 def needs_attention(conn: Any, program_id: str, night: date) -> list[dict[str, Any]]:
-    """Batches of any night that are uncertain, and unsent batches of earlier nights."""
+    """Batches of any night that are uncertain (the settle task could not settle them: the
+    evidence it saw is in ``evidence``), and unsent batches of earlier nights."""
     rows = conn.execute(
-        "SELECT night, state, count(*), coalesce(sum(events), 0), coalesce(sum(users), 0) "
+        "SELECT night, state, count(*), coalesce(sum(events), 0), coalesce(sum(users), 0), "
+        "min(error) FILTER (WHERE state = 'uncertain') "
         "FROM moengage_sync.batches WHERE program_id = %s AND "
         "(state = 'uncertain' OR (state = ANY(%s) AND night < %s)) GROUP BY night, state ORDER BY night, state",
         (program_id, list(UNSETTLED), night)).fetchall()
-    return [{"night": n.isoformat(), "state": st, "batches": b, "events": int(e), "users": int(u)}
-            for n, st, b, e, u in rows]
+    return [{"night": n.isoformat(), "state": st, "batches": b, "events": int(e), "users": int(u),
+             **({"evidence": ev[:300]} if ev else {})} for n, st, b, e, u, ev in rows]
 
 
 def assess(*, program_id: str, night: date, plan_info: dict[str, Any], chunks_done: int,
@@ -57,12 +59,13 @@ def assess(*, program_id: str, night: date, plan_info: dict[str, Any], chunks_do
         outcome = "uncertain"
     for item in attention:
         if item["state"] == "uncertain":
+            evidence = f" Evidence seen: {item['evidence']}." if item.get("evidence") else ""
             notes.append(
-                f"needs attention: {item['batches']} batch(es) of night {item['night']} ({item['events']} events, "
-                f"{item['users']} members) are uncertain (policy {uncertain_policy}): MoEngage may or may not "
-                f"have them. Check MoEngage, then `python -m loyalty_moengage.cli resend --program {program_id} "
-                f"--night {item['night']} --reason ...` if they are missing, or `python -m loyalty_moengage.cli "
-                f"resolve --program {program_id} --night {item['night']} --reason ...` if they arrived")
+                f"needs a person: {item['batches']} events batch(es) of night {item['night']} ({item['events']} "
+                f"events) lost their answer and their receipts could not settle them, so MoEngage may or may not "
+                f"have them.{evidence} `loyalty-moengage resend --program {program_id} --night {item['night']} "
+                f"--reason ...` sends them again (a duplicate if MoEngage has them); `loyalty-moengage resolve "
+                f"--program {program_id} --night {item['night']} --reason ...` records them as delivered")
         else:
             notes.append(f"needs attention: {item['batches']} batch(es) of night {item['night']} are still "
                          f"{item['state']}: rerun that night (clear its run) to send them")

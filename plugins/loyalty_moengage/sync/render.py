@@ -19,7 +19,7 @@ def render(report: dict[str, Any]) -> str:
         f"skipped as already sent {report['events_already_sent']:,}",
     ]
     if report.get("events_sent_other_nights"):
-        lines.append(f"    (of the events sent, {report['events_sent_other_nights']:,} belong to earlier nights)")
+        lines.append(f"    (this run's load also sent {report['events_sent_other_nights']:,} events of other nights)")
     lines += _by_type_lines(report["events_by_type"])
     skipped = " (attribute refresh skipped)" if report["attributes_skipped"] else ""
     lines.append(f"  members extracted {report['members_extracted']:,}, updated {report['members_updated']:,}{skipped}")
@@ -30,7 +30,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append("  quarantined rows: none")
     lines.append("  batches by state: " + (", ".join(f"{k} {v}" for k, v in report["batches_by_state"].items()) or "none"))
     if report.get("uncertain_batches"):
-        lines.append(f"  uncertain batches (outcome unknown, possible duplicates): {report['uncertain_batches']}")
+        lines.append(f"  uncertain events batches (answer lost, not settled by their receipts): "
+                     f"{report['uncertain_batches']}")
     lines.append(f"  requests {report['requests']:,}, 429s {report['throttled']:,}, retries {report['retries']:,}, "
                  f"bytes sent {report['bytes_sent']:,}")
     lines.append("  seconds by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in report["stage_seconds"].items()))

@@ -4,12 +4,14 @@ Written even when the run failed (the report task runs on all_done), then retent
 (``retention.py``): payload bodies of sent batches are dropped at once (unless
 keep_sent_bodies), and the audit older than audit_retention_days is deleted.
 
-What a report counts: the run's own work (events it enqueued; batches its load slots sent,
-whichever night they belong to, so the reports of concurrent runs add up to what MoEngage
-received) and the night's state (its batches by state, its quarantine, whatever any run did).
-The outcome (``outcome.py``) is ``success`` only when every batch of the night is settled;
-uncertain or unsent batches of any night are listed under "needs attention" in every report of
-the program until an operator resolves them.
+What a report counts: the night, whichever run sent it (events sent and members updated are
+the night's sent batches, so a backfill delivered by a later run's load slots still counts for
+its own night), the run's own transform work (events it enqueued, skipped as already sent),
+and what the run's slots sent of *other* nights (``events_sent_other_nights``, with a note).
+When a run sends or settles an older night's batches, that night's latest report is brought
+up to date too (:func:`refresh_nights`). The outcome (``outcome.py``) is ``success`` only when
+every batch of the night is settled; batches only a person can settle are listed under "needs
+attention" in every report of the program until they are.
 """
 
 from __future__ import annotations
@@ -49,20 +51,22 @@ def build(conn: Any, *, program_id: str, window: Window, run_id: str, outcome: s
         "SELECT reason, count(*) FROM moengage_sync.quarantine WHERE program_id = %s AND night = %s GROUP BY reason",
         (program_id, night)).fetchall())
     batches = batch_states(conn, program_id, night)
-    sent = conn.execute(
-        "SELECT coalesce(sum(events) FILTER (WHERE night = %(night)s), 0), "
-        "coalesce(sum(events) FILTER (WHERE night <> %(night)s), 0), coalesce(sum(users), 0) "
-        "FROM moengage_sync.batches WHERE program_id = %(program)s AND sent_by_run = %(run)s",
-        {"program": program_id, "night": night, "run": run_id}).fetchone()
+    sent_events, sent_users = night_sent(conn, program_id, night)
+    other_events, other_nights = conn.execute(
+        "SELECT coalesce(sum(events), 0), count(DISTINCT night) FILTER (WHERE events > 0) FROM moengage_sync.batches "
+        "WHERE program_id = %s AND sent_by_run = %s AND night <> %s AND state = 'sent'",
+        (program_id, run_id, night)).fetchone()
+    if other_events:
+        notes = [*notes, f"this run also sent {int(other_events):,} events of {other_nights} other night(s)"]
     counts, loads = stages.chunks.counts, stages.loads
     return {
         "program_id": program_id, "night": night.isoformat(), "run_id": run_id, "outcome": outcome,
         "window_start": window.start.isoformat(), "window_end": window.end.isoformat(),
         "events_by_type": dict(sorted(stages.chunks.events_by_type.items())),
         "events_enqueued": counts["events_enqueued"], "events_already_sent": counts["events_already_sent"],
-        "events_sent": int(sent[0]) + int(sent[1]), "events_sent_other_nights": int(sent[1]),
+        "events_sent": sent_events, "events_sent_other_nights": int(other_events),
         "events_extracted": counts["events_extracted"], "uncertain_batches": batches.get("uncertain", 0),
-        "members_extracted": counts["members_extracted"], "members_updated": int(sent[2]),
+        "members_extracted": counts["members_extracted"], "members_updated": sent_users,
         "attributes_skipped": bool(stages.plan.get("skip_reason")),
         "quarantined_by_reason": dict(sorted(quarantined.items())),
         "batches_by_state": dict(sorted(batches.items())),
@@ -72,6 +76,46 @@ def build(conn: Any, *, program_id: str, window: Window, run_id: str, outcome: s
         "needs_attention": needs_attention(conn, program_id, night),
         "notes": notes,
     }
+
+
+def night_sent(conn: Any, program_id: str, night: Any) -> tuple[int, int]:
+    """(events, member updates) of the night that MoEngage has, whichever run sent them."""
+    events, users = conn.execute(
+        "SELECT coalesce(sum(events), 0), coalesce(sum(users), 0) FROM moengage_sync.batches "
+        "WHERE program_id = %s AND night = %s AND state = 'sent'", (program_id, night)).fetchone()
+    return int(events), int(users)
+
+
+def refresh_nights(conn: Any, *, program_id: str, run_id: str, night: Any) -> list[str]:
+    """Bring the latest report of each other night whose batches this run sent or settled up to
+    date: its counts, its batches, and ``success`` once nothing of it is left unsettled."""
+    from loyalty_moengage.sync.outcome import batch_states
+    from loyalty_moengage.sync.states import UNSETTLED
+
+    nights = [r[0] for r in conn.execute(
+        "SELECT DISTINCT night FROM moengage_sync.batches WHERE program_id = %s AND sent_by_run = %s AND night <> %s",
+        (program_id, run_id, night))]
+    refreshed = []
+    for other in nights:
+        latest = conn.execute(
+            "SELECT run_id, outcome FROM moengage_sync.run_reports WHERE program_id = %s AND night = %s "
+            "ORDER BY reported_at DESC LIMIT 1", (program_id, other)).fetchone()
+        if latest is None:
+            continue
+        states = batch_states(conn, program_id, other)
+        events, users = night_sent(conn, program_id, other)
+        settled = not any(states.get(s, 0) for s in (*UNSETTLED, "uncertain"))
+        outcome = "success" if settled and latest[1] in ("uncertain", "incomplete") else latest[1]
+        note = [f"brought up to date by run {run_id}: " + ("every batch is settled" if settled else "still unsettled")]
+        conn.execute(
+            "UPDATE moengage_sync.run_reports SET events_sent = %s, members_updated = %s, batches_by_state = %s, "
+            "uncertain_batches = %s, outcome = %s, notes = notes || %s::text[] "
+            "WHERE program_id = %s AND night = %s AND run_id = %s",
+            (events, users, orjson.dumps(dict(sorted(states.items()))).decode(), states.get("uncertain", 0),
+             outcome, note, program_id, other, latest[0]))
+        refreshed.append(other.isoformat())
+    conn.commit()
+    return refreshed
 
 
 def write(conn: Any, report: dict[str, Any]) -> None:
@@ -97,11 +141,14 @@ def report_night(conn: Any, *, program: Any, window: Window, run_id: str) -> tup
         notes.append(f"{in_flight} batch(es) of this night were still being sent by another run when "
                      "this report was written")
     if stages.requeued_uncertain:
-        notes.append(f"{stages.requeued_uncertain} uncertain batch(es) were resent by policy: possible duplicates")
+        notes.append(f"{stages.requeued_uncertain} uncertain events batch(es) were resent by policy resend: "
+                     "possible duplicates")
+    notes.extend(_settle_notes(stages))
     stages.seconds["report"] = time.perf_counter() - started
     body = build(conn, program_id=program.id, window=window, run_id=run_id, outcome=outcome, stages=stages,
                  notes=notes)
     write(conn, body)
+    refresh_nights(conn, program_id=program.id, run_id=run_id, night=window.night)
     retention = enforce_retention(conn, program_id=program.id, night=window.night,
                                   retention_days=program.audit_retention_days,
                                   keep_sent_bodies=program.keep_sent_bodies)
@@ -110,3 +157,18 @@ def report_night(conn: Any, *, program: Any, window: Window, run_id: str) -> tup
     body["stage_seconds"]["report"] = round(time.perf_counter() - started, 3)
     write(conn, body)
     return body, retention
+
+
+def _settle_notes(stages: StageSummary) -> list[str]:
+    s = stages.settle
+    notes = []
+    if s.get("users_resent"):
+        notes.append(f"{s['users_resent']} users batch(es) whose answer was lost were sent again (attributes are "
+                     "last-write-wins: nothing duplicated)")
+    if s.get("settled_by_receipt"):
+        notes.append(f"{s['settled_by_receipt']} events batch(es) whose answer was lost were settled by their "
+                     "receipts in MoEngage: sent")
+    if s.get("resent_after_absence"):
+        notes.append(f"{s['resent_after_absence']} events batch(es) whose answer was lost were sent again: their "
+                     "receipts were absent after the wait, so MoEngage had not applied them")
+    return notes + list(s.get("notes", []))

@@ -75,7 +75,7 @@ def requeue_users(conn: Any, program_id: str, up_to_night: date) -> int:
 
 
 def settle(conn: Any, *, program_id: str, hook: Any, settings: ReceiptSettings | None, up_to_night: date,
-           timeout: float | None = None, sleep: Callable[[float], None] = time.sleep,
+           run_id: str | None = None, timeout: float | None = None, sleep: Callable[[float], None] = time.sleep,
            clock: Callable[[], float] = time.monotonic) -> Settled:
     """Settle what the evidence allows within ``timeout`` seconds (default: the wait, a few
     polls and a minute); returns what was settled and why the rest could not be."""
@@ -92,7 +92,7 @@ def settle(conn: Any, *, program_id: str, hook: Any, settings: ReceiptSettings |
         assert settings is not None
         poll = min(60.0, max(2.0, settings.wait_seconds / 10))
         deadline = clock() + (timeout if timeout is not None else settings.wait_seconds + 3 * poll + 60)
-        _watch(conn, out, waiting, program_id=program_id, hook=hook, settings=settings, poll=poll,
+        _watch(conn, out, waiting, program_id=program_id, run_id=run_id, hook=hook, settings=settings, poll=poll,
                deadline=deadline, sleep=sleep, clock=clock)
     out.left = conn.execute(
         "SELECT count(*) FROM moengage_sync.batches WHERE program_id = %s AND state = 'uncertain' AND night <= %s",
@@ -110,7 +110,7 @@ def _doubts(conn: Any, program_id: str, up_to_night: date) -> list[_Doubt]:
     return [_Doubt(*r) for r in rows]
 
 
-def _watch(conn: Any, out: Settled, waiting: list[_Doubt], *, program_id: str, hook: Any,
+def _watch(conn: Any, out: Settled, waiting: list[_Doubt], *, program_id: str, run_id: str | None, hook: Any,
            settings: ReceiptSettings, poll: float, deadline: float, sleep: Callable[[float], None],
            clock: Callable[[], float]) -> None:
     """Read the receipts until each is seen, proven absent or the deadline passes."""
@@ -130,7 +130,7 @@ def _watch(conn: Any, out: Settled, waiting: list[_Doubt], *, program_id: str, h
                              wait=settings.wait_seconds)
             if verdict is None:
                 still.append(d)
-            elif _record(conn, program_id, d, verdict):
+            elif _record(conn, program_id, d, verdict, run_id=run_id):
                 if verdict == "receipt":
                     out.by_receipt += 1
                 elif verdict == "absence":
@@ -168,11 +168,12 @@ def _judge(d: _Doubt, user: dict[str, Any] | None, *, attribute: str, probe: _Pr
     return None
 
 
-def _record(conn: Any, program_id: str, d: _Doubt, verdict: str) -> bool:
+def _record(conn: Any, program_id: str, d: _Doubt, verdict: str, *, run_id: str | None) -> bool:
     """Compare-and-set on (uncertain, token): two settlers never both move a batch."""
     if verdict == "receipt":
         sql = ("UPDATE moengage_sync.batches SET state = 'sent', settled_by = 'receipt', sent_at = now(), "
-               "updated_at = now(), error = 'answer lost; its receipt was seen in MoEngage' ")
+               "sent_by_run = coalesce(%(run)s, sent_by_run), updated_at = now(), "
+               "error = 'answer lost; its receipt was seen in MoEngage' ")
     elif verdict == "absence":
         sql = ("UPDATE moengage_sync.batches SET state = 'pending', settled_by = 'absence', claimed_by = NULL, "
                "updated_at = now(), error = 'answer lost; its receipt was absent after the wait while a later "
@@ -184,8 +185,8 @@ def _record(conn: Any, program_id: str, d: _Doubt, verdict: str) -> bool:
                      "WHERE program_id = %s AND customer_id = %s", (program_id, d.carrier))
         conn.commit()
         return True
-    moved = conn.execute(sql + "WHERE batch_id = %s AND state = 'uncertain' AND receipt_token = %s",
-                         (d.batch_id, d.token)).rowcount
+    moved = conn.execute(sql + "WHERE batch_id = %(id)s AND state = 'uncertain' AND receipt_token = %(token)s",
+                         {"run": run_id, "id": d.batch_id, "token": d.token}).rowcount
     conn.commit()
     if moved:
         log.info("batch %d (night %s): settled by %s", d.batch_id, d.night, verdict)

@@ -95,6 +95,7 @@ class StageSummary:
     chunks: ChunkTotals = field(default_factory=ChunkTotals)
     loads: Counter[str] = field(default_factory=Counter)
     requeued_uncertain: int = 0
+    settle: dict[str, Any] = field(default_factory=dict)   # the settle task's counts and notes
     seconds: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)   # task -> its last error, if it failed
 
@@ -120,7 +121,12 @@ def stage_summary(records: Iterable[tuple[str, str, dict[str, Any]]]) -> StageSu
             # Slots run side by side: the stage lasts as long as the slowest.
             seconds["load"] = max(seconds.get("load", 0.0), stats.get("seconds", 0.0))
             summary.requeued_uncertain += stats.get("requeued_uncertain", 0)
+            summary.settle["users_resent"] = summary.settle.get("users_resent", 0) + stats.get("users_resent", 0)
             summary.loads.update({k: int(stats.get(k, 0) or 0) for k in LOAD_COUNTS})
         elif stage == "guard":
             summary.guard = stats
+        elif stage == "settle":
+            summary.settle = {**stats, "users_resent": summary.settle.get("users_resent", 0)
+                              + stats.get("users_requeued", 0)}
+            seconds["settle"] = seconds.get("settle", 0.0) + stats.get("seconds", 0.0)
     return summary

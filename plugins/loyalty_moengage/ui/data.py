@@ -96,6 +96,9 @@ class Night:
         return "missed" if self.missed else self.latest["outcome"]
 
     def total(self, key: str) -> int:
+        """A run's own work adds up over the night's runs; what the night sent is in its latest report."""
+        if key in NIGHT_TOTALS:
+            return int(self.latest[key] or 0)
         return sum(int(r[key] or 0) for r in self.reports)
 
     @property
@@ -116,6 +119,10 @@ class Night:
     @property
     def unsent(self) -> int:
         return 0 if self.missed else sum(n for s, n in self.latest["batches_by_state"].items() if s in UNSETTLED)
+
+
+#: Report columns that count the whole night, whichever run sent it (sync/report.py).
+NIGHT_TOTALS = ("events_sent", "members_updated", "uncertain_batches")
 
 
 def budget(program: Any) -> tuple[float, float, str]:
