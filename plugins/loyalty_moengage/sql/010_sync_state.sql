@@ -164,6 +164,8 @@ ALTER TABLE moengage_sync.run_reports ADD COLUMN IF NOT EXISTS events_extracted 
 ALTER TABLE moengage_sync.run_reports ADD COLUMN IF NOT EXISTS uncertain_batches integer NOT NULL DEFAULT 0;
 ALTER TABLE moengage_sync.run_reports ADD COLUMN IF NOT EXISTS needs_attention jsonb NOT NULL DEFAULT '[]';
 ALTER TABLE moengage_sync.run_reports ADD COLUMN IF NOT EXISTS events_sent_other_nights integer NOT NULL DEFAULT 0;
+-- events_sent and members_updated count the night, whichever run sent it; members_enqueued is the run's own work.
+ALTER TABLE moengage_sync.run_reports ADD COLUMN IF NOT EXISTS members_enqueued integer NOT NULL DEFAULT 0;
 
 -- Per-task measurements the report adds up (one row per chunk or load slot attempt).
 CREATE TABLE IF NOT EXISTS moengage_sync.task_stats (

@@ -27,7 +27,7 @@ from loyalty_moengage.sync.stats import StageSummary
 #: run_reports' columns a report writes, in order; the JSON ones are encoded.
 COLUMNS = ("program_id", "night", "run_id", "outcome", "window_start", "window_end", "events_by_type",
            "events_enqueued", "events_already_sent", "events_sent", "events_extracted", "uncertain_batches",
-           "members_extracted", "members_updated", "needs_attention", "events_sent_other_nights",
+           "members_extracted", "members_enqueued", "members_updated", "needs_attention", "events_sent_other_nights",
            "attributes_skipped", "quarantined_by_reason", "batches_by_state", "requests", "throttled", "retries",
            "bytes_sent", "stage_seconds", "notes")
 JSON_COLUMNS = ("events_by_type", "quarantined_by_reason", "batches_by_state", "stage_seconds", "needs_attention")
@@ -66,7 +66,8 @@ def build(conn: Any, *, program_id: str, window: Window, run_id: str, outcome: s
         "events_enqueued": counts["events_enqueued"], "events_already_sent": counts["events_already_sent"],
         "events_sent": sent_events, "events_sent_other_nights": int(other_events),
         "events_extracted": counts["events_extracted"], "uncertain_batches": batches.get("uncertain", 0),
-        "members_extracted": counts["members_extracted"], "members_updated": sent_users,
+        "members_extracted": counts["members_extracted"], "members_enqueued": counts["members_enqueued"],
+        "members_updated": sent_users,
         "attributes_skipped": bool(stages.plan.get("skip_reason")),
         "quarantined_by_reason": dict(sorted(quarantined.items())),
         "batches_by_state": dict(sorted(batches.items())),

@@ -111,7 +111,7 @@ def _agree(summary: dict, report: dict, requests: int) -> None:
     assert summary["events_extracted"] == report["events_extracted"]
     assert summary["events_already_sent"] == report["events_already_sent"]
     assert summary["members_extracted"] == report["members_extracted"]
-    assert summary["members"] == report["members_updated"]
+    assert summary["members"] == report["members_enqueued"]
     assert summary["attributes_refresh"] == (not report["attributes_skipped"])
     assert summary["quarantined_by_reason"] == report["quarantined_by_reason"]
     assert summary["requests"] == requests

@@ -43,8 +43,9 @@ def test_needs_attention_names_the_command_that_resolves_it():
                  {"night": "2026-11-20", "state": "pending", "batches": 1, "events": 9, "users": 0}]
     outcome, notes = _assess(attention=attention)
     assert outcome == "success"  # tonight is complete; the older nights are listed, not hidden
-    assert "cli resend --program p --night 2026-11-19" in notes[0]
-    assert "cli resolve --program p --night 2026-11-19" in notes[0]
+    assert notes[0].startswith("needs a person: 2 events batch(es) of night 2026-11-19")
+    assert "`loyalty-moengage resend --program p --night 2026-11-19" in notes[0]
+    assert "`loyalty-moengage resolve --program p --night 2026-11-19" in notes[0]
     assert "night 2026-11-20 are still pending" in notes[1]
 
 
@@ -56,7 +57,7 @@ def _batch(conn, night: date, state: str, *, events: int = 0, users: int = 0, se
                  (state, sent_by, bid))
 
 
-def test_each_run_counts_what_its_own_slots_sent(loyalty_db):
+def test_each_report_counts_its_night_whichever_run_sent_it(loyalty_db):
     window = Window.of_night(NIGHT, "UTC")
     with psycopg.connect(loyalty_db) as conn:
         _batch(conn, NIGHT, "sent", events=10, sent_by="run-a")
@@ -67,13 +68,16 @@ def test_each_run_counts_what_its_own_slots_sent(loyalty_db):
         built = {run: report.build(conn, program_id="p", window=window, run_id=run, outcome="success",
                                    stages=StageSummary(), notes=[]) for run in ("run-a", "run-b")}
     a, b = built["run-a"], built["run-b"]
-    assert (a["events_sent"], a["events_sent_other_nights"], a["members_updated"]) == (17, 7, 0)
-    assert (b["events_sent"], b["events_sent_other_nights"], b["members_updated"]) == (5, 0, 100)
+    # The night's 15 events and 100 members, in both runs' reports; A also sent 7 of another night.
+    assert (a["events_sent"], a["events_sent_other_nights"], a["members_updated"]) == (15, 7, 100)
+    assert (b["events_sent"], b["events_sent_other_nights"], b["members_updated"]) == (15, 0, 100)
     assert a["batches_by_state"] == b["batches_by_state"] == {"sent": 3}
     assert a["needs_attention"] == [{"night": "2026-11-19", "state": "uncertain", "batches": 1, "events": 3,
                                      "users": 0}]
+    assert "this run also sent 7 events of 1 other night(s)" in a["notes"]
+    assert not b["notes"]
     text = render.render(a)
-    assert "of the events sent, 7 belong to earlier nights" in text
+    assert "this run's load also sent 7 events of other nights" in text
 
 
 def test_the_report_waits_for_batches_another_run_is_sending(loyalty_db):
