@@ -55,11 +55,17 @@ class Audit:
     received_by_event_name: dict[str, int] = field(default_factory=dict)
     batches_by_state: dict[str, int] = field(default_factory=dict)
     duplicate_samples: list[str] = field(default_factory=list)
+    uncertain_left: int = 0                # batches still uncertain (a person must decide)
+    settled_by_receipt: int = 0            # lost answers settled by the batch's receipt in MoEngage
+    resent_after_absence: int = 0          # lost answers resent because the receipt stayed absent
+    users_resent: int = 0                  # users batches sent again after a lost answer
+    nights_miscounted: dict[str, list[int]] = field(default_factory=dict)  # night: [latest report, received]
 
     def figures(self) -> dict[str, int]:
-        """The six figures of bench/results/drills-latest.json."""
+        """The figures of bench/results/drills-latest.json."""
         return {k: getattr(self, k) for k in ("expected", "received", "lost", "duplicated",
-                                              "duplicated_outside_uncertain", "uncertain_reported")}
+                                              "duplicated_outside_uncertain", "uncertain_reported", "uncertain_left",
+                                              "settled_by_receipt", "resent_after_absence", "users_resent")}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +76,9 @@ class Audit:
                 f"({self.duplicated_outside_uncertain} outside reported-uncertain batches), uncertain batches "
                 f"{self.uncertain_reported} (run reports say {self.uncertain_in_run_reports}), run reports' "
                 f"events_sent {self.events_sent_in_run_reports}, unexpected {self.unexpected}, "
-                f"batches {self.batches_by_state}")
+                f"batches {self.batches_by_state}; settled by receipt {self.settled_by_receipt}, resent after "
+                f"absence {self.resent_after_absence}, users batches resent {self.users_resent}, uncertain left "
+                f"{self.uncertain_left}, nights miscounted {self.nights_miscounted or 'none'}")
 
 
 def audit(state_dsn: str, program_id: str, sandbox_events: Iterable[dict[str, Any]], *,
@@ -88,8 +96,11 @@ def audit(state_dsn: str, program_id: str, sandbox_events: Iterable[dict[str, An
         keys_by_name = dict(conn.execute(
             "SELECT event_name, count(*) FROM moengage_sync.event_keys WHERE program_id = %s GROUP BY 1",
             (program_id,)).fetchall())
+        settled = dict(conn.execute(
+            "SELECT settled_by, count(*) FROM moengage_sync.batches WHERE program_id = %s AND settled_by IS NOT NULL "
+            "GROUP BY 1", (program_id,)).fetchall())
         batches = conn.execute(
-            "SELECT b.batch_id, b.state, b.body, k.n FROM moengage_sync.batches b JOIN ("
+            "SELECT b.batch_id, b.state, b.body, k.n, b.night FROM moengage_sync.batches b JOIN ("
             "  SELECT batch_id, count(*) AS n FROM moengage_sync.event_keys WHERE program_id = %s GROUP BY 1) k "
             "ON k.batch_id = b.batch_id", (program_id,)).fetchall()
         states = dict(conn.execute(
@@ -98,20 +109,25 @@ def audit(state_dsn: str, program_id: str, sandbox_events: Iterable[dict[str, An
         uncertain_now = {r[0] for r in conn.execute(
             "SELECT batch_id FROM moengage_sync.batches WHERE program_id = %s AND state = 'uncertain'",
             (program_id,)).fetchall()}
-        report_sql = ("SELECT coalesce(sum(events_sent), 0), coalesce(sum(uncertain_batches), 0) "
+        # Each report counts its night (whichever run sent it): the night's latest report is its figure.
+        report_sql = ("SELECT DISTINCT ON (night) night, events_sent, uncertain_batches "
                       "FROM moengage_sync.run_reports WHERE program_id = %s")
         params: list[Any] = [program_id]
         if run_ids is not None:
             report_sql += " AND run_id = ANY(%s)"
             params.append(list(run_ids))
-        sent_reported, uncertain_reported_runs = conn.execute(report_sql, params).fetchone()
+        latest = conn.execute(report_sql + " ORDER BY night, reported_at DESC", params).fetchall()
+        reported_by_night = {n: int(e) for n, e, _ in latest}
+        sent_reported = sum(reported_by_night.values())
+        uncertain_reported_runs = sum(int(u) for _, _, u in latest)
     uncertain = uncertain_now | set(uncertain_batch_ids)
 
     expected: Counter = Counter()
     owners: dict[Identity, set[int]] = defaultdict(set)
     missing_bodies = 0
     counts_only_expected = 0
-    for batch_id, _state, body, n in batches:
+    night_of: dict[Identity, Any] = {}
+    for batch_id, _state, body, n, night in batches:
         if body is None:
             missing_bodies += 1
             counts_only_expected += n
@@ -120,6 +136,14 @@ def audit(state_dsn: str, program_id: str, sandbox_events: Iterable[dict[str, An
         for ident in ids:
             expected[ident] += 1
             owners[ident].add(batch_id)
+            night_of[ident] = night
+    received_by_night: Counter = Counter()
+    for ident, n in got.items():
+        if ident in night_of:
+            received_by_night[night_of[ident]] += min(n, expected[ident])
+    miscounted = {} if missing_bodies else {
+        night.isoformat(): [reported, received_by_night.get(night, 0)] for night, reported in reported_by_night.items()
+        if reported != received_by_night.get(night, 0)}
     total_expected = sum(keys_by_name.values())
     lost = duplicated = outside = unexpected = lost_uncertain = 0
     samples: list[str] = []
@@ -150,4 +174,7 @@ def audit(state_dsn: str, program_id: str, sandbox_events: Iterable[dict[str, An
                  duplicated_outside_uncertain=outside, uncertain_reported=len(uncertain), lost_in_uncertain=lost_uncertain,
                  uncertain_in_run_reports=int(uncertain_reported_runs), events_sent_in_run_reports=int(sent_reported),
                  unexpected=unexpected, bodies_missing=missing_bodies, keys_by_event_name=keys_by_name,
-                 received_by_event_name=dict(received_by_name), batches_by_state=states, duplicate_samples=samples)
+                 received_by_event_name=dict(received_by_name), batches_by_state=states, duplicate_samples=samples,
+                 uncertain_left=len(uncertain_now), settled_by_receipt=settled.get("receipt", 0),
+                 resent_after_absence=settled.get("absence", 0), users_resent=settled.get("resend", 0),
+                 nights_miscounted=miscounted)

@@ -96,6 +96,12 @@ class ProgramEnv:
                                 "WHERE program_id = %s ORDER BY reported_at", (self.program_id,)).fetchall()
 
 
+#: Drills read receipts back after 5 s (MoEngage: minutes; the default is 900 s); the sandbox
+#: applies attribute writes 2 s after accepting them.
+RECEIPT_WAIT_SECONDS = 5
+ATTRIBUTE_DELAY_SECONDS = 2.0
+
+
 def today_in(time_zone: str) -> date:
     return datetime.now(timezone.utc).astimezone(ZoneInfo(time_zone)).date()
 
@@ -121,7 +127,8 @@ def program_env(dsn: str, work_dir: Path, *, program_id: str, time_zone: str = "
     generated = generate(dsn, program_id=program_id, members=members, days=days, seed=seed, end_date=history_end or today,
                          time_zone=time_zone, last_night_activity=last_night_activity)
     program = {"id": program_id, "time_zone": time_zone, "catchup": False, "load_parallelism": 2,
-               "retries": 2, "retry_delay_seconds": 5, "verify_customers": False, "keep_sent_bodies": True,
+               "retries": 2, "retry_delay_seconds": 5, "verify_customers": True, "keep_sent_bodies": True,
+               "receipt_wait_seconds": RECEIPT_WAIT_SECONDS,
                "reject_threshold": 0.5, "max_event_drop_pct": 100.0, **(settings or {})}
     work_dir.mkdir(parents=True, exist_ok=True)
     programs_file = work_dir / "programs.yaml"
@@ -130,7 +137,9 @@ def program_env(dsn: str, work_dir: Path, *, program_id: str, time_zone: str = "
     sandbox = SandboxServer(port=0).start()
     try:
         with restored_environ("LOYALTY_PROGRAMS_FILE", "AIRFLOW_CONN_LOYALTY_DB", "AIRFLOW_CONN_MOENGAGE_DEFAULT"):
-            sandbox.add_workspace(WORKSPACE, API_KEY, dc="03", export_users_per_minute=1_000_000)
+            # Attribute writes become visible through the Get User API only after a delay, as in MoEngage.
+            sandbox.add_workspace(WORKSPACE, API_KEY, dc="03", export_users_per_minute=1_000_000,
+                                  attribute_delay=ATTRIBUTE_DELAY_SECONDS)
             if seed_all:
                 from loyalty_moengage_devtools.seed import seed_from_loyalty_db
 
@@ -317,43 +326,9 @@ def drill_kill_load_mid_post(ctx: DrillContext) -> dict[str, Any]:
                     pass
         ctx.notes["kill_load_mid_post"] = {"sending_batches_at_kill": [b["batch_id"] for b in sending],
                                            "killed": killed}
-        stack.wait_runs(env.dag_id, count=1, timeout=180)
-        time.sleep(31)  # the hung request completes on the sandbox side (or fails) before counting
-        _drain(stack, env, 120)
-        uncertain = [b["batch_id"] for b in env.batches("uncertain")]
-        ctx.notes["kill_load_mid_post"]["operator"] = _operator_settles_uncertain(env, stack)
-        return _finish(ctx, "kill_load_mid_post", env, stack, uncertain_batch_ids=uncertain)
-
-
-def _operator_settles_uncertain(env: ProgramEnv, stack: AirflowStack) -> dict[str, list[int]]:
-    """What the README asks of an operator: look for each uncertain batch's events in MoEngage
-    (here the sandbox), `cli resolve` the batches that arrived, `cli resend` the others, rerun."""
-    import psycopg
-
-    from loyalty_moengage_devtools.delivery_audit import body_identities, received
-
-    got = received(env.events())
-    settled: dict[str, list[int]] = {"resolve": [], "resend": []}
-    with psycopg.connect(env.dsn) as conn:
-        for batch_id, body in conn.execute(
-                "SELECT batch_id, body FROM moengage_sync.batches WHERE program_id = %s AND state = 'uncertain' "
-                "AND body IS NOT NULL ORDER BY batch_id", (env.program_id,)):
-            events = body_identities(bytes(body))
-            arrived = bool(events) and all(got[e] for e in events)
-            settled["resolve" if arrived else "resend"].append(batch_id)
-    for command, batch_ids in settled.items():
-        if not batch_ids:
-            continue
-        flags = [arg for b in batch_ids for arg in ("--batch", str(b))]
-        result = subprocess.run([sys.executable, "-m", "loyalty_moengage.cli", command, "--program", env.program_id,
-                                 *flags, "--requested-by", "drills", "--reason", "drill: checked the sandbox"],
-                                env=dict(os.environ), capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            raise RuntimeError(f"{command} failed: {result.stderr[-2000:]}")
-    if settled["resend"]:
-        run_id = stack.trigger(env.dag_id, run_id=f"manual__after_resend_{uuid.uuid4().hex[:6]}")
-        stack.wait_runs(env.dag_id, [run_id], timeout=180)
-    return settled
+        stack.wait_runs(env.dag_id, count=1, timeout=240)
+        _drain(stack, env, 180)
+        return _finish(ctx, "kill_load_mid_post", env, stack)
 
 
 def _restart_during(ctx: DrillContext, name: str, task_id: str, ready: Callable[[ProgramEnv, AirflowStack], bool],
@@ -399,28 +374,17 @@ def drill_fault_storm(ctx: DrillContext) -> dict[str, Any]:
         return _finish(ctx, "fault_storm", env, stack)
 
 
-def drill_resend_after_uncertain(ctx: DrillContext) -> dict[str, Any]:
-    """Answers lost after the body was sent (uncertain, held), then the operator's resend and a rerun:
-    only the uncertain batches should be sent again."""
-    with drill_setup(ctx, "resend_after_uncertain") as (env, stack):
-        env.sandbox.set_faults(drop_after_body_rate=0.3, seed=3)
-        scheduled_run(stack, env, timeout=200)
+def drill_lost_answers(ctx: DrillContext) -> dict[str, Any]:
+    """Answers lost after MoEngage applied the request (1 in 12) and connections dropped before
+    it read the body (1 in 25), over the scheduled night and an overlapping backfill: every doubt
+    settles itself by receipts or resends, with no operator."""
+    with drill_setup(ctx, "lost_answers", history_end=today_in("Asia/Kolkata") - timedelta(days=2)) as (env, stack):
+        env.sandbox.set_faults(drop_after_body_rate=1 / 12, drop_rate=1 / 25, latency=0.2, seed=3)
+        ctx.notes["lost_answers"] = {"scheduled": scheduled_run(stack, env, timeout=300)}
+        ctx.notes["lost_answers"].update(concurrent_backfill(stack, env, timeout=400))
         env.sandbox.set_faults()
-        uncertain = [b["batch_id"] for b in env.batches("uncertain")]
-        nights = sorted({b["night"] for b in env.batches("uncertain")}) or [env.newest]
-        outputs = []
-        for night in nights:
-            result = subprocess.run([sys.executable, "-m", "loyalty_moengage.cli", "resend", "--program", env.program_id,
-                                     "--night", night.isoformat(), "--requested-by", "drills",
-                                     "--reason", "drill: answers lost after the body was sent"],
-                                    env=dict(os.environ), capture_output=True, text=True, timeout=120)
-            if result.returncode != 0:
-                raise RuntimeError(f"resend failed: {result.stderr[-2000:]}")
-            outputs.append(result.stdout.strip())
-        ctx.notes["resend_after_uncertain"] = {"uncertain_before_resend": uncertain, "resend": outputs}
-        run_id = stack.trigger(env.dag_id, run_id=f"manual__after_resend_{uuid.uuid4().hex[:6]}")
-        stack.wait_runs(env.dag_id, [run_id], timeout=180)
-        return _finish(ctx, "resend_after_uncertain", env, stack, uncertain_batch_ids=uncertain)
+        _drain(stack, env, 240)
+        return _finish(ctx, "lost_answers", env, stack)
 
 
 def drill_concurrent_backfill(ctx: DrillContext) -> dict[str, Any]:
@@ -450,7 +414,7 @@ DRILLS: dict[str, Callable[[DrillContext], dict[str, Any]]] = {
     "postgres_restart_mid_transform": drill_postgres_restart_mid_transform,
     "postgres_restart_mid_load": drill_postgres_restart_mid_load,
     "fault_storm": drill_fault_storm,
-    "resend_after_uncertain": drill_resend_after_uncertain,
+    "lost_answers": drill_lost_answers,
     "concurrent_backfill": drill_concurrent_backfill,
 }
 
@@ -513,10 +477,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps({"drills": figures, "commit": commit, "uncommitted_at_start": dirty, "failed": failures,
                                     "details": ctx.notes}, indent=2, default=str) + "\n")
     print(f"wrote {args.out}")
-    print(f"{'drill':34} {'expected':>8} {'received':>8} {'lost':>5} {'dup':>5} {'dup!unc':>7} {'uncert':>6}")
+    print(f"{'drill':32} {'expected':>8} {'received':>8} {'lost':>5} {'dup':>5} {'unc left':>8} {'receipt':>7} "
+          f"{'absent':>6} {'users':>5}")
     for name, f in figures.items():
-        print(f"{name:34} {f['expected']:>8} {f['received']:>8} {f['lost']:>5} {f['duplicated']:>5} "
-              f"{f['duplicated_outside_uncertain']:>7} {f['uncertain_reported']:>6}")
+        print(f"{name:32} {f['expected']:>8} {f['received']:>8} {f['lost']:>5} {f['duplicated']:>5} "
+              f"{f['uncertain_left']:>8} {f['settled_by_receipt']:>7} {f['resent_after_absence']:>6} "
+              f"{f['users_resent']:>5}")
     return 1 if failures else 0
 
 

@@ -98,7 +98,7 @@ class Night:
     def total(self, key: str) -> int:
         """A run's own work adds up over the night's runs; what the night sent is in its latest report."""
         if key in NIGHT_TOTALS:
-            return int(self.latest[key] or 0)
+            return int(self.reports[-1][key] or 0) if self.reports else 0
         return sum(int(r[key] or 0) for r in self.reports)
 
     @property
