@@ -48,7 +48,7 @@ def resend(dsn: str, *, program_id: str, night: date | None = None, batch_ids: l
     with connect(dsn) as conn:
         requeued = conn.execute(
             "UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, updated_at = now(), "
-            "error = 'requeued by operator resend' WHERE program_id = %s AND state = 'uncertain' "
+            "settled_by = 'operator', error = 'requeued by operator resend' WHERE program_id = %s AND state = 'uncertain' "
             "AND body IS NOT NULL" + where + " RETURNING batch_id, events, users",
             (program_id, *params),
         ).fetchall()
@@ -98,7 +98,7 @@ def resolve(dsn: str, *, program_id: str, night: date | None = None, batch_ids: 
     where, params = _where(night, batch_ids)
     with connect(dsn) as conn:
         settled = conn.execute(
-            "UPDATE moengage_sync.batches SET state = 'sent', updated_at = now(), "
+            "UPDATE moengage_sync.batches SET state = 'sent', updated_at = now(), settled_by = 'operator', "
             "error = 'uncertain; confirmed received by ' || %s WHERE program_id = %s AND state = 'uncertain'"
             + where + " RETURNING events",
             (requested_by, program_id, *params)).fetchall()

@@ -220,6 +220,9 @@ def run_detail(program: Any, run_id: str) -> dict[str, Any]:
                 "ORDER BY reason, k", (program.id, night, SAMPLES_PER_REASON)):
             out["quarantine_samples"].setdefault(reason, []).append(
                 {"template": template, "row_key": key, "detail": why})
+        out["settled"] = {by: (n, int(e)) for by, n, e in conn.execute(
+            "SELECT settled_by, count(*), coalesce(sum(events), 0) FROM moengage_sync.batches WHERE program_id = %s "
+            "AND night = %s AND settled_by IS NOT NULL GROUP BY settled_by", (program.id, night))}
         out["uncertain"] = [dict(zip(("batch_id", "night", "kind", "events", "users", "attempts", "http_status",
                                       "error", "updated_at"), r)) for r in conn.execute(
             "SELECT batch_id, night, kind, events, users, attempts, http_status, error, updated_at "
@@ -233,7 +236,7 @@ def run_detail(program: Any, run_id: str) -> dict[str, Any]:
 
 
 def resolve_commands(program_id: str, night: date | str) -> dict[str, str]:
-    base = "python -m loyalty_moengage.cli"
+    base = "loyalty-moengage"
     return {
         "resend": f'{base} resend --program {program_id} --night {night} --requested-by YOU '
                   f'--reason "checked MoEngage: batch missing"',

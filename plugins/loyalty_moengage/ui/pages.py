@@ -216,7 +216,8 @@ def _last_night(h: dict[str, Any]) -> str:
                    f"(no possible duplicate){' , ' + _n(last.total('events_already_sent')) + ' skipped as already sent' if last.total('events_already_sent') else ''}")
     else:
         verdict = (f"is <b>{_e(last.outcome)}</b>: {_n(last.total('events_sent'))} events sent, {_n(last.unsent)} batches "
-                   f"unsent, {_n(last.uncertain)} uncertain (possible duplicates) — open the night's run for what to do")
+                   f"unsent, {_n(last.uncertain)} uncertain (answers lost that receipts could not settle) — open the "
+                   "night's run for what to do")
     return (f'<div class="head {"ok" if ok else "bad"}" data-k="headline" data-night="{last.night}">'
             f"Last night, <b>{last.night}</b> ({_e(tz)}): {_badge(last.outcome)} {verdict}.</div>")
 
@@ -298,7 +299,7 @@ def run_page(d: dict[str, Any]) -> str:
     parts = [header, _report_headline(r, p.time_zone),
              "<h2>Events by type</h2>" + _kv_table("events_by_type", r["events_by_type"], "event", "enqueued by this run"),
              _batches_table(r, d.get("batches_now", {})), _quarantine_section(r, d), _attributes_section(r, d),
-             _uncertain_section(d), _requests_section(r)]
+             _settled_section(d), _uncertain_section(d), _requests_section(r)]
     if r["notes"]:
         parts.append("<h2>Notes</h2><ul data-k=\"notes\">" + "".join(f"<li>{_e(n)}</li>" for n in r["notes"]) + "</ul>")
     return _page(f"MoEngage sync {p.id} night {d['night']}", "".join(parts))
@@ -371,6 +372,22 @@ def _attributes_section(r: dict[str, Any], d: dict[str, Any]) -> str:
                + ", ".join(f"{_e(k)} {_n(v)}" for k, v in left_out.items()) + "</p>" if left_out else ""))
 
 
+def _settled_section(d: dict[str, Any]) -> str:
+    """The night's lost answers that settled themselves, without a person."""
+    settled = d.get("settled") or {}
+    if not settled:
+        return ""
+    what = {"receipt": "events batch(es) whose answer was lost: their receipts were seen in MoEngage, so they "
+                       "count as sent",
+            "absence": "events batch(es) whose answer was lost: their receipts stayed absent, so MoEngage had not "
+                       "applied them and they were sent again",
+            "resend": "users batch(es) whose answer was lost: sent again (attributes are last-write-wins)",
+            "operator": "batch(es) settled by a person (resend or resolve)"}
+    items = "".join(f'<li data-k="settled_{_e(by)}">{_n(n)} {what.get(by, _e(by))}'
+                    + (f" ({_n(e)} events)" if e else "") + "</li>" for by, (n, e) in sorted(settled.items()))
+    return f'<h2>Lost answers, settled</h2><ul data-k="settled">{items}</ul>'
+
+
 def _uncertain_section(d: dict[str, Any]) -> str:
     """Batches of any night whose outcome is unknown, with the commands that settle them."""
     p, tz = d["program"], d["program"].time_zone
@@ -387,8 +404,9 @@ def _uncertain_section(d: dict[str, Any]) -> str:
                    for n, c in ((n, resolve_commands(p.id, n)) for n in sorted({b['night'] for b in unc})))
     return (out + '<table data-k="uncertain"><tr><th>batch</th><th class="l">night</th><th class="l">kind</th><th>events</th>'
             '<th>members</th><th>attempts</th><th>HTTP</th><th class="l">error</th><th class="l">updated</th></tr>'
-            f"{rows}</table><p>MoEngage may or may not have these. Check the night's events in MoEngage, "
-            f"then:</p><ul>{cmds}</ul>")
+            f"{rows}</table><p>Their answers were lost and their receipts could not settle them (the error "
+            "column says what was seen), so MoEngage may or may not have these. Check the night's events in "
+            f"MoEngage, then:</p><ul>{cmds}</ul>")
 
 
 def _requests_section(r: dict[str, Any]) -> str:
