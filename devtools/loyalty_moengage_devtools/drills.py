@@ -375,11 +375,11 @@ def drill_fault_storm(ctx: DrillContext) -> dict[str, Any]:
 
 
 def drill_lost_answers(ctx: DrillContext) -> dict[str, Any]:
-    """Answers lost after MoEngage applied the request (1 in 12) and connections dropped before
-    it read the body (1 in 25), over the scheduled night and an overlapping backfill: every doubt
+    """Answers lost after MoEngage applied the request (1 in 10) and connections dropped before
+    it read the body (1 in 10), over the scheduled night and an overlapping backfill: every doubt
     settles itself by receipts or resends, with no operator."""
     with drill_setup(ctx, "lost_answers", history_end=today_in("Asia/Kolkata") - timedelta(days=2)) as (env, stack):
-        env.sandbox.set_faults(drop_after_body_rate=1 / 12, drop_rate=1 / 25, latency=0.2, seed=3)
+        env.sandbox.set_faults(drop_after_body_rate=0.1, drop_rate=0.1, latency=0.2, seed=3)
         ctx.notes["lost_answers"] = {"scheduled": scheduled_run(stack, env, timeout=300)}
         ctx.notes["lost_answers"].update(concurrent_backfill(stack, env, timeout=400))
         env.sandbox.set_faults()

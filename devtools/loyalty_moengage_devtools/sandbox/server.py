@@ -144,7 +144,7 @@ class SandboxApp:
         with state.lock:
             state.data_requests += 1
             number = state.data_requests
-            action, delay = state.faults.decide(number)
+            action, delay = state.faults.decide(number, endpoint)
             retry_after = state.faults.retry_after
         request_id = state.new_request_id()
         entry: dict[str, Any] = {"n": number, "time": time.time(), "endpoint": endpoint, "dc": dc,

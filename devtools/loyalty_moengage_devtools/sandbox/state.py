@@ -97,6 +97,8 @@ class Faults:
     an HTTP status (500, 502, 503, 429, ...), ``"drop"`` (close before reading the body),
     ``"drop_after_body"`` (process the request, then close without answering) or
     ``"latency:SECONDS"`` or ``"fail200"`` (200 with ``"status": "fail"``). Rates apply to every other request, drawn from a seeded RNG.
+    ``endpoints`` limits the rates to those endpoints (e.g. ``("transition",)``) and ``limit`` to
+    that many injected faults in all.
     """
 
     error_rate: float = 0.0
@@ -107,16 +109,27 @@ class Faults:
     drop_after_body_rate: float = 0.0
     script: dict[int, Any] = field(default_factory=dict)
     retry_after: float = 1.0  # x-ratelimit-reset sent with a scripted 429
+    endpoints: tuple[str, ...] = ()
+    limit: int | None = None
     seed: int = 0
     _rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def __post_init__(self) -> None:
         self.script = {int(k): v for k, v in self.script.items()}
         self.error_statuses = tuple(int(s) for s in self.error_statuses)
+        self.endpoints = tuple(self.endpoints)
         self._rng = random.Random(self.seed)
 
-    def decide(self, n: int) -> tuple[Any, float]:
+    def decide(self, n: int, endpoint: str = "") -> tuple[Any, float]:
         """(action or None, added latency) for the Nth data request."""
+        action, delay = self._decide(n, endpoint)
+        if action is not None and self.limit is not None:
+            if self.limit <= 0:
+                return None, delay
+            self.limit -= 1
+        return action, delay
+
+    def _decide(self, n: int, endpoint: str) -> tuple[Any, float]:
         rng = self._rng
         delay = self.latency + (rng.random() * self.latency_jitter if self.latency_jitter else 0.0)
         if n in self.script:
@@ -124,6 +137,8 @@ class Faults:
             if isinstance(action, str) and action.startswith("latency:"):
                 return None, delay + float(action.split(":", 1)[1])
             return action, delay
+        if self.endpoints and endpoint not in self.endpoints:
+            return None, delay
         draw = rng.random()
         if draw < self.error_rate:
             return rng.choice(self.error_statuses), delay
@@ -145,6 +160,8 @@ class Faults:
             "drop_after_body_rate": self.drop_after_body_rate,
             "script": {str(k): v for k, v in self.script.items()},
             "retry_after": self.retry_after,
+            "endpoints": list(self.endpoints),
+            "limit": self.limit,
             "seed": self.seed,
         }
 

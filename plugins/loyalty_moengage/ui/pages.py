@@ -383,7 +383,7 @@ def _settled_section(d: dict[str, Any]) -> str:
                        "applied them and they were sent again",
             "resend": "users batch(es) whose answer was lost: sent again (attributes are last-write-wins)",
             "operator": "batch(es) settled by a person (resend or resolve)"}
-    items = "".join(f'<li data-k="settled_{_e(by)}">{_n(n)} {what.get(by, _e(by))}'
+    items = "".join(f'<li><b data-k="settled_{_e(by)}">{_n(n)}</b> {what.get(by, _e(by))}'
                     + (f" ({_n(e)} events)" if e else "") + "</li>" for by, (n, e) in sorted(settled.items()))
     return f'<h2>Lost answers, settled</h2><ul data-k="settled">{items}</ul>'
 

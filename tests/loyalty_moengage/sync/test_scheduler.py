@@ -58,6 +58,10 @@ def test_backfill_overlapping_a_rerun_sends_each_event_once(loyalty_db, pg_serve
     assert result.received_by_event_name == result.keys_by_event_name, (
         "per event name, the sandbox and moengage_sync.event_keys disagree: "
         f"{result.received_by_event_name} != {result.keys_by_event_name}")
+    # Each night's latest report counts that night's events, whichever run's slots delivered them.
+    assert result.nights_miscounted == {}, (
+        f"night: [events_sent in its latest report, events of that night the sandbox received] "
+        f"{result.nights_miscounted}\n{story}")
     assert result.events_sent_in_run_reports == result.received, (
         f"the run reports say {result.events_sent_in_run_reports} events were sent; the sandbox received "
         f"{result.received}\n{story}")

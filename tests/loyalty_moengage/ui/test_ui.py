@@ -66,7 +66,10 @@ def ui_stack(pg_server, template_db, tmp_path_factory):
         with program_env(dsn, work, program_id=PROGRAM, time_zone=TZ, members=300, days=4, seed=11,
                          settings={"reject_threshold": 0.5, "start_date": START.isoformat()}) as env, \
                 airflow_stack(pg_server, root=work / "airflow", env=auth_env, dag_ids=[env.dag_id]) as stack:
+            # The first bulk request's answer is lost after MoEngage applied it: the night settles it itself.
+            env.sandbox.set_faults(drop_after_body_rate=1.0, endpoints=("transition",), limit=1)
             first = scheduled_run(stack, env)
+            env.sandbox.set_faults()
             dry_id = stack.trigger(env.dag_id, run_id=f"manual__dry_run_{uuid.uuid4().hex[:6]}", conf={"dry_run": True})
             runs = {r["run_id"]: r for r in stack.wait_runs(env.dag_id, timeout=240)}
             yield {"env": env, "stack": stack, "dsn": dsn, "run": first, "dry_run_id": dry_id, "runs": runs}
@@ -191,6 +194,14 @@ def test_tabs_in_a_real_browser(ui_stack):
         for reason, n in report["quarantined_by_reason"].items():
             assert _num(frame.locator(f"[data-k=\"quarantined_by_reason:{reason}\"]").inner_text()) == n, reason
         assert frame.locator("[data-k=outcome]").first.inner_text() == "success"
+        # The batch whose answer was lost settled itself: by its receipt (events) or a resend (users).
+        with psycopg.connect(dsn) as conn:
+            settled = dict(conn.execute("SELECT settled_by, count(*) FROM moengage_sync.batches WHERE night = %s "
+                                        "AND settled_by IS NOT NULL GROUP BY 1", (report["night"],)).fetchall())
+        assert settled and set(settled) <= {"receipt", "resend"}, settled
+        for by, n in settled.items():
+            assert _num(frame.locator(f"[data-k=settled_{by}]").inner_text()) == n, by
+        assert _num(frame.locator("[data-k=uncertain_now]").inner_text()) == 0
         page.screenshot(path=str(SHOTS / "moengage-sync-run-tab.png"), full_page=True)
 
         # the dry run's tab
