@@ -30,7 +30,7 @@ def needs_attention(conn: Any, program_id: str, night: date) -> list[dict[str, A
 
 def assess(*, program_id: str, night: date, plan_info: dict[str, Any], chunks_done: int,
            guard_info: dict[str, Any], night_batches: dict[str, int], attention: list[dict[str, Any]],
-           uncertain_policy: str, errors: dict[str, str] | None = None) -> tuple[str, list[str]]:
+           errors: dict[str, str] | None = None) -> tuple[str, list[str]]:
     """The run's outcome and the notes that explain it: success, held, failed, incomplete or
     uncertain (the first that applies, in that order of gravity after failed and held)."""
     notes: list[str] = [f"{task} failed: {message}" for task, message in (errors or {}).items()
@@ -76,5 +76,5 @@ def judge(conn: Any, *, program: Any, night: date, stages: StageSummary) -> tupl
     """:func:`assess` on what the run recorded and the night's batches now."""
     return assess(program_id=program.id, night=night, plan_info=stages.plan, chunks_done=stages.chunks_done,
                   guard_info=stages.guard, night_batches=batch_states(conn, program.id, night),
-                  attention=needs_attention(conn, program.id, night), uncertain_policy=program.uncertain_policy,
+                  attention=needs_attention(conn, program.id, night),
                   errors=stages.errors)

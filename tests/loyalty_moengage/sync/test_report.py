@@ -16,7 +16,7 @@ PLAN = {"chunks": 2, "seconds": 0.1, "skip_reason": None}
 
 def _assess(**kw):
     args = {"program_id": "p", "night": NIGHT, "plan_info": PLAN, "chunks_done": 2, "guard_info": {},
-            "night_batches": {"sent": 3}, "attention": [], "uncertain_policy": "hold"}
+            "night_batches": {"sent": 3}, "attention": []}
     return outcome.assess(**{**args, **kw})
 
 
