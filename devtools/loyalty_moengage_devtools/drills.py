@@ -303,11 +303,11 @@ def _drain(stack: AirflowStack, env: ProgramEnv, timeout: float) -> None:
 def drill_kill_load_mid_post(ctx: DrillContext) -> dict[str, Any]:
     """kill -9 of the load task process whose batch is hanging in its POST; Airflow retries the task."""
     with drill_setup(ctx, "kill_load_mid_post") as (env, stack):
-        hang_at = 4
-        env.sandbox.fail_next(*([None] * (hang_at - 1)), "latency:30")
+        hang_at = 3   # the third bulk request (customer lookups and the preflight's are not counted)
+        env.sandbox.set_faults(script={hang_at: "latency:30"}, script_endpoint="transition")
         stack.unpause(env.dag_id)
-        stack.wait_for(lambda: env.sandbox.state.data_requests >= hang_at, timeout=150,
-                       what=f"data request #{hang_at} (the one that hangs)", interval=0.2)
+        stack.wait_for(lambda: env.sandbox.state.faults.seen["transition"] >= hang_at, timeout=150,
+                       what=f"bulk request #{hang_at} (the one that hangs)", interval=0.2)
         time.sleep(1.5)
         # The batch stuck in its POST is the one 'sending' for over a second; the other slot's
         # normal POSTs take milliseconds (both are 'sending' only briefly).

@@ -98,7 +98,8 @@ class Faults:
     ``"drop_after_body"`` (process the request, then close without answering) or
     ``"latency:SECONDS"`` or ``"fail200"`` (200 with ``"status": "fail"``). Rates apply to every other request, drawn from a seeded RNG.
     ``endpoints`` limits the rates to those endpoints (e.g. ``("transition",)``) and ``limit`` to
-    that many injected faults in all.
+    that many injected faults in all; with ``script_endpoint`` the script counts only the requests
+    to that endpoint (``{3: "latency:30"}``: the third bulk request hangs).
     """
 
     error_rate: float = 0.0
@@ -111,6 +112,8 @@ class Faults:
     retry_after: float = 1.0  # x-ratelimit-reset sent with a scripted 429
     endpoints: tuple[str, ...] = ()
     limit: int | None = None
+    script_endpoint: str = ""
+    seen: Counter = field(default_factory=Counter)   # data requests decided, per endpoint
     seed: int = 0
     _rng: random.Random = field(default_factory=random.Random, repr=False)
 
@@ -122,6 +125,9 @@ class Faults:
 
     def decide(self, n: int, endpoint: str = "") -> tuple[Any, float]:
         """(action or None, added latency) for the Nth data request."""
+        self.seen[endpoint] += 1
+        if self.script_endpoint:
+            n = self.seen[endpoint] if endpoint == self.script_endpoint else 0
         action, delay = self._decide(n, endpoint)
         if action is not None and self.limit is not None:
             if self.limit <= 0:
@@ -162,6 +168,7 @@ class Faults:
             "retry_after": self.retry_after,
             "endpoints": list(self.endpoints),
             "limit": self.limit,
+            "script_endpoint": self.script_endpoint,
             "seed": self.seed,
         }
 
