@@ -155,3 +155,33 @@ def test_every_import_of_the_product_resolves():
                 missing += [f"{path.relative_to(root)}:{node.lineno} {a.name}" for a in node.names
                             if a.name.startswith("loyalty_moengage.") and a.name not in MODULES]
     assert len(files) > 50 and missing == []
+
+
+def _messages(tree: ast.AST) -> list[str]:
+    """String constants that are not docstrings (f-strings: their literal parts joined)."""
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            out.append(node.value)
+        elif isinstance(node, ast.JoinedStr):
+            out.append("".join(v.value for v in node.values if isinstance(v, ast.Constant)))
+    return out
+
+
+def test_no_message_names_a_setting_that_does_not_exist():
+    """"set retry_uncertain=True" once told operators of a setting nobody could set."""
+    import re
+
+    from loyalty_moengage.config.programs import Program
+
+    named = re.compile(r"\b([a-z]+(?:_[a-z]+)+)(?:: (?:true|false|hold|resend)\b|=True\b|=False\b)"
+                       r"|\bset `?([a-z]+(?:_[a-z]+)+)`?")
+    settings = set(Program.model_fields)
+    wrong = [(str(path.relative_to(PACKAGE)), name) for path in PACKAGE.rglob("*.py")
+             for text in _messages(ast.parse(path.read_text()))
+             for m in named.finditer(text) for name in m.groups() if name and name not in settings]
+    assert wrong == []
+    assert "receipts" in settings and "verify_customers" in settings
