@@ -39,6 +39,9 @@ def test_backfill_overlapping_a_rerun_sends_each_event_once(loyalty_db, pg_serve
         observed = concurrent_backfill(stack, env)
         result = env.audit()
         reports = env.reports()
+        notes = {r["run_id"]: r["content"] for r in stack.query(
+            "SELECT d.run_id, n.content FROM dag_run d JOIN dag_run_note n ON n.dag_run_id = d.id "
+            "WHERE d.dag_id = %s", (env.dag_id,))}
     seconds = round(time.monotonic() - started, 1)
     story = json.dumps({"seconds": seconds, "scheduled_run": first["run_id"], "events_after_scheduled_run": after_first,
                         **observed, "audit": result.as_dict(),
@@ -58,6 +61,11 @@ def test_backfill_overlapping_a_rerun_sends_each_event_once(loyalty_db, pg_serve
     assert result.received_by_event_name == result.keys_by_event_name, (
         "per event name, the sandbox and moengage_sync.event_keys disagree: "
         f"{result.received_by_event_name} != {result.keys_by_event_name}")
+    # The run notes say the same per night: the note of each night's latest report's run.
+    latest = {r["night"]: r for r in reports}
+    for night, r in latest.items():
+        assert notes.get(r["run_id"], "").startswith(f"night {night} ({TZ}): {r['events_sent']:,} events, "), (
+            night, notes.get(r["run_id"]), r["events_sent"])
     # Each night's latest report counts that night's events, whichever run's slots delivered them.
     assert result.nights_miscounted == {}, (
         f"night: [events_sent in its latest report, events of that night the sandbox received] "
