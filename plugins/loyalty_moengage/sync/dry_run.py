@@ -82,10 +82,11 @@ class DryRunSink:
     def release(self, *, program: Any, window: Window, run_id: str, override: bool) -> dict[str, Any]:
         return {"dry_run": True}   # nothing was enqueued: nothing to release or withdraw
 
-    def deliver(self, *, program: Any, slot: int, window: Window, run_id: str, attempt: int) -> dict[str, Any]:
+    def deliver(self, *, program: Any, slot: int, window: Window, run_id: str, attempt: int,
+                share: float) -> dict[str, Any]:
         return {"slot": slot, "dry_run": True, "batches_sent": 0, "batches_rejected": 0, "batches_uncertain": 0}
 
-    def settle(self, *, program: Any, window: Window, run_id: str, attempt: int) -> dict[str, Any]:
+    def settle(self, *, program: Any, window: Window, run_id: str, attempt: int, share: float) -> dict[str, Any]:
         return {"dry_run": True, "settled_by_receipt": 0, "resent_after_absence": 0, "uncertain_left": 0}
 
     def report(self, *, program: Any, window: Window, run_id: str) -> tuple[dict[str, Any], str, str | None]:

@@ -121,20 +121,21 @@ class OutboxSink:
 
         return guard_night(self.state_dsn, program=program, night=window.night, run_id=run_id, override=override)
 
-    def deliver(self, *, program: Any, slot: int, window: Window, run_id: str, attempt: int) -> dict[str, Any]:
+    def deliver(self, *, program: Any, slot: int, window: Window, run_id: str, attempt: int,
+                share: float) -> dict[str, Any]:
         from loyalty_moengage.moengage.hook import MoEngageHook
         from loyalty_moengage.sync.load import claim_size, load_slot
         from loyalty_moengage.sync.receipts import ReceiptSettings
 
         # Never retry_uncertain: the outbox records a lost answer first (load.py), so no resend
         # goes unrecorded.
-        hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=program.load_share)
+        hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=share)
         stats = load_slot(program_id=program.id, slot=slot, night=window.night, run_id=run_id,
                           state_dsn=self.state_dsn, hook=hook, uncertain_policy=program.uncertain_policy,
                           attempt=attempt, claim_size=claim_size(hook), receipts=ReceiptSettings.of(program))
         return {k: stats[k] for k in ("slot", "batches_sent", "batches_rejected", "batches_uncertain")}
 
-    def settle(self, *, program: Any, window: Window, run_id: str, attempt: int) -> dict[str, Any]:
+    def settle(self, *, program: Any, window: Window, run_id: str, attempt: int, share: float) -> dict[str, Any]:
         from loyalty_moengage.db import connect
         from loyalty_moengage.moengage.hook import MoEngageHook
         from loyalty_moengage.sync.load import load_slot
@@ -144,7 +145,7 @@ class OutboxSink:
 
         started = time.perf_counter()
         receipts = ReceiptSettings.of(program)
-        hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=program.load_share)
+        hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=share)
         total = Settled()
         # A resend can lose its answer too: a few rounds, each settled by its own receipts.
         for round_ in range(SETTLE_ROUNDS):

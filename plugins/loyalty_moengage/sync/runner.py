@@ -15,6 +15,9 @@ from typing import Any
 
 from loyalty_moengage.paths import project_root
 
+#: The run conf key of an in-process night (``dag.test``: one task at a time).
+IN_PROCESS = "in_process"
+
 
 def airflow_env(home: Path) -> dict[str, str]:
     root = project_root()
@@ -57,5 +60,7 @@ def run_night(program_id: str, night: date, time_zone: str, *, conf: dict[str, A
     ensure_metadata_db()
     dag = load_dag(program_id)
     # dag.test(logical_date=...) treats the date as "run after" and syncs the last complete
-    # interval before it: the night that ends there.
-    return dag.test(logical_date=Window.of_night(night, time_zone).end, run_conf=conf)
+    # interval before it: the night that ends there. In-process, mapped tasks run one after
+    # another, so each load slot may spend the whole budget (tasks.load_share).
+    return dag.test(logical_date=Window.of_night(night, time_zone).end,
+                    run_conf={**(conf or {}), IN_PROCESS: True})

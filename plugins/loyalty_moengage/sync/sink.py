@@ -45,10 +45,11 @@ class Sink(Protocol):
     def release(self, *, program: Any, window: Window, run_id: str, override: bool) -> dict[str, Any]:
         """After every chunk: make the night sendable (the anomaly guard), or not."""
 
-    def deliver(self, *, program: Any, slot: int, window: Window, run_id: str, attempt: int) -> dict[str, Any]:
-        """One load slot's sending."""
+    def deliver(self, *, program: Any, slot: int, window: Window, run_id: str, attempt: int,
+                share: float) -> dict[str, Any]:
+        """One load slot's sending, at ``share`` of the workspace budget."""
 
-    def settle(self, *, program: Any, window: Window, run_id: str, attempt: int) -> dict[str, Any]:
+    def settle(self, *, program: Any, window: Window, run_id: str, attempt: int, share: float) -> dict[str, Any]:
         """After the loads: settle lost answers by evidence (``settle.py``) and send what it freed."""
 
     def report(self, *, program: Any, window: Window, run_id: str) -> tuple[dict[str, Any], str, str | None]:

@@ -117,6 +117,14 @@ def is_dry_run(context: dict[str, Any]) -> bool:
     return bool(params.get("dry_run") or conf.get("dry_run"))
 
 
+def load_share(program: Program, context: dict[str, Any]) -> float:
+    """A load slot's share of the workspace budget: 1/pool slots under a scheduler, where the
+    slots send side by side; the whole budget in-process (``runner.run_night``), where they run
+    one after another and a half-budget slot would take twice the floor."""
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    return 1.0 if conf.get("in_process") else program.load_share
+
+
 def sink_for(program: Program, context: dict[str, Any]) -> Sink:
     """The run's sink: the dry run's area when the run was triggered with ``dry_run``, else the outbox."""
     from loyalty_moengage.sync.dry_run import DryRunSink
@@ -235,7 +243,8 @@ def load(program: Program, slot: int, context: dict[str, Any]) -> dict[str, Any]
     """One load slot: sends what it can claim (``load.py``), paced at its share of the budget."""
     attempt = getattr(context.get("ti"), "try_number", 1) or 1
     return sink_for(program, context).deliver(program=program, slot=slot, window=from_context(program.time_zone, context),
-                                              run_id=context["run_id"], attempt=attempt)
+                                              run_id=context["run_id"], attempt=attempt,
+                                              share=load_share(program, context))
 
 
 @fails_fast("settle")
@@ -243,7 +252,8 @@ def settle(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     """Lost answers settled by MoEngage's evidence (``settle.py``), and what that freed sent."""
     attempt = getattr(context.get("ti"), "try_number", 1) or 1
     return sink_for(program, context).settle(program=program, window=from_context(program.time_zone, context),
-                                             run_id=context["run_id"], attempt=attempt)
+                                             run_id=context["run_id"], attempt=attempt,
+                                             share=load_share(program, context))
 
 
 def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:

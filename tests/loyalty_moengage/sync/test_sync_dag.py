@@ -102,3 +102,20 @@ def test_wrong_data_centre_fails_loudly_before_sending(tiny, tmp_path):
         dag_run = run("tiny", NIGHT)
         assert str(dag_run.state) == "failed"
         assert sandbox.state.events(WORKSPACE) == []
+
+
+def test_an_in_process_night_sends_each_load_slot_at_the_whole_budget(tiny, tmp_path):
+    """dag.test runs mapped tasks one after another: a slot at 1/N of the budget would take N
+    times the floor. Under a scheduler the slots send side by side, each at 1/N."""
+    from types import SimpleNamespace
+
+    from loyalty_moengage.config.programs import get_program
+    from loyalty_moengage.sync.tasks import load_share
+
+    with sync_env(tmp_path, tiny, extra_program="    load_parallelism: 4\n") as sandbox:
+        program = get_program("tiny")
+        assert load_share(program, {"dag_run": SimpleNamespace(conf={})}) == 0.25
+        assert load_share(program, {"dag_run": SimpleNamespace(conf={"in_process": True})}) == 1.0
+        dag_run = run("tiny", date(2026, 11, 22))
+        assert str(dag_run.state) == "success" and dag_run.conf.get("in_process") is True
+        assert sandbox.state.workspace_counters(WORKSPACE)["requests"] > 0
