@@ -5,6 +5,7 @@ run       sync one night of one program now (in-process, dag.test)
 plan      dry run of one night: counts, quarantine, sample payloads, requests, minutes; sends nothing
 resend    re-queue uncertain batches (or, with --all-events, a whole night) of one program
 resolve   record that uncertain batches did reach MoEngage (checked there by an operator)
+presence  import: mark the customers of a MoEngage export (CSV, or one id per line) as known to MoEngage
 api       serve the MoEngage-facing Content API / connector webhook
 
 The development commands (demo, generate, sandbox, bench, bench-api) are in the separate
@@ -121,6 +122,38 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_presence(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from loyalty_moengage.config.programs import get_program
+    from loyalty_moengage.db import connect, ensure_state_schema, loyalty_dsn
+    from loyalty_moengage.moengage.presence_import import PresenceFileError, import_presence, read_ids
+
+    program = get_program(args.program)
+    dsn = loyalty_dsn(program.state_conn)
+    ensure_state_schema(dsn)
+
+    def progress(counts) -> None:
+        print(f"  {counts.rows:,} rows read, {counts.marked_present:,} "
+              f"{'would be ' if args.dry_run else ''}marked present", file=sys.stderr, flush=True)
+
+    try:
+        with connect(dsn) as conn:
+            counts = import_presence(conn, program_id=program.id, ids=read_ids(Path(args.file), column=args.column),
+                                     dry_run=args.dry_run, progress=progress)
+    except (PresenceFileError, UnicodeDecodeError) as exc:
+        print(f"presence import refused: {exc}", file=sys.stderr)
+        return 2
+    verb = "would mark" if args.dry_run else "marked"
+    print(f"{args.file}: {counts.rows:,} rows, {counts.ids:,} distinct customer ids ({counts.refused:,} refused as "
+          f"customer_id values, {counts.duplicates:,} repeated); {counts.already_present:,} already known present; "
+          f"{verb} {counts.marked_present:,} present ({counts.absences_overturned:,} of them cached as absent) for "
+          f"program {program.id}" + (" (dry run: nothing written)" if args.dry_run else ""))
+    if args.json:
+        print(json.dumps(counts.as_dict(), indent=2))
+    return 0
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     from loyalty_moengage.api.__main__ import main
 
@@ -163,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--reason", required=True)
     resolve.add_argument("--requested-by")
     resolve.set_defaults(func=cmd_resolve)
+    presence = sub.add_parser("presence", help="the cache of customers MoEngage has (the presence gate)")
+    psub = presence.add_subparsers(dest="action", required=True)
+    imp = psub.add_parser("import", help="mark the customers of a MoEngage export as present")
+    imp.add_argument("--program", required=True)
+    imp.add_argument("--file", required=True, help="a CSV export (a customer id column) or one id per line")
+    imp.add_argument("--column", help="the CSV column holding the customer id (default: customer_id, ID, ...)")
+    imp.add_argument("--dry-run", action="store_true", help="count only; write nothing")
+    imp.add_argument("--json", action="store_true", help="also print the counts as JSON")
+    imp.set_defaults(func=cmd_presence)
     for name, func in (("api", cmd_api),):
         p = sub.add_parser(name, help=f"see `python -m loyalty_moengage.cli {name} --help`", add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
