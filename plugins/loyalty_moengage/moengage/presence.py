@@ -2,9 +2,11 @@
 
 MoEngage creates a user when it receives an event for an unknown customer_id, whatever
 ``update_existing_only`` says on user elements. So events are only enqueued for customers the
-Get User API has confirmed; confirmations are cached for good, absences for a day (a member
-may be added to MoEngage later). The lookup budget is small (1,000 users/min), but after the
-first nights almost every customer with events is already cached.
+Get User API has confirmed; confirmations are cached for good. An absence is checked again
+after 20 hours, then after twice as long each time it is confirmed (40 h, 80 h, ... at most 30
+days): a member may be added to MoEngage later, but one who is not should not cost a lookup every
+night they have an event. The lookup budget is small (1,000 users/min); ``presence import``
+(``presence_import.py``) seeds the cache from a MoEngage export.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 ABSENT_RECHECK = "20 hours"
+ABSENT_RECHECK_MAX = "30 days"
 
 
 def known_customers(conn: Any, program_id: str, customer_ids: list[str],
@@ -25,10 +28,11 @@ def known_customers(conn: Any, program_id: str, customer_ids: list[str],
             for cid in customer_ids:
                 copy.write_row((cid,))
         cur.execute(
-            "SELECT c.customer_id, p.present, p.checked_at > now() - %s::interval "
+            "SELECT c.customer_id, p.present, p.checked_at > now() - least(%s::interval * "
+            "power(2, least(greatest(p.absent_checks - 1, 0), 6))::int, %s::interval) "
             "FROM _cids c LEFT JOIN moengage_sync.customer_presence p "
             "ON p.program_id = %s AND p.customer_id = c.customer_id",
-            (ABSENT_RECHECK, program_id),
+            (ABSENT_RECHECK, ABSENT_RECHECK_MAX, program_id),
         )
         rows = cur.fetchall()
         cur.execute("TRUNCATE _cids")
@@ -39,8 +43,9 @@ def known_customers(conn: Any, program_id: str, customer_ids: list[str],
         present |= found
         with conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO moengage_sync.customer_presence (program_id, customer_id, present) VALUES (%s, %s, %s) "
-                "ON CONFLICT (program_id, customer_id) DO UPDATE SET present = EXCLUDED.present, checked_at = now()",
-                [(program_id, cid, cid in found) for cid in to_check],
+                "INSERT INTO moengage_sync.customer_presence AS p (program_id, customer_id, present, absent_checks) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (program_id, customer_id) DO UPDATE SET present = EXCLUDED.present, "
+                "checked_at = now(), absent_checks = CASE WHEN EXCLUDED.present THEN 0 ELSE p.absent_checks + 1 END",
+                [(program_id, cid, cid in found, 0 if cid in found else 1) for cid in to_check],
             )
     return present, len(to_check)

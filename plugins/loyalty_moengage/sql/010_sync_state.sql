@@ -203,6 +203,9 @@ CREATE TABLE IF NOT EXISTS moengage_sync.customer_presence (
     PRIMARY KEY (program_id, customer_id)
 );
 
+-- Consecutive lookups that found the customer absent: the next check waits 20 h x 2^(n-1), at most 30 days.
+ALTER TABLE moengage_sync.customer_presence ADD COLUMN IF NOT EXISTS absent_checks integer NOT NULL DEFAULT 0;
+
 -- A dry run's stats (sync/dry_run.py): its plan, one row per chunk ('chunk <label>') with a few
 -- sample payloads, and its summary ('report'). Nothing here can be sent; rows older than a week
 -- are deleted by the next dry run of the program.

@@ -125,3 +125,23 @@ def test_twice_in_one_transaction(conn):
     assert known_customers(conn, PROGRAM, ["REL-2", "REL-3"], lookup) == (set(), 1)
     conn.commit()
     assert lookup.calls == [["REL-1", "REL-2"], ["REL-3"]]
+
+
+def test_an_absence_confirmed_again_waits_twice_as_long_before_the_next_lookup(conn):
+    """Not a lookup every night a member who is not in MoEngage has an event: 20 h, 40 h, 80 h, ..."""
+    lookup = Lookup(set())
+    check(conn, ["REL-8"], lookup)                       # absent once: recheck after 20 h
+    age(conn, "REL-8", "21 hours")
+    assert check(conn, ["REL-8"], lookup) == (set(), 1)  # absent twice: recheck after 40 h
+    age(conn, "REL-8", "39 hours")
+    assert check(conn, ["REL-8"], lookup) == (set(), 0)
+    age(conn, "REL-8", "41 hours")
+    assert check(conn, ["REL-8"], lookup) == (set(), 1)  # three times: 80 h
+    age(conn, "REL-8", "79 hours")
+    assert check(conn, ["REL-8"], lookup) == (set(), 0)
+    conn.execute("UPDATE moengage_sync.customer_presence SET absent_checks = 40")
+    age(conn, "REL-8", "30 days 1 hour")                 # never longer than 30 days
+    lookup.existing.add("REL-8")
+    assert check(conn, ["REL-8"], lookup) == ({"REL-8"}, 1)
+    assert conn.execute("SELECT present, absent_checks FROM moengage_sync.customer_presence").fetchone() == (True, 0)
+    assert len(lookup.calls) == 4
