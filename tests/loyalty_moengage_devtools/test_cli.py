@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 DEV_COMMANDS = {"demo", "generate", "sandbox", "bench", "bench-api"}
-PRODUCT_COMMANDS = {"db", "run", "plan", "resend", "resolve", "api"}
+PRODUCT_COMMANDS = {"db", "run", "plan", "resend", "resolve", "api", "presence"}
 
 
 def _commands(parser: argparse.ArgumentParser) -> set[str]:
