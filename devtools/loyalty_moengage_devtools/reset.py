@@ -9,13 +9,14 @@ _STATE_TABLES = ("SELECT table_name FROM information_schema.columns WHERE table_
                  "AND column_name = 'program_id' ORDER BY table_name")
 
 
-def reset_program_state(dsn: str, program_id: str) -> None:
-    """Delete the program's rows from every sync state table, then VACUUM the outbox tables so
-    the next run meets no dead tuples (the benchmark times that run; for the demo it is cheap)."""
+def reset_program_state(dsn: str, program_id: str, *, keep: tuple[str, ...] = ()) -> None:
+    """Delete the program's rows from every sync state table but ``keep`` (e.g. the presence
+    cache, for a warm-cache night), then VACUUM the outbox tables so the next run meets no dead
+    tuples (the benchmark times that run; for the demo it is cheap)."""
     from loyalty_moengage.db import connect
 
     with connect(dsn) as conn:
-        tables = [t for (t,) in conn.execute(_STATE_TABLES).fetchall()]
+        tables = [t for (t,) in conn.execute(_STATE_TABLES).fetchall() if t not in keep]
         for table in tables:
             conn.execute(f'DELETE FROM moengage_sync."{table}" WHERE program_id = %s', (program_id,))
         conn.commit()

@@ -29,17 +29,24 @@ def test_bench_paced_smoke_writes_the_paced_keys(loyalty_db, tmp_path):
     out = tmp_path / "results"
     assert main(["--members", "300", "--days", "3", "--naive-records", "10", "--dsn", loyalty_db, "--out", str(out),
                  "--paced", "--paced-members", "300", "--two-programs-members", "150",
-                 "--paced-users-per-minute", "120000"]) == 0
+                 "--paced-users-per-minute", "120000", "--gate-lookups-per-minute", "60000"]) == 0
     result = json.loads((out / "latest.json").read_text())
     for key in ("paced_overshoot_pct", "paced_429s", "two_programs_overshoot_pct", "two_programs_429s",
-                "floor_ratio_parallel", "copy_floor_parallel_s", "json_floor_parallel_s", "delivery_floor_parallel_s"):
+                "floor_ratio_parallel", "copy_floor_parallel_s", "json_floor_parallel_s", "delivery_floor_parallel_s",
+                "gate_cold_overshoot_pct", "gate_warm_overshoot_pct", "lookup_floor_s", "send_floor_s",
+                "inprocess_paced_overshoot_pct"):
         assert key in result, key
+    cold, warm = result["gate_cold"], result["gate_warm"]
+    assert cold["users_looked_up"] > 0 and cold["events"] > 0 and warm["members"] == cold["members"]
+    assert warm["users_looked_up"] < cold["users_looked_up"]      # the cache the cold night filled
+    assert result["inprocess_paced"]["state"] == "success" and result["inprocess_paced"]["members"] == 300
     two = result["two_programs"]
     assert set(two["per_program"]) == {"bench_a", "bench_b"} and two["pool"] == result["paced"]["pool"]
     assert two["sandbox_users"] == two["members"] > 0
     assert "requests.post per record" in result["naive_pattern"]
     # --paced-only keeps the rest of the report and says which run it came from
     assert main(["--days", "3", "--dsn", loyalty_db, "--out", str(out), "--paced-only", "--paced-members", "300",
-                 "--two-programs-members", "150", "--paced-users-per-minute", "120000"]) == 0
+                 "--two-programs-members", "150", "--paced-users-per-minute", "120000",
+                 "--gate-lookups-per-minute", "60000"]) == 0
     again = json.loads((out / "latest.json").read_text())
     assert again["earlier_run"]["commit"] == result["commit"] and again["records_per_s"] == result["records_per_s"]

@@ -198,13 +198,14 @@ def _machine(dsn: str) -> dict[str, Any]:
 
 
 def _programs_file(path: Path, *, chunk_members: int | None, load_parallelism: int | None,
-                   ids: tuple[str, ...] = (PROGRAM_ID,), pool_slots: int | None = None) -> Path:
+                   ids: tuple[str, ...] = (PROGRAM_ID,), pool_slots: int | None = None,
+                   verify_customers: bool = False) -> Path:
     """The bench's programs file; several ids share one MoEngage connection (one workspace, one Pool)."""
     lines = ["programs:"]
     for program_id in ids:
         lines += [f"  - id: {program_id}", f"    name: Bench Loyalty {program_id}", f"    time_zone: {TIME_ZONE}",
-                  "    verify_customers: false", "    retries: 0", "    reject_threshold: 0.05",
-                  "    keep_sent_bodies: false"]
+                  f"    verify_customers: {str(verify_customers).lower()}", "    retries: 0",
+                  "    reject_threshold: 0.05", "    keep_sent_bodies: false"]
         if chunk_members:
             lines.append(f"    chunk_members: {chunk_members}")
         if load_parallelism:
@@ -292,6 +293,7 @@ def _run_dag(pool: Any, *, program_id: str, night_iso: str, run_id: str, snapsho
         snapshot()
         paused = time.perf_counter() - t
     loaded = phase("load", [("load", slot) for slot in range(program.load_parallelism)])
+    phase("settle", [("settle", None)])
     report = phase("report", [("report", None)])[0]["result"]
     return {"tasks_run": tasks_run, "phases": phases, "chunks": chunks, "transformed": transformed,
             "loaded": loaded, "report": report, "started": started, "ended": time.perf_counter(), "paused": paused}
@@ -512,6 +514,9 @@ def _targets(r: dict[str, Any]) -> dict[str, Any]:
     if "two_programs" in r:
         t["two programs on one workspace within 5% of their joint floor, at most one 429"] = (
             r["two_programs"]["over_floor_pct"] <= 5 and r["two_programs"]["throttled"] <= 1)
+    for key in ("gate_cold", "gate_warm", "inprocess_paced"):
+        if key in r:
+            t[f"{key} within 5% of max(send floor, lookup floor)"] = r[key]["over_floor_pct"] <= 5
     return t
 
 
@@ -582,6 +587,14 @@ def render_md(r: dict[str, Any]) -> str:
                   f"workspace Pool {p['pool']} has {p['pool_slots']} slots): {p['members']:,} members + "
                   f"{p['events']:,} events in {p['pipeline_s']} s vs their joint floor {p['budget_floor_s']} s "
                   f"({p['over_floor_pct']:+.1f}%); 429s: {p['throttled']}. {per}.", ""]
+    for key, what in (("gate_cold", "Presence gate, cold cache"), ("gate_warm", "Presence gate, warm cache"),
+                      ("inprocess_paced", "In-process night (dag.test, as `make run`), warm cache")):
+        if key in r:
+            g = r[key]
+            lines += [f"{what}: {g['members']:,} members + {g['events']:,} events, {g['users_looked_up']:,} users "
+                      f"looked up at {g['lookups_per_minute']:,}/min: {g['pipeline_s']} s; send floor "
+                      f"{g['send_floor_s']} s, lookup floor {g['lookup_floor_s']} s ({g['over_floor_pct']:+.1f}% over "
+                      f"the larger); 429s: {g['throttled']}.", ""]
     if "earlier_run" in r:
         e = r["earlier_run"]
         lines += [f"Figures other than the paced ones are from an earlier run: commit `{e['commit']}`, "
@@ -605,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paced-users-per-minute", type=int, default=6_000)
     p.add_argument("--two-programs-members", type=int, default=10_000,
                    help="members of each of the two programs of the shared-workspace paced run (default 10,000)")
+    p.add_argument("--gate-lookups-per-minute", type=int, default=100,
+                   help="Get User API budget of the gate runs (default 100: MoEngage's 1,000:60,000 ratio to "
+                        "the bulk budget, at --paced-users-per-minute 6,000)")
     p.add_argument("--paced-pool-slots", type=int, default=None,
                    help="slots of the workspace Pool in the paced runs (default: load_parallelism)")
     p.add_argument("--paced-only", action="store_true",
@@ -690,8 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.paced_only:
         r["earlier_run"] = r.get("earlier_run") or {"commit": r.get("commit"), "started_at": r.get("started_at"),
                                                     "command": r.get("command")}
-        r["earlier_run"]["note"] = ("every figure outside paced/two_programs (and their paced_* / two_programs_* "
-                                    "keys) is from this earlier run")
+        r["earlier_run"]["note"] = ("every figure outside paced/two_programs/gate_cold/gate_warm/inprocess_paced "
+                                    "(and their *_overshoot_pct, *_429s, lookup_floor_s and send_floor_s keys) is "
+                                    "from this earlier run")
     r.update({
         "started_at": started_at, "commit": commit, "commit_at_end": _git_commit(), "machine": _machine(dsn), "days": args.days,
         "workers": args.workers, "command": "python -m loyalty_moengage_devtools.bench " + " ".join(argv or sys.argv[1:]),
@@ -716,7 +733,7 @@ def _earlier(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise SystemExit(f"--paced-only keeps the other figures of {path}, which does not exist: run the full bench")
     r = json.loads(path.read_text())
-    for key in ("targets", "paced", "two_programs"):
+    for key in ("targets", "paced", "two_programs", "gate_cold", "gate_warm", "inprocess_paced"):
         r.pop(key, None)
     return r
 
@@ -738,6 +755,31 @@ def _paced_runs(args: argparse.Namespace, dsn: str, work: Path, r: dict[str, Any
     r["two_programs"] = two
     r["two_programs_overshoot_pct"] = two["over_floor_pct"]
     r["two_programs_429s"] = two["throttled"]
+    _gate_runs(args, dsn, work, r)
+
+
+def _gate_runs(args: argparse.Namespace, dsn: str, work: Path, r: dict[str, Any]) -> None:
+    """The presence gate at MoEngage's ratio of Get User to bulk budget (1,000:60,000), cold
+    cache then warm, under the worker processes; then one in-process night (``make run``)."""
+    from loyalty_moengage_devtools.bench.paced import run_inprocess, run_paced
+
+    night = latest_complete_night(TIME_ZONE)
+    lookups = args.gate_lookups_per_minute
+    for cache in ("cold", "warm"):
+        g = run_paced(args, dsn, work, night, members=[args.paced_members], label=f"gate_{cache}",
+                      lookups_per_minute=lookups, warm=cache == "warm")
+        _log(f"gate, {cache} cache: {g['members']:,} users + {g['events']:,} events, {g['users_looked_up']:,} "
+             f"lookups in {g['pipeline_s']} s; floors: send {g['send_floor_s']} s, lookups {g['lookup_floor_s']} s "
+             f"({g['over_floor_pct']:+.1f}% over the larger), {g['throttled']} 429s")
+        r[f"gate_{cache}"] = g
+        r[f"gate_{cache}_overshoot_pct"] = g["over_floor_pct"]
+    r["lookup_floor_s"] = r["gate_cold"]["lookup_floor_s"]
+    r["send_floor_s"] = r["gate_cold"]["send_floor_s"]
+    i = run_inprocess(args, dsn, work, night, lookups_per_minute=lookups)
+    _log(f"in-process: {i['members']:,} users + {i['events']:,} events in {i['pipeline_s']} s, floor "
+         f"{i['budget_floor_s']} s ({i['over_floor_pct']:+.1f}%), {i['throttled']} 429s")
+    r["inprocess_paced"] = i
+    r["inprocess_paced_overshoot_pct"] = i["over_floor_pct"]
 
 
 def _log(msg: str) -> None:

@@ -52,8 +52,14 @@ class Ticker:
         self._thread.join(1)
 
 
-def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int], label: str) -> dict[str, Any]:
-    """One paced run of ``len(members)`` programs at once on one workspace; returns its figures."""
+def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int], label: str,
+              lookups_per_minute: int | None = None, warm: bool = False) -> dict[str, Any]:
+    """One paced run of ``len(members)`` programs at once on one workspace; returns its figures.
+
+    ``lookups_per_minute``: the presence gate on (``verify_customers``), the sandbox's Get User
+    API at that budget, a deterministic 5% of members unknown to it. ``warm``: the program and
+    its presence cache as the previous run left them (its other state reset): a night whose
+    customers were looked up before."""
     import multiprocessing as mp
 
     from loyalty_moengage.db import connection_json
@@ -65,17 +71,20 @@ def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int
     budget = args.paced_users_per_minute
     ids = (bench.PROGRAM_ID,) if len(members) == 1 else tuple(f"{bench.PROGRAM_ID}_{c}" for c in "ab"[:len(members)])
     generator_s = 0.0
-    bench.clear_bench_programs(dsn)
+    if not warm:
+        bench.clear_bench_programs(dsn)
     for i, (program_id, n) in enumerate(zip(ids, members)):
-        bench._log(f"{label}: generating {program_id} ({n:,} members)")
-        t = time.perf_counter()
-        generate(dsn, program_id=program_id, members=n, days=args.days, seed=args.seed + i,
-                 end_date=night + timedelta(days=1), time_zone=bench.TIME_ZONE, progress=bench._log)
-        generator_s += time.perf_counter() - t
-        reset_program_state(dsn, program_id)
+        if not warm:
+            bench._log(f"{label}: generating {program_id} ({n:,} members)")
+            t = time.perf_counter()
+            generate(dsn, program_id=program_id, members=n, days=args.days, seed=args.seed + i,
+                     end_date=night + timedelta(days=1), time_zone=bench.TIME_ZONE, progress=bench._log)
+            generator_s += time.perf_counter() - t
+        reset_program_state(dsn, program_id, keep=("customer_presence",) if warm else ())
     slots = args.paced_pool_slots
     programs = bench._programs_file(work / f"programs-{label}.yaml", chunk_members=args.chunk_members,
-                                    load_parallelism=args.load_parallelism, ids=ids, pool_slots=slots)
+                                    load_parallelism=args.load_parallelism, ids=ids, pool_slots=slots,
+                                    verify_customers=lookups_per_minute is not None)
     os.environ["LOYALTY_PROGRAMS_FILE"] = str(programs)
     os.environ["AIRFLOW_CONN_LOYALTY_DB"] = connection_json(dsn)
     from loyalty_moengage.config.programs import get_program
@@ -89,11 +98,18 @@ def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int
                            "pool": pool_name.pop(), "pool_slots": slots or get_program(ids[0]).pool_slots,
                            "share_per_load_task": get_program(ids[0]).load_share, "workers": workers,
                            "generator_s": round(generator_s, 2)}
+    lookups = {} if lookups_per_minute is None else {"lookups_per_minute": lookups_per_minute}
     with SandboxServer(port=0, count_only=True) as sandbox:
         sandbox.add_workspace(bench.WORKSPACE, bench.API_KEY, dc="03", users_per_minute=budget,
-                              events_per_minute=budget)
+                              events_per_minute=budget, export_users_per_minute=lookups_per_minute)
+        if lookups_per_minute is not None:
+            from loyalty_moengage_devtools.seed import seed_from_loyalty_db
+
+            for program_id in ids:
+                seed_from_loyalty_db(sandbox, bench.WORKSPACE, dsn, program_id, missing_share=0.05)
         os.environ["AIRFLOW_CONN_MOENGAGE_DEFAULT"] = sandbox.connection_json(
-            bench.WORKSPACE, bench.API_KEY, dc="03", pacing=True, users_per_minute=budget, events_per_minute=budget)
+            bench.WORKSPACE, bench.API_KEY, dc="03", pacing=True, users_per_minute=budget, events_per_minute=budget,
+            **lookups)
         gate = threading.Semaphore(out["pool_slots"])
         runs: dict[str, dict[str, Any]] = {}
         errors: list[BaseException] = []
@@ -103,8 +119,9 @@ def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int
 
         def describe() -> str:
             c = counters()
+            looked = f", {c.get('users_looked_up', 0):,} users looked up" if lookups_per_minute else ""
             return (f"{label}: MoEngage sandbox has {c.get('users_counted', 0):,} users and "
-                    f"{c.get('events_counted', 0):,} events, {c.get('throttled', 0)} 429s")
+                    f"{c.get('events_counted', 0):,} events{looked}, {c.get('throttled', 0)} 429s")
 
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
             list(pool.map(bench._warm_task, [0.5] * workers))
@@ -130,9 +147,15 @@ def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int
     wall = max(r["ended"] for r in runs.values()) - started
     users = sum(r["report"]["members_updated"] for r in runs.values())
     events = sum(r["report"]["events_sent"] for r in runs.values())
-    floor_s = max(users, events) / budget * 60
+    send_floor_s = max(users, events) / budget * 60
+    looked_up = c.get("users_looked_up", 0)
+    lookup_floor_s = looked_up / lookups_per_minute * 60 if lookups_per_minute else 0.0
+    floor_s = max(send_floor_s, lookup_floor_s)
     out.update({
         "members": users, "events": events, "pipeline_s": round(wall, 2), "budget_floor_s": round(floor_s, 2),
+        "send_floor_s": round(send_floor_s, 2), "lookup_floor_s": round(lookup_floor_s, 2),
+        "lookups_per_minute": lookups_per_minute, "users_looked_up": looked_up,
+        "presence_cache": None if lookups_per_minute is None else ("warm" if warm else "cold"),
         "over_floor_pct": round(100 * (wall / floor_s - 1), 2),
         "throttled": c.get("throttled", 0),
         "sandbox_users": c.get("users_counted", 0), "sandbox_events": c.get("events_counted", 0),
@@ -145,3 +168,70 @@ def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int
         "sandbox_mode": "count_only, budget enforced in 60 s windows",
     })
     return out
+
+
+_INPROCESS = """
+import json, sys, time
+from datetime import date
+from loyalty_moengage.night import Window
+from loyalty_moengage.sync.runner import IN_PROCESS, ensure_metadata_db, load_dag
+ensure_metadata_db()
+dag = load_dag(sys.argv[1])
+night = date.fromisoformat(sys.argv[2])
+started = time.perf_counter()
+run = dag.test(logical_date=Window.of_night(night, sys.argv[3]).end, run_conf={IN_PROCESS: True})
+print(json.dumps({"seconds": time.perf_counter() - started, "state": str(run.state), "run_id": run.run_id}))
+"""
+
+
+def run_inprocess(args: Any, dsn: str, work: Path, night: date, *, lookups_per_minute: int) -> dict[str, Any]:
+    """The night as ``make run`` runs it (``dag.test`` in one process, load slots one after
+    another at the whole budget), paced, the gate on, on the presence cache the previous run
+    left (warm); returns its figures against the send floor."""
+    import json
+    import subprocess
+    import sys
+
+    from loyalty_moengage.db import connect, connection_json
+    from loyalty_moengage.sync.runner import airflow_env
+    from loyalty_moengage_devtools import bench
+    from loyalty_moengage_devtools.reset import reset_program_state
+    from loyalty_moengage_devtools.sandbox import SandboxServer
+    from loyalty_moengage_devtools.seed import seed_from_loyalty_db
+
+    budget = args.paced_users_per_minute
+    reset_program_state(dsn, bench.PROGRAM_ID, keep=("customer_presence",))
+    programs = bench._programs_file(work / "programs-inprocess.yaml", chunk_members=args.chunk_members,
+                                    load_parallelism=args.load_parallelism, verify_customers=True)
+    with SandboxServer(port=0, count_only=True) as sandbox:
+        sandbox.add_workspace(bench.WORKSPACE, bench.API_KEY, dc="03", users_per_minute=budget,
+                              events_per_minute=budget, export_users_per_minute=lookups_per_minute)
+        seed_from_loyalty_db(sandbox, bench.WORKSPACE, dsn, bench.PROGRAM_ID, missing_share=0.05)
+        # The bench's Airflow home (main sets it): its metadata DB is made once, not per run.
+        env = {**airflow_env(work / "airflow"), **os.environ, "LOYALTY_PROGRAMS_FILE": str(programs),
+               "AIRFLOW_CONN_LOYALTY_DB": connection_json(dsn),
+               "AIRFLOW_CONN_MOENGAGE_DEFAULT": sandbox.connection_json(
+                   bench.WORKSPACE, bench.API_KEY, dc="03", pacing=True, users_per_minute=budget,
+                   events_per_minute=budget, lookups_per_minute=lookups_per_minute)}
+        bench._log(f"inprocess: dag.test of night {night} (the first run creates Airflow's metadata DB)")
+        with Ticker(lambda: f"inprocess: MoEngage sandbox has "
+                            f"{sandbox.state.workspace_counters(bench.WORKSPACE).get('users_counted', 0):,} users"):
+            done = subprocess.run([sys.executable, "-c", _INPROCESS, bench.PROGRAM_ID, night.isoformat(),
+                                   bench.TIME_ZONE], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"in-process night failed: {done.stderr[-2000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        c = sandbox.state.workspace_counters(bench.WORKSPACE)
+    with connect(dsn) as conn:
+        users, events = conn.execute(
+            "SELECT members_updated, events_sent FROM moengage_sync.run_reports WHERE program_id = %s "
+            "AND run_id = %s", (bench.PROGRAM_ID, result["run_id"])).fetchone()
+    send_floor_s = max(users, events) / budget * 60
+    lookup_floor_s = c.get("users_looked_up", 0) / lookups_per_minute * 60
+    floor_s = max(send_floor_s, lookup_floor_s)
+    return {"state": result["state"], "members": users, "events": events, "pipeline_s": round(result["seconds"], 2),
+            "send_floor_s": round(send_floor_s, 2), "lookup_floor_s": round(lookup_floor_s, 2),
+            "budget_floor_s": round(floor_s, 2), "over_floor_pct": round(100 * (result["seconds"] / floor_s - 1), 2),
+            "throttled": c.get("throttled", 0), "users_looked_up": c.get("users_looked_up", 0),
+            "budget_per_minute": budget, "lookups_per_minute": lookups_per_minute, "presence_cache": "warm",
+            "timed": "dag.test() alone (the metadata DB and the DAG file loaded before the clock starts)"}

@@ -427,6 +427,7 @@ class SandboxApp:
         found, missing = [], []
         with self.state.lock:
             apply_deferred(ws)
+            ws.counters["users_looked_up"] += len(identifiers)
             for item in identifiers:
                 kind = item.get("identifier_type") if isinstance(item, dict) else None
                 value = item.get("identifier") if isinstance(item, dict) else None

@@ -22,6 +22,18 @@ def known_customers(conn: Any, program_id: str, customer_ids: list[str],
     """The subset of ``customer_ids`` present in MoEngage, and how many were looked up now."""
     if not customer_ids:
         return set(), 0
+    present, to_check = cached_presence(conn, program_id, customer_ids)
+    if to_check:
+        found = lookup(to_check)
+        present |= found
+        record_answers(conn, program_id, to_check, found)
+    return present, len(to_check)
+
+
+def cached_presence(conn: Any, program_id: str, customer_ids: list[str]) -> tuple[set[str], list[str]]:
+    """(customers the cache says MoEngage has, customers to look up: unknown or a stale absence)."""
+    if not customer_ids:
+        return set(), []
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS _cids (customer_id text) ON COMMIT DELETE ROWS")
     with conn.cursor() as cur:
         with cur.copy("COPY _cids (customer_id) FROM STDIN") as copy:
@@ -37,15 +49,16 @@ def known_customers(conn: Any, program_id: str, customer_ids: list[str],
         rows = cur.fetchall()
         cur.execute("TRUNCATE _cids")
     present = {cid for cid, known, _fresh in rows if known}
-    to_check = sorted(cid for cid, known, fresh in rows if not known and not fresh)
-    if to_check:
-        found = lookup(to_check)
-        present |= found
+    return present, sorted(cid for cid, known, fresh in rows if not known and not fresh)
+
+
+def record_answers(conn: Any, program_id: str, checked: list[str], found: set[str]) -> None:
+    """Cache the Get User API's answers for ``checked`` (``found``: those it has)."""
+    if checked:
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO moengage_sync.customer_presence AS p (program_id, customer_id, present, absent_checks) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (program_id, customer_id) DO UPDATE SET present = EXCLUDED.present, "
                 "checked_at = now(), absent_checks = CASE WHEN EXCLUDED.present THEN 0 ELSE p.absent_checks + 1 END",
-                [(program_id, cid, cid in found, 0 if cid in found else 1) for cid in to_check],
+                [(program_id, cid, cid in found, 0 if cid in found else 1) for cid in checked],
             )
-    return present, len(to_check)

@@ -102,6 +102,26 @@ CREATE TABLE IF NOT EXISTS moengage_sync.event_keys (
     PRIMARY KEY (program_id, event_id)
 );
 CREATE INDEX IF NOT EXISTS event_keys_batch_idx ON moengage_sync.event_keys (batch_id);
+-- NULL: the event waits in awaiting_presence for its customer's Get User API check (sync/lookups.py).
+ALTER TABLE moengage_sync.event_keys ALTER COLUMN batch_id DROP NOT NULL;
+
+-- Events whose customer the presence cache does not know yet: their keys are taken (batch_id NULL),
+-- and the lookup task checks the customers at the Get User API budget while the loads send, then
+-- packs the present ones into pending batches and quarantines the rest. ``released``: the night's
+-- anomaly guard passed (nothing of a night is sent before it).
+CREATE TABLE IF NOT EXISTS moengage_sync.awaiting_presence (
+    program_id   text NOT NULL,
+    night        date NOT NULL,
+    run_id       text NOT NULL,
+    event_id     text NOT NULL,
+    event_name   text NOT NULL,
+    customer_id  text NOT NULL,
+    element      bytea NOT NULL,
+    released     boolean NOT NULL DEFAULT false,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (program_id, event_id)
+);
+CREATE INDEX IF NOT EXISTS awaiting_presence_next_idx ON moengage_sync.awaiting_presence (program_id, released, customer_id);
 CREATE INDEX IF NOT EXISTS event_keys_night_idx ON moengage_sync.event_keys (program_id, night);
 
 -- Rows that were not sent, with the reason and the row itself.

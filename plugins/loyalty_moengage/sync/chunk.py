@@ -56,7 +56,7 @@ def run_chunk(job: ChunkJob, sink: Sink, *, lookup: Lookup | None = None) -> dic
         checked = check_chunk(extracts, job.window)
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         with timer("lookup"):
-            known = read_known(job, checked, lookup)
+            known = read_known(job, checked, lookup, defer=sink.defers_lookups)
         with timer("transform"):
             packed = pack_chunk(checked, known)
         try:

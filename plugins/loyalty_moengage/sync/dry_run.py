@@ -39,6 +39,8 @@ KEEP_DAYS = 7   # dry-run rows older than this are deleted by the next dry run
 
 
 class DryRunSink:
+    defers_lookups = False   # its summary is what a real run would send: customers are looked up inline
+
     def __init__(self, state_dsn: str) -> None:
         self.state_dsn = state_dsn
 

@@ -69,6 +69,21 @@ def insert_batches(conn: Any, *, program_id: str, night: date, run_id: str, chun
                                 b.element_count, b.users, b.events, b.body, len(b.body)))
 
 
+def insert_awaiting(conn: Any, *, program_id: str, night: date, run_id: str, events: Any) -> None:
+    """Events whose customer is checked later (``lookups.py``): kept, and their keys taken with no batch yet."""
+    ids, names = events.column("event_id").to_pylist(), events.column("event_name").to_pylist()
+    with conn.cursor() as cur:
+        with cur.copy("COPY moengage_sync.awaiting_presence (program_id, night, run_id, event_id, event_name, "
+                      "customer_id, element) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["text", "date", "text", "text", "text", "text", "bytea"])
+            for eid, name, cid, element in zip(ids, names, events.column("customer_id").to_pylist(),
+                                               events.column("element").to_pylist()):
+                copy.write_row((program_id, night, run_id, eid, name, cid, element.encode()))
+        with cur.copy("COPY moengage_sync.event_keys (program_id, event_id, night, event_name) FROM STDIN") as copy:
+            for eid, name in zip(ids, names):
+                copy.write_row((program_id, eid, night, name))
+
+
 def insert_event_keys(conn: Any, csv_bytes: bytes) -> None:
     """COPY (program_id, event_id, night, event_name, batch_id) rows given as CSV."""
     with conn.cursor() as cur:

@@ -3,6 +3,9 @@ before (any night, ever), whether this run may enqueue the chunk's attribute ref
 customers of its new events MoEngage knows (``moengage/presence.py``: cached Get User API
 answers, so no event creates a profile).
 
+A real run *defers* the lookups (``defer``): customers the cache does not know are not looked
+up here, on the night's critical path; their events wait in ``awaiting_presence`` for the lookup
+task (``lookups.py``), which checks them while the loads send. A dry run looks them up inline.
 Read before the chunk's state transaction opens: a minute of Get User API calls must not hold
 its locks. The sink's transaction stays the judge: two runs enqueuing the same events at once
 collide on the event-key primary key there, and the loser reads this again.
@@ -26,11 +29,12 @@ class Known:
     lookups: int                      # Get User API lookups made for this chunk
     send_users: bool                  # this run enqueues the chunk's attribute refresh
     attributes_skip_reason: str | None = None
+    awaiting: frozenset[str] = frozenset()   # customers to check later (deferred lookups)
 
 
-def read_known(job: ChunkJob, checked: Checked, lookup: Lookup | None) -> Known:
+def read_known(job: ChunkJob, checked: Checked, lookup: Lookup | None, *, defer: bool = False) -> Known:
     from loyalty_moengage.db import connect
-    from loyalty_moengage.moengage.presence import known_customers
+    from loyalty_moengage.moengage.presence import cached_presence, known_customers
     from loyalty_moengage.sync.enqueue import attributes_taken, existing_event_ids
 
     with connect(job.state_dsn) as conn:
@@ -40,13 +44,17 @@ def read_known(job: ChunkJob, checked: Checked, lookup: Lookup | None) -> Known:
         skip = None
         if job.send_users and checked.user_count:
             skip = attributes_taken(conn, program_id=job.program_id, night=job.window.night, lo=job.lo, hi=job.hi)
-        present, lookups = None, 0
+        present, lookups, awaiting = None, 0, frozenset[str]()
         customers = _new_event_customers(checked.events, already) if lookup is not None else set()
-        if customers:
+        if customers and defer:
+            present, later = cached_presence(conn, job.program_id, sorted(customers))
+            awaiting = frozenset(later)
+        elif customers:
             present, lookups = known_customers(conn, job.program_id, sorted(customers), lookup)
         conn.commit()
     return Known(already_enqueued=already, present=present, lookups=lookups,
-                 send_users=bool(job.send_users and checked.user_count and skip is None), attributes_skip_reason=skip)
+                 send_users=bool(job.send_users and checked.user_count and skip is None), attributes_skip_reason=skip,
+                 awaiting=awaiting)
 
 
 def _new_event_customers(events: Any, already: set[str]) -> set[str]:

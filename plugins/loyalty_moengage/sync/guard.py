@@ -82,6 +82,9 @@ def release_night(conn: Any, program_id: str, night: Any) -> int:
         "WHERE program_id = %s AND night = %s AND state = 'staged'",
         (program_id, night),
     )
+    # Events waiting for their customer's check may now be enqueued by the lookup task (lookups.py).
+    conn.execute("UPDATE moengage_sync.awaiting_presence SET released = true WHERE program_id = %s AND night = %s "
+                 "AND NOT released", (program_id, night))
     conn.commit()
     return cur.rowcount
 
@@ -96,6 +99,11 @@ def withdraw_night(conn: Any, program_id: str, night: Any, run_id: str) -> int:
         "RETURNING batch_id", (program_id, night, run_id))]
     conn.execute("DELETE FROM moengage_sync.event_keys WHERE program_id = %s AND batch_id = ANY(%s)",
                   (program_id, withdrawn))
+    waiting = [r[0] for r in conn.execute(
+        "DELETE FROM moengage_sync.awaiting_presence WHERE program_id = %s AND night = %s AND run_id = %s "
+        "AND NOT released RETURNING event_id", (program_id, night, run_id))]
+    conn.execute("DELETE FROM moengage_sync.event_keys WHERE program_id = %s AND event_id = ANY(%s) "
+                 "AND batch_id IS NULL", (program_id, waiting))
     conn.execute(
         "DELETE FROM moengage_sync.attribute_chunks a WHERE a.program_id = %s AND a.night = %s AND a.run_id = %s "
         "AND NOT EXISTS (SELECT 1 FROM moengage_sync.batches b WHERE b.program_id = a.program_id "

@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from loyalty_moengage.sync.delivery import ClaimedBatch, Owner
 from loyalty_moengage.sync.receipts import ReceiptSettings
@@ -78,7 +78,8 @@ def _quarantine_batch(conn: Any, batch: ClaimedBatch, *, program_id: str, run_id
 def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn: str,
               hook: MoEngageHook, uncertain_policy: str = "hold", claim_size: int = CLAIM_SIZE,
               attempt: int = 1, lease_seconds: float | None = None,
-              receipts: ReceiptSettings | None = None) -> dict[str, Any]:
+              receipts: ReceiptSettings | None = None,
+              lookup: Callable[[list[str]], set[str]] | None = None, lookup_group: int = 20) -> dict[str, Any]:
     """Send every pending batch this slot can claim (nights up to ``night``, oldest first)."""
     from loyalty_moengage.db import connect
     from loyalty_moengage.sync.delivery import LEASE_SECONDS, LeaseKeeper
@@ -94,8 +95,10 @@ def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn
         hook.preflight()
     with connect(state_dsn) as conn:
         _take_over(conn, me)
-        with LeaseKeeper(state_dsn, me.owner, lease_seconds=me.lease):
-            failure = _send_all(conn, me)
+        with LeaseKeeper(state_dsn, me.owner, lease_seconds=me.lease), _lookups(me, lookup, lookup_group) as worker:
+            failure = _send_all(conn, me, worker)
+        if worker is not None and worker.error is not None and failure is None:
+            failure = worker.error
         hook_stats = getattr(hook, "stats", None)
         if hook_stats is not None:
             me.stats.update({k: getattr(hook_stats, k) for k in ("requests", "throttled", "retries", "bytes_sent",
@@ -111,6 +114,19 @@ def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn
         ) from failure
     log.info("slot %d: %s", slot, me.stats)
     return me.stats
+
+
+def _lookups(me: Slot, lookup: Callable[[list[str]], set[str]] | None, customers: int) -> Any:
+    """The slot's presence lookups, beside its sends (``lookups.py``); nothing without ``lookup``."""
+    from contextlib import nullcontext
+
+    from loyalty_moengage.sync.lookups import LookupWorker
+
+    if lookup is None:
+        return nullcontext(None)
+    return LookupWorker(me.state_dsn, program_id=me.owner.program_id, up_to_night=me.night, run_id=me.owner.run_id,
+                        key=f"presence-slot-{me.owner.slot}-try-{me.owner.try_number}", lookup=lookup,
+                        customers=customers)
 
 
 def _take_over(conn: Any, me: Slot) -> None:
@@ -132,18 +148,40 @@ def _take_over(conn: Any, me: Slot) -> None:
         me.stats["requeued_uncertain"] = requeue_uncertain(conn, me.owner.program_id)
 
 
-def _send_all(conn: Any, me: Slot) -> Exception | None:
-    """Claim and send until nothing is pending; the error that stopped the slot, if any."""
-    from loyalty_moengage.sync.delivery import claim, release
+#: A slot waits for the lookup task's batches while it makes progress, at most this long without.
+LOOKUP_STALL_SECONDS = 120.0
 
-    while claimed := claim(conn, me.owner, me.claim_size, up_to_night=me.night, lease_seconds=me.lease):
+
+def _send_all(conn: Any, me: Slot, worker: Any = None) -> Exception | None:
+    """Claim and send until nothing is pending and no event awaits its customer's check (the
+    slots' lookup workers enqueue those meanwhile); the error that stopped the slot, if any."""
+    from loyalty_moengage.sync.delivery import claim, release
+    from loyalty_moengage.sync.lookups import pending_lookups
+
+    waiting, progress_at = None, time.monotonic()
+    while True:
+        # Counted before the claim: a group enqueued after the count is in the claim's snapshot.
+        left = pending_lookups(conn, me.owner.program_id, me.night)
+        claimed = claim(conn, me.owner, me.claim_size, up_to_night=me.night, lease_seconds=me.lease)
+        if not claimed:
+            if worker is not None and worker.error is not None:
+                return None   # load_slot fails the try with the worker's error
+            mine = worker is not None and worker.alive
+            if not left or (not mine and time.monotonic() - progress_at > LOOKUP_STALL_SECONDS):
+                if left:
+                    log.warning("%d event(s) still await their customer's check: the next run enqueues them", left)
+                return None
+            if left != waiting:
+                waiting, progress_at = left, time.monotonic()
+            time.sleep(0.5)
+            continue
+        progress_at = time.monotonic()
         for i, batch in enumerate(claimed):
             failure = _post_claimed(conn, me, batch)
             if failure is not None:
                 release(conn, [b.batch_id for b in claimed[i + 1:]], me.owner, error="not attempted: the slot stopped")
                 conn.commit()
                 return failure
-    return None
 
 
 def _post_claimed(conn: Any, me: Slot, batch: ClaimedBatch) -> Exception | None:

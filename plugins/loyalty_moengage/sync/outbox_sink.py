@@ -29,6 +29,8 @@ SETTLE_ROUNDS = 3
 
 
 class OutboxSink:
+    defers_lookups = True
+
     def __init__(self, state_dsn: str) -> None:
         self.state_dsn = state_dsn
 
@@ -106,6 +108,9 @@ class OutboxSink:
         if packed.keys is not None:
             enqueue.insert_event_keys(conn, enqueue.event_key_rows(packed.keys, batch_ids, program_id=job.program_id,
                                                                    night=night))
+        if packed.awaiting is not None and packed.awaiting.num_rows:
+            enqueue.insert_awaiting(conn, program_id=job.program_id, night=night, run_id=job.run_id,
+                                    events=packed.awaiting)
         enqueue.insert_quarantine(conn, program_id=job.program_id, night=night, run_id=job.run_id,
                                   rows=packed.rejects.rows)
         seconds["outbox"] += time.perf_counter() - started
@@ -125,14 +130,19 @@ class OutboxSink:
                 share: float) -> dict[str, Any]:
         from loyalty_moengage.moengage.hook import MoEngageHook
         from loyalty_moengage.sync.load import claim_size, load_slot
+        from loyalty_moengage.sync.lookups import group_customers
         from loyalty_moengage.sync.receipts import ReceiptSettings
 
         # Never retry_uncertain: the outbox records a lost answer first (load.py), so no resend
         # goes unrecorded.
         hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=share)
+        # Its own hook (a session per thread): the slot's lookups run beside its sends (lookups.py).
+        lookups = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=share)
+        lookup = lookups.existing_customers if program.verify_customers else None
         stats = load_slot(program_id=program.id, slot=slot, night=window.night, run_id=run_id,
                           state_dsn=self.state_dsn, hook=hook, uncertain_policy=program.uncertain_policy,
-                          attempt=attempt, claim_size=claim_size(hook), receipts=ReceiptSettings.of(program))
+                          attempt=attempt, claim_size=claim_size(hook), receipts=ReceiptSettings.of(program),
+                          lookup=lookup, lookup_group=group_customers(lookups.config.lookups_per_minute, share))
         return {k: stats[k] for k in ("slot", "batches_sent", "batches_rejected", "batches_uncertain")}
 
     def settle(self, *, program: Any, window: Window, run_id: str, attempt: int, share: float) -> dict[str, Any]:

@@ -26,6 +26,7 @@ class Packed:
     not_in_moengage: int = 0
     customer_lookups: int = 0         # Get User API lookups the gate made
     attributes_skip_reason: str | None = None
+    awaiting: Any = None              # pa.Table of events whose customer is checked later (same columns as events)
 
     @property
     def batches(self) -> list[NewBatch]:
@@ -38,23 +39,24 @@ class Packed:
 
 def pack_chunk(checked: Checked, known: Known) -> Packed:
     rejects = checked.rejects.copy()
-    events, already, absent = _new_events(checked.events, known, rejects)
+    events, already, absent, awaiting = _new_events(checked.events, known, rejects)
     event_batches, keys, by_type = _pack_events(events, rejects)
     user_batches = _pack_users(checked, rejects) if known.send_users else []
     return Packed(events=events, event_batches=event_batches, keys=keys, user_batches=user_batches, rejects=rejects,
                   events_by_type=by_type, events_already_sent=already, not_in_moengage=absent, customer_lookups=known.lookups,
-                  attributes_skip_reason=known.attributes_skip_reason)
+                  attributes_skip_reason=known.attributes_skip_reason, awaiting=awaiting)
 
 
-def _new_events(events: Any, known: Known, rejects: Rejects) -> tuple[Any, int, int]:
+def _new_events(events: Any, known: Known, rejects: Rejects) -> tuple[Any, int, int, Any]:
     """The events no run has enqueued before, for customers MoEngage knows; with how many were
-    dropped as already sent and how many quarantined as unknown to MoEngage."""
+    dropped as already sent, how many quarantined as unknown to MoEngage, and the events whose
+    customers are checked later (deferred lookups), or None."""
     import orjson
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if events is None or not events.num_rows:
-        return None, 0, 0
+        return None, 0, 0, None
     already = 0
     if known.already_enqueued:
         keep = pc.invert(pc.is_in(events.column("event_id"),
@@ -62,14 +64,18 @@ def _new_events(events: Any, known: Known, rejects: Rejects) -> tuple[Any, int, 
         already = events.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
         events = events.filter(keep)
     if known.present is None or not events.num_rows:
-        return events, already, 0
+        return events, already, 0, None
+    awaiting = None
+    if known.awaiting:
+        later = pc.is_in(events.column("customer_id"), value_set=pa.array(sorted(known.awaiting), pa.string()))
+        awaiting, events = events.filter(later), events.filter(pc.invert(later))
     found = pc.is_in(events.column("customer_id"), value_set=pa.array(sorted(known.present), pa.string()))
     unknown = events.filter(pc.invert(found))
     for eid, name, cid in zip(unknown.column("event_id").to_pylist(), unknown.column("event_name").to_pylist(),
                               unknown.column("customer_id").to_pylist()):
         rejects.add("(presence)", NOT_IN_MOENGAGE, eid,
                     orjson.dumps({"event_id": eid, "event_name": name, "customer_id": cid}), count=False)
-    return events.filter(found), already, unknown.num_rows
+    return events.filter(found), already, unknown.num_rows, awaiting
 
 
 def _pack_events(events: Any, rejects: Rejects) -> tuple[list[NewBatch], Any, Counter[str]]:

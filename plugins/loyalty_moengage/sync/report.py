@@ -136,11 +136,17 @@ def report_night(conn: Any, *, program: Any, window: Window, run_id: str) -> tup
     in_flight = wait_for_in_flight(conn, program.id, window.night)
     # After the wait: a batch whose owner died mid-POST is counted uncertain, not unsent.
     recover_orphans(conn, program.id)
-    stages = stage_summary(run_records(conn, program.id, run_id))
+    stages = stage_summary(run_records(conn, program.id, run_id), window.night)
     outcome, notes = judge(conn, program=program, night=window.night, stages=stages)
     if in_flight:
         notes.append(f"{in_flight} batch(es) of this night were still being sent by another run when "
                      "this report was written")
+    awaiting = conn.execute("SELECT count(*) FROM moengage_sync.awaiting_presence WHERE program_id = %s "
+                            "AND night = %s", (program.id, window.night)).fetchone()[0]
+    if awaiting:
+        outcome = "incomplete" if outcome == "success" else outcome
+        notes.append(f"{awaiting} event(s) of this night still await their customer's Get User API check (the "
+                     "lookup task did not finish): the next run checks and sends them")
     if stages.requeued_uncertain:
         notes.append(f"{stages.requeued_uncertain} uncertain events batch(es) were resent by policy resend: "
                      "possible duplicates")

@@ -24,6 +24,9 @@ class Collision(RuntimeError):
 
 class Sink(Protocol):
     state_dsn: str
+    #: Customers the presence cache does not know are checked after the guard, by the load slots
+    #: beside their sends (``lookups.py``), not in the chunk.
+    defers_lookups: bool
 
     def start_night(self, conn: Any, *, program: Any, window: Window, run_id: str) -> dict[str, Any]:
         """The plan's housekeeping before the night's chunks are written."""

@@ -17,7 +17,9 @@ from loyalty_moengage.sync.pack import Packed
 #: The per-chunk counts that add up over a night (:func:`chunk_stats` writes them).
 CHUNK_COUNTS = ("rows_extracted", "events_extracted", "events_enqueued", "events_already_sent", "not_in_moengage",
                 "customer_lookups", "members_extracted", "members_enqueued", "batches", "event_requests",
-                "user_requests", "bytes")
+                "user_requests", "bytes", "events_awaiting_presence")
+#: What the deferred presence lookups add to the night's chunk counts (``lookups.py``).
+PRESENCE_COUNTS = ("events_enqueued", "not_in_moengage", "customer_lookups", "batches", "event_requests", "bytes")
 #: The per-slot counts that add up over a night's loads.
 LOAD_COUNTS = ("requests", "throttled", "retries", "bytes_sent")
 
@@ -33,6 +35,7 @@ def chunk_stats(job: ChunkJob, checked: Checked, packed: Packed, seconds: Counte
         "events_already_sent": packed.events_already_sent,
         "not_in_moengage": packed.not_in_moengage,
         "customer_lookups": packed.customer_lookups,
+        "events_awaiting_presence": packed.awaiting.num_rows if packed.awaiting is not None else 0,
         "members_extracted": checked.members_extracted,
         "members_enqueued": sum(b.users for b in packed.user_batches),
         "quarantined": dict(packed.rejects.reasons),
@@ -104,7 +107,9 @@ class StageSummary:
         return self.chunks.chunks
 
 
-def stage_summary(records: Iterable[tuple[str, str, dict[str, Any]]]) -> StageSummary:
+def stage_summary(records: Iterable[tuple[str, str, dict[str, Any]]], night: date | None = None) -> StageSummary:
+    """The run's records summed; presence lookups only where they served ``night`` (a run's
+    slots also check older nights' customers, counted in those nights' reports)."""
     summary = StageSummary()
     seconds = summary.seconds
     for stage, key, stats in records:
@@ -125,6 +130,12 @@ def stage_summary(records: Iterable[tuple[str, str, dict[str, Any]]]) -> StageSu
             summary.loads.update({k: int(stats.get(k, 0) or 0) for k in LOAD_COUNTS})
         elif stage == "guard":
             summary.guard = stats
+        elif stage == "presence":
+            if night is not None and stats.get("night", night.isoformat()) != night.isoformat():
+                continue
+            summary.chunks.counts.update({k: int(stats.get(k, 0) or 0) for k in PRESENCE_COUNTS})
+            summary.chunks.events_by_type.update(stats.get("events_by_type", {}))
+            seconds["presence"] = seconds.get("presence", 0.0) + stats.get("seconds", 0.0)
         elif stage == "settle":
             summary.settle = {**stats, "users_resent": summary.settle.get("users_resent", 0)
                               + stats.get("users_requeued", 0)}

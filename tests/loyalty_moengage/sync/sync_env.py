@@ -34,8 +34,8 @@ def sync_env(tmp_path: Path, dsn: str, *, program_id: str = "tiny", time_zone: s
     sandbox = SandboxServer(port=0, **(sandbox_kwargs or {})).start()
     try:
         with restored_environ("LOYALTY_PROGRAMS_FILE", "AIRFLOW_CONN_LOYALTY_DB", "AIRFLOW_CONN_MOENGAGE_DEFAULT"):
-            sandbox.add_workspace(WORKSPACE, API_KEY, dc="03", export_users_per_minute=100_000,
-                                  **(workspace_kwargs or {}))
+            sandbox.add_workspace(WORKSPACE, API_KEY, dc="03", **{"export_users_per_minute": 100_000,
+                                                                 **(workspace_kwargs or {})})
             if customers == "all":
                 from loyalty_moengage_devtools.seed import seed_from_loyalty_db
 

@@ -397,7 +397,9 @@ def test_a_report_after_its_owner_died_mid_post_says_uncertain(program, tmp_path
     from airflow.sdk.exceptions import AirflowFailException
 
     from loyalty_moengage.config.programs import get_program
+    from loyalty_moengage.moengage.hook import MoEngageHook
     from loyalty_moengage.sync import delivery, tasks
+    from loyalty_moengage.sync.lookups import check_awaiting
     from loyalty_moengage.night import Window
 
     night = _today() - timedelta(days=1)
@@ -409,6 +411,10 @@ def test_a_report_after_its_owner_died_mid_post_says_uncertain(program, tmp_path
         for chunk in tasks.plan(p, context):
             tasks.transform(p, chunk, context)
         tasks.guard(p, context)
+        # Another slot's lookups enqueue the checked customers' events (lookups.py), so the
+        # dead owner's claim is an events batch (claim order: events first).
+        check_awaiting(program, program_id=PROGRAM, up_to_night=night, run_id="run-d", key="presence-test",
+                       lookup=MoEngageHook(moengage_conn_id="moengage_default").existing_customers)
         dead = delivery.Owner(program_id=PROGRAM, run_id="run-d", slot=0)
         with psycopg.connect(program) as conn:
             [batch] = delivery.claim(conn, dead, 1, up_to_night=night)

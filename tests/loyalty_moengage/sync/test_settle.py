@@ -38,6 +38,7 @@ def _enqueue(dsn: str, night: date, run_id: str = "run-s") -> None:
     from loyalty_moengage.moengage.hook import MoEngageHook
     from loyalty_moengage.night import Window
     from loyalty_moengage.sync.guard import release_night
+    from loyalty_moengage.sync.lookups import check_awaiting
     from tests.loyalty_moengage.sync.sync_env import transform_chunk
 
     transform_chunk(program_id=PROGRAM, window=Window.of_night(night, TZ), lo=0, hi=2**63 - 1, label="all",
@@ -45,6 +46,8 @@ def _enqueue(dsn: str, night: date, run_id: str = "run-s") -> None:
                     lookup=MoEngageHook(moengage_conn_id="moengage_default").existing_customers)
     with psycopg.connect(dsn) as conn:
         release_night(conn, PROGRAM, night)
+    check_awaiting(dsn, program_id=PROGRAM, up_to_night=night, run_id=run_id, key="presence-test",
+                   lookup=MoEngageHook(moengage_conn_id="moengage_default").existing_customers)
 
 
 def _load(dsn: str, night: date, *, receipts=None, run_id: str = "run-s", attempt: int = 1):
