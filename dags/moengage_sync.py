@@ -10,10 +10,10 @@ sets `workspace_pool`); the plugin creates it when a run starts if it is missing
 `preflight` (MoEngage credentials on the configured data centre, SQL template columns) ->
 `plan` (member-id chunks) -> `transform` (mapped: SQL extract, row checks, payload batches
 into the Postgres outbox) -> `guard` (anomaly checks before anything is sent) -> `load`
-(mapped, paced sends; beside its sends each slot checks the customers the presence cache did
-not know, at its share of the Get User API budget) -> `settle` (lost answers settled by their receipts in MoEngage, and
-resent when MoEngage did not apply them) -> `report` (always runs; writes
-`moengage_sync.run_reports`).
+(mapped, paced sends; beside them each slot checks the customers the presence cache did not
+know, at its share of the Get User API budget) -> `settle` (lost answers settled by their
+receipts in MoEngage, and resent when MoEngage did not apply them) -> `report` (always runs;
+writes `moengage_sync.run_reports`).
 
 Reruns, cleared tasks and backfills never send an event twice: see README, "Backfills and reruns".
 """

@@ -378,6 +378,54 @@ async def db_target(dsn: str, program_id: str, phones: list[str], args: argparse
                            args.start_rate, args.max_rate)
 
 
+async def bursts(url: str, path: str, queries: list[str], sizes: list[int], rounds: int) -> dict[str, Any]:
+    """MoEngage's calling pattern: ``size`` requests at once over as many kept-alive connections,
+    ``rounds`` times; a request with no answer within 5 s failed (a 503 is an answer)."""
+    host, port = url.removeprefix("http://").split(":")
+    requests = [f"GET {path}?{q} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n".encode()
+                for q in queries]
+    loop = asyncio.get_running_loop()
+    out: dict[str, Any] = {}
+    for size in sizes:
+        client = _Client(host, int(port), size)
+        try:
+            for start in range(0, size, 250):   # a caller's connections are open before its batch
+                client.idle.extend(await asyncio.gather(*(client._open() for _ in range(min(250, size - start)))))
+            latencies: list[float] = []
+            statuses: dict[str, int] = {}
+            for r in range(rounds):
+                t0 = loop.time()
+
+                async def one(i: int) -> None:
+                    try:
+                        status, _ = await asyncio.wait_for(client.get(requests[(r * size + i) % len(requests)]),
+                                                           TIMEOUT_S)
+                    except asyncio.TimeoutError:
+                        status = "timeout"
+                    except Exception as exc:  # noqa: BLE001 - a refused or reset connection is no answer
+                        status = type(exc).__name__
+                    statuses[status] = statuses.get(status, 0) + 1
+                    if status.isdigit():
+                        latencies.append((loop.time() - t0) * 1000)
+
+                gc.disable()
+                await asyncio.gather(*(one(i) for i in range(size)))
+                gc.enable()
+                await asyncio.sleep(1.0)
+            failed = sum(v for k, v in statuses.items() if not k.isdigit())
+            out[str(size)] = {"size": size, "rounds": rounds, "requests": size * rounds, "failed": failed,
+                              "p50_ms": _pct(latencies, 0.5), "p99_ms": _pct(latencies, 0.99),
+                              "max_ms": round(max(latencies), 2) if latencies else None,
+                              "shed_503": statuses.get("503", 0), "statuses": dict(sorted(statuses.items())),
+                              "connections": client.opened}
+            _log(f"  burst of {size:,} x {rounds}: p50 {out[str(size)]['p50_ms']} ms, p99 {out[str(size)]['p99_ms']} "
+                 f"ms, {failed} without an answer in 5 s, {statuses.get('503', 0)} fast 503s")
+        finally:
+            client.close()
+        await asyncio.sleep(1.0)
+    return out
+
+
 def _run_async(coro):
     try:
         import uvloop
@@ -414,8 +462,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         proc.wait(15)
     _log(f"db_floor: points.lookup through a pool of {args.pool_max}, no HTTP")
     db_rate, db_steps = _run_async(db_target(dsn, args.program, stored, args))
+    sizes = [int(x) for x in args.bursts.split(",") if x.strip()]
+    burst: dict[str, Any] = {}
+    if sizes:
+        proc, url = start_server(dsn, args.program, api_key, store_id, store_key, args.burst_workers, args.pool_max)
+        try:
+            _run_async(_wait_ready(url))
+            _log(f"bursts: {PATH}, {args.burst_workers} server process(es), LOYALTY_API_MAX_IN_FLIGHT "
+                 f"{os.environ.get('LOYALTY_API_MAX_IN_FLIGHT', 1000)} per process")
+            burst = _run_async(bursts(url, PATH, queries, sizes, args.burst_rounds))
+        finally:
+            proc.terminate()
+            proc.wait(15)
     ratio = round(points_rate / http_rate, 3) if http_rate else None
+    keys = {f"burst_{k}_p99_ms": v["p99_ms"] for k, v in burst.items()}
+    keys.update({f"burst_{k}_failed": v["failed"] for k, v in burst.items()})
     return {
+        **keys, "bursts": burst, "burst_server_workers": args.burst_workers,
         "rate_at_p99_50ms": points_rate, "http_floor_rate": http_rate, "db_floor_rate": db_rate,
         "ratio_to_http_floor": ratio,
         "ratio_to_db_floor": round(points_rate / db_rate, 3) if db_rate else None,
@@ -445,6 +508,14 @@ def render_md(r: dict[str, Any]) -> str:
         f"| points / database floor | {r['ratio_to_db_floor']} |", "",
         f"Target {r['target']}: {'met' if r['target_met'] else 'NOT met'}.", "",
     ]
+    if r.get("bursts"):
+        lines += [f"## Bursts (MoEngage's calling pattern: N requests at once on kept-alive connections, "
+                  f"{r['burst_server_workers']} server processes)", "",
+                  "| burst | requests | p50 ms | p99 ms | max ms | fast 503s | no answer in 5 s |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {b['size']:,} x {b['rounds']} | {b['requests']:,} | {b['p50_ms']} | {b['p99_ms']} | "
+                  f"{b['max_ms']} | {b['shed_503']:,} | {b['failed']} |" for b in r["bursts"].values()]
+        lines.append("")
     for name, steps in r["steps"].items():
         lines += [f"## {name}", "", "| rate/s | requests | p50 ms | p90 ms | p99 ms | max ms | errors | holds |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -481,6 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unknown-share", type=float, default=0.05, help="share of unknown phones (404) (default 0.05)")
     p.add_argument("--target-p99-ms", type=float, default=50.0)
     p.add_argument("--target-ratio", type=float, default=0.7, help="points rate / HTTP floor rate wanted (default 0.7)")
+    p.add_argument("--bursts", default="1000,5000",
+                   help="sizes of the bursts of concurrent lookups, MoEngage's calling pattern (default 1000,5000; "
+                        "empty: none)")
+    p.add_argument("--burst-rounds", type=int, default=3, help="bursts of each size (default 3)")
+    p.add_argument("--burst-workers", type=int, default=2,
+                   help="server processes for the bursts (default 2, as the README recommends for 2 cores)")
     p.add_argument("--out", default="bench/results", help="directory of api-latest.json/.md (default bench/results)")
     return p
 

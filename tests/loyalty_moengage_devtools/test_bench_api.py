@@ -5,15 +5,22 @@ from __future__ import annotations
 import json
 
 
-def test_bench_api_smoke(loyalty_db, tmp_path):
+def test_bench_api_smoke(loyalty_db, tmp_path, monkeypatch):
     from loyalty_moengage_devtools.bench_api import main
 
+    # A limit below the burst: past it the server answers a fast 503, never a request left unanswered.
+    monkeypatch.setenv("LOYALTY_API_MAX_IN_FLIGHT", "20")
     rc = main(["--dsn", loyalty_db, "--members", "300", "--days", "5", "--phones", "200",
-               "--start-rate", "50", "--max-rate", "80", "--step-seconds", "1", "--out", str(tmp_path)])
+               "--start-rate", "50", "--max-rate", "80", "--step-seconds", "1", "--out", str(tmp_path),
+               "--bursts", "10,300", "--burst-rounds", "1", "--burst-workers", "1"])
     result = json.loads((tmp_path / "api-latest.json").read_text())
     assert rc == 0, result
-    for key in ("rate_at_p99_50ms", "http_floor_rate", "db_floor_rate", "ratio_to_http_floor", "commit"):
+    for key in ("rate_at_p99_50ms", "http_floor_rate", "db_floor_rate", "ratio_to_http_floor", "commit",
+                "burst_10_p99_ms", "burst_300_p99_ms", "burst_300_failed"):
         assert key in result, key
+    small, big = result["bursts"]["10"], result["bursts"]["300"]
+    assert small["shed_503"] == 0 and small["failed"] == 0
+    assert big["failed"] == 0 and big["shed_503"] > 0 and big["requests"] == 300
     assert result["members"] == 300
     points = result["steps"]["points"]
     assert points and all(s["errors"] == 0 for s in points), points

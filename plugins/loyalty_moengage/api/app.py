@@ -22,6 +22,7 @@ from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loyalty_moengage.api.access_log import RedactingAccessLog
+from loyalty_moengage.api.admission import Admission
 from loyalty_moengage.api.errors import ApiError, error_body
 from loyalty_moengage.api.responses import json_response
 from loyalty_moengage.api.routes import customers, points
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, *, key_loader=None) -> FastAPI:
     app.include_router(points.router)
     app.include_router(customers.router)
     app.add_middleware(RedactingAccessLog, enabled=settings.access_log)
+    app.add_middleware(Admission, limit=settings.max_in_flight)   # outermost: sheds before any work
     return app
 
 

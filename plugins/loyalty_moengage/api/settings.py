@@ -14,6 +14,7 @@ only in env vars (no config file to keep in sync with the programs file).
 | LOYALTY_API_REF_PREFIX           | PH-          | relation_reference of a new member = prefix + E.164 digits |
 | LOYALTY_API_POOL_MIN / _MAX      | 2 / 16       | database connections per process               |
 | LOYALTY_API_STATEMENT_TIMEOUT_MS | 4000         | below MoEngage's 5 s wait                      |
+| LOYALTY_API_MAX_IN_FLIGHT        | 1000         | requests in flight per process; more get a fast 503 (0: no limit) |
 
 An empty number means its default; an empty DSN means "resolve it". A plain pydantic model rather than pydantic-settings: the
 env names are not the field names, ``LOYALTY_API_PROGRAMS`` is a comma list rather than JSON,
@@ -41,6 +42,7 @@ ENV = {
     "pool_min": "LOYALTY_API_POOL_MIN",
     "pool_max": "LOYALTY_API_POOL_MAX",
     "statement_timeout_ms": "LOYALTY_API_STATEMENT_TIMEOUT_MS",
+    "max_in_flight": "LOYALTY_API_MAX_IN_FLIGHT",
 }
 
 
@@ -63,6 +65,7 @@ class Settings(BaseModel):
     pool_min: int = Field(2, ge=0)
     pool_max: int = Field(16, ge=1)
     statement_timeout_ms: int = Field(4000, ge=0)
+    max_in_flight: int = Field(1000, ge=0)
     access_log: bool = False  # standalone server logs its own (redacted) access lines
 
     @model_validator(mode="after")

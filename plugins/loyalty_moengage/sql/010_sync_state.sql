@@ -106,7 +106,7 @@ CREATE INDEX IF NOT EXISTS event_keys_batch_idx ON moengage_sync.event_keys (bat
 ALTER TABLE moengage_sync.event_keys ALTER COLUMN batch_id DROP NOT NULL;
 
 -- Events whose customer the presence cache does not know yet: their keys are taken (batch_id NULL),
--- and the lookup task checks the customers at the Get User API budget while the loads send, then
+-- and the load slots check the customers at the Get User API budget while they send, then
 -- packs the present ones into pending batches and quarantines the rest. ``released``: the night's
 -- anomaly guard passed (nothing of a night is sent before it).
 CREATE TABLE IF NOT EXISTS moengage_sync.awaiting_presence (

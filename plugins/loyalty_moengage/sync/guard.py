@@ -82,7 +82,7 @@ def release_night(conn: Any, program_id: str, night: Any) -> int:
         "WHERE program_id = %s AND night = %s AND state = 'staged'",
         (program_id, night),
     )
-    # Events waiting for their customer's check may now be enqueued by the lookup task (lookups.py).
+    # Events waiting for their customer's check may now be checked by the load slots (lookups.py).
     conn.execute("UPDATE moengage_sync.awaiting_presence SET released = true WHERE program_id = %s AND night = %s "
                  "AND NOT released", (program_id, night))
     conn.commit()

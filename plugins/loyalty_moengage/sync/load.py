@@ -148,7 +148,7 @@ def _take_over(conn: Any, me: Slot) -> None:
         me.stats["requeued_uncertain"] = requeue_uncertain(conn, me.owner.program_id)
 
 
-#: A slot waits for the lookup task's batches while it makes progress, at most this long without.
+#: A slot waits for other slots' lookups while they make progress, at most this long without.
 LOOKUP_STALL_SECONDS = 120.0
 
 

@@ -146,7 +146,7 @@ def report_night(conn: Any, *, program: Any, window: Window, run_id: str) -> tup
     if awaiting:
         outcome = "incomplete" if outcome == "success" else outcome
         notes.append(f"{awaiting} event(s) of this night still await their customer's Get User API check (the "
-                     "lookup task did not finish): the next run checks and sends them")
+                     "load slots did not finish checking): the next run checks and sends them")
     if stages.requeued_uncertain:
         notes.append(f"{stages.requeued_uncertain} uncertain events batch(es) were resent by policy resend: "
                      "possible duplicates")
