@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loyalty_moengage.paths import include_dir
 
@@ -64,6 +64,8 @@ class Program(BaseModel):
     receipts: bool = True
     receipt_attribute: str = "loyalty_sync_receipt"
     receipt_wait_seconds: float = 900.0
+    presence_refresh_minutes: int = Field(45, ge=0, le=55)
+    presence_refresh_days: int = Field(30, ge=1)
     alert_email: list[str] = []
     alert_slack_conn_id: str | None = None
 

@@ -256,6 +256,18 @@ def settle(program: Program, context: dict[str, Any]) -> dict[str, Any]:
                                              share=load_share(program, context))
 
 
+def refresh_presence(program: Program, context: dict[str, Any]) -> dict[str, Any]:
+    """The presence cache filled ahead of the nights (``moengage/presence_refresh.py``), at a
+    load task's share of the Get User API budget, for ``presence_refresh_minutes``."""
+    from loyalty_moengage.moengage.hook import MoEngageHook
+    from loyalty_moengage.moengage.presence_refresh import refresh_presence as refresh
+
+    loyalty, state = dsns(program)
+    hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=load_share(program, context))
+    return refresh(program_id=program.id, loyalty_dsn=loyalty, state_dsn=state, lookup=hook.existing_customers,
+                   seconds=program.presence_refresh_minutes * 60, since_days=program.presence_refresh_days)
+
+
 def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     """The night's report in the task log and the run's note; anything but success fails the task."""
     from loyalty_moengage.sync import run_note
