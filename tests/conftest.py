@@ -25,13 +25,6 @@ os.environ.pop("AIRFLOW_CONN_LOYALTY_DB", None)
 import pytest  # noqa: E402
 
 
-def _server_dsn() -> str:
-    url = os.environ.get("TEST_DATABASE_URL")
-    if url:
-        return url
-    from loyalty_moengage.embedded import ensure_server
-
-    return ensure_server("test-pgdata")
 
 
 def _with_database(dsn: str, database: str) -> str:
@@ -43,8 +36,17 @@ def _with_database(dsn: str, database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> str:
-    return _server_dsn()
+def pg_server():
+    """TEST_DATABASE_URL, or the suite's own embedded server, stopped when the session ends
+    (also when it fails or is interrupted: pytest tears session fixtures down on Ctrl-C)."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from loyalty_moengage.embedded import owned_server
+
+    with owned_server("test-pgdata") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for label, ok in checks:
         print(f"  [{'ok' if ok else 'MISMATCH'}] {label}")
     print(f"DAG run {dag_run.state} in {sync_seconds:.1f} s; demo total {time.perf_counter() - started:.1f} s")
+    _say_server_stays()
     return 0 if all(ok for _, ok in checks) and str(dag_run.state) == "success" else 1
+
+
+def _say_server_stays() -> None:
+    """The demo's embedded server stays up on purpose: `make api`, `make run` and the UI read it."""
+    from loyalty_moengage.embedded import data_dir
+
+    folder = data_dir()
+    if (folder / "postmaster.pid").exists():
+        print(f"The demo's embedded PostgreSQL ({folder}) is still running, so `make api`, `make run` and the UI "
+              "find the data; `make db-stop` stops it.")
 
 
 def _generate_demo(args: argparse.Namespace, dsn: str, program, night: date) -> None:

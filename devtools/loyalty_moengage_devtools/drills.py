@@ -450,13 +450,22 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import tempfile
 
-    from loyalty_moengage.embedded import ensure_server
+    from contextlib import ExitStack
+
+    from loyalty_moengage.embedded import owned_server
 
     logging.basicConfig(level=logging.WARNING)
     names = args.drills or list(DRILLS)
     work = args.work or Path(tempfile.mkdtemp(prefix="lm-drills-"))
-    ctx = DrillContext(server_dsn=ensure_server("drills-pgdata"), server_name="drills-pgdata",
-                       airflow_dsn=ensure_server("drills-airflow-pgdata"), work=work, members=args.members)
+    # Both servers are the drills' own: stopped when the drills end, fail or are interrupted.
+    with ExitStack() as servers:
+        ctx = DrillContext(server_dsn=servers.enter_context(owned_server("drills-pgdata")), server_name="drills-pgdata",
+                           airflow_dsn=servers.enter_context(owned_server("drills-airflow-pgdata")), work=work,
+                           members=args.members)
+        return _run_drills(args, ctx, names, work)
+
+
+def _run_drills(args: argparse.Namespace, ctx: "DrillContext", names: list[str], work: Path) -> int:
     commit, dirty = _commit(), _uncommitted()
     figures: dict[str, Any] = {}
     failures: dict[str, str] = {}

@@ -26,17 +26,20 @@ from typing import Callable
 
 def cmd_db(args: argparse.Namespace) -> int:
     from loyalty_moengage.db import apply_schema, loyalty_dsn, redact_dsn
-    from loyalty_moengage.embedded import EmbeddedServerError, data_dir, stop_server
+    from loyalty_moengage.embedded import EmbeddedServerError, data_dir, stop_all
+    from loyalty_moengage.paths import state_dir
 
     if args.action == "stop":
-        try:
-            stopped = stop_server()
-        except EmbeddedServerError as exc:
-            print(f"embedded PostgreSQL NOT stopped: {exc}", file=sys.stderr)
-            return 1
-        print(f"embedded PostgreSQL stopped ({data_dir()})" if stopped
-              else f"no embedded PostgreSQL was running in {data_dir()}")
-        return 0
+        # Every data folder of the project: the demo's, and any a test, drill or bench run left.
+        results = stop_all()
+        for name, result in results:
+            if isinstance(result, EmbeddedServerError):
+                print(f"embedded PostgreSQL NOT stopped: {result}", file=sys.stderr)
+            elif result:
+                print(f"embedded PostgreSQL stopped ({data_dir(name)})")
+        if not any(r is True or isinstance(r, EmbeddedServerError) for _, r in results):
+            print(f"no embedded PostgreSQL was running under {state_dir()}")
+        return 1 if any(isinstance(r, EmbeddedServerError) for _, r in results) else 0
     dsn = loyalty_dsn()
     if args.action == "schema":
         apply_schema(dsn)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from loyalty_moengage.paths import state_dir
@@ -96,3 +98,48 @@ def stop_server(name: str = "pgdata", *, timeout_s: int = 60) -> bool:
     # Forget this process's handle, so that ensure_server() here starts the server again.
     pgserver.PostgresServer._instances.pop(path.resolve(), None)
     return True
+
+
+@contextmanager
+def owned_server(name: str) -> Iterator[str]:
+    """A throwaway server for one command (the tests, the drills, the bench): started or
+    reused, and stopped when the command ends, also on Ctrl-C or SIGTERM (a CI timeout), which
+    would otherwise leave it running for nothing, holding memory, for the next run to pick up."""
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield ensure_server(name)
+    finally:
+        try:
+            stop_server(name)
+        except EmbeddedServerError as exc:
+            log.warning("%s", exc)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def data_dirs() -> list[Path]:
+    """Every embedded server's data folder of the project (a folder under the state folder
+    holding a cluster)."""
+    root = state_dir()
+    return sorted(p for p in root.iterdir() if (p / "PG_VERSION").exists()) if root.is_dir() else []
+
+
+def stop_all() -> list[tuple[str, bool | EmbeddedServerError]]:
+    """Stop the server of every data folder: (folder name, stopped / not running / the error)."""
+    results: list[tuple[str, bool | EmbeddedServerError]] = []
+    for path in data_dirs():
+        try:
+            results.append((path.name, stop_server(path.name)))
+        except EmbeddedServerError as exc:
+            results.append((path.name, exc))
+    return results

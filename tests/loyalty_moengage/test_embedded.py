@@ -80,11 +80,11 @@ def test_db_stop_stops_a_running_server_and_says_so(state_dir):
 
 def test_db_stop_with_no_server_says_none_was_running(state_dir):
     result = db_stop()
-    assert (result.returncode, result.stdout) == (0, f"no embedded PostgreSQL was running in {state_dir / 'pgdata'}\n")
+    assert (result.returncode, result.stdout) == (0, f"no embedded PostgreSQL was running under {state_dir}\n")
     ensure_server()
     assert stop_server() is True
     result = db_stop()  # a cluster folder whose server is down
-    assert (result.returncode, result.stdout) == (0, f"no embedded PostgreSQL was running in {state_dir / 'pgdata'}\n")
+    assert (result.returncode, result.stdout) == (0, f"no embedded PostgreSQL was running under {state_dir}\n")
 
 
 def test_a_stale_postmaster_pid_is_not_a_running_server(state_dir):
@@ -120,3 +120,54 @@ def test_db_stop_exits_non_zero_when_it_cannot_read_the_server_state(state_dir):
     assert ("embedded PostgreSQL NOT stopped: cannot tell whether the embedded PostgreSQL is running in "
             f"{state_dir / 'pgdata'}: pg_ctl said: ") in result.stderr, result.stderr
     assert "Permission denied" in result.stderr and running(pid)
+
+
+def _postgres_of(folder: Path) -> list[int]:
+    """Running postgres processes serving ``folder`` (their command line names it)."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and "postgres" in (proc.info["name"] or "") and any(
+                    str(folder.resolve()) in arg or str(folder) in arg for arg in proc.info["cmdline"] or []):
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_db_stop_stops_every_data_folder_and_names_each(state_dir):
+    ensure_server()
+    ensure_server("bench-pgdata")
+    assert _postgres_of(state_dir / "bench-pgdata")
+    result = db_stop()
+    assert result.returncode == 0 and sorted(result.stdout.splitlines()) == [
+        f"embedded PostgreSQL stopped ({state_dir / 'bench-pgdata'})", f"embedded PostgreSQL stopped ({state_dir / 'pgdata'})"]
+    assert not _postgres_of(state_dir / "pgdata") and not _postgres_of(state_dir / "bench-pgdata")
+
+
+OWNED = """
+import os, sys, time
+from loyalty_moengage.embedded import owned_server
+with owned_server("drills-pgdata") as dsn:
+    print("up", flush=True)
+    if sys.argv[1] == "fail":
+        sys.stdin.readline()
+        raise RuntimeError("the command failed")
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("how", ["fail", "SIGINT", "SIGTERM"])
+def test_a_command_owning_a_server_stops_it_when_it_fails_or_is_interrupted(state_dir, how):
+    proc = subprocess.Popen([sys.executable, "-c", OWNED, how], env=os.environ.copy(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "up"
+    assert _postgres_of(state_dir / "drills-pgdata")
+    if how == "fail":
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    else:
+        proc.send_signal(getattr(signal, how))
+    proc.wait(90)
+    assert proc.returncode != 0
+    assert not _postgres_of(state_dir / "drills-pgdata")

@@ -640,9 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     import logging
-    import tempfile
 
-    from loyalty_moengage.paths import project_root, state_dir
+    from loyalty_moengage.paths import state_dir
     from loyalty_moengage.sync.runner import airflow_env
 
     args = build_parser().parse_args(argv)
@@ -652,15 +651,22 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.dsn:
+        return _bench(args, argv, args.dsn)
+    from loyalty_moengage.embedded import owned_server
+
+    # The bench's own server: stopped when the bench ends, fails or is interrupted.
+    with owned_server("bench-pgdata") as dsn:
+        return _bench(args, argv, dsn)
+
+
+def _bench(args: argparse.Namespace, argv: list[str] | None, dsn: str) -> int:
+    import tempfile
+
     from loyalty_moengage.db import apply_schema
+    from loyalty_moengage.paths import project_root
     from loyalty_moengage_devtools.environ import restored_environ
 
-    if args.dsn:
-        dsn = args.dsn
-    else:
-        from loyalty_moengage.embedded import ensure_server
-
-        dsn = ensure_server("bench-pgdata")
     apply_schema(dsn)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     commit = _git_commit()   # the code the run starts with (others may commit during a long run)
