@@ -56,3 +56,77 @@ def test_the_product_wheel_holds_the_product_and_no_devtools(tmp_path):
     assert sources - set(names) == set()
     assert {"loyalty_moengage/cli.py", "loyalty_moengage/sync/__init__.py",
             "loyalty_moengage/sql/010_sync_state.sql"} <= set(names)
+
+
+# What an Airflow image does with the product: the wheel and Airflow's constraints, nothing else.
+IN_IMAGE = r"""
+import importlib, json, os, sys
+from airflow.dag_processing.dagbag import DagBag
+
+bag = DagBag(dag_folder=sys.argv[1])
+modules = ["loyalty_moengage.sync.tasks", "loyalty_moengage.sync.outbox_sink", "loyalty_moengage.sync.chunk",
+           "loyalty_moengage.sync.load", "loyalty_moengage.sync.lookups", "loyalty_moengage.sync.settle",
+           "loyalty_moengage.sync.report", "loyalty_moengage.sync.pack", "loyalty_moengage.moengage.hook",
+           "loyalty_moengage.moengage.presence_refresh", "loyalty_moengage.api.app", "loyalty_moengage.api.__main__",
+           "loyalty_moengage.ui.app", "loyalty_moengage.sync.run_note", "loyalty_moengage.cli",
+           "loyalty_moengage.sync.runner"]
+failed = {}
+for name in modules:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        failed[name] = f"{type(exc).__name__}: {exc}"
+from airflow.providers_manager import ProvidersManager
+from airflow.models.connection import Connection
+from loyalty_moengage.api.app import create_app
+
+create_app()
+hook = ProvidersManager().hooks.get("moengage")
+conn = Connection(conn_id="moengage_image", conn_type="moengage", host="03", login="WS_IMG",
+                  password="image-key-1234567", extra=json.dumps({"base_url": sys.argv[2] + "/dc/{dc}"}))
+os.environ["AIRFLOW_CONN_MOENGAGE_IMAGE"] = conn.as_json()   # as the UI's Test button does, under its conn id
+ok, message = conn.test_connection()
+print(json.dumps({"dags": sorted(bag.dag_ids), "import_errors": {k: v[-300:] for k, v in bag.import_errors.items()},
+                  "failed": failed, "hook": hook.hook_class_name if hook else None, "test": [ok, message]}))
+"""
+
+
+def test_the_wheel_alone_runs_in_a_fresh_airflow_environment(tmp_path):
+    """The product's wheel and Airflow's constraints in a new virtualenv: the DAGs load, the
+    provider registers the MoEngage connection type and its Test button works against a real
+    HTTP server, and every task's and the API's module imports (no Makefile, no requirements.txt)."""
+    import json
+    import os
+
+    from loyalty_moengage_devtools.sandbox import SandboxServer
+
+    names = _product_wheel(tmp_path)
+    assert names
+    (wheel,) = (tmp_path / "wheel").glob("loyalty_moengage-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    airflow = next(line.strip() for line in (ROOT / "constraints.txt").read_text().splitlines()
+                   if line.startswith("apache-airflow=="))
+    install = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel), airflow,
+                              "-c", str(ROOT / "constraints.txt")], capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, install.stderr[-3000:]
+    home = tmp_path / "home"
+    shutil.copytree(ROOT / "dags", home / "dags", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "include", home / "include", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "LOYALTY", "PYTHON"))}
+    env.update({"AIRFLOW_HOME": str(home / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+                "LOYALTY_PROJECT_ROOT": str(home), "LOYALTY_STATE_DIR": str(tmp_path / "state")})
+    with SandboxServer(port=0) as sandbox:
+        sandbox.add_workspace("WS_IMG", "image-key-1234567", dc="03")
+        done = subprocess.run([str(py), "-c", IN_IMAGE, str(home / "dags"), sandbox.url], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["import_errors"] == {} and result["failed"] == {}
+    assert {"moengage_sync_demo", "moengage_presence_demo"} <= set(result["dags"])
+    assert result["hook"] == "loyalty_moengage.moengage.hook.MoEngageHook"
+    assert result["test"][0] is True, result["test"]
+    freeze = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True, timeout=60).stdout.lower()
+    assert "loyalty-moengage-devtools" not in freeze and "pixeltable" not in freeze   # no dev tool, no embedded DB
