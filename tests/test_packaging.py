@@ -60,7 +60,7 @@ def test_the_product_wheel_holds_the_product_and_no_devtools(tmp_path):
 
 # What an Airflow image does with the product: the wheel and Airflow's constraints, nothing else.
 IN_IMAGE = r"""
-import importlib, json, os, sys
+import importlib, importlib.util, json, os, sys
 from airflow.dag_processing.dagbag import DagBag
 
 bag = DagBag(dag_folder=sys.argv[1])
@@ -81,6 +81,10 @@ from airflow.models.connection import Connection
 from loyalty_moengage.api.app import create_app
 
 create_app()
+spec = importlib.util.spec_from_file_location("moengage_api_plugin", sys.argv[3])
+plugin = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(plugin)
+assert [a["url_prefix"] for a in plugin.MoEngageLoyaltyApiPlugin().fastapi_apps] == ["/loyalty-moengage", "/loyalty-moengage-ui"]
 hook = ProvidersManager().hooks.get("moengage")
 conn = Connection(conn_id="moengage_image", conn_type="moengage", host="03", login="WS_IMG",
                   password="image-key-1234567", extra=json.dumps({"base_url": sys.argv[2] + "/dc/{dc}"}))
@@ -120,7 +124,8 @@ def test_the_wheel_alone_runs_in_a_fresh_airflow_environment(tmp_path):
                 "LOYALTY_PROJECT_ROOT": str(home), "LOYALTY_STATE_DIR": str(tmp_path / "state")})
     with SandboxServer(port=0) as sandbox:
         sandbox.add_workspace("WS_IMG", "image-key-1234567", dc="03")
-        done = subprocess.run([str(py), "-c", IN_IMAGE, str(home / "dags"), sandbox.url], cwd=tmp_path, env=env,
+        done = subprocess.run([str(py), "-c", IN_IMAGE, str(home / "dags"), sandbox.url,
+                               str(ROOT / "plugins" / "moengage_api_plugin.py")], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
