@@ -26,7 +26,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task, teardown
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from loyalty_moengage.sync import tasks
+from loyalty_moengage.sync import assets, tasks
 from loyalty_moengage.sync.notify import failure_callbacks
 from loyalty_moengage.config.programs import Program, load_programs
 
@@ -85,7 +85,9 @@ def build(program: Program):
         def settle(**context):
             return tasks.settle(program, context)
 
+        # A night that ends success adds an event to the program's Asset (sync/assets.py).
         @teardown(on_failure_fail_dagrun=True)
+        @task(outlets=[assets.night_alias(program)])
         def report(**context):
             return tasks.report(program, context)
 

@@ -72,6 +72,7 @@ def build(conn: Any, *, program_id: str, window: Window, run_id: str, outcome: s
         "quarantined_by_reason": dict(sorted(quarantined.items())),
         "batches_by_state": dict(sorted(batches.items())),
         "requests": loads["requests"], "throttled": loads["throttled"], "retries": loads["retries"],
+        "customer_lookups": counts["customer_lookups"],
         "bytes_sent": loads["bytes_sent"],
         "stage_seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
         "needs_attention": needs_attention(conn, program_id, night),

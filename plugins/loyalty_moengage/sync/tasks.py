@@ -268,16 +268,33 @@ def refresh_presence(program: Program, context: dict[str, Any]) -> dict[str, Any
                    seconds=program.presence_refresh_minutes * 60, since_days=program.presence_refresh_days)
 
 
+def _emit_metrics(program: Program, body: dict[str, Any], context: dict[str, Any]) -> None:
+    """The night's figures as Airflow metrics (``metrics.py``); a metrics problem never fails the night."""
+    from loyalty_moengage.moengage.hook import MoEngageHook
+    from loyalty_moengage.sync import metrics
+
+    try:
+        config = MoEngageHook(moengage_conn_id=program.moengage_conn_id).config
+        started = getattr(context.get("dag_run"), "start_date", None)
+        metrics.emit(program.id, metrics.night_figures(body, started=started, users_per_minute=config.users_per_minute,
+                                                       events_per_minute=config.events_per_minute))
+    except Exception as exc:  # noqa: BLE001 - observability must not turn a night red
+        log.warning("metrics not emitted: %s: %s", type(exc).__name__, exc)
+
+
 def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     """The night's report in the task log and the run's note; anything but success fails the task."""
-    from loyalty_moengage.sync import run_note
+    from loyalty_moengage.sync import assets, run_note
 
     w = from_context(program.time_zone, context)
     body, text, note = sink_for(program, context).report(program=program, window=w, run_id=context["run_id"])
     log.info("\n%s", text)
     run_note.push(context, note)  # the DAG run's note (run_note.py)
+    if not is_dry_run(context):
+        _emit_metrics(program, body, context)
     if body["outcome"] != "success":
         # Not green in the grid, and the DAG's failure callbacks alert.
         raise _fail(f"night {w.night} of program {program.id} is {body['outcome']}: " + "; ".join(body["notes"]))
+    assets.emit_night(context, program, {**body, "dry_run": is_dry_run(context) or body.get("dry_run")})
     return {k: body[k] for k in ("outcome", "events_sent", "members_updated", "events", "members", "requests",
                                  "dry_run") if k in body}

@@ -1,0 +1,45 @@
+"""The night's figures as Airflow metrics (StatsD or OpenTelemetry, as Airflow's [metrics] says).
+
+Emitted by the report task for every night, whatever its outcome, under
+``loyalty_moengage.<program_id>.<name>`` with the tag ``program`` (for backends that keep tags):
+counters ``events_sent``, ``members_updated``, ``quarantined``, ``throttled`` (MoEngage's 429s),
+``customer_lookups``; gauges ``uncertain_batches``, ``night_seconds`` (the DAG run's start to
+its report) and ``night_floor_seconds`` (what MoEngage's budget allows for the night's users and
+events), so an alert can compare a night with its floor. README, "Metrics".
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+COUNTERS = ("events_sent", "members_updated", "quarantined", "throttled", "customer_lookups")
+GAUGES = ("uncertain_batches", "night_seconds", "night_floor_seconds")
+
+
+def night_figures(body: dict[str, Any], *, started: datetime | None, users_per_minute: float,
+                  events_per_minute: float) -> dict[str, float]:
+    figures: dict[str, float] = {
+        "events_sent": body.get("events_sent", 0), "members_updated": body.get("members_updated", 0),
+        "quarantined": sum((body.get("quarantined_by_reason") or {}).values()),
+        "throttled": body.get("throttled", 0), "customer_lookups": body.get("customer_lookups", 0),
+        "uncertain_batches": body.get("uncertain_batches", 0),
+    }
+    if started is not None:
+        figures["night_seconds"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
+    floors = [figures["members_updated"] / users_per_minute if users_per_minute else 0.0,
+              figures["events_sent"] / events_per_minute if events_per_minute else 0.0]
+    figures["night_floor_seconds"] = round(max(floors) * 60, 1)
+    return figures
+
+
+def emit(program_id: str, figures: dict[str, float]) -> None:
+    from airflow.sdk.observability.stats import Stats
+
+    tags = {"program": program_id}
+    for name in COUNTERS:
+        if figures.get(name):
+            Stats.incr(f"loyalty_moengage.{program_id}.{name}", int(figures[name]), tags=tags)
+    for name in GAUGES:
+        if name in figures:
+            Stats.gauge(f"loyalty_moengage.{program_id}.{name}", figures[name], tags=tags)
