@@ -625,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slots of the workspace Pool in the paced runs (default: load_parallelism)")
     p.add_argument("--paced-only", action="store_true",
                    help="only the paced runs; the other figures of latest.json are kept, marked as from their run")
+    p.add_argument("--gate-only", action="store_true",
+                   help="only the gate runs (cold, warm) and the in-process night; the rest of latest.json is kept")
     p.add_argument("--naive-records", type=int, default=2_000)
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2 = cores here)")
     p.add_argument("--chunk-members", type=int, default=None, help="override the program's chunk_members")
@@ -677,6 +679,10 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, dsn: str) -> int:
         try:
             with tempfile.TemporaryDirectory(prefix="lm-bench-") as tmp:
                 work = Path(tmp)
+                if args.gate_only:
+                    r = _earlier(out / "latest.json", keep_paced=True)
+                    _gate_runs(args, dsn, work, r)
+                    raise _Done
                 if args.paced_only:
                     r = _earlier(out / "latest.json")
                     _paced_runs(args, dsn, work, r)
@@ -709,12 +715,13 @@ def _bench(args: argparse.Namespace, argv: list[str] | None, dsn: str) -> int:
                     _paced_runs(args, dsn, work, r)
         except _Done:
             pass
-    if args.paced_only:
+    if args.paced_only or args.gate_only:
         r["earlier_run"] = r.get("earlier_run") or {"commit": r.get("commit"), "started_at": r.get("started_at"),
                                                     "command": r.get("command")}
-        r["earlier_run"]["note"] = ("every figure outside paced/two_programs/gate_cold/gate_warm/inprocess_paced "
-                                    "(and their *_overshoot_pct, *_429s, lookup_floor_s and send_floor_s keys) is "
-                                    "from this earlier run")
+        kept = ("gate_cold/gate_warm/inprocess_paced (and their *_overshoot_pct, lookup_floor_s and send_floor_s "
+                "keys)" if args.gate_only else "paced/two_programs/gate_cold/gate_warm/inprocess_paced (and their "
+                "*_overshoot_pct, *_429s, lookup_floor_s and send_floor_s keys)")
+        r["earlier_run"]["note"] = f"every figure outside {kept} is from this earlier run"
     r.update({
         "started_at": started_at, "commit": commit, "commit_at_end": _git_commit(), "machine": _machine(dsn), "days": args.days,
         "workers": args.workers, "command": "python -m loyalty_moengage_devtools.bench " + " ".join(argv or sys.argv[1:]),
@@ -734,12 +741,13 @@ class _Done(Exception):
     """Internal: the runs asked for are over."""
 
 
-def _earlier(path: Path) -> dict[str, Any]:
-    """The figures of the last full run, kept by a ``--paced-only`` run (which says so)."""
+def _earlier(path: Path, *, keep_paced: bool = False) -> dict[str, Any]:
+    """The figures of the last full run, kept by a ``--paced-only`` or ``--gate-only`` run (which says so)."""
     if not path.exists():
-        raise SystemExit(f"--paced-only keeps the other figures of {path}, which does not exist: run the full bench")
+        raise SystemExit(f"--paced-only / --gate-only keep the other figures of {path}, which does not exist: "
+                         "run the full bench")
     r = json.loads(path.read_text())
-    for key in ("targets", "paced", "two_programs", "gate_cold", "gate_warm", "inprocess_paced"):
+    for key in ("targets", "gate_cold", "gate_warm", "inprocess_paced") + (() if keep_paced else ("paced", "two_programs")):
         r.pop(key, None)
     return r
 

@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
-#: Awaiting events locked per round; only the first ``group_customers`` customers' are checked.
+#: Awaiting events locked per round at most (ten per customer of the group); only the first
+#: ``group_customers`` customers' are checked, the rest unlocked at the group's commit.
 GROUP_EVENTS = 500
 #: A group's customers take about this long to look up at the worker's pace: short groups keep
 #: two slots' workers ending together (the night ends with the last group), and each found
@@ -122,9 +123,14 @@ def _one_group(conn: Any, *, program_id: str, up_to_night: date, run_id: str,
     rows = conn.execute(
         "SELECT night, event_id, event_name, customer_id, element FROM moengage_sync.awaiting_presence "
         "WHERE program_id = %s AND released AND night <= %s ORDER BY customer_id, event_id LIMIT %s "
-        "FOR UPDATE SKIP LOCKED", (program_id, up_to_night, GROUP_EVENTS)).fetchall()
+        "FOR UPDATE SKIP LOCKED", (program_id, up_to_night, min(GROUP_EVENTS, 10 * customers))).fetchall()
     if not rows:
         conn.commit()
+        if pending_lookups(conn, program_id, up_to_night):
+            # Another worker holds the rest: wait for its group rather than end, so both keep
+            # spending their share until the last group (else the tail runs at one worker's pace).
+            time.sleep(0.2)
+            return True
         return False
     group = sorted({r[3] for r in rows})[:customers]
     rows = [r for r in rows if r[3] <= group[-1]]
