@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--json", action="store_true", help="also print the counts as JSON")
     imp.set_defaults(func=cmd_presence)
     for name, func in (("api", cmd_api),):
-        p = sub.add_parser(name, help=f"see `python -m loyalty_moengage.cli {name} --help`", add_help=False)
+        p = sub.add_parser(name, help=f"see `loyalty-moengage {name} --help`", add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=func)
     return parser

@@ -84,7 +84,7 @@ def resend(dsn: str, *, program_id: str, night: date | None = None, batch_ids: l
         "members_requeued": sum(r[2] for r in requeued),
         "event_keys_forgotten": forgotten,
         "next_step": (f"rerun night {night}: clear its DAG run in the Airflow UI, or "
-                      f"`python -m loyalty_moengage.cli run --program {program_id} --night {night}`")
+                      f"`loyalty-moengage run --program {program_id} --night {night}`")
                      if forgotten else "the next load (a rerun, the next attempt or the next night) sends them",
     }
 
