@@ -215,6 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Warnings of libraries under Airflow that a user of these commands neither caused nor can act on.
+FOREIGN_WARNINGS = (
+    r"XDG_RUNTIME_DIR is not set",                            # platformdirs, on machines without a login session
+    r".*GitWildMatchPattern.*is deprecated",                  # pathspec, inside Airflow's .airflowignore reader
+    r"Using `httpx` with `starlette.testclient` is deprecated",   # fastapi's import of starlette's test client
+)
+
+
+def _quiet_foreign_warnings() -> None:
+    import warnings
+
+    for message in FOREIGN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
 def dispatch(build: Callable[[], argparse.ArgumentParser], passthrough: dict[str, Callable[..., int]],
              argv: list[str] | None) -> int:
     """Run a command line: Airflow's defaults for an in-process run, then the command. Commands in
@@ -225,6 +240,7 @@ def dispatch(build: Callable[[], argparse.ArgumentParser], passthrough: dict[str
 
     for key, value in airflow_env(state_dir() / "airflow").items():
         os.environ.setdefault(key, value)
+    _quiet_foreign_warnings()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in passthrough:
