@@ -95,8 +95,14 @@ def stop_server(name: str = "pgdata", *, timeout_s: int = 60) -> bool:
         raise failed("the embedded PostgreSQL did not stop", stop)
     if after.returncode != 3:
         raise failed("the embedded PostgreSQL still runs after pg_ctl stop", after)
-    # Forget this process's handle, so that ensure_server() here starts the server again.
-    pgserver.PostgresServer._instances.pop(path.resolve(), None)
+    # Forget this process's handle, so that ensure_server() here starts the server again, and
+    # its exit hook (which would look the handle up again and fail).
+    for key in {path.resolve(), _short_dir(path).resolve(), _short_dir(path)}:
+        handle = pgserver.PostgresServer._instances.pop(key, None)
+        if handle is not None:
+            import atexit
+
+            atexit.unregister(handle._cleanup)
     return True
 
 
