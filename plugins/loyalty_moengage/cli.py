@@ -226,6 +226,10 @@ FOREIGN_WARNINGS = (
 def _quiet_foreign_warnings() -> None:
     import warnings
 
+    # Airflow's configuration puts its own DeprecationWarning filter first when it is imported:
+    # import it now, so these filters go in front of it.
+    import airflow.configuration  # noqa: F401
+
     for message in FOREIGN_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
 

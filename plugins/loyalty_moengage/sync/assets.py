@@ -4,6 +4,8 @@ One Asset per program and workspace (``moengage://<moengage_conn_id>/<program_id
 report task's outlet is an AssetAlias: it adds an event to the Asset only when the night ends
 ``success`` and is not a dry run (a plain outlet would emit on every successful task, a dry
 run's included). The event's ``extra`` carries the night and its counts (:func:`night_extra`).
+Airflow knows the Asset once a DAG schedules on it; until then it logs that it has no such
+Asset and records nothing. In-process nights (``make run``) emit nothing.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def emit_night(context: dict[str, Any], program: Any, body: dict[str, Any]) -> b
     """Add the night's event to the program's Asset (through the report's alias); False when
     there is nothing to emit (a dry run, or outside a task: no ``outlet_events``)."""
     events = context.get("outlet_events")
-    if events is None or body.get("dry_run") or body["outcome"] != "success":
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    # In-process nights (`make run`, dag.test) have no scheduler's Asset registry to emit into.
+    if events is None or body.get("dry_run") or body["outcome"] != "success" or conf.get("in_process"):
         return False
     events[night_alias(program)].add(night_asset(program), extra=night_extra(program, body))
     return True
