@@ -159,8 +159,11 @@ with owned_server("drills-pgdata") as dsn:
 
 @pytest.mark.parametrize("how", ["fail", "SIGINT", "SIGTERM"])
 def test_a_command_owning_a_server_stops_it_when_it_fails_or_is_interrupted(state_dir, how):
+    # SIGINT as a terminal's Ctrl-C delivers it, also when this suite runs as a background job
+    # (which starts with SIGINT ignored, and a child would inherit that).
     proc = subprocess.Popen([sys.executable, "-c", OWNED, how], env=os.environ.copy(), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline().strip() == "up"
     assert _postgres_of(state_dir / "drills-pgdata")
     if how == "fail":
