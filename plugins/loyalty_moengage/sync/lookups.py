@@ -47,8 +47,10 @@ class LookupWorker:
 
         self.error: BaseException | None = None
         self.stats: dict[str, Any] = {}
+        # Set when the slot stops (done, or failed): the worker ends after its current group.
+        self._stop = threading.Event()
         self._kwargs = dict(program_id=program_id, up_to_night=up_to_night, run_id=run_id, key=key, lookup=lookup,
-                            customers=customers)
+                            customers=customers, stop=self._stop)
         self._thread = threading.Thread(target=self._run, name=f"lookups {key}", daemon=True, args=(state_dsn,))
 
     def _run(self, state_dsn: str) -> None:
@@ -63,6 +65,7 @@ class LookupWorker:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
         self._thread.join()
 
     @property
@@ -71,7 +74,8 @@ class LookupWorker:
 
 
 def check_awaiting(state_dsn: str, *, program_id: str, up_to_night: date, run_id: str, key: str,
-                   lookup: Callable[[list[str]], set[str]], customers: int = 20) -> dict[str, Any]:
+                   lookup: Callable[[list[str]], set[str]], customers: int = 20,
+                   stop: Any = None) -> dict[str, Any]:
     """Check every released awaiting event's customer of nights up to ``up_to_night``; returns
     the counts the report adds to the night's."""
     from loyalty_moengage.db import connect
@@ -80,8 +84,9 @@ def check_awaiting(state_dsn: str, *, program_id: str, up_to_night: date, run_id
     started = time.perf_counter()
     nights: dict[date, _Night] = {}
     with connect(state_dsn) as conn:
-        while _one_group(conn, program_id=program_id, up_to_night=up_to_night, run_id=run_id, lookup=lookup,
-                         customers=customers, nights=nights):
+        while not (stop is not None and stop.is_set()) and _one_group(
+                conn, program_id=program_id, up_to_night=up_to_night, run_id=run_id, lookup=lookup,
+                customers=customers, nights=nights):
             pass
         seconds = round(time.perf_counter() - started, 4)
         # Counted by the night the events belong to, whichever run's slot checked them.
