@@ -10,11 +10,11 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: install demo test test-ui sandbox api bench bench-api run db-stop constraints clean drills compose-test
+.PHONY: install demo test test-ui docs sandbox api bench bench-api run db-stop constraints clean drills compose-test
 
-$(STAMP): requirements.txt constraints.txt pyproject.toml devtools/pyproject.toml
+$(STAMP): requirements.txt requirements-docs.txt constraints.txt pyproject.toml devtools/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-docs.txt -c constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e devtools
 	@touch $(STAMP)
@@ -35,6 +35,12 @@ $(UI_STAMP): requirements-ui.txt $(STAMP)
 
 test: install $(if $(CHROMIUM),$(UI_STAMP))
 	$(PY) -m pytest -q $(ARGS)
+
+# The documentation site (mkdocs.yml, docs/) built in strict mode into .local/site;
+# `$(PY) -m mkdocs serve` serves it with live reload at http://127.0.0.1:8000. NO_MKDOCS_2_WARNING
+# silences Material's banner about its end of life (see requirements-docs.txt).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 test-ui: install
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
