@@ -25,6 +25,14 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": _conn_fields(),
             }
         ],
+        # moengage://<workspace>/<name>: the night's Asset and the lineage datasets (sync/lineage.py).
+        "asset-uris": [
+            {
+                "schemes": ["moengage"],
+                "handler": "loyalty_moengage.sync.lineage.sanitize_moengage_uri",
+                "to_openlineage_converter": "loyalty_moengage.sync.lineage.moengage_to_openlineage",
+            }
+        ],
     }
 
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any, Callable
 
 from loyalty_moengage.config.programs import Program
+from loyalty_moengage.sync import lineage
 from loyalty_moengage.night import NightNotOverError, Window, ensure_over, from_context, latest_complete_night
 from loyalty_moengage.sync.sink import Sink
 
@@ -226,6 +227,7 @@ def transform(program: Program, chunk: dict[str, Any], context: dict[str, Any]) 
         lookup = MoEngageHook(moengage_conn_id=program.moengage_conn_id,
                               share=1 / TRANSFORM_CONCURRENCY).existing_customers
     stats = run_chunk(job, sink_for(program, context), lookup=lookup)
+    lineage.report_transform(loyalty_dsn=loyalty, state_dsn=state, dry_run=is_dry_run(context), context=program)
     log.info("%s: %s", chunk["label"], {k: v for k, v in stats.items() if k != "samples"})
     return {k: stats[k] for k in ("label", "events_enqueued", "members_enqueued", "batches")}
 
@@ -242,9 +244,13 @@ def guard(program: Program, context: dict[str, Any]) -> dict[str, Any]:
 def load(program: Program, slot: int, context: dict[str, Any]) -> dict[str, Any]:
     """One load slot: sends what it can claim (``load.py``), paced at its share of the budget."""
     attempt = getattr(context.get("ti"), "try_number", 1) or 1
-    return sink_for(program, context).deliver(program=program, slot=slot, window=from_context(program.time_zone, context),
-                                              run_id=context["run_id"], attempt=attempt,
-                                              share=load_share(program, context))
+    result = sink_for(program, context).deliver(program=program, slot=slot,
+                                                window=from_context(program.time_zone, context),
+                                                run_id=context["run_id"], attempt=attempt,
+                                                share=load_share(program, context))
+    if not is_dry_run(context):
+        lineage.report_load(state_dsn=dsns(program)[1], moengage_conn_id=program.moengage_conn_id)
+    return result
 
 
 @fails_fast("settle")
