@@ -80,6 +80,6 @@ drills: install
 
 # The project on Airflow's CeleryExecutor in Docker Compose, two workers, a night and a three-night
 # backfill through the REST API; at most 20 minutes. Needs Docker (as root it installs and starts
-# what is missing). Not part of `make test`. See README, "Run it on Airflow with Docker Compose".
+# what is missing). Not part of `make test`. See docs/compose.md.
 compose-test:
 	$(PYTHON) devtools/loyalty_moengage_devtools/compose_test.py test $(ARGS)

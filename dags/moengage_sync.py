@@ -50,7 +50,7 @@ def build(program: Program):
                                                   "already accepted for this night"),
             "dry_run": Param(False, type="boolean",
                              description="Extract and transform into a throwaway area and report what would be "
-                                         "sent; nothing is enqueued or sent (README, Dry run)"),
+                                         "sent; nothing is enqueued or sent (docs/dry-run.md)"),
         },
         on_failure_callback=failure_callbacks(program),
     )
@@ -73,8 +73,8 @@ def build(program: Program):
             return tasks.guard(program, context)
 
         # One Pool per MoEngage workspace, shared by every program sending to it: at most pool_slots
-        # load tasks spend the budget at once, each at budget / pool_slots (README, "Rate budget and
-        # scale-out"; a missing Pool would leave them scheduled: sync/workspace_pool.py creates it).
+        # load tasks spend the budget at once, each at budget / pool_slots (docs/scale-out.md; a missing Pool would
+        # leave them scheduled: sync/workspace_pool.py creates it).
         @task(map_index_template="load slot {{ slot_label }}", pool=program.pool)
         def load(slot: int, **context):
             get_current_context()["slot_label"] = slot

@@ -1,5 +1,5 @@
--- Customers the presence refresher checks first (the MoEngage presence cache, README "Profiles
--- are never created"): those active lately are the ones likely to have events next night.
+-- Customers the presence refresher checks first (the MoEngage presence cache, docs/presence.md):
+-- those active lately are the ones likely to have events next night.
 -- Returns: customer_id (required; the MoEngage customer_id = Relation Reference), most recently
 -- active first. Other columns are ignored.
 -- Parameters: %(program_id)s, %(since)s (timestamptz: activity after it counts).

@@ -47,8 +47,8 @@ class Program(BaseModel):
     retry_delay_seconds: int = 120
     chunk_members: int = 50_000
     load_parallelism: int = 2
-    # The Airflow Pool every program of one MoEngage workspace shares for its load tasks (README,
-    # "Rate budget and scale-out"); None: "moengage_<moengage_conn_id>"; "default_pool": no shared pool.
+    # The Airflow Pool every program of one MoEngage workspace shares for its load tasks (docs/scale-out.md);
+    # None: "moengage_<moengage_conn_id>"; "default_pool": no shared pool.
     workspace_pool: str | None = None
     # The slots that Pool has (`airflow pools set NAME SLOTS ...`); each load task paces at the
     # workspace budget / this. None: load_parallelism.

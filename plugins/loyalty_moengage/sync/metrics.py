@@ -5,7 +5,7 @@ Emitted by the report task for every night, whatever its outcome, under
 counters ``events_sent``, ``members_updated``, ``quarantined``, ``throttled`` (MoEngage's 429s),
 ``customer_lookups``; gauges ``uncertain_batches``, ``night_seconds`` (the DAG run's start to
 its report) and ``night_floor_seconds`` (what MoEngage's budget allows for the night's users and
-events), so an alert can compare a night with its floor. README, "Metrics".
+events), so an alert can compare a night with its floor. docs/platform.md.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def ensure_pool(dag_id: str) -> str | None:
     finally:
         engine.dispose()
     log.warning("created the Airflow Pool %r with %d slots for the load tasks of %s (resize it with "
-                "`airflow pools set`; README, 'Rate budget and scale-out')", program.pool, program.pool_slots, dag_id)
+                "`airflow pools set`; docs/scale-out.md)", program.pool, program.pool_slots, dag_id)
     return program.pool
 
 
