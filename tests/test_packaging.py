@@ -135,3 +135,40 @@ def test_the_wheel_alone_runs_in_a_fresh_airflow_environment(tmp_path):
     assert result["test"][0] is True, result["test"]
     freeze = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True, timeout=60).stdout.lower()
     assert "loyalty-moengage-devtools" not in freeze and "pixeltable" not in freeze   # no dev tool, no embedded DB
+
+
+def _dockerfile_stages() -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The Dockerfile's ARG defaults before the first FROM, and each stage's instructions."""
+    args: dict[str, str] = {}
+    stages: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    for line in (raw.strip() for raw in text.splitlines()):
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("FROM "):
+            _, image, _, name = line.split()
+            current = stages.setdefault(name, [f"FROM {image}"])
+        elif current is None and line.startswith("ARG "):
+            key, _, value = line[4:].partition("=")
+            args[key] = value
+        elif current is not None:
+            current.append(line)
+    return args, stages
+
+
+def test_the_image_is_airflows_own_with_the_wheel_installed():
+    """The default target extends Airflow's image at the Airflow version the project pins, and
+    installs the product's wheel; the development tools reach only the dev target."""
+    args, stages = _dockerfile_stages()
+    pinned = next(line.split("==")[1] for line in (ROOT / "requirements.txt").read_text().splitlines()
+                  if line.startswith("apache-airflow=="))
+    assert args["AIRFLOW_IMAGE"] == f"apache/airflow:{pinned}-python3.11"
+    assert list(stages)[-1] == "production" and stages["production"] == ["FROM product"]
+    for name in ("wheel", "product"):
+        assert stages[name][0] == "FROM ${AIRFLOW_IMAGE}", name
+    product = "\n".join(stages["product"])
+    assert "COPY --chown=airflow:0 --from=wheel /tmp/dist/" in product
+    assert '"apache-airflow==${AIRFLOW_VERSION}" "${wheel}[openlineage]"' in product
+    assert "requirements.txt" not in product and "devtools" not in product
+    assert "devtools/" in "\n".join(stages["dev"]) and stages["dev"][0] == "FROM product"

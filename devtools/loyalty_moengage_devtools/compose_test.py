@@ -3,10 +3,11 @@
 Runs on the host with the system ``python3`` (standard library only), in at most 20 minutes:
 
 1. **prepare** what is missing, and say so: as root, Debian's ``docker.io``/``docker-compose``
-   (apt-get), a running ``dockerd``; images: the official ``python:3.11-slim-bookworm``,
+   (apt-get), a running ``dockerd``; images: the official ``apache/airflow:3.3.2-python3.11``,
    ``postgres:16`` and ``redis:7.2-bookworm`` when a registry answers, otherwise a Python 3.11 base
-   made from Debian packages (``docker/base-image.sh``) and stand-ins for Postgres and Redis
-   (``docker/stand-ins/``); then builds the project's two images (the Dockerfile's ``production``
+   made from Debian packages (``docker/base-image.sh``) and on it stand-ins for the Airflow image,
+   Postgres and Redis (``docker/stand-ins/``); then builds the project's two images FROM the Airflow
+   image (the Dockerfile's ``production``
    target for the Airflow services, its ``dev`` target, with the devtools, for the sandbox and the
    demo generator) with ``--network host`` and the machine's CA bundle
    (``/etc/ssl/certs/ca-certificates.crt``) as the ``CA_BUNDLE`` build argument;
@@ -52,9 +53,10 @@ DAG_ID = f"moengage_sync_{PROGRAM}"
 APP_IMAGE = "loyalty-moengage:local"
 DEV_IMAGE = "loyalty-moengage-dev:local"
 LOCAL_BASE = "loyalty-moengage/bookworm-python:3.11"
+LOCAL_AIRFLOW = "loyalty-moengage/airflow:3.3.2-python3.11-standin"
 LOCAL_POSTGRES = "loyalty-moengage/postgres:16-standin"
 LOCAL_REDIS = "loyalty-moengage/redis:7-standin"
-OFFICIAL = {"base": "python:3.11-slim-bookworm", "postgres": "postgres:16", "redis": "redis:7.2-bookworm"}
+OFFICIAL = {"airflow": "apache/airflow:3.3.2-python3.11", "postgres": "postgres:16", "redis": "redis:7.2-bookworm"}
 MACHINE_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 TERMINAL = {"success", "failed"}
 
@@ -152,7 +154,7 @@ class Machine:
         return run(["docker", "image", "inspect", image], timeout=30, check=False).returncode == 0
 
     def images(self) -> dict[str, str]:
-        """The base, postgres and redis images: official ones when a registry answers."""
+        """The Airflow, postgres and redis images: official ones when a registry answers."""
         forced = os.environ.get("COMPOSE_TEST_IMAGES")  # official | local
         if forced != "local" and (all(self.have(i) for i in OFFICIAL.values()) or (
                 forced == "official" or self._registry_answers())):
@@ -174,7 +176,13 @@ class Machine:
                      "-f", f"stand-ins/{dockerfile}", "-t", image, "."], timeout=self.clock.left(),
                     cwd=root_dir() / "docker")
                 self.did.append(f"built {image} (docker/stand-ins/{dockerfile})")
-        return {"base": LOCAL_BASE, "postgres": LOCAL_POSTGRES, "redis": LOCAL_REDIS}
+        if not self.have(LOCAL_AIRFLOW):
+            say(f"building {LOCAL_AIRFLOW} (Airflow's image, same shape; pip install of Airflow) ...")
+            run(["docker", "build", "-q", "--network", "host", "--build-arg", f"BASE_IMAGE={LOCAL_BASE}",
+                 *self._ca_args(), "-f", "docker/stand-ins/airflow.Dockerfile", "-t", LOCAL_AIRFLOW, "."],
+                timeout=self.clock.left(), cwd=root_dir())
+            self.did.append(f"built {LOCAL_AIRFLOW} (docker/stand-ins/airflow.Dockerfile)")
+        return {"airflow": LOCAL_AIRFLOW, "postgres": LOCAL_POSTGRES, "redis": LOCAL_REDIS}
 
     def _registry_answers(self) -> bool:
         p = run(["docker", "pull", "-q", "hello-world"], timeout=45, check=False)
@@ -182,12 +190,16 @@ class Machine:
             run(["docker", "rmi", "-f", "hello-world"], timeout=30, check=False)
         return p.returncode == 0
 
+    @staticmethod
+    def _ca_args() -> list[str]:
+        """The machine's CA bundle for pip inside builds (TLS-inspecting proxies), when it has one."""
+        if not MACHINE_CA.is_file():
+            return []
+        shutil.copyfile(MACHINE_CA, root_dir() / "docker/certs/build-ca.crt")
+        return ["--build-arg", "CA_BUNDLE=build-ca.crt"]
+
     def build(self, base: str) -> float:
-        args = ["docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}"]
-        certs = root_dir() / "docker/certs"
-        if MACHINE_CA.is_file():
-            shutil.copyfile(MACHINE_CA, certs / "build-ca.crt")
-            args += ["--build-arg", "CA_BUNDLE=build-ca.crt"]
+        args = ["docker", "build", "--network", "host", "--build-arg", f"AIRFLOW_IMAGE={base}", *self._ca_args()]
         t = time.monotonic()
         for target, image in (("production", APP_IMAGE), ("dev", DEV_IMAGE)):
             say(f"building {image} (target {target}) on {base} (cached layers are reused) ...")
@@ -218,7 +230,7 @@ def env_file(path: Path, images: dict[str, str], members: int) -> dict[str, str]
         "AIRFLOW_DEV_IMAGE_NAME": DEV_IMAGE,
         "POSTGRES_IMAGE": images["postgres"],
         "REDIS_IMAGE": images["redis"],
-        "BASE_IMAGE": images["base"],
+        "AIRFLOW_IMAGE": images["airflow"],
         "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(32),
         "AIRFLOW_API_SECRET_KEY": secrets.token_urlsafe(32),
         "AIRFLOW_FERNET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
@@ -389,7 +401,7 @@ def main_test(args: argparse.Namespace) -> int:
     try:
         machine.ensure_tools()
         images = machine.images()
-        build_s = machine.build(images["base"])
+        build_s = machine.build(images["airflow"])
         clock.phase("prepare + build")
         say(f"images built in {build_s:.0f} s")
 
