@@ -15,8 +15,8 @@ from datetime import timedelta
 from typing import Any, Callable
 
 from loyalty_moengage.config.programs import Program
-from loyalty_moengage.sync import lineage
 from loyalty_moengage.night import NightNotOverError, Window, ensure_over, from_context, latest_complete_night
+from loyalty_moengage.sync import lineage
 from loyalty_moengage.sync.sink import Sink
 
 log = logging.getLogger(__name__)
