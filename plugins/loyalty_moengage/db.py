@@ -129,13 +129,26 @@ def loyalty_dsn(conn_id: str = DEFAULT_CONN_ID) -> str:
         return dsn_from_connection(conn)
     url = os.environ.get("LOYALTY_DB_URL")
     if url:
-        log.info("Airflow connection %r does not exist: using LOYALTY_DB_URL (%s)", conn_id, redact_dsn(url))
+        _say_fallback(conn_id, "LOYALTY_DB_URL", "Airflow connection %r does not exist: using LOYALTY_DB_URL (%s)",
+                      conn_id, redact_dsn(url))
         return url
     from loyalty_moengage.embedded import data_dir, ensure_server
 
-    log.info("Airflow connection %r does not exist and LOYALTY_DB_URL is not set: using the embedded "
-             "PostgreSQL in %s", conn_id, data_dir())
+    _say_fallback(conn_id, "embedded", "Airflow connection %r does not exist and LOYALTY_DB_URL is not set: using "
+                  "the embedded PostgreSQL in %s", conn_id, data_dir())
     return ensure_server()
+
+
+#: The fallbacks this process has already named at INFO: (connection id, what it fell back to).
+_FALLBACKS_SAID: set[tuple[str, str]] = set()
+
+
+def _say_fallback(conn_id: str, target: str, message: str, *args: Any) -> None:
+    """The fallback at INFO once per process (each task's log names it), at DEBUG after: a
+    command that resolves the DSN again says nothing new."""
+    level = logging.DEBUG if (conn_id, target) in _FALLBACKS_SAID else logging.INFO
+    _FALLBACKS_SAID.add((conn_id, target))
+    log.log(level, message, *args)
 
 
 def connect(dsn: str, *, autocommit: bool = False, application_name: str = "loyalty_moengage"):
