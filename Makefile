@@ -60,7 +60,7 @@ bench: install
 	$(PY) -m loyalty_moengage_devtools.cli bench $(if $(SCALE),--scale) $(ARGS)
 
 run: install
-	$(PY) -m loyalty_moengage.cli run --program $(or $(PROGRAM),demo) $(if $(NIGHT),--night $(NIGHT))
+	$(PY) -m loyalty_moengage.cli run --program $(or $(PROGRAM),demo) $(if $(NIGHT),--night $(NIGHT)) $(if $(VERBOSE),--verbose)
 
 bench-api: install
 	$(PY) -m loyalty_moengage_devtools.cli bench-api $(ARGS)

@@ -63,38 +63,60 @@ def _night(program, night: str | None) -> date | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """The night in-process: a line per task, the run report, the log file (``--verbose``: Airflow's own output)."""
+    from loyalty_moengage import by_hand
     from loyalty_moengage.config.programs import get_program
-    from loyalty_moengage.sync.runner import run_night
 
     program = get_program(args.program)
     night = _night(program, args.night)
     if night is None:
         return 2
     conf = {"force_attributes": True} if args.force_attributes else None
-    dag_run = run_night(program.id, night, program.time_zone, conf=conf)
+    run = by_hand.run_night(program, night, conf=conf, verbose=args.verbose)
+    dag_run = run.dag_run
+    if run.log is not None:
+        report = _run_report(program, dag_run.run_id)
+        print("\n" + by_hand.redact(report) + "\n" if report else "no run report was written")
     print(f"{program.dag_id} night {night}: {dag_run.state}")
+    by_hand.say_log(run)
     return 0 if str(dag_run.state) == "success" else 1
+
+
+def _run_report(program, run_id: str) -> str | None:
+    """The rendered report of the run, as its report task logged it; None when it wrote none."""
+    from loyalty_moengage.db import connect, loyalty_dsn
+    from loyalty_moengage.sync.render import render
+
+    with connect(loyalty_dsn(program.state_conn)) as conn:
+        row = conn.execute("SELECT to_jsonb(r) FROM moengage_sync.run_reports r WHERE program_id = %s "
+                           "AND run_id = %s ORDER BY reported_at DESC LIMIT 1", (program.id, run_id)).fetchone()
+    return None if row is None else render(row[0])
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """The dry run: the DAG run with ``dry_run`` in-process, then its summary."""
+    from loyalty_moengage import by_hand
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.db import connect, loyalty_dsn
     from loyalty_moengage.sync.render import render_dry_run
-    from loyalty_moengage.sync.runner import run_night
 
     program = get_program(args.program)
     night = _night(program, args.night)
     if night is None:
         return 2
-    dag_run = run_night(program.id, night, program.time_zone, conf={"dry_run": True})
+    # With --json, stdout is the JSON alone: the task lines and the log's name go to stderr.
+    lines = sys.stderr if args.json else sys.stdout
+    run = by_hand.run_night(program, night, conf={"dry_run": True}, verbose=args.verbose, terminal=lines)
+    dag_run = run.dag_run
     with connect(loyalty_dsn(program.state_conn)) as conn:
         row = conn.execute("SELECT stats FROM moengage_sync.dry_runs WHERE program_id = %s AND run_id = %s "
                            "AND task_key = 'report'", (program.id, dag_run.run_id)).fetchone()
     if row is None:
         print(f"the dry run wrote no summary; the DAG run ended {dag_run.state}", file=sys.stderr)
+        by_hand.say_log(run, sys.stderr)
         return 1
     print(json.dumps(row[0], indent=2) if args.json else render_dry_run(row[0]))
+    by_hand.say_log(run, lines)
     return 0 if str(dag_run.state) == "success" else 1
 
 
@@ -163,6 +185,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     return main(args.rest) or 0
 
 
+VERBOSE_HELP = ("print Airflow's own records on the terminal (by default: a line per task, then the report; the "
+                "records go to a file under $AIRFLOW_HOME/logs/by-hand/)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loyalty-moengage", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,11 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--night")
     run.add_argument("--force-attributes", action="store_true",
                      help="send every member's attributes again, even those MoEngage already accepted")
+    run.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     run.set_defaults(func=cmd_run)
     plan = sub.add_parser("plan", help="dry run of one night: what would be sent; sends nothing")
     plan.add_argument("--program", default="demo")
     plan.add_argument("--night", help="YYYY-MM-DD (default: last night in the program's zone)")
     plan.add_argument("--json", action="store_true", help="print the summary as JSON")
+    plan.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     plan.set_defaults(func=cmd_plan)
     resend = sub.add_parser("resend", help="re-queue uncertain batches (default) or a whole night")
     resend.add_argument("--program", required=True)
