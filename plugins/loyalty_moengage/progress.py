@@ -76,7 +76,10 @@ class Progress:
             self._beat.start()
 
     def advance(self, n: int = 1) -> None:
-        self.update(self.done + n)
+        """``n`` more done (from any thread: a pool's done callbacks, say)."""
+        with self._lock:
+            self.done += n
+            self._maybe_draw(self._clock())
 
     def update(self, done: int) -> None:
         with self._lock:

@@ -376,3 +376,43 @@ def test_cli_prints_summary(loyalty_db, capsys):
 def test_applies_schema_when_missing(empty_db):
     s = generate(empty_db, members=20, days=1, seed=2, end_date=END, time_zone=TZ)
     assert _one(empty_db, "SELECT count(*) FROM loyalty.members") == s.tables["members"] == 20
+
+
+def _indexes_and_constraints(dsn: str) -> set[tuple]:
+    return set(_rows(dsn, "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index i JOIN pg_class c "
+                          "ON c.oid = i.indrelid WHERE c.relnamespace = 'loyalty'::regnamespace")
+               + _rows(dsn, "SELECT conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid) || "
+                            "CASE WHEN convalidated THEN '' ELSE ' (not validated)' END FROM pg_constraint "
+                            "WHERE connamespace = 'loyalty'::regnamespace"))
+
+
+def test_alone_in_its_database_the_load_rebuilds_every_index_and_key_it_dropped(generated, pg_server, template_db,
+                                                                                 capsys):
+    """The program alone in its database is loaded without its secondary indexes and foreign keys,
+    which come back as they were, validated; next to another program nothing is dropped."""
+    dsn, _ = generated
+    name, schema_only = _new_db(pg_server, template_db)
+    try:
+        assert _indexes_and_constraints(dsn) == _indexes_and_constraints(schema_only)
+        assert len(_indexes_and_constraints(dsn)) > 40
+        generate(schema_only, program_id="beside", members=20, days=2, seed=1, end_date=END, time_zone=TZ)
+        generate(schema_only, members=MEMBERS, days=DAYS, seed=SEED, end_date=END, time_zone=TZ)
+        assert _indexes_and_constraints(dsn) == _indexes_and_constraints(schema_only)
+    finally:
+        _drop_db(pg_server, name)
+    err = capsys.readouterr().err
+    assert "generator beside: building indexes and foreign keys" in err       # alone: dropped and rebuilt
+    assert "generator demo: building indexes and foreign keys" not in err     # beside another: left alone
+
+
+def test_every_phase_says_when_it_ends_off_a_terminal(pg_server, template_db, capsys):
+    name, dsn = _new_db(pg_server, template_db)
+    try:
+        generate(dsn, members=20, days=2, seed=1, end_date=END, time_zone=TZ)
+    finally:
+        _drop_db(pg_server, name)
+    lines = capsys.readouterr().err.splitlines()
+    for phase in ("simulating 20 members over 2 nights", "building tables", "COPY loyalty.members",
+                  "COPY loyalty.points_ledger", "building indexes and foreign keys", "VACUUM ANALYZE"):
+        assert any(line.startswith(f"generator demo: {phase}: ") and "done in" in line for line in lines), (phase, lines)
+    assert not any("\r" in line for line in lines)

@@ -36,12 +36,13 @@ import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from loyalty_moengage.night import latest_complete_night
+from loyalty_moengage.progress import Progress
 
 WORKSPACE = "BENCH_WS"
 API_KEY = "bench-data-api-key"
@@ -241,8 +242,7 @@ def _generate(dsn: str, *, members: int, events_night: int, days: int, seed: int
     activity = max(1.0, events_night / (EVENTS_PER_MEMBER_AT_1 * members)) if events_night else 1.0
     t = time.perf_counter()
     summary = generate(dsn, program_id=PROGRAM_ID, members=members, days=days, seed=seed,
-                       end_date=night + timedelta(days=1), time_zone=TIME_ZONE, last_night_activity=activity,
-                       progress=_log)
+                       end_date=night + timedelta(days=1), time_zone=TIME_ZONE, last_night_activity=activity)
     return time.perf_counter() - t, activity
 
 
@@ -275,12 +275,14 @@ def _run_dag(pool: Any, *, program_id: str, night_iso: str, run_id: str, snapsho
 
     def phase(name: str, calls: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         t = time.perf_counter()
-        futures = [submit(task, arg) for task, arg in calls]
-        out = [f.result() for f in futures]
+        with Progress(f"[bench] {label}{name}", total=len(calls), unit="tasks") as step:
+            futures = [submit(task, arg) for task, arg in calls]
+            for _ in as_completed(futures):
+                step.advance()
+            out = [f.result() for f in futures]
+            step.finish(f"run {time.perf_counter() - started:.1f} s")
         phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
         tasks_run.extend(out)
-        _log(f"{label}{name}: {len(out)} task(s) in {time.perf_counter() - t:.1f} s "
-             f"(run {time.perf_counter() - started:.1f} s)")
         return out
 
     phase("preflight", [("preflight", None)])

@@ -78,7 +78,7 @@ def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int
             bench._log(f"{label}: generating {program_id} ({n:,} members)")
             t = time.perf_counter()
             generate(dsn, program_id=program_id, members=n, days=args.days, seed=args.seed + i,
-                     end_date=night + timedelta(days=1), time_zone=bench.TIME_ZONE, progress=bench._log)
+                     end_date=night + timedelta(days=1), time_zone=bench.TIME_ZONE)
             generator_s += time.perf_counter() - t
         reset_program_state(dsn, program_id, keep=("customer_presence",) if warm else ())
     slots = args.paced_pool_slots
