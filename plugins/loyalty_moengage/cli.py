@@ -154,18 +154,16 @@ def cmd_presence(args: argparse.Namespace) -> int:
     from loyalty_moengage.db import connect, ensure_state_schema, loyalty_dsn
     from loyalty_moengage.moengage.presence_import import PresenceFileError, import_presence, read_ids
 
+    from loyalty_moengage.progress import Progress
+
     program = get_program(args.program)
     dsn = loyalty_dsn(program.state_conn)
     ensure_state_schema(dsn)
-
-    def progress(counts) -> None:
-        print(f"  {counts.rows:,} rows read, {counts.marked_present:,} "
-              f"{'would be ' if args.dry_run else ''}marked present", file=sys.stderr, flush=True)
-
     try:
-        with connect(dsn) as conn:
+        with connect(dsn) as conn, Progress(f"presence import {Path(args.file).name}", unit="rows") as step:
             counts = import_presence(conn, program_id=program.id, ids=read_ids(Path(args.file), column=args.column),
-                                     dry_run=args.dry_run, progress=progress)
+                                     dry_run=args.dry_run, progress=lambda counts: step.update(counts.rows))
+            step.update(counts.rows)
     except (PresenceFileError, UnicodeDecodeError) as exc:
         print(f"presence import refused: {exc}", file=sys.stderr)
         return 2
