@@ -1,8 +1,9 @@
 """The project's command line: ``python -m loyalty_moengage.cli <command>`` (the Makefile calls it).
 
 db        url | up | stop | schema: the loyalty database (embedded unless configured)
-run       sync one night of one program now (in-process, dag.test)
+run       sync one night of one program now (in-process, dag.test): a line per task, then the report
 plan      dry run of one night: counts, quarantine, sample payloads, requests, minutes; sends nothing
+          (both keep Airflow's records in $AIRFLOW_HOME/logs/by-hand/; --verbose prints them instead)
 resend    re-queue uncertain batches (or, with --all-events, a whole night) of one program
 resolve   record that uncertain batches did reach MoEngage (checked there by an operator)
 presence  import: mark the customers of a MoEngage export (CSV, or one id per line) as known to MoEngage

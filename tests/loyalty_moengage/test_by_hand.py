@@ -74,7 +74,6 @@ def test_a_quiet_run_prints_a_line_per_task_and_the_report_and_keeps_airflows_re
     assert f"moengage_sync_tiny night {NIGHT}: success" in lines[-2]
     for record in AIRFLOW_RECORDS:
         assert record not in quiet.stdout + quiet.stderr
-    assert "does not exist" not in quiet.stdout + quiet.stderr
     log = _log_file(quiet.stdout).read_text()
     for record in AIRFLOW_RECORDS:
         assert record in log
@@ -133,3 +132,17 @@ def test_everything_written_during_the_run_reaches_the_file_masked_and_not_the_t
     assert secret not in text
     print("after the block")
     assert capsys.readouterr().out == "after the block\n"
+
+
+def test_a_failed_night_lists_the_tasks_that_never_ran_and_its_log_holds_the_traceback(tiny, tmp_path):
+    with sync_env(tmp_path, tiny):
+        del os.environ["AIRFLOW_CONN_MOENGAGE_DEFAULT"]
+        failed = _cli("run")
+    assert failed.returncode == 1
+    lines = failed.stdout.splitlines()
+    assert any(re.fullmatch(r"  preflight +failed +\d+\.\d s", line) for line in lines), failed.stdout
+    for task in ("plan", "transform", "guard", "load[0]"):
+        assert any(re.fullmatch(rf"  {re.escape(task)} +upstream_failed", line) for line in lines), (task, failed.stdout)
+    assert "note: preflight failed: the Airflow connection 'moengage_default' (MoEngage) is not defined" in failed.stdout
+    assert "Traceback" not in failed.stdout + failed.stderr
+    assert "Traceback" in _log_file(failed.stdout).read_text()

@@ -57,6 +57,13 @@ def test_a_missing_connection_falls_back_to_the_url_and_says_so(monkeypatch, db_
     assert db_log == [f"Airflow connection 'loyalty_nowhere' does not exist: using LOYALTY_DB_URL ({URL})"]
 
 
+def test_the_fallback_is_said_once_per_process_then_at_debug(monkeypatch, db_log):
+    """A by-hand run resolves the DSN in its tasks and again for its summary: the second says nothing new."""
+    monkeypatch.setenv("LOYALTY_DB_URL", URL)
+    assert loyalty_dsn("loyalty_twice") == loyalty_dsn("loyalty_twice") == URL
+    assert db_log == [f"Airflow connection 'loyalty_twice' does not exist: using LOYALTY_DB_URL ({URL})"]
+
+
 def test_a_missing_connection_without_url_uses_the_embedded_database_and_says_so(monkeypatch, db_log):
     from loyalty_moengage.embedded import stop_server
 
