@@ -17,8 +17,10 @@ import os
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import date, timedelta
 
+from loyalty_moengage.cli import VERBOSE_HELP
 from loyalty_moengage.night import latest_complete_night
 
 DEMO_WORKSPACE = "DEMO_WORKSPACE"
@@ -31,6 +33,7 @@ def _quiet_airflow() -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     _quiet_airflow()
+    from loyalty_moengage import by_hand
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.db import apply_schema, connection_json, loyalty_dsn, redact_dsn
     from loyalty_moengage.sync.render import render
@@ -44,21 +47,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.keep:
         _generate_demo(args, dsn, program, night)
     os.environ.setdefault(f"AIRFLOW_CONN_{program.loyalty_conn_id.upper()}", connection_json(dsn))
-    dag_run, sync_seconds, seen = _sync_on_sandbox(args, dsn, program, night)
+    run, sync_seconds, seen = _sync_on_sandbox(args, dsn, program, night)
+    dag_run = run.dag_run
     found = _last_report(dsn, program.id, night)
     if found is None:
         print(f"no run report was written; the DAG run ended {dag_run.state}")
+        by_hand.say_log(run)
         return 1
     report, run_id = found
     print()
     print(render(report))
     print()
-    checks = _demo_checks(report, _sent_events_by_type(dsn, program.id, run_id), seen,
+    checks = _demo_checks(report, _sent_by_run(dsn, program.id, run_id), seen,
                           receipt_attribute=program.receipt_attribute)
     for label, ok in checks:
         print(f"  [{'ok' if ok else 'MISMATCH'}] {label}")
     print(f"DAG run {dag_run.state} in {sync_seconds:.1f} s; demo total {time.perf_counter() - started:.1f} s")
     _say_server_stays()
+    by_hand.say_log(run)
     return 0 if all(ok for _, ok in checks) and str(dag_run.state) == "success" else 1
 
 
@@ -86,8 +92,9 @@ def _generate_demo(args: argparse.Namespace, dsn: str, program, night: date) -> 
 
 
 def _sync_on_sandbox(args: argparse.Namespace, dsn: str, program, night: date):
-    """Sync ``night`` with ``dag.test()`` against a seeded sandbox: (dag_run, seconds, what the sandbox saw)."""
-    from loyalty_moengage.sync.runner import run_night
+    """Sync ``night`` with ``dag.test()`` against a seeded sandbox, quiet as ``loyalty-moengage run``:
+    (the by-hand run, seconds, what the sandbox saw)."""
+    from loyalty_moengage import by_hand
     from loyalty_moengage_devtools.sandbox import SandboxServer
     from loyalty_moengage_devtools.seed import seed_from_loyalty_db
 
@@ -102,14 +109,13 @@ def _sync_on_sandbox(args: argparse.Namespace, dsn: str, program, night: date):
             print(f"  Get User API budget set to {args.lookups_per_minute:,}/min for the demo (MoEngage: 1,000/min; "
                   "a real program's first night pays about 1 min per 1,000 customers with events, later nights "
                   "are served from the cache)")
-        print(f"syncing night {night} of {program.id!r} with `dag.test()` ...", flush=True)
         t = time.perf_counter()
-        dag_run = run_night(program.id, night, program.time_zone)
+        run = by_hand.run_night(program, night, conf=None, verbose=args.verbose)
         sync_seconds = time.perf_counter() - t
         seen = {"received": Counter(e["action"] for e in sandbox.state.events(DEMO_WORKSPACE)),
                 "counters": sandbox.state.workspace_counters(DEMO_WORKSPACE),
                 "drops": Counter(d["reason"] for d in sandbox.state.drops(DEMO_WORKSPACE))}
-    return dag_run, sync_seconds, seen
+    return run, sync_seconds, seen
 
 
 def _last_report(dsn: str, program_id: str, night: date) -> tuple[dict, str] | None:
@@ -125,19 +131,22 @@ def _last_report(dsn: str, program_id: str, night: date) -> tuple[dict, str] | N
         return _report_dict(conn, program_id, night, row[0]), row[0]
 
 
-def _demo_checks(report: dict, sent_by_type: dict[str, int], seen: dict, *,
+def _demo_checks(report: dict, sent: "SentByRun", seen: dict, *,
                  receipt_attribute: str) -> list[tuple[str, bool]]:
-    """What the sandbox received against what the run report says was sent (printed with a summary)."""
+    """What the sandbox received against what this run sent (a rerun with ``--keep`` sends
+    nothing: the report's night totals then count an earlier run's sends, this sandbox none)."""
     received, counters, drops = seen["received"], seen["counters"], seen["drops"]
     # Each events request also wrote its receipt on one member: not a member update of the night.
     receipts = counters.get(f"single_attribute_updates:{receipt_attribute}", 0)
     users_accepted = counters.get("users_updated", 0) + counters.get("users_created", 0) - receipts
     users_dropped = drops.get("update_existing_only is true and the user does not exist", 0)
     checks = [
-        ("events received by the sandbox = events sent", sum(received.values()) == report["events_sent"]),
-        ("events by type agree", dict(received) == sent_by_type),
-        ("members updated + unknown to MoEngage = member updates sent",
-         users_accepted + users_dropped == report["members_updated"]),
+        ("events received by the sandbox = events this run sent", sum(received.values()) == sum(sent.events.values())),
+        ("events by type agree", dict(received) == sent.events),
+        ("members updated + unknown to MoEngage = member updates this run sent",
+         users_accepted + users_dropped == sent.users),
+        ("the night's report counts at least what this run sent",
+         report["events_sent"] >= sum(sent.events.values()) and report["members_updated"] >= sent.users),
         ("no MoEngage profile created", counters.get("users_created", 0) == 0),
     ]
     print(f"sandbox: {sum(received.values()):,} events received, {users_accepted:,} members updated "
@@ -158,15 +167,26 @@ def _report_dict(conn, program_id: str, night: date, run_id: str) -> dict:
     return report
 
 
-def _sent_events_by_type(dsn: str, program_id: str, run_id: str) -> dict[str, int]:
+@dataclass(frozen=True)
+class SentByRun:
+    """What one run's loads sent (``batches.sent_by_run``): events by name, and member updates."""
+
+    events: dict[str, int]
+    users: int
+
+
+def _sent_by_run(dsn: str, program_id: str, run_id: str) -> SentByRun:
     from loyalty_moengage.db import connect
 
     with connect(dsn) as conn:
         rows = conn.execute(
             "SELECT k.event_name, count(*) FROM moengage_sync.event_keys k JOIN moengage_sync.batches b "
-            "USING (batch_id) WHERE b.program_id = %s AND b.run_id = %s AND b.state = 'sent' GROUP BY 1",
+            "USING (batch_id) WHERE b.program_id = %s AND b.sent_by_run = %s AND b.state = 'sent' GROUP BY 1",
             (program_id, run_id)).fetchall()
-    return {name: n for name, n in rows}
+        (users,) = conn.execute(
+            "SELECT coalesce(sum(users), 0) FROM moengage_sync.batches WHERE program_id = %s AND sent_by_run = %s "
+            "AND state = 'sent' AND kind = 'users'", (program_id, run_id)).fetchone()
+    return SentByRun(events={name: n for name, n in rows}, users=int(users))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -212,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Get User API budget of the sandbox workspace (MoEngage's is 1,000)")
     demo.add_argument("--keep", action="store_true",
                       help="do not regenerate: rerun the sync on the existing data (shows no event is sent twice)")
+    demo.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     demo.set_defaults(func=cmd_demo)
     for name, func in PASSTHROUGH.items():
         p = sub.add_parser(name, help=f"see `python -m loyalty_moengage_devtools.cli {name} --help`", add_help=False)
