@@ -250,7 +250,8 @@ FOREIGN_WARNINGS = (
 )
 
 
-def _quiet_foreign_warnings() -> None:
+def quiet_foreign_warnings() -> None:
+    """Hide ``FOREIGN_WARNINGS`` in this process (a worker process the bench spawns calls it too)."""
     import warnings
 
     # Airflow's configuration puts its own DeprecationWarning filter first when it is imported:
@@ -271,7 +272,7 @@ def dispatch(build: Callable[[], argparse.ArgumentParser], passthrough: dict[str
 
     for key, value in airflow_env(state_dir() / "airflow").items():
         os.environ.setdefault(key, value)
-    _quiet_foreign_warnings()
+    quiet_foreign_warnings()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in passthrough:

@@ -41,6 +41,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from loyalty_moengage.cli import quiet_foreign_warnings
 from loyalty_moengage.night import latest_complete_night
 from loyalty_moengage.progress import Progress
 
@@ -306,7 +307,7 @@ def _pipeline(*, program_id: str, night: date, run_id: str, workers: int, snapsh
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=quiet_foreign_warnings) as pool:
         # Warm both workers before the clock starts (an executor's workers are already up).
         list(pool.map(_warm_task, [0.5] * workers))
         with _Sampler() as sampler:

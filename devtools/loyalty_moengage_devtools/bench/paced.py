@@ -62,6 +62,7 @@ def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int
     customers were looked up before."""
     import multiprocessing as mp
 
+    from loyalty_moengage.cli import quiet_foreign_warnings
     from loyalty_moengage.db import connection_json
     from loyalty_moengage_devtools import bench
     from loyalty_moengage_devtools.generator import generate
@@ -123,7 +124,8 @@ def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int
             return (f"{label}: MoEngage sandbox has {c.get('users_counted', 0):,} users and "
                     f"{c.get('events_counted', 0):,} events{looked}, {c.get('throttled', 0)} 429s")
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                 initializer=quiet_foreign_warnings) as pool:
             list(pool.map(bench._warm_task, [0.5] * workers))
 
             def one(program_id: str) -> None:
@@ -174,7 +176,9 @@ _INPROCESS = """
 import json, sys, time
 from datetime import date
 from loyalty_moengage.night import Window
+from loyalty_moengage.cli import quiet_foreign_warnings
 from loyalty_moengage.sync.runner import IN_PROCESS, ensure_metadata_db, load_dag
+quiet_foreign_warnings()
 ensure_metadata_db()
 dag = load_dag(sys.argv[1])
 night = date.fromisoformat(sys.argv[2])
