@@ -536,7 +536,7 @@ def _log(msg: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loyalty_moengage_devtools.bench_api", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="loyalty-moengage-dev bench-api", description=__doc__.splitlines()[0])
     p.add_argument("--dsn", help="loyalty database (default: the project's rule: connection, LOYALTY_DB_URL, embedded)")
     p.add_argument("--program", default="bench_api", help="program id to generate/use (default bench_api)")
     p.add_argument("--members", type=int, default=1_000_000, help="members the program must have (default 1,000,000)")

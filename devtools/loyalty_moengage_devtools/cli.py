@@ -7,7 +7,7 @@ sandbox   start the local MoEngage sandbox
 bench     benchmark a night's sync (see loyalty_moengage_devtools.bench)
 bench-api benchmark the points lookup under MoEngage-like bursts
 
-The product's commands (db, run, plan, resend, resolve, api) are ``python -m loyalty_moengage.cli``.
+The product's commands (db, run, plan, resend, resolve, presence, api) are ``loyalty-moengage``.
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     demo.set_defaults(func=cmd_demo)
     for name, func in PASSTHROUGH.items():
-        p = sub.add_parser(name, help=f"see `python -m loyalty_moengage_devtools.cli {name} --help`", add_help=False)
+        p = sub.add_parser(name, help=f"see `loyalty-moengage-dev {name} --help`", add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=func)
     return parser

@@ -1191,7 +1191,7 @@ def generate(dsn: str, *, program_id: str = "demo", members: int = 10_000, days:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m loyalty_moengage_devtools.generator",
+    ap = argparse.ArgumentParser(prog="loyalty-moengage-dev generate",
                                  description="Generate a deterministic synthetic loyalty program.")
     ap.add_argument("--dsn", help="libpq URI (default: the configured loyalty database)")
     ap.add_argument("--members", type=int, default=10_000)

@@ -10,7 +10,7 @@ presence  import: mark the customers of a MoEngage export (CSV, or one id per li
 api       serve the MoEngage-facing Content API / connector webhook
 
 The development commands (demo, generate, sandbox, bench, bench-api) are in the separate
-loyalty-moengage-devtools distribution (devtools/): ``python -m loyalty_moengage_devtools.cli``.
+loyalty-moengage-devtools distribution (devtools/): ``loyalty-moengage-dev``.
 """
 
 from __future__ import annotations

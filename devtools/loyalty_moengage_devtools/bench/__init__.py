@@ -607,7 +607,7 @@ def render_md(r: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loyalty_moengage_devtools.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="loyalty-moengage-dev bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", type=int, default=1_000_000)
     p.add_argument("--events-night", type=int, default=None,

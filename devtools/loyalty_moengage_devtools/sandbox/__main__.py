@@ -17,7 +17,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m loyalty_moengage_devtools.sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="loyalty-moengage-dev sandbox", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (the /sandbox API has no auth: keep loopback)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="Workspace ID of the default workspace")

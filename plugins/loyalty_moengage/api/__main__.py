@@ -13,7 +13,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loyalty_moengage.api", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="loyalty-moengage api", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8081, help="port (default 8081)")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
