@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -115,14 +115,20 @@ def never_ran(dag_run: Any, said: set[tuple[str, int]]) -> list[TaskLine]:
 @contextmanager
 def airflow_output_to(path: Path, terminal: TextIO) -> Iterator[TextIO]:
     """For the block, everything this process writes to stdout or stderr goes, masked, into
-    ``path``; the block gets a stream to where ``terminal`` (stdout or stderr) wrote before it."""
+    ``path``; the block gets a stream to where ``terminal`` (stdout or stderr) wrote before it.
+
+    What can fail (the maskers' imports, the file) fails here, before anything is redirected.
+    The stream the block's writers were given stays open after it: Airflow's structlog loggers
+    keep the stream they were first used with, and it then writes to descriptor 1 again."""
+    redact("")
     path.parent.mkdir(parents=True, exist_ok=True)
+    log = path.open("a", encoding="utf-8")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     terminal, own_terminal = _terminal(terminal)
     saved = {fd: os.dup(fd) for fd in (1, 2)}
     read_end, write_end = os.pipe()
-    copier = threading.Thread(target=_copy_masked, args=(read_end, path), name="by-hand log", daemon=True)
+    copier = threading.Thread(target=_copy_masked, args=(read_end, log), name="by-hand log", daemon=True)
     copier.start()
     streams = sys.stdout, sys.stderr
     # Airflow's root handler is a plain StreamHandler; subclasses (files, a test's capture) keep their streams.
@@ -132,22 +138,26 @@ def airflow_output_to(path: Path, terminal: TextIO) -> Iterator[TextIO]:
     os.close(write_end)
     into_pipe = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
     sys.stdout = sys.stderr = into_pipe
-    for handler, _ in handlers:
-        handler.setStream(into_pipe)
+    for handler, before in handlers:
+        with suppress(OSError, ValueError):   # a stream closed under its handler (a finished capture)
+            before.flush()
+        handler.stream = into_pipe
     try:
         yield terminal
     finally:
-        into_pipe.flush()
-        for handler, stream in handlers:
-            handler.setStream(stream)
-        sys.stdout, sys.stderr = streams
-        into_pipe.close()
-        for fd, copy in saved.items():
-            os.dup2(copy, fd)
-            os.close(copy)
-        copier.join(DRAIN_SECONDS)
-        if own_terminal:
-            terminal.close()
+        try:
+            with suppress(OSError, ValueError):
+                into_pipe.flush()
+            for handler, stream in handlers:
+                handler.stream = stream
+        finally:
+            sys.stdout, sys.stderr = streams
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            copier.join(DRAIN_SECONDS)
+            if own_terminal:
+                terminal.close()
 
 
 def _terminal(stream: TextIO) -> tuple[TextIO, bool]:
@@ -163,11 +173,18 @@ def _terminal(stream: TextIO) -> tuple[TextIO, bool]:
                 errors="backslashreplace"), True
 
 
-def _copy_masked(read_end: int, path: Path) -> None:
-    with open(read_end, "rb") as pipe, path.open("a", encoding="utf-8") as log:
+def _copy_masked(read_end: int, log: TextIO) -> None:
+    """Drain the pipe into ``log`` until the run closes it, whatever happens to a line: a copier
+    that stopped would leave the run writing into a pipe nobody reads."""
+    with open(read_end, "rb") as pipe, log:
         for raw in pipe:
-            log.write(redact(raw.decode("utf-8", "backslashreplace")))
-            log.flush()
+            try:
+                text = redact(raw.decode("utf-8", "backslashreplace"))
+            except Exception:  # noqa: BLE001 - an unmasked line is never written
+                text = "[a line withheld: masking it failed]\n"
+            with suppress(OSError, ValueError):
+                log.write(text)
+                log.flush()
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,15 @@ def tiny(loyalty_db):
     return loyalty_db
 
 
+def user_env() -> dict[str, str]:
+    """This environment as a user's shell has it: without pytest's marker, which turns Airflow's
+    structlog logger cache off (a user's run has it on)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_VERSION"}
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "loyalty_moengage.cli", *args, "--program", "tiny", "--night",
-                           NIGHT.isoformat()], cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True,
+                           NIGHT.isoformat()], cwd=ROOT, env=user_env(), capture_output=True, text=True,
                           timeout=600)
 
 
@@ -132,6 +138,44 @@ def test_everything_written_during_the_run_reaches_the_file_masked_and_not_the_t
     assert secret not in text
     print("after the block")
     assert capsys.readouterr().out == "after the block\n"
+
+
+def test_a_stream_kept_from_the_run_still_writes_after_it_and_not_into_the_file(tmp_path):
+    """Airflow's cached structlog loggers keep the stream they were first used with: the run's.
+    After the run it must still take writes (to descriptor 1), and the file gets none of them."""
+    from loyalty_moengage.by_hand import airflow_output_to
+
+    path = tmp_path / "run.log"
+    with airflow_output_to(path, sys.stdout):
+        kept = sys.stdout
+        print("during the run")
+    kept.write("a cached logger after the run\n")
+    kept.flush()
+    assert path.read_text() == "during the run\n"
+
+
+def test_a_line_that_cannot_be_masked_is_withheld_and_the_run_goes_on(tmp_path, monkeypatch):
+    from loyalty_moengage import by_hand
+
+    real = by_hand.redact
+
+    def fragile(text: str) -> str:
+        if "poison" in text:
+            raise RuntimeError("masker broke")
+        return real(text)
+
+    monkeypatch.setattr(by_hand, "redact", fragile)
+    streams = sys.stdout, sys.stderr
+    path = tmp_path / "run.log"
+    with by_hand.airflow_output_to(path, sys.stdout):
+        print("before")
+        print("poison " + "x" * 100_000)
+        for i in range(2_000):   # more than a pipe holds: a stopped copier would block or break the run
+            print(f"after {i}")
+    assert (sys.stdout, sys.stderr) == streams
+    lines = path.read_text().splitlines()
+    assert lines[0] == "before" and lines[1] == "[a line withheld: masking it failed]"
+    assert lines[-1] == "after 1999" and not any("poison" in line for line in lines)
 
 
 def test_a_failed_night_lists_the_tasks_that_never_ran_and_its_log_holds_the_traceback(tiny, tmp_path):
