@@ -139,15 +139,16 @@ def loyalty_dsn(conn_id: str = DEFAULT_CONN_ID) -> str:
     return ensure_server()
 
 
-#: The fallbacks this process has already named at INFO: (connection id, what it fell back to).
-_FALLBACKS_SAID: set[tuple[str, str]] = set()
+#: The fallbacks this process has already named at INFO: (connection id, what it fell back to, where).
+_FALLBACKS_SAID: set[tuple[str, str, str]] = set()
 
 
 def _say_fallback(conn_id: str, target: str, message: str, *args: Any) -> None:
     """The fallback at INFO once per process (each task's log names it), at DEBUG after: a
     command that resolves the DSN again says nothing new."""
-    level = logging.DEBUG if (conn_id, target) in _FALLBACKS_SAID else logging.INFO
-    _FALLBACKS_SAID.add((conn_id, target))
+    said = (conn_id, target, message % args)
+    level = logging.DEBUG if said in _FALLBACKS_SAID else logging.INFO
+    _FALLBACKS_SAID.add(said)
     log.log(level, message, *args)
 
 
