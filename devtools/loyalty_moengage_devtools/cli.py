@@ -121,6 +121,7 @@ def _sync_on_sandbox(args: argparse.Namespace, dsn: str, program, night: date):
 def _last_report(dsn: str, program_id: str, night: date) -> tuple[dict, str] | None:
     """The newest run report of the night and its run id, or None when none was written."""
     from loyalty_moengage.db import connect
+    from loyalty_moengage.sync.report import stored
 
     with connect(dsn) as conn:
         row = conn.execute(
@@ -128,7 +129,7 @@ def _last_report(dsn: str, program_id: str, night: date) -> tuple[dict, str] | N
             "ORDER BY reported_at DESC LIMIT 1", (program_id, night)).fetchone()
         if row is None:
             return None
-        return _report_dict(conn, program_id, night, row[0]), row[0]
+        return stored(conn, program_id, row[0]), row[0]
 
 
 def _demo_checks(report: dict, sent: "SentByRun", seen: dict, *,
@@ -154,17 +155,6 @@ def _demo_checks(report: dict, sent: "SentByRun", seen: dict, *,
           f"{users_dropped:,} member updates dropped (not in MoEngage), "
           f"{counters.get('users_created_by_events', 0):,} profiles created by events of unknown users")
     return checks
-
-
-def _report_dict(conn, program_id: str, night: date, run_id: str) -> dict:
-    cur = conn.execute(
-        "SELECT * FROM moengage_sync.run_reports WHERE program_id = %s AND night = %s AND run_id = %s",
-        (program_id, night, run_id))
-    names = [d.name for d in cur.description]
-    report = dict(zip(names, cur.fetchone()))
-    report["night"] = report["night"].isoformat()
-    report["notes"] = list(report["notes"] or [])
-    return report
 
 
 @dataclass(frozen=True)

@@ -87,11 +87,11 @@ def _run_report(program, run_id: str) -> str | None:
     """The rendered report of the run, as its report task logged it; None when it wrote none."""
     from loyalty_moengage.db import connect, loyalty_dsn
     from loyalty_moengage.sync.render import render
+    from loyalty_moengage.sync.report import stored
 
     with connect(loyalty_dsn(program.state_conn)) as conn:
-        row = conn.execute("SELECT to_jsonb(r) FROM moengage_sync.run_reports r WHERE program_id = %s "
-                           "AND run_id = %s ORDER BY reported_at DESC LIMIT 1", (program.id, run_id)).fetchone()
-    return None if row is None else render(row[0])
+        report = stored(conn, program.id, run_id)
+    return None if report is None else render(report)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -33,6 +33,13 @@ COLUMNS = ("program_id", "night", "run_id", "outcome", "window_start", "window_e
 JSON_COLUMNS = ("events_by_type", "quarantined_by_reason", "batches_by_state", "stage_seconds", "needs_attention")
 KEY = ("program_id", "night", "run_id")
 
+def stored(conn: Any, program_id: str, run_id: str) -> dict[str, Any] | None:
+    """The run's report as written (JSON types: the night as ISO text), or None when it wrote none."""
+    row = conn.execute("SELECT to_jsonb(r) FROM moengage_sync.run_reports r WHERE program_id = %s AND run_id = %s "
+                       "ORDER BY reported_at DESC LIMIT 1", (program_id, run_id)).fetchone()
+    return None if row is None else row[0]
+
+
 _UPSERT = (
     f"INSERT INTO moengage_sync.run_reports ({', '.join(COLUMNS)}) "
     f"VALUES ({', '.join(f'%({c})s' for c in COLUMNS)}) "

@@ -187,12 +187,12 @@ def run_detail(program: Any, run_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {"program": program, "run_id": run_id, "airflow": runs.get(run_id), "report": None,
                            "dry_run": None, "night": None}
     with _state_conn(program) as conn:
-        report = conn.execute(
-            "SELECT to_jsonb(r) FROM moengage_sync.run_reports r WHERE program_id = %s AND run_id = %s "
-            "ORDER BY reported_at DESC LIMIT 1", (program.id, run_id)).fetchone()
+        from loyalty_moengage.sync.report import stored
+
+        report = stored(conn, program.id, run_id)
         if report:
-            out["report"] = report[0]
-            out["night"] = date.fromisoformat(report[0]["night"])
+            out["report"] = report
+            out["night"] = date.fromisoformat(report["night"])
         else:
             have = conn.execute("SELECT to_regclass('moengage_sync.dry_runs')").fetchone()[0]
             dry = None if have is None else conn.execute(
