@@ -9,6 +9,10 @@ ID in the path (409), Content-Type (400/415), size (413), JSON (400), budget (42
 Bulk requests answer 200 even when elements are dropped, like MoEngage; unlike MoEngage, every
 drop is recorded with its reason (``GET /sandbox/workspaces/{id}/drops``).
 
+Faults are polite (fail before applying) unless the rude switches of
+:mod:`loyalty_moengage_devtools.sandbox.rude` are on: errors after applying, bulk writes that show
+late and out of order, partial application, and users erased mid-night (``POST /sandbox/erase``).
+
 The ``/sandbox/...`` inspection API has no authentication: bind it to loopback only.
 """
 
@@ -28,6 +32,8 @@ import orjson
 from aiohttp import web
 
 from loyalty_moengage.moengage.packing import SINGLE_MAX_BYTES, TRANSITION_MAX_BYTES
+from loyalty_moengage_devtools.sandbox import rude
+from loyalty_moengage_devtools.sandbox.elements import apply_elements
 from loyalty_moengage_devtools.sandbox.state import Faults, SandboxState, Workspace, apply_deferred
 from loyalty_moengage_devtools.sandbox.validation import StructuralError, check_element
 
@@ -80,6 +86,9 @@ class SandboxApp:
         app.router.add_get("/sandbox/workspaces/{workspace_id}/drops", self.get_drops)
         app.router.add_get("/sandbox/workspaces/{workspace_id}/counters", self.get_workspace_counters)
         app.router.add_post("/sandbox/workspaces/{workspace_id}/seed", self.seed)
+        app.router.add_post("/sandbox/workspaces/{workspace_id}/erase", self.post_erase)
+        app.router.add_get("/sandbox/workspaces/{workspace_id}/profiles", self.get_profiles)
+        app.router.add_post("/sandbox/erase", self.post_erase)
         app.router.add_get("/sandbox/requests", self.get_requests)
         app.router.add_get("/sandbox/counters", self.get_counters)
         app.router.add_get("/sandbox/faults", self.get_faults)
@@ -144,13 +153,18 @@ class SandboxApp:
         with state.lock:
             state.data_requests += 1
             number = state.data_requests
-            action, delay = state.faults.decide(number, endpoint)
-            retry_after = state.faults.retry_after
+            faults = state.faults
+            action, delay = faults.decide(number, endpoint)
+            index = faults.seen[endpoint]
+            partial = rude.partial_share(faults, action, endpoint)
+            retry_after = faults.retry_after
         request_id = state.new_request_id()
         entry: dict[str, Any] = {"n": number, "time": time.time(), "endpoint": endpoint, "dc": dc,
                                  "path": request.path, "workspace_id": None, "request_id": request_id,
                                  "bytes": 0, "fault": action,
                                  "peer": request.transport.get_extra_info("peername") if request.transport else None}
+        if partial:
+            entry["partial"] = partial
         started = time.perf_counter()
         try:
             if delay:
@@ -160,28 +174,58 @@ class SandboxApp:
                 return self._drop(request)
             body = await request.read()
             entry["bytes"] = len(body)
-            if action == "fail200":
-                response = _json({"status": "fail", "error": {"type": "Injected fault", "request_id": request_id,
-                                  "message": "sandbox fault injection: 200 with status fail"}})
-            elif isinstance(action, int) and action != 429:
-                response = _fail(action, "Injected fault", f"sandbox fault injection: HTTP {action}", request_id)
-            elif action == 429:
-                response = _fail(429, "Rate limit exceeded", "Rate limit exceeded", request_id,
-                                 headers={"x-ratelimit-limit": "0", "x-ratelimit-remaining": "0",
-                                          "x-ratelimit-reset": _seconds(retry_after)})
-            else:
+            response = self._polite_fault(action, request_id, retry_after)
+            if response is None:
                 try:
-                    response = self._process(request, endpoint, dc, body, request_id, entry)
+                    response = self._process(request, endpoint, dc, body, request_id, entry, partial)
                 except _Reject as reject:
                     response = reject.response
-            if action == "drop_after_body":
-                entry["status"] = f"dropped after processing (would have been {response.status})"
-                return self._drop(request)
-            entry["status"] = response.status
-            return response
+            return self._answer(request, action, response, request_id, entry)
         finally:
+            self._erase_due(faults, number, endpoint, index, entry)
             entry["seconds"] = time.perf_counter() - started
             self._log(entry)
+
+    @staticmethod
+    def _polite_fault(action: Any, request_id: str, retry_after: float) -> web.Response | None:
+        """The injected answer that replaces processing (nothing is applied), or None to process."""
+        if action == "fail200":
+            return _json({"status": "fail", "error": {"type": "Injected fault", "request_id": request_id,
+                          "message": "sandbox fault injection: 200 with status fail"}})
+        if action == 429:
+            return _fail(429, "Rate limit exceeded", "Rate limit exceeded", request_id,
+                         headers={"x-ratelimit-limit": "0", "x-ratelimit-remaining": "0",
+                                  "x-ratelimit-reset": _seconds(retry_after)})
+        if isinstance(action, int):
+            return _fail(action, "Injected fault", f"sandbox fault injection: HTTP {action}", request_id)
+        return None
+
+    def _answer(self, request: web.Request, action: Any, response: web.Response, request_id: str,
+                entry: dict[str, Any]) -> web.StreamResponse:
+        """The processed request's answer, or (rude) an error or hang-up although it was applied."""
+        after = rude.after_applying(action)
+        if after == "drop":
+            entry["status"] = f"dropped after processing (would have been {response.status})"
+            return self._drop(request)
+        if after is not None:
+            entry["applied_status"] = response.status
+            response = _fail(int(after), "Injected fault",
+                             f"sandbox fault injection: HTTP {after} after applying the request", request_id)
+        entry["status"] = response.status
+        return response
+
+    def _erase_due(self, faults: Faults, number: int, endpoint: str, index: int, entry: dict[str, Any]) -> None:
+        """Run the scripted erasures due after this request, before its answer leaves."""
+        with self.state.lock:
+            due = rude.due_erasures(faults, number, endpoint, index)
+            for spec in due:
+                try:
+                    erased = self.state.erase(spec["workspace_id"] or entry.get("workspace_id"), spec["customer_ids"],
+                                              random_count=spec["random"], by="fault", after_request=number)
+                except KeyError as exc:
+                    log.warning("sandbox erasure after request %s skipped: %s", number, exc)
+                    continue
+                entry.setdefault("erased", {}).update(erased)
 
     def _log(self, entry: dict[str, Any]) -> None:
         with self.state.lock:
@@ -271,7 +315,7 @@ class SandboxApp:
 
     # -- processing -----------------------------------------------------------------------
     def _process(self, request: web.Request, endpoint: str, dc: str, body: bytes, request_id: str,
-                 entry: dict[str, Any]) -> web.Response:
+                 entry: dict[str, Any], partial: float = 0.0) -> web.Response:
         path_workspace = request.match_info.get("workspace_id")
         if endpoint == "export":
             path_workspace = request.query.get("app_id")
@@ -303,7 +347,7 @@ class SandboxApp:
         if endpoint != "transition":
             self._single_structure(doc, endpoint, request_id)
         headers = self._budget(workspace, request_id, users=users, events=events)
-        self._apply(workspace, elements, request_id, endpoint)
+        apply_elements(self.state, workspace, elements, request_id, endpoint, partial)
         return _json({"status": "success", "message": ACCEPTED, "request_id": request_id}, headers=headers)
 
     @staticmethod
@@ -326,76 +370,6 @@ class SandboxApp:
                           future_tolerance=float("inf"), expected_type=endpoint)
         except StructuralError as exc:
             raise _Reject(_fail(400, "MissingAttributeError", str(exc), request_id, attribute=exc.attribute)) from None
-
-    def _apply(self, ws: Workspace, elements: list[Any], request_id: str, endpoint: str) -> None:
-        now = time.time()
-        tolerance = self.state.future_tolerance
-        with self.state.lock:
-            apply_deferred(ws, now)
-            counters = ws.counters
-            counters["requests"] += 1
-            counters["elements"] += len(elements)
-            for index, element in enumerate(elements):
-                def drop(kind: str, reason: str, customer_id: str | None, **extra: Any) -> None:
-                    ws.drops.append({"kind": kind, "reason": reason, "customer_id": customer_id, "index": index,
-                                     "request_id": request_id, "endpoint": endpoint, **extra})
-                try:
-                    checked = check_element(element, now=now, known_events=ws.known_events,
-                                            known_attributes=ws.known_attributes, future_tolerance=tolerance)
-                except StructuralError as exc:
-                    customer_id = element.get("customer_id") if isinstance(element, dict) else None
-                    drop("element", str(exc), customer_id if isinstance(customer_id, str) else None)
-                    counters["elements_dropped"] += 1
-                    continue
-                for item in checked.drops:
-                    drop(item.kind, item.reason, item.customer_id, action_index=item.action_index, name=item.name)
-                if checked.rejected:
-                    counters["elements_dropped"] += 1
-                    continue
-                customer_id = checked.customer_id
-                assert customer_id is not None
-                exists = customer_id in ws.users
-                if checked.type == "customer":
-                    if checked.update_existing_only and not exists:
-                        drop("element", "update_existing_only is true and the user does not exist", customer_id)
-                        counters["elements_dropped"] += 1
-                        continue
-                    attributes = checked.attributes
-                    refused = [name for name in attributes if name in ws.refused_attributes]
-                    for name in refused:
-                        drop("attribute", "this workspace refuses the attribute", customer_id, name=name)
-                    attributes = {k: v for k, v in attributes.items() if k not in ws.refused_attributes}
-                    if ws.attribute_delay > 0 and exists:
-                        ws.deferred.append((now + ws.attribute_delay, customer_id, attributes))
-                    else:
-                        ws.users.setdefault(customer_id, {}).update(attributes)
-                    if not exists:
-                        ws.origins[customer_id] = "customer"
-                    counters["users_created" if not exists else "users_updated"] += 1
-                    if exists and len(attributes) == 1:
-                        counters[f"single_attribute_updates:{next(iter(attributes))}"] += 1
-                elif checked.type == "event":
-                    if not exists:
-                        if checked.update_existing_only and ws.honour_update_existing_only_on_events:
-                            drop("element", "update_existing_only is true and the user does not exist", customer_id)
-                            counters["elements_dropped"] += 1
-                            continue
-                        if not ws.create_unknown_users_on_event:
-                            drop("element", "the user does not exist and this workspace does not create users from events", customer_id)
-                            counters["elements_dropped"] += 1
-                            continue
-                        if checked.actions:
-                            ws.users[customer_id] = {}
-                            ws.origins[customer_id] = "event"
-                            counters["users_created_by_events"] += 1
-                    for action in checked.actions:
-                        ws.events.append((customer_id, action.action, action.attributes, action.current_time,
-                                          action.time, action.user_timezone_offset, request_id))
-                        if action.stamped:
-                            counters["events_stamped_with_receive_time"] += 1
-                    counters["events_accepted"] += len(checked.actions)
-                else:
-                    counters["devices"] += 1
 
     def _count_only(self, ws: Workspace, endpoint: str, body: bytes, request_id: str, entry: dict[str, Any]) -> web.Response:
         users = body.count(b'"type":"customer"') + body.count(b'"type": "customer"')
@@ -446,7 +420,10 @@ class SandboxApp:
     @staticmethod
     async def _doc(request: web.Request) -> dict[str, Any]:
         body = await request.read()
-        doc = orjson.loads(body) if body else {}
+        try:
+            doc = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            raise web.HTTPBadRequest(text="a JSON object is required") from None
         if not isinstance(doc, dict):
             raise web.HTTPBadRequest(text="a JSON object is required")
         return doc
@@ -507,11 +484,37 @@ class SandboxApp:
 
     async def post_faults(self, request: web.Request) -> web.Response:
         doc = await self._doc(request)
+        unknown = sorted(set(doc) - set(Faults.SETTINGS))
+        if unknown:
+            raise web.HTTPBadRequest(text=f"unknown fault setting {', '.join(unknown)} "
+                                          f"(known: {', '.join(Faults.SETTINGS)})")
         try:
             faults = self.state.set_faults(**doc)
         except TypeError as exc:
             raise web.HTTPBadRequest(text=f"unknown fault setting: {exc}") from None
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
         return _json(faults.describe())
+
+    async def post_erase(self, request: web.Request) -> web.Response:
+        """Users deleted mid-night, as an erasure request would: ``{"customer_ids": [...], "random": N}``."""
+        doc = await self._doc(request)
+        workspace_id = request.match_info.get("workspace_id") or doc.get("workspace_id")
+        ids, count = doc.get("customer_ids", []), doc.get("random", 0)
+        if not isinstance(ids, list) or not all(isinstance(c, str) and c for c in ids):
+            raise web.HTTPBadRequest(text="customer_ids must be a list of customer ids")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise web.HTTPBadRequest(text="random must be a whole number >= 0")
+        if not ids and not count:
+            raise web.HTTPBadRequest(text="nobody to erase: give customer_ids or random")
+        if workspace_id is not None and workspace_id not in self.state.workspaces:
+            raise web.HTTPNotFound(text=f"no workspace {workspace_id!r}")
+        erased = self.state.erase(workspace_id, ids, random_count=count)
+        found = {cid for done in erased.values() for cid in done}
+        return _json({"erased": erased, "not_found": [cid for cid in dict.fromkeys(ids) if cid not in found]})
+
+    async def get_profiles(self, request: web.Request) -> web.Response:
+        return _json(self.state.profile_stats(self._workspace_or_404(request)))
 
     async def post_reset(self, request: web.Request) -> web.Response:
         doc = await self._doc(request)
@@ -579,6 +582,12 @@ class SandboxServer:
 
     def fail_next(self, *actions: Any) -> None:
         self.state.fail_next(*actions)
+
+    def erase(self, workspace_id: str | None, customer_ids: Any = (), *, random_count: int = 0) -> dict[str, list[str]]:
+        return self.state.erase(workspace_id, customer_ids, random_count=random_count)
+
+    def profile_stats(self, workspace_id: str) -> dict[str, Any]:
+        return self.state.profile_stats(workspace_id)
 
     def reset(self, *, workspaces: bool = False) -> None:
         self.state.reset(workspaces=workspaces)

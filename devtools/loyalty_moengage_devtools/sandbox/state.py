@@ -6,6 +6,7 @@ tests and the demo read it from theirs.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import string
@@ -14,6 +15,8 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from loyalty_moengage_devtools.sandbox import rude
 
 DEFAULT_BUDGET_PER_MINUTE = 60_000
 EXPORT_USERS_PER_MINUTE = 1_000
@@ -60,9 +63,13 @@ class Workspace:
     attribute_delay: float = 0.0          # seconds before an accepted attribute write is applied (visible)
     refused_attributes: frozenset[str] = frozenset()   # attribute names this workspace drops
     export_enabled: bool = True           # the Get User API (MoEngage enables it per workspace)
-    deferred: deque = field(default_factory=deque)     # (apply at, customer_id, attributes)
+    deferred: list[tuple] = field(default_factory=list)  # heap of (apply at, seq, customer_id, attributes)
+    deferred_seq: int = 0
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)  # customer_id -> seed/customer/event
+    erased: set[str] = field(default_factory=set)          # deleted and not created again since
+    recreated: Counter = field(default_factory=Counter)    # customer_id -> times created again after erasure
+    erasures: list[dict[str, Any]] = field(default_factory=list)
     events: list[tuple] = field(default_factory=list)
     drops: list[dict[str, Any]] = field(default_factory=list)
     counters: Counter = field(default_factory=Counter)
@@ -85,6 +92,52 @@ class Workspace:
             "drops": len(self.drops),
         }
 
+    def create_profile(self, customer_id: str, origin: str) -> None:
+        """A profile MoEngage creates ("customer" element or "event"), counted exactly: an id erased
+        earlier counts again in ``profiles_created`` and also in ``deleted_recreated``."""
+        self.users[customer_id] = {}
+        self.origins[customer_id] = origin
+        self.counters["profiles_created"] += 1
+        self.counters["users_created" if origin == "customer" else "users_created_by_events"] += 1
+        if customer_id in self.erased:
+            self.erased.discard(customer_id)
+            self.recreated[customer_id] += 1
+            self.counters["deleted_recreated"] += 1
+
+    def erase(self, customer_ids: Any, *, by: str, after_request: int | None = None) -> list[str]:
+        """Delete users as MoEngage does (profile, origin, writes not yet visible); returns those that existed.
+
+        The event log stays: it is the sandbox's record of what arrived, not part of the profile.
+        """
+        erased = [cid for cid in dict.fromkeys(customer_ids) if cid in self.users]
+        gone = set(erased)
+        for cid in erased:
+            del self.users[cid]
+            self.origins.pop(cid, None)
+        self.erased |= gone
+        if gone and self.deferred:
+            self.deferred = [item for item in self.deferred if item[2] not in gone]
+            heapq.heapify(self.deferred)
+        self.counters["users_erased"] += len(erased)
+        self.erasures.append({"time": time.time(), "by": by, "after_request": after_request, "customer_ids": erased})
+        return erased
+
+    def profile_stats(self) -> dict[str, Any]:
+        """Where the profiles came from and what erasure did to them (``/sandbox/workspaces/{id}/profiles``)."""
+        counters = self.counters
+        return {
+            "users": len(self.users),
+            "origins": dict(Counter(self.origins.values())),
+            "profiles_created": counters["profiles_created"],
+            "created_by_customer": counters["users_created"],
+            "created_by_events": counters["users_created_by_events"],
+            "users_erased": counters["users_erased"],
+            "deleted_recreated": counters["deleted_recreated"],
+            "erased_ids": sorted(self.erased),
+            "recreated": dict(self.recreated),
+            "erasures": list(self.erasures),
+        }
+
 
 EVENT_FIELDS = ("customer_id", "action", "attributes", "current_time", "time", "user_timezone_offset", "request_id")
 
@@ -100,6 +153,10 @@ class Faults:
     ``endpoints`` limits the rates to those endpoints (e.g. ``("transition",)``) and ``limit`` to
     that many injected faults in all; with ``script_endpoint`` the script counts only the requests
     to that endpoint (``{3: "latency:30"}``: the third bulk request hangs).
+
+    The rude switches (errors after applying, late and out-of-order visibility of bulk writes,
+    partial application, erasures) are described in :mod:`loyalty_moengage_devtools.sandbox.rude`.
+    Every setting is validated: an unknown one is a TypeError, one out of range a ValueError.
     """
 
     error_rate: float = 0.0
@@ -113,15 +170,36 @@ class Faults:
     endpoints: tuple[str, ...] = ()
     limit: int | None = None
     script_endpoint: str = ""
+    applied_error_rate: float = 0.0
+    applied_error_statuses: tuple[int | str, ...] = rude.APPLIED_CHOICES
+    bulk_visibility_delay: tuple[float, float] | None = None
+    partial_fraction: float = 0.0
+    partial_rate: float = 1.0
+    erasures: list[dict[str, Any]] = field(default_factory=list)
     seen: Counter = field(default_factory=Counter)   # data requests decided, per endpoint
     seed: int = 0
     _rng: random.Random = field(default_factory=random.Random, repr=False)
+    rude_rng: random.Random = field(default_factory=random.Random, repr=False)
+    fired_erasures: set[int] = field(default_factory=set, repr=False)
+
+    #: what ``POST /sandbox/faults`` may set
+    SETTINGS = ("error_rate", "error_statuses", "latency", "latency_jitter", "drop_rate", "drop_after_body_rate",
+                "script", "retry_after", "endpoints", "limit", "script_endpoint", "applied_error_rate",
+                "applied_error_statuses", "bulk_visibility_delay", "partial_fraction", "partial_rate", "erasures",
+                "seed")
 
     def __post_init__(self) -> None:
-        self.script = {int(k): v for k, v in self.script.items()}
-        self.error_statuses = tuple(int(s) for s in self.error_statuses)
-        self.endpoints = tuple(self.endpoints)
+        try:
+            self.script = {int(k): v for k, v in dict(self.script).items()}
+            self.error_statuses = tuple(int(s) for s in self.error_statuses)
+            self.endpoints = tuple(self.endpoints)
+            self.applied_error_statuses = tuple(self.applied_error_statuses)
+            self.erasures = list(self.erasures)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"malformed fault setting: {exc}") from None
+        rude.check(self)
         self._rng = random.Random(self.seed)
+        self.rude_rng = random.Random(f"rude:{self.seed}")
 
     def decide(self, n: int, endpoint: str = "") -> tuple[Any, float]:
         """(action or None, added latency) for the Nth data request."""
@@ -154,6 +232,9 @@ class Faults:
         draw -= self.drop_rate
         if draw < self.drop_after_body_rate:
             return "drop_after_body", delay
+        draw -= self.drop_after_body_rate
+        if draw < self.applied_error_rate:
+            return rude.draw_applied(rng, self), delay
         return None, delay
 
     def describe(self) -> dict[str, Any]:
@@ -169,6 +250,12 @@ class Faults:
             "endpoints": list(self.endpoints),
             "limit": self.limit,
             "script_endpoint": self.script_endpoint,
+            "applied_error_rate": self.applied_error_rate,
+            "applied_error_statuses": list(self.applied_error_statuses),
+            "bulk_visibility_delay": list(self.bulk_visibility_delay) if self.bulk_visibility_delay else None,
+            "partial_fraction": self.partial_fraction,
+            "partial_rate": self.partial_rate,
+            "erasures": [dict(spec) for spec in self.erasures],
             "seed": self.seed,
         }
 
@@ -229,9 +316,10 @@ class SandboxState:
             return self.faults
 
     def fail_next(self, *actions: Any) -> None:
-        """Script the next data requests, in order (e.g. ``fail_next(503, 503)``)."""
+        """Script the next data requests, in order (e.g. ``fail_next(503, "applied:504")``)."""
+        checked = [rude.check_action(action) for action in actions]
         with self.lock:
-            for offset, action in enumerate(actions, start=1):
+            for offset, action in enumerate(checked, start=1):
                 self.faults.script[self.data_requests + offset] = action
 
     def reset(self, *, workspaces: bool = False) -> None:
@@ -306,7 +394,27 @@ class SandboxState:
     def workspace_counters(self, workspace_id: str) -> dict[str, int]:
         with self.lock:
             ws = self.workspace(workspace_id)
-            return {**ws.counters, "users": len(ws.users), "events_stored": len(ws.events), "drops": len(ws.drops)}
+            return {"profiles_created": 0, "deleted_recreated": 0, "users_erased": 0, **ws.counters,
+                    "users": len(ws.users), "events_stored": len(ws.events), "drops": len(ws.drops)}
+
+    def profile_stats(self, workspace_id: str) -> dict[str, Any]:
+        with self.lock:
+            return self.workspace(workspace_id).profile_stats()
+
+    def erase(self, workspace_id: str | None, customer_ids: Any = (), *, random_count: int = 0, by: str = "api",
+              after_request: int | None = None) -> dict[str, list[str]]:
+        """Delete users from one workspace (or every one), plus ``random_count`` other existing users each;
+        returns the ids erased per workspace. Random picks use the faults' seeded generator."""
+        with self.lock:
+            targets = [self.workspace(workspace_id)] if workspace_id else list(self.workspaces.values())
+            erased: dict[str, list[str]] = {}
+            for ws in targets:
+                ids = list(customer_ids)
+                if random_count:
+                    pool = sorted(set(ws.users) - set(ids))
+                    ids += self.faults.rude_rng.sample(pool, min(random_count, len(pool)))
+                erased[ws.workspace_id] = ws.erase(ids, by=by, after_request=after_request)
+            return erased
 
     def global_counters(self) -> dict[str, int]:
         with self.lock:
@@ -320,9 +428,21 @@ def now() -> float:
     return time.time()
 
 
+def defer(ws: Workspace, due: float, customer_id: str, attributes: dict[str, Any]) -> None:
+    """Queue an accepted attribute write until ``due``; writes land in due order, not arrival order."""
+    ws.deferred_seq += 1
+    heapq.heappush(ws.deferred, (due, ws.deferred_seq, customer_id, attributes))
+
+
 def apply_deferred(ws: Workspace, at: float | None = None) -> None:
-    """Apply the accepted attribute writes whose processing delay has passed (call under the lock)."""
+    """Apply the accepted attribute writes whose processing delay has passed (call under the lock).
+
+    A write never creates a profile: erasure removes its user's pending writes, and one whose user
+    is gone anyway (deleted by hand) is lost, as on MoEngage.
+    """
     at = time.time() if at is None else at
     while ws.deferred and ws.deferred[0][0] <= at:
-        _, customer_id, attributes = ws.deferred.popleft()
-        ws.users.setdefault(customer_id, {}).update(attributes)
+        _, _, customer_id, attributes = heapq.heappop(ws.deferred)
+        user = ws.users.get(customer_id)
+        if user is not None:
+            user.update(attributes)
