@@ -26,8 +26,9 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task, teardown
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from loyalty_moengage.sync import assets, tasks
-from loyalty_moengage.sync.notify import failure_callbacks
+from loyalty_moengage.sync.ops import assets
+from loyalty_moengage.sync import tasks
+from loyalty_moengage.sync.ops.notify import failure_callbacks
 from loyalty_moengage.config.programs import Program, load_programs
 
 
@@ -74,7 +75,7 @@ def build(program: Program):
 
         # One Pool per MoEngage workspace, shared by every program sending to it: at most pool_slots
         # load tasks spend the budget at once, each at budget / pool_slots (docs/scale-out.md; a missing Pool would
-        # leave them scheduled: sync/workspace_pool.py creates it).
+        # leave them scheduled: sync/ops/workspace_pool.py creates it).
         @task(map_index_template="load slot {{ slot_label }}", pool=program.pool)
         def load(slot: int, **context):
             get_current_context()["slot_label"] = slot
@@ -85,7 +86,7 @@ def build(program: Program):
         def settle(**context):
             return tasks.settle(program, context)
 
-        # A night that ends success adds an event to the program's Asset (sync/assets.py).
+        # A night that ends success adds an event to the program's Asset (sync/ops/assets.py).
         @teardown(on_failure_fail_dagrun=True)
         @task(outlets=[assets.night_alias(program)])
         def report(**context):

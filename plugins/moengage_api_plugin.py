@@ -7,8 +7,8 @@
   (``external_views``, shown by the UI in an iframe). Every route requires a logged-in Airflow
   user whom the auth manager lets read that DAG (``loyalty_moengage.ui.app``).
 - ``listeners``: sets each sync run's note to its night and outcome
-  (``loyalty_moengage.sync.run_note``), and creates a sync run's workspace Pool if it is missing
-  (``loyalty_moengage.sync.workspace_pool``).
+  (``loyalty_moengage.sync.ops.run_note``), and creates a sync run's workspace Pool if it is missing
+  (``loyalty_moengage.sync.ops.workspace_pool``).
 
 Kept cheap at import: every Airflow process (scheduler, workers, DAG processor) loads plugins,
 but only the API server asks for ``fastapi_apps``, so FastAPI and the apps are built then.
@@ -20,7 +20,7 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from loyalty_moengage.sync import run_note, workspace_pool
+from loyalty_moengage.sync.ops import run_note, workspace_pool
 
 URL_PREFIX = "/loyalty-moengage"
 UI_PREFIX = "/loyalty-moengage-ui"

@@ -64,12 +64,12 @@ import importlib, importlib.util, json, os, sys
 from airflow.dag_processing.dagbag import DagBag
 
 bag = DagBag(dag_folder=sys.argv[1])
-modules = ["loyalty_moengage.sync.tasks", "loyalty_moengage.sync.outbox_sink", "loyalty_moengage.sync.chunk",
-           "loyalty_moengage.sync.load", "loyalty_moengage.sync.lookups", "loyalty_moengage.sync.settle",
-           "loyalty_moengage.sync.report", "loyalty_moengage.sync.pack", "loyalty_moengage.moengage.hook",
-           "loyalty_moengage.moengage.presence_refresh", "loyalty_moengage.api.app", "loyalty_moengage.api.__main__",
-           "loyalty_moengage.ui.app", "loyalty_moengage.sync.run_note", "loyalty_moengage.cli",
-           "loyalty_moengage.sync.runner"]
+modules = ["loyalty_moengage.sync.tasks", "loyalty_moengage.sync.sinks.outbox_sink", "loyalty_moengage.sync.chunk.pipeline",
+           "loyalty_moengage.sync.send.load", "loyalty_moengage.sync.send.lookups", "loyalty_moengage.sync.send.settle",
+           "loyalty_moengage.sync.report.report", "loyalty_moengage.sync.chunk.pack", "loyalty_moengage.moengage.hook",
+           "loyalty_moengage.sync.ops.presence_refresh", "loyalty_moengage.api.app", "loyalty_moengage.api.__main__",
+           "loyalty_moengage.ui.app", "loyalty_moengage.sync.ops.run_note", "loyalty_moengage.cli",
+           "loyalty_moengage.sync.ops.runner"]
 failed = {}
 for name in modules:
     try:

@@ -36,7 +36,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from loyalty_moengage import by_hand
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.db import apply_schema, connection_json, loyalty_dsn, redact_dsn
-    from loyalty_moengage.sync.render import render
+    from loyalty_moengage.sync.report.render import render
 
     program = get_program(args.program)
     started = time.perf_counter()
@@ -121,7 +121,7 @@ def _sync_on_sandbox(args: argparse.Namespace, dsn: str, program, night: date):
 def _last_report(dsn: str, program_id: str, night: date) -> tuple[dict, str] | None:
     """The newest run report of the night and its run id, or None when none was written."""
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.report import stored
+    from loyalty_moengage.sync.report.report import stored
 
     with connect(dsn) as conn:
         row = conn.execute(

@@ -199,7 +199,7 @@ def run_night(program: Any, night: date, *, conf: dict[str, Any] | None, verbose
               terminal: TextIO | None = None) -> ByHandRun:
     """Run ``program``'s night in-process; quiet unless ``verbose`` (which is Airflow's own output).
     The task lines go to ``terminal`` (default: stdout)."""
-    from loyalty_moengage.sync import runner
+    from loyalty_moengage.sync.ops import runner
 
     if verbose:
         return ByHandRun(dag_run=runner.run_night(program.id, night, program.time_zone, conf=conf), log=None)

@@ -86,8 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_report(program, run_id: str) -> str | None:
     """The rendered report of the run, as its report task logged it; None when it wrote none."""
     from loyalty_moengage.db import connect, loyalty_dsn
-    from loyalty_moengage.sync.render import render
-    from loyalty_moengage.sync.report import stored
+    from loyalty_moengage.sync.report.render import render
+    from loyalty_moengage.sync.report.report import stored
 
     with connect(loyalty_dsn(program.state_conn)) as conn:
         report = stored(conn, program.id, run_id)
@@ -99,7 +99,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from loyalty_moengage import by_hand
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.db import connect, loyalty_dsn
-    from loyalty_moengage.sync.render import render_dry_run
+    from loyalty_moengage.sync.report.render import render_dry_run
 
     program = get_program(args.program)
     night = _night(program, args.night)
@@ -124,7 +124,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_resend(args: argparse.Namespace) -> int:
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.db import loyalty_dsn
-    from loyalty_moengage.sync.resend import resend
+    from loyalty_moengage.sync.ops.resend import resend
 
     program = get_program(args.program)
     dsn = loyalty_dsn(program.state_conn)
@@ -138,7 +138,7 @@ def cmd_resend(args: argparse.Namespace) -> int:
 def cmd_resolve(args: argparse.Namespace) -> int:
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.db import loyalty_dsn
-    from loyalty_moengage.sync.resend import resolve
+    from loyalty_moengage.sync.ops.resend import resolve
 
     program = get_program(args.program)
     result = resolve(loyalty_dsn(program.state_conn), program_id=program.id,
@@ -268,7 +268,7 @@ def dispatch(build: Callable[[], argparse.ArgumentParser], passthrough: dict[str
     ``passthrough`` get every argument after their name (their own parsers own them). The
     development tools' CLI runs through here too."""
     from loyalty_moengage.paths import state_dir
-    from loyalty_moengage.sync.runner import airflow_env
+    from loyalty_moengage.sync.ops.runner import airflow_env
 
     for key, value in airflow_env(state_dir() / "airflow").items():
         os.environ.setdefault(key, value)

@@ -1,5 +1,6 @@
 """The product's shape, checked from its source: no import cycle (imports inside functions
-included), no module reaching into another's private names, no function over 60 lines."""
+included), layers that import only downwards, no module reaching into another's private names,
+no function over 60 lines, no module over 500 lines."""
 
 from __future__ import annotations
 
@@ -10,6 +11,25 @@ import loyalty_moengage
 
 PACKAGE = Path(loyalty_moengage.__file__).parent
 MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 500
+
+# The product's layers, lowest first (ARCHITECTURE.md): a module imports its own layer's modules
+# and lower layers' only. Within sync/ the order is the data path's, except that the ledger
+# (report/) sits below the send steps that count into it.
+LAYERS = (
+    ("loyalty_moengage.paths", "loyalty_moengage.night", "loyalty_moengage.progress",
+     "loyalty_moengage.embedded", "loyalty_moengage.db", "loyalty_moengage.config"),
+    ("loyalty_moengage.moengage",),
+    ("loyalty_moengage.sync.outbox",),
+    ("loyalty_moengage.sync.chunk",),
+    ("loyalty_moengage.sync.report",),
+    ("loyalty_moengage.sync.send",),
+    ("loyalty_moengage.sync.sinks",),
+    ("loyalty_moengage.sync.ops",),
+    ("loyalty_moengage.sync.tasks",),
+    ("loyalty_moengage.api", "loyalty_moengage.ui", "loyalty_moengage.by_hand"),
+    ("loyalty_moengage.cli",),
+)
 
 
 def _modules() -> dict[str, Path]:
@@ -98,6 +118,59 @@ def test_the_import_graph_has_no_cycle():
     graph = _graph()
     assert sum(len(v) for v in graph.values()) > 50   # the graph was read
     assert _cycles(graph) == []
+
+
+def _layer(module: str) -> int | None:
+    for i, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    return None
+
+
+def _group(module: str) -> str:
+    """The package (or top-level module) that is one unit of its layer."""
+    return next(p for prefixes in LAYERS for p in prefixes if module == p or module.startswith(p + "."))
+
+
+def _upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, targets in graph.items():
+        own = _layer(module)
+        for target in targets:
+            there = _layer(target)
+            if own is None or there is None:
+                continue
+            if there > own or (there == own and _group(target) != _group(module) and own > 0):
+                found.append(f"{module} -> {target}")
+    return sorted(found)
+
+
+def test_every_product_module_has_a_layer():
+    unplaced = [m for m in MODULES if m not in {"loyalty_moengage", "loyalty_moengage.sync"} and _layer(m) is None]
+    assert unplaced == []
+
+
+def test_layers_import_only_downwards():
+    graph = _graph()
+    assert _upward_imports(graph) == []
+    assert not any(t.startswith("loyalty_moengage.sync") for m in MODULES if m.startswith("loyalty_moengage.moengage")
+                   for t in graph[m])
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert _upward_imports({"loyalty_moengage.moengage.hook": {"loyalty_moengage.sync.chunk.contract"},
+                            "loyalty_moengage.sync.chunk.gate": {"loyalty_moengage.sync.send.load"},
+                            "loyalty_moengage.api.app": {"loyalty_moengage.ui.data"},
+                            "loyalty_moengage.sync.send.load": {"loyalty_moengage.sync.outbox.delivery"}}) == [
+        "loyalty_moengage.api.app -> loyalty_moengage.ui.data",
+        "loyalty_moengage.moengage.hook -> loyalty_moengage.sync.chunk.contract",
+        "loyalty_moengage.sync.chunk.gate -> loyalty_moengage.sync.send.load",
+    ]
+
+
+def test_no_product_module_is_over_500_lines():
+    long = {m: n for m, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert long == {}
 
 
 def test_the_cycle_finder_finds_one():

@@ -96,7 +96,10 @@ def _warm() -> None:
     import requests  # noqa: F401
     import tenacity  # noqa: F401
 
-    from loyalty_moengage.sync import check, chunk, delivery, enqueue, load, pack, payloads, tasks, validate  # noqa: F401
+    from loyalty_moengage.sync.chunk import check, pipeline as chunk, pack, payloads, validate  # noqa: F401
+    from loyalty_moengage.sync.outbox import delivery, enqueue
+    from loyalty_moengage.sync.send import load
+    from loyalty_moengage.sync import tasks
     from loyalty_moengage.db import loyalty_dsn
     from loyalty_moengage.moengage import hook  # noqa: F401
 
@@ -371,10 +374,10 @@ def _copy_floor(dsn: str, program_id: str, night: date) -> dict[str, Any]:
     whole night on one connection, template by template: what Postgres and the wire cost."""
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.contract import load_templates
-    from loyalty_moengage.sync.extract import SESSION_SETTINGS, copy_out, render
+    from loyalty_moengage.sync.chunk.contract import load_templates
+    from loyalty_moengage.sync.chunk.extract import SESSION_SETTINGS, copy_out, render
     from loyalty_moengage.night import Window
-    from loyalty_moengage.sync.plan import MEMBER_ID_MAX
+    from loyalty_moengage.sync.chunk.plan import MEMBER_ID_MAX
 
     program = get_program(program_id)
     w = Window.of_night(night, program.time_zone)
@@ -647,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     from loyalty_moengage.paths import state_dir
-    from loyalty_moengage.sync.runner import airflow_env
+    from loyalty_moengage.sync.ops.runner import airflow_env
 
     args = build_parser().parse_args(argv)
     if args.events_night is None:

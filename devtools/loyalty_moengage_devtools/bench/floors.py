@@ -33,7 +33,7 @@ from typing import Any
 
 
 def _chunks(conn: Any, program: Any) -> list[dict[str, Any]]:
-    from loyalty_moengage.sync.plan import plan_chunks
+    from loyalty_moengage.sync.chunk.plan import plan_chunks
 
     return plan_chunks(conn, program.id, chunk_members=program.chunk_members)
 
@@ -47,8 +47,8 @@ def _window(program: Any, night: date) -> Any:
 def copy_floor_parallel(dsn: str, program_id: str, night: date, parallelism: int) -> dict[str, Any]:
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.contract import load_templates
-    from loyalty_moengage.sync.extract import SESSION_SETTINGS, copy_out, render
+    from loyalty_moengage.sync.chunk.contract import load_templates
+    from loyalty_moengage.sync.chunk.extract import SESSION_SETTINGS, copy_out, render
 
     program = get_program(program_id)
     w = _window(program, night)
@@ -90,7 +90,7 @@ def _encode(table: Any, kinds: dict[str, str] | None = None) -> int:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from loyalty_moengage.sync.payloads import json_string
+    from loyalty_moengage.sync.chunk.payloads import json_string
 
     if table.num_rows == 0:
         return 0
@@ -115,8 +115,8 @@ def _encode(table: Any, kinds: dict[str, str] | None = None) -> int:
 def json_floor_parallel(dsn: str, program_id: str, night: date, parallelism: int) -> dict[str, Any]:
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.contract import load_templates
-    from loyalty_moengage.sync.extract import SESSION_SETTINGS, extract
+    from loyalty_moengage.sync.chunk.contract import load_templates
+    from loyalty_moengage.sync.chunk.extract import SESSION_SETTINGS, extract
 
     program = get_program(program_id)
     w = _window(program, night)

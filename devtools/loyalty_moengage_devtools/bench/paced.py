@@ -177,7 +177,7 @@ import json, sys, time
 from datetime import date
 from loyalty_moengage.night import Window
 from loyalty_moengage.cli import quiet_foreign_warnings
-from loyalty_moengage.sync.runner import IN_PROCESS, ensure_metadata_db, load_dag
+from loyalty_moengage.sync.ops.runner import IN_PROCESS, ensure_metadata_db, load_dag
 quiet_foreign_warnings()
 ensure_metadata_db()
 dag = load_dag(sys.argv[1])
@@ -197,7 +197,7 @@ def run_inprocess(args: Any, dsn: str, work: Path, night: date, *, lookups_per_m
     import sys
 
     from loyalty_moengage.db import connect, connection_json
-    from loyalty_moengage.sync.runner import airflow_env
+    from loyalty_moengage.sync.ops.runner import airflow_env
     from loyalty_moengage_devtools import bench
     from loyalty_moengage_devtools.reset import reset_program_state
     from loyalty_moengage_devtools.sandbox import SandboxServer

@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation, ROUND_HALF_UP
 from typing import Any
 
 from loyalty_moengage.api.errors import ApiError
-from loyalty_moengage.sync.contract import DISALLOWED_CUSTOMER_IDS
+from loyalty_moengage.moengage.rules import DISALLOWED_CUSTOMER_IDS
 
 _STORE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _CHANNEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,39}$")

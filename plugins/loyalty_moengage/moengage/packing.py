@@ -5,7 +5,7 @@ the limit is enforced here, on the exact bytes that will be sent: a body is
 ``{"type":"transition","elements":[`` + elements joined by ``,`` + ``]}``. Elements are never
 split or re-encoded; one that cannot fit even alone is reported, never sent.
 
-The elements arrive as one Arrow string column (see :mod:`loyalty_moengage.sync.payloads`):
+The elements arrive as one Arrow string column (see :mod:`loyalty_moengage.sync.chunk.payloads`):
 packing finds each body's end with a binary search over the column's byte offsets and slices
 its contiguous buffer, so a 100 KB body is one memory copy, not thousands of small joins.
 """

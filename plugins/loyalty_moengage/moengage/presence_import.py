@@ -75,7 +75,7 @@ def _csv_ids(path: Path, head: str, rest: io.TextIOBase, column: str | None) -> 
 def import_presence(conn: Any, *, program_id: str, ids: Iterator[str], dry_run: bool = False,
                     progress: Callable[[ImportCounts], None] | None = None) -> ImportCounts:
     """Mark the file's customers present (in one transaction; a dry run only counts)."""
-    from loyalty_moengage.sync.contract import DISALLOWED_CUSTOMER_IDS
+    from loyalty_moengage.moengage.rules import DISALLOWED_CUSTOMER_IDS
 
     counts = ImportCounts(dry_run=dry_run)
     seen: set[str] = set()

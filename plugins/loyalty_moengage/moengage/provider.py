@@ -25,12 +25,12 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": _conn_fields(),
             }
         ],
-        # moengage://<workspace>/<name>: the night's Asset and the lineage datasets (sync/lineage.py).
+        # moengage://<workspace>/<name>: the night's Asset and the lineage datasets (sync/ops/lineage.py).
         "asset-uris": [
             {
                 "schemes": ["moengage"],
-                "handler": "loyalty_moengage.sync.lineage.sanitize_moengage_uri",
-                "to_openlineage_converter": "loyalty_moengage.sync.lineage.moengage_to_openlineage",
+                "handler": "loyalty_moengage.sync.ops.lineage.sanitize_moengage_uri",
+                "to_openlineage_converter": "loyalty_moengage.sync.ops.lineage.moengage_to_openlineage",
             }
         ],
     }

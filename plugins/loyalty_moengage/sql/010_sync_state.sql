@@ -14,7 +14,7 @@ CREATE SCHEMA IF NOT EXISTS moengage_sync;
 --   sending   -> pending (transient failure, retried by the next attempt or the next night)
 --   sending   -> uncertain (events batches) when the answer was lost or its owner died mid-POST;
 --             -> pending (users batches: attributes are last-write-wins, a resend duplicates nothing)
---   uncertain -> sent when its receipt is seen in MoEngage (sync/settle.py), or an operator
+--   uncertain -> sent when its receipt is seen in MoEngage (sync/send/settle.py), or an operator
 --                confirmed MoEngage has it (`loyalty-moengage resolve`);
 --             -> pending when its receipt is absent after the wait while a later probe is visible,
 --                by policy `resend`, or an operator's resend
@@ -59,7 +59,7 @@ ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS lease_expires_at time
 ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS claim_slot text;     -- program:run:slot of the owner
 ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS claim_try integer;   -- the owner's task try
 ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS sent_by_run text;    -- run whose load sent it
--- Receipts (sync/receipts.py): the attribute value an events batch's POST wrote on one carrier.
+-- Receipts (sync/outbox/receipts.py): the attribute value an events batch's POST wrote on one carrier.
 ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS receipt_carrier text;
 ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS receipt_token text;
 ALTER TABLE moengage_sync.batches ADD COLUMN IF NOT EXISTS posted_at timestamptz;     -- the last POST began
@@ -102,7 +102,7 @@ CREATE TABLE IF NOT EXISTS moengage_sync.event_keys (
     PRIMARY KEY (program_id, event_id)
 );
 CREATE INDEX IF NOT EXISTS event_keys_batch_idx ON moengage_sync.event_keys (batch_id);
--- NULL: the event waits in awaiting_presence for its customer's Get User API check (sync/lookups.py).
+-- NULL: the event waits in awaiting_presence for its customer's Get User API check (sync/send/lookups.py).
 ALTER TABLE moengage_sync.event_keys ALTER COLUMN batch_id DROP NOT NULL;
 
 -- Events whose customer the presence cache does not know yet: their keys are taken (batch_id NULL),
@@ -226,7 +226,7 @@ CREATE TABLE IF NOT EXISTS moengage_sync.customer_presence (
 -- Consecutive lookups that found the customer absent: the next check waits 20 h x 2^(n-1), at most 30 days.
 ALTER TABLE moengage_sync.customer_presence ADD COLUMN IF NOT EXISTS absent_checks integer NOT NULL DEFAULT 0;
 
--- A dry run's stats (sync/dry_run.py): its plan, one row per chunk ('chunk <label>') with a few
+-- A dry run's stats (sync/sinks/dry_run.py): its plan, one row per chunk ('chunk <label>') with a few
 -- sample payloads, and its summary ('report'). Nothing here can be sent; rows older than a week
 -- are deleted by the next dry run of the program.
 CREATE TABLE IF NOT EXISTS moengage_sync.dry_runs (

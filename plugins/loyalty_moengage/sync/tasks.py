@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 from loyalty_moengage.config.programs import Program
 from loyalty_moengage.night import NightNotOverError, Window, ensure_over, from_context, latest_complete_night
-from loyalty_moengage.sync import lineage
-from loyalty_moengage.sync.sink import Sink
+from loyalty_moengage.sync.ops import lineage
+from loyalty_moengage.sync.chunk.sink import Sink
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def _permanent_cause(exc: BaseException) -> str | None:
     """The message of an error no retry can mend (configuration, a broken template, data that
     fails a template, credentials MoEngage refuses), else None."""
     from loyalty_moengage.moengage.errors import MoEngageConfigError, is_config_failure
-    from loyalty_moengage.sync.contract import ContractError, TemplateDataError
+    from loyalty_moengage.sync.chunk.contract import ContractError, TemplateDataError
 
     seen: BaseException | None = exc
     while seen is not None:
@@ -55,7 +55,7 @@ def _note_failure(program: Program, context: dict[str, Any], stage: str, message
     try:
         from loyalty_moengage.db import connect
 
-        from loyalty_moengage.sync.stats import record_stats
+        from loyalty_moengage.sync.report.stats import record_stats
 
         _, state = dsns(program)
         with connect(state) as conn:
@@ -128,8 +128,8 @@ def load_share(program: Program, context: dict[str, Any]) -> float:
 
 def sink_for(program: Program, context: dict[str, Any]) -> Sink:
     """The run's sink: the dry run's area when the run was triggered with ``dry_run``, else the outbox."""
-    from loyalty_moengage.sync.dry_run import DryRunSink
-    from loyalty_moengage.sync.outbox_sink import OutboxSink
+    from loyalty_moengage.sync.sinks.dry_run import DryRunSink
+    from loyalty_moengage.sync.sinks.outbox_sink import OutboxSink
 
     _, state = dsns(program)
     return DryRunSink(state) if is_dry_run(context) else OutboxSink(state)
@@ -140,8 +140,8 @@ def preflight(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     """Prove the MoEngage credentials on the configured data centre and the templates' columns."""
     from loyalty_moengage.db import connect, ensure_state_schema
     from loyalty_moengage.moengage.hook import MoEngageHook
-    from loyalty_moengage.sync.contract import load_templates
-    from loyalty_moengage.sync.extract import SESSION_SETTINGS, describe
+    from loyalty_moengage.sync.chunk.contract import load_templates
+    from loyalty_moengage.sync.chunk.extract import SESSION_SETTINGS, describe
 
     w = from_context(program.time_zone, context)
     _ensure_night_over(w)
@@ -186,7 +186,7 @@ def _within_retention(program: Program, w: Window, newest: Any) -> None:
 def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
     """Member-id chunks of the night, each with the night's attribute-refresh decision."""
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.plan import plan_chunks
+    from loyalty_moengage.sync.chunk.plan import plan_chunks
 
     started = time.perf_counter()
     w = from_context(program.time_zone, context)
@@ -213,8 +213,8 @@ def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
 @fails_fast("transform")
 def transform(program: Program, chunk: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     """One chunk through the pipeline (``chunk.py``) into the run's sink."""
-    from loyalty_moengage.sync.chunk import run_chunk
-    from loyalty_moengage.sync.job import ChunkJob
+    from loyalty_moengage.sync.chunk.pipeline import run_chunk
+    from loyalty_moengage.sync.chunk.job import ChunkJob
 
     loyalty, state = dsns(program)
     job = ChunkJob(program_id=program.id, window=from_context(program.time_zone, context), lo=chunk["lo"],
@@ -263,10 +263,10 @@ def settle(program: Program, context: dict[str, Any]) -> dict[str, Any]:
 
 
 def refresh_presence(program: Program, context: dict[str, Any]) -> dict[str, Any]:
-    """The presence cache filled ahead of the nights (``moengage/presence_refresh.py``), at a
+    """The presence cache filled ahead of the nights (``sync/ops/presence_refresh.py``), at a
     load task's share of the Get User API budget, for ``presence_refresh_minutes``."""
     from loyalty_moengage.moengage.hook import MoEngageHook
-    from loyalty_moengage.moengage.presence_refresh import refresh_presence as refresh
+    from loyalty_moengage.sync.ops.presence_refresh import refresh_presence as refresh
 
     loyalty, state = dsns(program)
     hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=load_share(program, context))
@@ -277,7 +277,7 @@ def refresh_presence(program: Program, context: dict[str, Any]) -> dict[str, Any
 def _emit_metrics(program: Program, body: dict[str, Any], context: dict[str, Any]) -> None:
     """The night's figures as Airflow metrics (``metrics.py``); a metrics problem never fails the night."""
     from loyalty_moengage.moengage.hook import MoEngageHook
-    from loyalty_moengage.sync import metrics
+    from loyalty_moengage.sync.ops import metrics
 
     try:
         config = MoEngageHook(moengage_conn_id=program.moengage_conn_id).config
@@ -290,7 +290,7 @@ def _emit_metrics(program: Program, body: dict[str, Any], context: dict[str, Any
 
 def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     """The night's report in the task log and the run's note; anything but success fails the task."""
-    from loyalty_moengage.sync import assets, run_note
+    from loyalty_moengage.sync.ops import assets, run_note
 
     w = from_context(program.time_zone, context)
     body, text, note = sink_for(program, context).report(program=program, window=w, run_id=context["run_id"])

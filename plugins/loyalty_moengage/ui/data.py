@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from loyalty_moengage.night import Window, from_context, latest_complete_night
 from loyalty_moengage.night import now as clock
-from loyalty_moengage.sync.states import UNSETTLED
+from loyalty_moengage.sync.outbox.states import UNSETTLED
 
 HISTORY_NIGHTS = 60
 SAMPLES_PER_REASON = 3
@@ -121,12 +121,12 @@ class Night:
         return 0 if self.missed else sum(n for s, n in self.latest["batches_by_state"].items() if s in UNSETTLED)
 
 
-#: Report columns that count the whole night, whichever run sent it (sync/report.py).
+#: Report columns that count the whole night, whichever run sent it (sync/report/report.py).
 NIGHT_TOTALS = ("events_sent", "members_updated", "uncertain_batches")
 
 
 def budget(program: Any) -> tuple[float, float, str]:
-    from loyalty_moengage.sync.dry_run import budget as dry_budget
+    from loyalty_moengage.sync.sinks.dry_run import budget as dry_budget
 
     return dry_budget(program.moengage_conn_id)
 
@@ -187,7 +187,7 @@ def run_detail(program: Any, run_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {"program": program, "run_id": run_id, "airflow": runs.get(run_id), "report": None,
                            "dry_run": None, "night": None}
     with _state_conn(program) as conn:
-        from loyalty_moengage.sync.report import stored
+        from loyalty_moengage.sync.report.report import stored
 
         report = stored(conn, program.id, run_id)
         if report:

@@ -6,7 +6,7 @@ import pytest
 
 from loyalty_moengage.api.errors import ApiError
 from loyalty_moengage.api.validation import parse_customers
-from loyalty_moengage.sync import contract
+from loyalty_moengage.sync.chunk import contract
 
 BASE = {"number": "+91 99887 76655", "store_id": "A123"}
 

@@ -29,7 +29,7 @@ def _presence(dsn: str) -> dict[str, bool]:
 
 def _refresh(dsn: str, **kwargs):
     from loyalty_moengage.moengage.hook import MoEngageHook
-    from loyalty_moengage.moengage.presence_refresh import refresh_presence
+    from loyalty_moengage.sync.ops.presence_refresh import refresh_presence
 
     return refresh_presence(program_id=PROGRAM, loyalty_dsn=dsn, state_dsn=dsn,
                             lookup=MoEngageHook(moengage_conn_id="moengage_default").existing_customers,

@@ -61,7 +61,7 @@ def member_updates(sandbox) -> int:
 
 
 def run(program_id: str, night: date, time_zone: str = "Asia/Kolkata", conf=None):
-    from loyalty_moengage.sync.runner import run_night
+    from loyalty_moengage.sync.ops.runner import run_night
 
     return run_night(program_id, night, time_zone, conf=conf)
 
@@ -78,9 +78,9 @@ def reports(dsn: str, program_id: str) -> list[dict]:
 def transform_chunk(*, program_id: str, window, lo: int, hi: int, label: str, run_id: str, send_users: bool,
                     loyalty_dsn: str, state_dsn: str, lookup=None) -> dict:
     """One chunk through the pipeline into the outbox, as the DAG's transform task runs it."""
-    from loyalty_moengage.sync.chunk import run_chunk
-    from loyalty_moengage.sync.job import ChunkJob
-    from loyalty_moengage.sync.outbox_sink import OutboxSink
+    from loyalty_moengage.sync.chunk.pipeline import run_chunk
+    from loyalty_moengage.sync.chunk.job import ChunkJob
+    from loyalty_moengage.sync.sinks.outbox_sink import OutboxSink
 
     job = ChunkJob(program_id=program_id, window=window, lo=lo, hi=hi, label=label, run_id=run_id,
                    send_users=send_users, loyalty_dsn=loyalty_dsn, state_dsn=state_dsn)

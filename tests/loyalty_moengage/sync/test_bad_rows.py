@@ -14,7 +14,7 @@ import orjson
 import psycopg
 import pytest
 
-from loyalty_moengage.sync import guard
+from loyalty_moengage.sync.send import guard
 from tests.loyalty_moengage.sync.test_contract import _run, templates  # noqa: F401 (fixture)
 from tests.loyalty_moengage.sync.test_transform import EXPECTED_EVENTS, FIXTURE, _key, elements, ev
 

@@ -9,7 +9,7 @@ import orjson
 import psycopg
 import pytest
 
-from loyalty_moengage.sync.contract import ContractError
+from loyalty_moengage.sync.chunk.contract import ContractError
 from loyalty_moengage.paths import sql_dir
 from loyalty_moengage.night import Window
 from tests.loyalty_moengage.sync.sync_env import transform_chunk

@@ -100,7 +100,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import sys
     from datetime import date
     from loyalty_moengage.moengage.hook import MoEngageHook
-    from loyalty_moengage.sync.load import load_slot
+    from loyalty_moengage.sync.send.load import load_slot
     hook = MoEngageHook(moengage_conn_id="moengage_default")
     load_slot(program_id=sys.argv[1], slot=0, night=date.fromisoformat(sys.argv[2]), run_id="run-k",
               state_dsn=sys.argv[3], hook=hook)
@@ -108,9 +108,9 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_worker_killed_mid_load_then_rerun(program, tmp_path):
-    from loyalty_moengage.sync.guard import release_night
+    from loyalty_moengage.sync.send.guard import release_night
     from loyalty_moengage.moengage.hook import MoEngageHook
-    from loyalty_moengage.sync.load import load_slot
+    from loyalty_moengage.sync.send.load import load_slot
     from loyalty_moengage.night import Window
     from tests.loyalty_moengage.sync.sync_env import transform_chunk
 
@@ -168,7 +168,7 @@ def test_retention_drops_bodies_and_old_audit(program, tmp_path):
 
 
 def test_operator_resend_sends_the_night_once_more_and_is_recorded(program, tmp_path):
-    from loyalty_moengage.sync.resend import resend
+    from loyalty_moengage.sync.ops.resend import resend
 
     night = _today() - timedelta(days=1)
     with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
@@ -188,7 +188,7 @@ def test_operator_resend_sends_the_night_once_more_and_is_recorded(program, tmp_
 def test_batches_wait_for_their_nights_guard(program, tmp_path):
     """A night whose guard never ran (a chunk failed) is not sent by a later load."""
     from loyalty_moengage.moengage.hook import MoEngageHook
-    from loyalty_moengage.sync.load import load_slot
+    from loyalty_moengage.sync.send.load import load_slot
     from loyalty_moengage.night import Window
     from tests.loyalty_moengage.sync.sync_env import transform_chunk
 
@@ -253,7 +253,7 @@ def test_a_night_that_has_not_ended_is_refused_before_anything_is_enqueued(progr
 
 
 def test_resend_requeues_only_the_uncertain_batches(program, tmp_path):
-    from loyalty_moengage.sync.resend import resend, resolve
+    from loyalty_moengage.sync.ops.resend import resend, resolve
 
     night = _today() - timedelta(days=1)
     with sync_env(tmp_path, program, program_id=PROGRAM, customers="all",
@@ -282,7 +282,7 @@ def test_resend_requeues_only_the_uncertain_batches(program, tmp_path):
 
 
 def test_uncertain_batches_need_attention_in_later_reports_until_resolved(program, tmp_path):
-    from loyalty_moengage.sync.resend import resolve
+    from loyalty_moengage.sync.ops.resend import resolve
 
     older, newer = _today() - timedelta(days=2), _today() - timedelta(days=1)
     with sync_env(tmp_path, program, program_id=PROGRAM, customers="all",
@@ -328,8 +328,8 @@ def test_two_runs_of_one_night_transforming_at_once_enqueue_each_event_once(prog
 
 
 def test_resend_and_resolve_can_name_batches(loyalty_db):
-    from loyalty_moengage.sync import delivery, enqueue
-    from loyalty_moengage.sync.resend import resend, resolve
+    from loyalty_moengage.sync.outbox import delivery, enqueue
+    from loyalty_moengage.sync.ops.resend import resend, resolve
 
     night = _today() - timedelta(days=1)
     with psycopg.connect(loyalty_db) as conn:
@@ -347,7 +347,7 @@ def test_resend_and_resolve_can_name_batches(loyalty_db):
 
 
 def _enqueue_night(dsn: str, night: date, run_id: str) -> None:
-    from loyalty_moengage.sync.guard import release_night
+    from loyalty_moengage.sync.send.guard import release_night
     from loyalty_moengage.night import Window
     from tests.loyalty_moengage.sync.sync_env import transform_chunk
 
@@ -360,7 +360,7 @@ def _enqueue_night(dsn: str, night: date, run_id: str) -> None:
 
 def test_a_transient_failure_leaves_no_batch_sending(program, tmp_path):
     from loyalty_moengage.moengage.hook import MoEngageHook
-    from loyalty_moengage.sync.load import LoadError, load_slot
+    from loyalty_moengage.sync.send.load import LoadError, load_slot
 
     night = _today() - timedelta(days=1)
     _enqueue_night(program, night, "run-t")
@@ -379,7 +379,7 @@ def test_a_transient_failure_leaves_no_batch_sending(program, tmp_path):
 
 def test_policy_resend_resends_a_lost_answer_where_the_report_counts_it(program, tmp_path):
     from loyalty_moengage.moengage.hook import MoEngageHook
-    from loyalty_moengage.sync.load import load_slot
+    from loyalty_moengage.sync.send.load import load_slot
 
     night = _today() - timedelta(days=1)
     _enqueue_night(program, night, "run-p")
@@ -398,8 +398,9 @@ def test_a_report_after_its_owner_died_mid_post_says_uncertain(program, tmp_path
 
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.moengage.hook import MoEngageHook
-    from loyalty_moengage.sync import delivery, tasks
-    from loyalty_moengage.sync.lookups import check_awaiting
+    from loyalty_moengage.sync.outbox import delivery
+    from loyalty_moengage.sync import tasks
+    from loyalty_moengage.sync.send.lookups import check_awaiting
     from loyalty_moengage.night import Window
 
     night = _today() - timedelta(days=1)

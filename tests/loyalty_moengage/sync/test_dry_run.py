@@ -30,7 +30,7 @@ def _dry_report(dsn: str, run_id: str) -> dict:
 
 
 def _note(dag_run) -> str | None:
-    """The run's note as Airflow stored it (set by the listener in loyalty_moengage.sync.run_note)."""
+    """The run's note as Airflow stored it (set by the listener in loyalty_moengage.sync.ops.run_note)."""
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from sqlalchemy import select

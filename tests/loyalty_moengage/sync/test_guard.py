@@ -7,8 +7,9 @@ from types import SimpleNamespace
 
 import psycopg
 
-from loyalty_moengage.sync import delivery, enqueue, guard
-from loyalty_moengage.sync.stats import record_stats
+from loyalty_moengage.sync.outbox import delivery, enqueue
+from loyalty_moengage.sync.send import guard
+from loyalty_moengage.sync.report.stats import record_stats
 
 NIGHT = date(2026, 11, 21)
 PROGRAM = SimpleNamespace(id="p", min_members=10, reject_threshold=0.1, max_event_drop_pct=50.0,

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from loyalty_moengage.sync import lineage
+from loyalty_moengage.sync.ops import lineage
 
 
 def test_a_table_read_inside_a_cte_counts_and_a_cte_name_does_not():

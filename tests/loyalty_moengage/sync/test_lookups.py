@@ -1,4 +1,4 @@
-"""Presence lookups off the critical path (sync/lookups.py): attribute refreshes and events of
+"""Presence lookups off the critical path (sync/send/lookups.py): attribute refreshes and events of
 cached customers go out while the others are checked; no event for an unconfirmed customer."""
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def test_attributes_go_out_while_unknown_customers_are_checked(program, tmp_path
 def test_events_awaiting_a_check_are_not_looked_up_before_the_guard_releases_the_night(program, tmp_path):
     from loyalty_moengage.moengage.hook import MoEngageHook
     from loyalty_moengage.night import Window
-    from loyalty_moengage.sync.guard import release_night, withdraw_night
-    from loyalty_moengage.sync.lookups import check_awaiting, pending_lookups
+    from loyalty_moengage.sync.send.guard import release_night, withdraw_night
+    from loyalty_moengage.sync.send.lookups import check_awaiting, pending_lookups
     from tests.loyalty_moengage.sync.sync_env import transform_chunk
 
     night = _night()

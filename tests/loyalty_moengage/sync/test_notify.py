@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
 
 from loyalty_moengage.config.programs import Program
-from loyalty_moengage.sync.notify import failure_callbacks
+from loyalty_moengage.sync.ops.notify import failure_callbacks
 
 
 def test_a_failed_run_posts_to_the_programs_slack_webhook(monkeypatch):

@@ -8,8 +8,8 @@ from datetime import date
 import psycopg
 import pytest
 
-from loyalty_moengage.sync import delivery, enqueue
-from loyalty_moengage.sync.delivery import ClaimLost, Owner
+from loyalty_moengage.sync.outbox import delivery, enqueue
+from loyalty_moengage.sync.outbox.delivery import ClaimLost, Owner
 
 NIGHT = date(2026, 11, 21)
 
@@ -165,7 +165,7 @@ def test_users_batches_older_than_the_newest_refresh_are_never_claimed(loyalty_d
 
 
 def test_a_failing_guard_keeps_what_a_concurrent_passing_guard_released(loyalty_db):
-    from loyalty_moengage.sync import guard
+    from loyalty_moengage.sync.send import guard
 
     [bid] = _add_batches(loyalty_db, 1, state="staged")
     with psycopg.connect(loyalty_db) as conn:

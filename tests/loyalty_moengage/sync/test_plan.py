@@ -8,8 +8,8 @@ import psycopg
 import pytest
 
 from loyalty_moengage_devtools.generator import generate
-from loyalty_moengage.sync import delivery, enqueue
-from loyalty_moengage.sync.plan import MEMBER_ID_MAX, decide_attribute_refresh, plan_chunks
+from loyalty_moengage.sync.outbox import delivery, enqueue
+from loyalty_moengage.sync.chunk.plan import MEMBER_ID_MAX, decide_attribute_refresh, plan_chunks
 
 NIGHT = date(2026, 11, 21)
 

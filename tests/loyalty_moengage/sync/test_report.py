@@ -7,8 +7,9 @@ from datetime import date, datetime, timezone
 import psycopg
 
 from loyalty_moengage.night import Window
-from loyalty_moengage.sync import delivery, enqueue, outcome, render, report
-from loyalty_moengage.sync.stats import StageSummary
+from loyalty_moengage.sync.outbox import delivery, enqueue
+from loyalty_moengage.sync.report import outcome, render, report
+from loyalty_moengage.sync.report.stats import StageSummary
 
 NIGHT = date(2026, 11, 21)
 PLAN = {"chunks": 2, "seconds": 0.1, "skip_reason": None}

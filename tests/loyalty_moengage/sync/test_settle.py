@@ -28,7 +28,7 @@ def program(loyalty_db):
 
 
 def _settings(wait: float = 1.0):
-    from loyalty_moengage.sync.receipts import ReceiptSettings
+    from loyalty_moengage.sync.outbox.receipts import ReceiptSettings
 
     return ReceiptSettings(attribute=RECEIPT_ATTRIBUTE, wait_seconds=wait)
 
@@ -37,8 +37,8 @@ def _enqueue(dsn: str, night: date, run_id: str = "run-s") -> None:
     """One night in the outbox, its customers checked through the Get User API (so they can carry receipts)."""
     from loyalty_moengage.moengage.hook import MoEngageHook
     from loyalty_moengage.night import Window
-    from loyalty_moengage.sync.guard import release_night
-    from loyalty_moengage.sync.lookups import check_awaiting
+    from loyalty_moengage.sync.send.guard import release_night
+    from loyalty_moengage.sync.send.lookups import check_awaiting
     from tests.loyalty_moengage.sync.sync_env import transform_chunk
 
     transform_chunk(program_id=PROGRAM, window=Window.of_night(night, TZ), lo=0, hi=2**63 - 1, label="all",
@@ -52,7 +52,7 @@ def _enqueue(dsn: str, night: date, run_id: str = "run-s") -> None:
 
 def _load(dsn: str, night: date, *, receipts=None, run_id: str = "run-s", attempt: int = 1):
     from loyalty_moengage.moengage.hook import MoEngageHook
-    from loyalty_moengage.sync.load import load_slot
+    from loyalty_moengage.sync.send.load import load_slot
 
     return load_slot(program_id=PROGRAM, slot=0, night=night, run_id=run_id, state_dsn=dsn, attempt=attempt,
                      hook=MoEngageHook(moengage_conn_id="moengage_default"), receipts=receipts or _settings(),
@@ -61,7 +61,7 @@ def _load(dsn: str, night: date, *, receipts=None, run_id: str = "run-s", attemp
 
 def _settle(dsn: str, night: date, *, settings=None, timeout: float | None = None):
     from loyalty_moengage.moengage.hook import MoEngageHook
-    from loyalty_moengage.sync.settle import settle
+    from loyalty_moengage.sync.send.settle import settle
 
     with psycopg.connect(dsn) as conn:
         return settle(conn, program_id=PROGRAM, hook=MoEngageHook(moengage_conn_id="moengage_default"),
@@ -188,7 +188,7 @@ def test_a_deleted_carrier_is_no_evidence(program, tmp_path):
 def test_a_carrier_is_never_shared_while_its_receipt_can_still_be_read(loyalty_db):
     """A later POST can never overwrite the receipt of an earlier one that is still unsettled
     (or was written within the quiet period), so a receipt is evidence for one POST only."""
-    from loyalty_moengage.sync.receipts import take_carrier
+    from loyalty_moengage.sync.outbox.receipts import take_carrier
 
     with psycopg.connect(loyalty_db) as conn:
         conn.execute("INSERT INTO moengage_sync.customer_presence (program_id, customer_id, present) "
@@ -215,8 +215,8 @@ def test_receipts_off_hold_lost_answers_for_a_person(program, tmp_path):
         _enqueue(program, night)
         sandbox.fail_next("drop_after_body")
         from loyalty_moengage.moengage.hook import MoEngageHook
-        from loyalty_moengage.sync.load import load_slot
-        from loyalty_moengage.sync.settle import settle
+        from loyalty_moengage.sync.send.load import load_slot
+        from loyalty_moengage.sync.send.settle import settle
 
         load_slot(program_id=PROGRAM, slot=0, night=night, run_id="run-s", state_dsn=program,
                   hook=MoEngageHook(moengage_conn_id="moengage_default"), receipts=None)

@@ -15,9 +15,9 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from loyalty_moengage.sync.gate import Lookup
-from loyalty_moengage.sync.job import ChunkJob
-from loyalty_moengage.sync.sink import Collision, Sink
+from loyalty_moengage.sync.chunk.gate import Lookup
+from loyalty_moengage.sync.chunk.job import ChunkJob
+from loyalty_moengage.sync.chunk.sink import Collision, Sink
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,10 @@ class StageTimer:
 
 def run_chunk(job: ChunkJob, sink: Sink, *, lookup: Lookup | None = None) -> dict[str, Any]:
     """Extract, check, gate, pack and write one member-id range; returns its stats."""
-    from loyalty_moengage.sync.check import check_chunk
-    from loyalty_moengage.sync.extract import extract_chunk
-    from loyalty_moengage.sync.gate import read_known
-    from loyalty_moengage.sync.pack import pack_chunk
+    from loyalty_moengage.sync.chunk.check import check_chunk
+    from loyalty_moengage.sync.chunk.extract import extract_chunk
+    from loyalty_moengage.sync.chunk.gate import read_known
+    from loyalty_moengage.sync.chunk.pack import pack_chunk
 
     done = sink.done_before(job)
     if done:

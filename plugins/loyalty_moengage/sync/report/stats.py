@@ -10,9 +10,9 @@ from typing import Any, Iterable
 
 import orjson
 
-from loyalty_moengage.sync.check import Checked
-from loyalty_moengage.sync.job import ChunkJob
-from loyalty_moengage.sync.pack import Packed
+from loyalty_moengage.sync.chunk.check import Checked
+from loyalty_moengage.sync.chunk.job import ChunkJob
+from loyalty_moengage.sync.chunk.pack import Packed
 
 #: The per-chunk counts that add up over a night (:func:`chunk_stats` writes them).
 CHUNK_COUNTS = ("rows_extracted", "events_extracted", "events_enqueued", "events_already_sent", "not_in_moengage",

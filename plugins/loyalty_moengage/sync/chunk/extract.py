@@ -11,7 +11,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-from loyalty_moengage.sync.contract import Template, TemplateDataError, TemplateError, check_columns
+from loyalty_moengage.sync.chunk.contract import Template, TemplateDataError, TemplateError, check_columns
 
 # Postgres type OIDs -> the payload builder's value kinds.
 _KINDS = {
@@ -130,7 +130,7 @@ def _first_line(exc: BaseException) -> str:
 def extract_chunk(loyalty_dsn: str, params: dict[str, Any]) -> list[Extract]:
     """Every template's rows of one chunk, from one consistent snapshot."""
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.contract import load_templates
+    from loyalty_moengage.sync.chunk.contract import load_templates
 
     with connect(loyalty_dsn) as conn:
         conn.execute(SESSION_SETTINGS)

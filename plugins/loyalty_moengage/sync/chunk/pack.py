@@ -9,9 +9,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from loyalty_moengage.sync.check import NOT_IN_MOENGAGE, Checked, Rejects
-from loyalty_moengage.sync.enqueue import NewBatch
-from loyalty_moengage.sync.gate import Known
+from loyalty_moengage.sync.chunk.check import NOT_IN_MOENGAGE, Checked, Rejects
+from loyalty_moengage.sync.outbox.enqueue import NewBatch
+from loyalty_moengage.sync.chunk.gate import Known
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _pack_events(events: Any, rejects: Rejects) -> tuple[list[NewBatch], Any, Co
     import pyarrow.compute as pc
 
     from loyalty_moengage.moengage.packing import TRANSITION_MAX_BYTES, pack_spans
-    from loyalty_moengage.sync.receipts import RECEIPT_RESERVE
+    from loyalty_moengage.sync.outbox.receipts import RECEIPT_RESERVE
 
     by_type: Counter[str] = Counter()
     if events is None or not events.num_rows:
@@ -117,7 +117,7 @@ def _pack_users(checked: Checked, rejects: Rejects) -> list[NewBatch]:
     import orjson
 
     from loyalty_moengage.moengage.packing import pack_spans
-    from loyalty_moengage.sync.payloads import user_elements
+    from loyalty_moengage.sync.chunk.payloads import user_elements
 
     spans, oversize = pack_spans(user_elements(checked.users, checked.user_kinds))
     cids = checked.users.column("customer_id").combine_chunks()

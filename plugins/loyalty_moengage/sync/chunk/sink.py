@@ -13,9 +13,9 @@ from datetime import date
 from typing import Any, Protocol
 
 from loyalty_moengage.night import Window
-from loyalty_moengage.sync.check import Checked
-from loyalty_moengage.sync.job import ChunkJob
-from loyalty_moengage.sync.pack import Packed
+from loyalty_moengage.sync.chunk.check import Checked
+from loyalty_moengage.sync.chunk.job import ChunkJob
+from loyalty_moengage.sync.chunk.pack import Packed
 
 
 class Collision(RuntimeError):

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from loyalty_moengage.night import Window
-from loyalty_moengage.sync.stats import StageSummary
+from loyalty_moengage.sync.report.stats import StageSummary
 
 #: run_reports' columns a report writes, in order; the JSON ones are encoded.
 COLUMNS = ("program_id", "night", "run_id", "outcome", "window_start", "window_end", "events_by_type",
@@ -51,7 +51,7 @@ _UPSERT = (
 
 def build(conn: Any, *, program_id: str, window: Window, run_id: str, outcome: str, stages: StageSummary,
           notes: list[str]) -> dict[str, Any]:
-    from loyalty_moengage.sync.outcome import batch_states, needs_attention
+    from loyalty_moengage.sync.report.outcome import batch_states, needs_attention
 
     night = window.night
     quarantined = dict(conn.execute(
@@ -98,8 +98,8 @@ def night_sent(conn: Any, program_id: str, night: Any) -> tuple[int, int]:
 def refresh_nights(conn: Any, *, program_id: str, run_id: str, night: Any) -> list[str]:
     """Bring the latest report of each other night whose batches this run sent or settled up to
     date: its counts, its batches, and ``success`` once nothing of it is left unsettled."""
-    from loyalty_moengage.sync.outcome import batch_states
-    from loyalty_moengage.sync.states import UNSETTLED
+    from loyalty_moengage.sync.report.outcome import batch_states
+    from loyalty_moengage.sync.outbox.states import UNSETTLED
 
     nights = [r[0] for r in conn.execute(
         "SELECT DISTINCT night FROM moengage_sync.batches WHERE program_id = %s AND sent_by_run = %s AND night <> %s",
@@ -135,10 +135,10 @@ def write(conn: Any, report: dict[str, Any]) -> None:
 def report_night(conn: Any, *, program: Any, window: Window, run_id: str) -> tuple[dict[str, Any], dict[str, int]]:
     """Judge the night once its in-flight batches settle, write the run's report, apply retention;
     returns the report and what retention deleted."""
-    from loyalty_moengage.sync.delivery import recover_orphans, wait_for_in_flight
-    from loyalty_moengage.sync.outcome import judge
-    from loyalty_moengage.sync.retention import enforce_retention
-    from loyalty_moengage.sync.stats import run_records, stage_summary
+    from loyalty_moengage.sync.outbox.delivery import recover_orphans, wait_for_in_flight
+    from loyalty_moengage.sync.report.outcome import judge
+    from loyalty_moengage.sync.report.retention import enforce_retention
+    from loyalty_moengage.sync.report.stats import run_records, stage_summary
 
     started = time.perf_counter()
     in_flight = wait_for_in_flight(conn, program.id, window.night)

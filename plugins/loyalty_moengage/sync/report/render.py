@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from loyalty_moengage.sync.states import UNSETTLED
+from loyalty_moengage.sync.outbox.states import UNSETTLED
 
 
 def render(report: dict[str, Any]) -> str:

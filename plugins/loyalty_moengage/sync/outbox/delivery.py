@@ -1,6 +1,6 @@
 """The delivery side of the outbox: claims, leases and the outcome of each POST.
 
-States (``sync/states.py``; every transition in sql/010_sync_state.sql): ``pending`` ->
+States (``sync/outbox/states.py``; every transition in sql/010_sync_state.sql): ``pending`` ->
 ``claimed`` -> ``sending`` -> ``sent`` | ``rejected`` | ``uncertain`` (events batches whose answer
 was lost; ``settle.py`` settles them by their receipts) | ``pending`` (users batches whose answer
 was lost: resending attributes duplicates nothing). A claim belongs to one
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Callable
 
-from loyalty_moengage.sync.states import OUTCOMES
+from loyalty_moengage.sync.outbox.states import OUTCOMES
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any, Callable
 
-from loyalty_moengage.sync.delivery import ClaimedBatch, Owner
-from loyalty_moengage.sync.receipts import ReceiptSettings
+from loyalty_moengage.sync.outbox.delivery import ClaimedBatch, Owner
+from loyalty_moengage.sync.outbox.receipts import ReceiptSettings
 
 if TYPE_CHECKING:
     from loyalty_moengage.moengage.hook import MoEngageHook
@@ -68,7 +68,7 @@ def _quarantine_batch(conn: Any, batch: ClaimedBatch, *, program_id: str, run_id
     """A batch MoEngage refused: each of its elements goes to the quarantine with the reason."""
     import orjson
 
-    from loyalty_moengage.sync.enqueue import insert_quarantine
+    from loyalty_moengage.sync.outbox.enqueue import insert_quarantine
 
     elements = orjson.loads(batch.body)["elements"]
     insert_quarantine(conn, program_id=program_id, night=batch.night, run_id=run_id, rows=(
@@ -82,8 +82,8 @@ def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn
               lookup: Callable[[list[str]], set[str]] | None = None, lookup_group: int = 20) -> dict[str, Any]:
     """Send every pending batch this slot can claim (nights up to ``night``, oldest first)."""
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.delivery import LEASE_SECONDS, LeaseKeeper
-    from loyalty_moengage.sync.stats import record_stats
+    from loyalty_moengage.sync.outbox.delivery import LEASE_SECONDS, LeaseKeeper
+    from loyalty_moengage.sync.report.stats import record_stats
 
     me = Slot(owner=Owner(program_id=program_id, run_id=run_id, slot=slot, try_number=attempt), night=night,
               state_dsn=state_dsn, hook=hook, uncertain_policy=uncertain_policy, claim_size=claim_size,
@@ -120,7 +120,7 @@ def _lookups(me: Slot, lookup: Callable[[list[str]], set[str]] | None, customers
     """The slot's presence lookups, beside its sends (``lookups.py``); nothing without ``lookup``."""
     from contextlib import nullcontext
 
-    from loyalty_moengage.sync.lookups import LookupWorker
+    from loyalty_moengage.sync.send.lookups import LookupWorker
 
     if lookup is None:
         return nullcontext(None)
@@ -131,7 +131,7 @@ def _lookups(me: Slot, lookup: Callable[[list[str]], set[str]] | None, customers
 
 def _take_over(conn: Any, me: Slot) -> None:
     """What earlier attempts left: their claims, and (policy resend, slot 0) uncertain batches."""
-    from loyalty_moengage.sync.delivery import recover_orphans, requeue_uncertain
+    from loyalty_moengage.sync.outbox.delivery import recover_orphans, requeue_uncertain
 
     # Outcome marks need not wait for a WAL flush: a mark lost in a database crash leaves its
     # batch 'sending', which a later try turns 'uncertain'. Claims and 'sending' marks stay
@@ -155,8 +155,8 @@ LOOKUP_STALL_SECONDS = 120.0
 def _send_all(conn: Any, me: Slot, worker: Any = None) -> Exception | None:
     """Claim and send until nothing is pending and no event awaits its customer's check (the
     slots' lookup workers enqueue those meanwhile); the error that stopped the slot, if any."""
-    from loyalty_moengage.sync.delivery import claim, release
-    from loyalty_moengage.sync.lookups import pending_lookups
+    from loyalty_moengage.sync.outbox.delivery import claim, release
+    from loyalty_moengage.sync.send.lookups import pending_lookups
 
     waiting, progress_at = None, time.monotonic()
     while True:
@@ -185,8 +185,8 @@ def _send_all(conn: Any, me: Slot, worker: Any = None) -> Exception | None:
 
 
 def _post_claimed(conn: Any, me: Slot, batch: ClaimedBatch) -> Exception | None:
-    from loyalty_moengage.sync.delivery import ClaimLost, start_sending
-    from loyalty_moengage.sync.receipts import stamp
+    from loyalty_moengage.sync.outbox.delivery import ClaimLost, start_sending
+    from loyalty_moengage.sync.outbox.receipts import stamp
 
     stamped = None
     if me.receipts is not None and batch.kind == "events":
@@ -223,7 +223,7 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, extra_us
         MoEngageUncertainError,
         is_config_failure,
     )
-    from loyalty_moengage.sync.delivery import requeue_batch
+    from loyalty_moengage.sync.outbox.delivery import requeue_batch
 
     stats = me.stats
 
@@ -280,7 +280,7 @@ def _finish_durably(conn: Any, me: Slot, batch_id: int, state: str, **kw: Any) -
     is gone, and the next try takes over the rest."""
     import psycopg
 
-    from loyalty_moengage.sync.delivery import finish
+    from loyalty_moengage.sync.outbox.delivery import finish
 
     try:
         done = finish(conn, batch_id, me.owner, state, **kw)
@@ -297,7 +297,7 @@ def _finish_on_fresh_connection(me: Slot, batch_id: int, state: str, **kw: Any) 
     import psycopg
 
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.delivery import LEASE_SECONDS, finish
+    from loyalty_moengage.sync.outbox.delivery import LEASE_SECONDS, finish
 
     deadline = time.monotonic() + LEASE_SECONDS / 2
     wait = 0.5

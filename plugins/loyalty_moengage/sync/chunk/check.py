@@ -35,7 +35,7 @@ class Rejects:
         for all) about ``columns`` (an array) or ``column``; per-row Python over these rows only."""
         import pyarrow as pa
 
-        from loyalty_moengage.sync.validate import KEPT_CHARS, detail, quarantine_row
+        from loyalty_moengage.sync.chunk.validate import KEPT_CHARS, detail, quarantine_row
 
         rows = table.filter(mask).to_pylist()
         n = len(rows)
@@ -79,7 +79,7 @@ class Checked:
 
 def check_chunk(extracts: list[Any], window: Window) -> Checked:
     """Row checks (the quarantine's reasons), values left out, duplicates, and the event elements."""
-    from loyalty_moengage.sync.payloads import event_elements
+    from loyalty_moengage.sync.chunk.payloads import event_elements
 
     checked = Checked(events=None, users=None, user_kinds={}, user_template="",
                       rows_extracted=sum(e.table.num_rows for e in extracts), members_extracted=0,
@@ -102,7 +102,7 @@ def _checked_table(ex: Any, window: Window, checked: Checked) -> tuple[Any, dict
     """One template's rows with bad rows quarantined and bad values left out."""
     import pyarrow.compute as pc
 
-    from loyalty_moengage.sync.validate import event_reasons, member_reasons, normalise_times, without_values
+    from loyalty_moengage.sync.chunk.validate import event_reasons, member_reasons, normalise_times, without_values
 
     name, rejects = ex.template.name, checked.rejects
     table, kinds = normalise_times(ex.table, ex.kinds, window.time_zone)
@@ -129,7 +129,7 @@ def _unique_members(template: str, table: Any, rejects: Rejects) -> Any:
     """A customer id returned twice is quarantined (the first row is kept)."""
     import pyarrow.compute as pc
 
-    from loyalty_moengage.sync.validate import duplicate_mask
+    from loyalty_moengage.sync.chunk.validate import duplicate_mask
 
     dup = duplicate_mask(table.column("customer_id").combine_chunks())
     if pc.any(dup).as_py():
@@ -145,7 +145,7 @@ def _event_table(ev_tables: list[tuple[str, Any, Any]], rejects: Rejects) -> Any
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from loyalty_moengage.sync.validate import detail, duplicate_mask, quarantine_row
+    from loyalty_moengage.sync.chunk.validate import detail, duplicate_mask, quarantine_row
 
     def column(name: str) -> Any:
         return pa.concat_arrays([t.column(name).combine_chunks() for _, t, _ in ev_tables])

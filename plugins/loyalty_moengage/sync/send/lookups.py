@@ -79,7 +79,7 @@ def check_awaiting(state_dsn: str, *, program_id: str, up_to_night: date, run_id
     """Check every released awaiting event's customer of nights up to ``up_to_night``; returns
     the counts the report adds to the night's."""
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.stats import record_stats
+    from loyalty_moengage.sync.report.stats import record_stats
 
     started = time.perf_counter()
     nights: dict[date, _Night] = {}
@@ -162,8 +162,8 @@ def _enqueue(conn: Any, *, program_id: str, night: date, run_id: str, rows: list
     import pyarrow as pa
 
     from loyalty_moengage.moengage.packing import TRANSITION_MAX_BYTES, pack_spans
-    from loyalty_moengage.sync.enqueue import NewBatch, allocate_batch_ids, insert_batches
-    from loyalty_moengage.sync.receipts import RECEIPT_RESERVE
+    from loyalty_moengage.sync.outbox.enqueue import NewBatch, allocate_batch_ids, insert_batches
+    from loyalty_moengage.sync.outbox.receipts import RECEIPT_RESERVE
 
     if not rows:
         return
@@ -194,8 +194,8 @@ def _quarantine(conn: Any, *, program_id: str, run_id: str, rows: list[tuple], r
     their keys given back (a later night sends them if the customer appears in MoEngage)."""
     import orjson
 
-    from loyalty_moengage.sync.check import NOT_IN_MOENGAGE
-    from loyalty_moengage.sync.enqueue import insert_quarantine
+    from loyalty_moengage.sync.chunk.check import NOT_IN_MOENGAGE
+    from loyalty_moengage.sync.outbox.enqueue import insert_quarantine
 
     for night in sorted({r[0] for r in rows}):
         insert_quarantine(conn, program_id=program_id, night=night, run_id=run_id, rows=(

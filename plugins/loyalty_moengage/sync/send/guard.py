@@ -21,7 +21,7 @@ class AnomalyError(RuntimeError):
 
 def run_totals(conn: Any, program_id: str, run_id: str) -> dict[str, Any]:
     """The run's chunks folded (``stats.fold_chunks``): what the guard judges."""
-    from loyalty_moengage.sync.stats import fold_chunks
+    from loyalty_moengage.sync.report.stats import fold_chunks
 
     folded = fold_chunks(stats for (stats,) in conn.execute(
         "SELECT stats FROM moengage_sync.task_stats WHERE program_id = %s AND run_id = %s AND stage = 'transform'",
@@ -120,7 +120,7 @@ def guard_night(state_dsn: str, *, program: Any, night: date, run_id: str, overr
     import logging
 
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.stats import record_stats
+    from loyalty_moengage.sync.report.stats import record_stats
 
     with connect(state_dsn) as conn:
         totals = check(conn, program=program, night=night, run_id=run_id)

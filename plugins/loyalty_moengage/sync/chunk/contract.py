@@ -10,10 +10,18 @@ column; a row that breaks it is quarantined with a reason.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from loyalty_moengage.moengage.rules import (  # noqa: F401  (MoEngage's rules, named here for templates)
+    DISALLOWED_CUSTOMER_IDS,
+    MAX_CUSTOMER_ID_CHARS,
+    MAX_EVENT_ATTRIBUTES,
+    MAX_NAME_CHARS,
+    MAX_SAFE_INTEGER,
+    MAX_VALUE_CHARS,
+    attribute_name_problem,
+)
 from loyalty_moengage.paths import sql_dir
 
 EVENT_NAMES = (
@@ -59,19 +67,6 @@ NUMERIC_COLUMNS = frozenset({
     "points_expiring_30d", "points_expiring_60d", "points_expiring_90d",
 })
 
-# MoEngage refuses these as customer_id (compared lower-cased and stripped).
-DISALLOWED_CUSTOMER_IDS = frozenset({
-    "unknown", "guest", "null", "0", "1", "true", "false", "user_attribute_unique_id", "",
-    "na", "n/a", "''", "dummy_seller_code", "user_id", "id", "customer_id", "uid", "userid",
-    "none", "-2", "-1", "2",
-})
-# MoEngage stores only the first 512 characters of an attribute value (Data Tracking Policies).
-MAX_VALUE_CHARS = 512
-# MoEngage documents no length limit for customer_id; a value is kept to its first 512
-# characters, so a longer id would be stored as a different one: refused above the value limit.
-MAX_CUSTOMER_ID_CHARS = MAX_VALUE_CHARS
-# JSON numbers are read as doubles: integers beyond 2^53 lose digits on MoEngage's side.
-MAX_SAFE_INTEGER = 2**53
 # Columns that cannot be negative (points_available can: a balance may be overdrawn).
 NON_NEGATIVE_COLUMNS = frozenset({
     "points", "points_returned", "amount", "days_out",
@@ -91,9 +86,6 @@ DERIVED_ATTRIBUTES = {"days_since_last_activity": "last_transaction_date"}
 # attribute column is left out of the event (with a quarantine record). In member rows only a
 # bad customer_id quarantines the row; a bad attribute is left out (with a record).
 EVENT_ROW_COLUMNS = frozenset(EVENT_REQUIRED) | NUMERIC_COLUMNS | {"earning_type"}
-MAX_NAME_CHARS = 200
-MAX_EVENT_ATTRIBUTES = 100
-_ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\- ]*$")
 
 
 class ContractError(ValueError):
@@ -158,17 +150,3 @@ def check_columns(template: Template, columns: list[str]) -> None:
                 f"SQL template {template.name!r} returns {len(extra)} attribute columns; "
                 f"MoEngage allows at most {MAX_EVENT_ATTRIBUTES} attributes per event"
             )
-
-
-def attribute_name_problem(name: str, *, user: bool) -> str | None:
-    if not name:
-        return "attribute names cannot be empty"
-    if len(name) > MAX_NAME_CHARS:
-        return f"attribute names are limited to {MAX_NAME_CHARS} characters by MoEngage"
-    if name.lower().startswith("moe_"):
-        return "MoEngage reserves the 'moe_' prefix; rename the column"
-    if user and name in {"id", "_id"}:
-        return "MoEngage blocks the user attribute names 'id' and '_id'; rename the column"
-    if not _ATTRIBUTE_NAME.match(name):
-        return "use letters, digits, underscores, hyphens or spaces in attribute names"
-    return None

@@ -73,7 +73,7 @@ def _recent_customers(loyalty_dsn: str, program_id: str, since: datetime) -> lis
 
     from loyalty_moengage.db import connect
     from loyalty_moengage.paths import sql_dir
-    from loyalty_moengage.sync.contract import ContractError
+    from loyalty_moengage.sync.chunk.contract import ContractError
 
     path = sql_dir() / TEMPLATE
     with connect(loyalty_dsn) as conn:

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from loyalty_moengage.sync.check import Checked
-from loyalty_moengage.sync.job import ChunkJob
+from loyalty_moengage.sync.chunk.check import Checked
+from loyalty_moengage.sync.chunk.job import ChunkJob
 
 Lookup = Callable[[list[str]], set[str]]
 
@@ -35,7 +35,7 @@ class Known:
 def read_known(job: ChunkJob, checked: Checked, lookup: Lookup | None, *, defer: bool = False) -> Known:
     from loyalty_moengage.db import connect
     from loyalty_moengage.moengage.presence import cached_presence, known_customers
-    from loyalty_moengage.sync.enqueue import attributes_taken, existing_event_ids
+    from loyalty_moengage.sync.outbox.enqueue import attributes_taken, existing_event_ids
 
     with connect(job.state_dsn) as conn:
         already: set[str] = set()

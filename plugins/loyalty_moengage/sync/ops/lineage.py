@@ -67,7 +67,7 @@ def template_tables(sql: str) -> set[tuple[str, str]]:
 def loyalty_tables(loyalty_dsn: str) -> tuple[tuple[str, str], ...]:
     """Tables and views the templates read, as the loyalty database knows them (one query a process)."""
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.contract import load_templates
+    from loyalty_moengage.sync.chunk.contract import load_templates
 
     names: set[tuple[str, str]] = set()
     for template in load_templates():

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from loyalty_moengage.sync.states import UNSETTLED
-from loyalty_moengage.sync.stats import StageSummary
+from loyalty_moengage.sync.outbox.states import UNSETTLED
+from loyalty_moengage.sync.report.stats import StageSummary
 
 
 def batch_states(conn: Any, program_id: str, night: date) -> dict[str, int]:

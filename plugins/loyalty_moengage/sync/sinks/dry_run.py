@@ -27,10 +27,10 @@ from typing import Any
 import orjson
 
 from loyalty_moengage.night import Window
-from loyalty_moengage.sync.check import NOT_IN_MOENGAGE, Checked
-from loyalty_moengage.sync.job import ChunkJob
-from loyalty_moengage.sync.pack import Packed
-from loyalty_moengage.sync.stats import chunk_stats
+from loyalty_moengage.sync.chunk.check import NOT_IN_MOENGAGE, Checked
+from loyalty_moengage.sync.chunk.job import ChunkJob
+from loyalty_moengage.sync.chunk.pack import Packed
+from loyalty_moengage.sync.report.stats import chunk_stats
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class DryRunSink:
 
     def decide_refresh(self, conn: Any, *, program_id: str, night: date, run_id: str, latest_night: date,
                        force: bool) -> tuple[bool, str | None]:
-        from loyalty_moengage.sync.plan import decide_attribute_refresh
+        from loyalty_moengage.sync.chunk.plan import decide_attribute_refresh
 
         return decide_attribute_refresh(conn, program_id=program_id, night=night, run_id=run_id,
                                         latest_night=latest_night, force=force, apply=False)
@@ -93,9 +93,9 @@ class DryRunSink:
 
     def report(self, *, program: Any, window: Window, run_id: str) -> tuple[dict[str, Any], str, str | None]:
         from loyalty_moengage.db import connect
-        from loyalty_moengage.sync.render import dry_run_note, render_dry_run
+        from loyalty_moengage.sync.report.render import dry_run_note, render_dry_run
 
-        from loyalty_moengage.sync.stats import run_records, stage_summary
+        from loyalty_moengage.sync.report.stats import run_records, stage_summary
 
         with connect(self.state_dsn) as conn:
             rows = conn.execute("SELECT task_key, stats FROM moengage_sync.dry_runs WHERE program_id = %s "
@@ -134,7 +134,7 @@ def samples(packed: Packed) -> dict[str, list[Any]]:
 def summarise(chunks: list[dict[str, Any]], *, program_id: str, night: date, time_zone: str, plan: dict[str, Any],
               users_per_minute: float, events_per_minute: float, budget_source: str) -> dict[str, Any]:
     """The chunks folded as the report folds them (``stats.fold_chunks``), with what a real run adds."""
-    from loyalty_moengage.sync.stats import fold_chunks
+    from loyalty_moengage.sync.report.stats import fold_chunks
 
     folded = fold_chunks(chunks)
     counts = folded.counts

@@ -15,11 +15,11 @@ from datetime import date
 from typing import Any
 
 from loyalty_moengage.night import Window
-from loyalty_moengage.sync.check import Checked
-from loyalty_moengage.sync.job import ChunkJob
-from loyalty_moengage.sync.pack import Packed
-from loyalty_moengage.sync.sink import Collision
-from loyalty_moengage.sync.stats import chunk_stats
+from loyalty_moengage.sync.chunk.check import Checked
+from loyalty_moengage.sync.chunk.job import ChunkJob
+from loyalty_moengage.sync.chunk.pack import Packed
+from loyalty_moengage.sync.chunk.sink import Collision
+from loyalty_moengage.sync.report.stats import chunk_stats
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class OutboxSink:
 
     # -- the plan ------------------------------------------------------------------------------
     def start_night(self, conn: Any, *, program: Any, window: Window, run_id: str) -> dict[str, Any]:
-        from loyalty_moengage.sync.delivery import recover_orphans
+        from loyalty_moengage.sync.outbox.delivery import recover_orphans
 
         # Only claims whose lease ran out: other runs of this program may be sending right now.
         orphans, _released = recover_orphans(conn, program.id)
@@ -50,7 +50,7 @@ class OutboxSink:
 
     def decide_refresh(self, conn: Any, *, program_id: str, night: date, run_id: str, latest_night: date,
                        force: bool) -> tuple[bool, str | None]:
-        from loyalty_moengage.sync.plan import decide_attribute_refresh
+        from loyalty_moengage.sync.chunk.plan import decide_attribute_refresh
 
         return decide_attribute_refresh(conn, program_id=program_id, night=night, run_id=run_id,
                                         latest_night=latest_night, force=force)
@@ -58,7 +58,7 @@ class OutboxSink:
     def record(self, *, program_id: str, night: date, run_id: str, stage: str, key: str,
                stats: dict[str, Any]) -> None:
         from loyalty_moengage.db import connect
-        from loyalty_moengage.sync.stats import record_stats
+        from loyalty_moengage.sync.report.stats import record_stats
 
         with connect(self.state_dsn) as conn:
             record_stats(conn, program_id=program_id, night=night, run_id=run_id, stage=stage, key=key, stats=stats)
@@ -90,8 +90,8 @@ class OutboxSink:
 
     def _enqueue(self, conn: Any, job: ChunkJob, checked: Checked, packed: Packed,
                  seconds: Counter[str]) -> dict[str, Any]:
-        from loyalty_moengage.sync import enqueue
-        from loyalty_moengage.sync.stats import record_stats
+        from loyalty_moengage.sync.outbox import enqueue
+        from loyalty_moengage.sync.report.stats import record_stats
 
         started = time.perf_counter()
         night = job.window.night
@@ -122,16 +122,16 @@ class OutboxSink:
 
     # -- after the chunks ----------------------------------------------------------------------
     def release(self, *, program: Any, window: Window, run_id: str, override: bool) -> dict[str, Any]:
-        from loyalty_moengage.sync.guard import guard_night
+        from loyalty_moengage.sync.send.guard import guard_night
 
         return guard_night(self.state_dsn, program=program, night=window.night, run_id=run_id, override=override)
 
     def deliver(self, *, program: Any, slot: int, window: Window, run_id: str, attempt: int,
                 share: float) -> dict[str, Any]:
         from loyalty_moengage.moengage.hook import MoEngageHook
-        from loyalty_moengage.sync.load import claim_size, load_slot
-        from loyalty_moengage.sync.lookups import group_customers
-        from loyalty_moengage.sync.receipts import ReceiptSettings
+        from loyalty_moengage.sync.send.load import claim_size, load_slot
+        from loyalty_moengage.sync.send.lookups import group_customers
+        from loyalty_moengage.sync.outbox.receipts import ReceiptSettings
 
         # Never retry_uncertain: the outbox records a lost answer first (load.py), so no resend
         # goes unrecorded.
@@ -148,10 +148,10 @@ class OutboxSink:
     def settle(self, *, program: Any, window: Window, run_id: str, attempt: int, share: float) -> dict[str, Any]:
         from loyalty_moengage.db import connect
         from loyalty_moengage.moengage.hook import MoEngageHook
-        from loyalty_moengage.sync.load import load_slot
-        from loyalty_moengage.sync.receipts import ReceiptSettings
-        from loyalty_moengage.sync.settle import Settled, settle
-        from loyalty_moengage.sync.stats import record_stats
+        from loyalty_moengage.sync.send.load import load_slot
+        from loyalty_moengage.sync.outbox.receipts import ReceiptSettings
+        from loyalty_moengage.sync.send.settle import Settled, settle
+        from loyalty_moengage.sync.report.stats import record_stats
 
         started = time.perf_counter()
         receipts = ReceiptSettings.of(program)
@@ -178,8 +178,8 @@ class OutboxSink:
 
     def report(self, *, program: Any, window: Window, run_id: str) -> tuple[dict[str, Any], str, str | None]:
         from loyalty_moengage.db import connect
-        from loyalty_moengage.sync.render import note, render
-        from loyalty_moengage.sync.report import report_night
+        from loyalty_moengage.sync.report.render import note, render
+        from loyalty_moengage.sync.report.report import report_night
 
         with connect(self.state_dsn) as conn:
             body, retention = report_night(conn, program=program, window=window, run_id=run_id)

@@ -9,7 +9,7 @@ The carrier is a customer of the batch MoEngage is known to have (``customer_pre
 other POST used during the last :func:`ReceiptSettings.quiet_seconds` and whose last receipt
 is not still unsettled: no other write of the attribute on that user can land near ours, in
 whatever order MoEngage applies them, and only the exact token counts as evidence.
-``sync/settle.py`` reads the receipts back.
+``sync/send/settle.py`` reads the receipts back.
 """
 
 from __future__ import annotations

@@ -21,16 +21,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loyalty_moengage.sync.contract import (
+from loyalty_moengage.moengage.rules import DISALLOWED_CUSTOMER_IDS, MAX_CUSTOMER_ID_CHARS, MAX_SAFE_INTEGER, MAX_VALUE_CHARS
+from loyalty_moengage.sync.chunk.contract import (
     DERIVED_ATTRIBUTES,
-    DISALLOWED_CUSTOMER_IDS,
     EARNING_TYPES,
     EVENT_NAMES,
     EVENT_REQUIRED,
     EVENT_ROW_COLUMNS,
-    MAX_CUSTOMER_ID_CHARS,
-    MAX_SAFE_INTEGER,
-    MAX_VALUE_CHARS,
     MEMBER_STATUSES,
     MIN_SENDABLE_YEAR,
     MAX_SENDABLE_YEAR,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Callable
 
-from loyalty_moengage.sync.receipts import ReceiptSettings
+from loyalty_moengage.sync.outbox.receipts import ReceiptSettings
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def _send_probe(conn: Any, *, program_id: str, hook: Any, settings: ReceiptSetti
     import uuid
 
     from loyalty_moengage.moengage.errors import MoEngageError
-    from loyalty_moengage.sync.receipts import probe_body, take_carrier
+    from loyalty_moengage.sync.outbox.receipts import probe_body, take_carrier
 
     token = f"p{uuid.uuid4().hex[:10]}"
     carrier = take_carrier(conn, program_id=program_id, candidates=None, token=token, batch_id=None,
