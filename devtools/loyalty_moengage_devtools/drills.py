@@ -146,8 +146,10 @@ def program_env(dsn: str, work_dir: Path, *, program_id: str, time_zone: str = "
                 seed_from_loyalty_db(sandbox, WORKSPACE, dsn, program_id, missing_share=0.0)
             os.environ["LOYALTY_PROGRAMS_FILE"] = str(programs_file)
             os.environ["AIRFLOW_CONN_LOYALTY_DB"] = connection_json(dsn)
+            # The connection declares how late the sandbox shows a write, as a user would for MoEngage.
             os.environ["AIRFLOW_CONN_MOENGAGE_DEFAULT"] = sandbox.connection_json(
-                WORKSPACE, API_KEY, dc="03", lookups_per_minute=100_000)
+                WORKSPACE, API_KEY, dc="03", lookups_per_minute=100_000, timeout=5,
+                visibility_seconds=ATTRIBUTE_DELAY_SECONDS)
             nights = [today - timedelta(days=d) for d in range(min(days, 3), 0, -1)]
             yield ProgramEnv(program_id=program_id, time_zone=time_zone, dsn=dsn, sandbox=sandbox,
                              programs_file=programs_file, nights=nights, generated=generated)

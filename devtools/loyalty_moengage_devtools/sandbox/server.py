@@ -566,9 +566,12 @@ class SandboxServer:
         return f"{self.url}/dc/{{dc}}"
 
     def connection_json(self, workspace_id: str, api_key: str, dc: str = "03", **extra: Any) -> str:
-        """An ``AIRFLOW_CONN_MOENGAGE_DEFAULT`` value pointing at this sandbox."""
+        """An ``AIRFLOW_CONN_MOENGAGE_DEFAULT`` value pointing at this sandbox. Its bulk writes show at
+        once unless ``bulk_visibility_delay`` is set, so ``visibility_seconds`` defaults to 0; a caller
+        that turns the delay on declares it here, as a user would for a real MoEngage."""
+        extra = {"base_url": self.base_url_template, "visibility_seconds": 0, **extra}
         return orjson.dumps({"conn_type": "moengage", "login": workspace_id, "password": api_key,
-                             "host": f"DC-{dc}", "extra": {"base_url": self.base_url_template, **extra}}).decode()
+                             "host": f"DC-{dc}", "extra": extra}).decode()
 
     # delegation, so tests read like the issue
     def add_workspace(self, workspace_id: str, api_key: str, dc: str = "03", **kwargs: Any) -> Workspace:

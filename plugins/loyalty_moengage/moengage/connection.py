@@ -2,7 +2,9 @@
 
 Connection fields: login = Workspace ID, password = Data API key, host = data centre (``DC-03``,
 ``03`` or ``https://dashboard-03.moengage.com``); extras ``base_url`` (may contain ``{dc}``),
-``users_per_minute``, ``events_per_minute``, ``lookups_per_minute``, ``timeout``, ``pacing``.
+``users_per_minute``, ``events_per_minute``, ``lookups_per_minute``, ``timeout``, ``pacing``,
+``visibility_seconds`` (how long a bulk write may take to show through the Get User API: the
+shortest wait after which a lost answer may be concluded 'not applied').
 
 Secrets: the Data API key and the derived ``Authorization`` header are registered with Airflow's
 secrets masker (Airflow masks the password, not values derived from it) and live only inside a
@@ -23,6 +25,8 @@ DEFAULT_USERS_PER_MINUTE = 60_000
 DEFAULT_EVENTS_PER_MINUTE = 60_000
 DEFAULT_LOOKUPS_PER_MINUTE = 1_000
 DEFAULT_TIMEOUT = 30.0
+# MoEngage documents only "after a delay (minutes)" for bulk writes to be readable.
+DEFAULT_VISIBILITY_SECONDS = 600.0
 
 
 class Secret:
@@ -57,6 +61,7 @@ class MoEngageConfig:
     api_key: Secret = field(repr=False)
     auth_header: Secret = field(repr=False)
     lookups_per_minute: float = float(DEFAULT_LOOKUPS_PER_MINUTE)
+    visibility_seconds: float = DEFAULT_VISIBILITY_SECONDS
     described_as: str = ""  # how messages name the connection; empty: "Airflow connection '<conn_id>'"
 
     @property
@@ -105,6 +110,7 @@ def config_from_connection(conn: Any, conn_id: str, *, described_as: str = "") -
             timeout=float(extra.get("timeout", DEFAULT_TIMEOUT)),
             pacing=_as_bool(extra.get("pacing", True)),
             lookups_per_minute=float(extra.get("lookups_per_minute", DEFAULT_LOOKUPS_PER_MINUTE)),
+            visibility_seconds=max(0.0, float(extra.get("visibility_seconds", DEFAULT_VISIBILITY_SECONDS))),
             api_key=Secret(api_key),
             auth_header=Secret(token),
             described_as=described_as,

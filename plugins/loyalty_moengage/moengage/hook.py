@@ -263,11 +263,15 @@ class MoEngageHook(BaseHook):
         return True, (f"Connected to MoEngage workspace {result['app_name'] or result['workspace_id']} "
                       f"on {self.config.where}.")
 
-    def send_transition(self, body: bytes, *, users: int, events: int) -> SendResult:
-        """POST one packed bulk body (see :mod:`loyalty_moengage.moengage.packing`)."""
+    def send_transition(self, body: bytes, *, users: int, events: int,
+                        before_post: Callable[[], None] | None = None) -> SendResult:
+        """POST one packed bulk body (see :mod:`loyalty_moengage.moengage.packing`). ``before_post``
+        runs right before each HTTP request leaves; what it raises stops the send unsent (the outbox
+        re-checks its claim and stamps when the request left)."""
         if len(body) > TRANSITION_MAX_BYTES:
             raise too_large(len(body), TRANSITION_MAX_BYTES)
-        return self._send(f"/v1/transition/{self.config.workspace_id}", body, users=users, events=events)
+        return self._send(f"/v1/transition/{self.config.workspace_id}", body, users=users, events=events,
+                          before_post=before_post)
 
     def send_user(self, element: dict[str, Any]) -> SendResult:
         body = orjson.dumps(element)
@@ -318,7 +322,8 @@ class MoEngageHook(BaseHook):
             del self.__dict__["session"]
 
     # -- sending --------------------------------------------------------------------------
-    def _send(self, path: str, body: bytes, *, users: int, events: int) -> SendResult:
+    def _send(self, path: str, body: bytes, *, users: int, events: int,
+              before_post: Callable[[], None] | None = None) -> SendResult:
         """One data send: preflight once, pace on both budgets and the server's window, then the send loop."""
         cfg = self.config
         if self.preflight_before_send and self._preflight is None:
@@ -338,7 +343,8 @@ class MoEngageHook(BaseHook):
         needs = [(w, n) for w, n in ((self.users_window, users), (self.events_window, events)) if n]
         buckets = [self.users_bucket, self.events_bucket]
         self._wait_for_window(needs, buckets)
-        answer, attempts = self._loop.request(SEND, path, body, pacer=([w for w, _ in needs], buckets))
+        answer, attempts = self._loop.request(SEND, path, body, pacer=([w for w, _ in needs], buckets),
+                                              before_post=before_post)
         retries = attempts.tries - 1
         self.stats.sends += 1
         self.stats.users += users

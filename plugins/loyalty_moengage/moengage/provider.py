@@ -84,6 +84,13 @@ def _conn_fields() -> dict[str, Any]:
             "description": "Read timeout per request; connecting waits at most 10 s.",
             "schema": {"type": "number", "default": 30, "minimum": 1},
         },
+        "visibility_seconds": {
+            "label": "Bulk write visibility (seconds)",
+            "description": "How long MoEngage may take to show a bulk write through the Get User API; "
+            "a lost answer is concluded 'not applied' only after this (and the program's receipt wait). "
+            "Default 600; lower it only for the local sandbox.",
+            "schema": {"type": "number", "default": 600, "minimum": 0},
+        },
         "pacing": {
             "label": "Pace requests",
             "description": "Keep within the budgets above. Turn off only for benchmarks.",

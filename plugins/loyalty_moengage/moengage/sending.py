@@ -7,10 +7,13 @@ Outcomes of one request:
   against ``max_retries``, given up after ``max_throttled`` waits in a row with
   :class:`MoEngageRateLimitError` naming the budget. The same on every endpoint: bulk and single
   sends, Get User API lookups, the credential preflight.
-* 5xx, 408, connect errors: retried with exponential backoff and jitter, ``max_retries`` times,
-  then :class:`MoEngageTransientError`.
-* body sent, then a read timeout, a dropped connection or a 504: the outcome is unknown and MoEngage
-  has no dedupe, so :class:`MoEngageUncertainError` at once, unless ``retry_uncertain=True``.
+* connect errors (nothing was sent): retried with exponential backoff and jitter, ``max_retries``
+  times, then :class:`MoEngageTransientError`. On lookups and the preflight, 5xx and 408 too.
+* a data send's body sent, then any answer that does not name the request (500, 502, 503, 504,
+  408), a read timeout or a dropped connection: a proxy or load balancer answers so after MoEngage
+  applied the body as readily as before, and MoEngage has no dedupe, so the outcome is unknown:
+  :class:`MoEngageUncertainError` at once, never the same bytes again (the outbox settles it by a
+  receipt and resends with a new one), unless ``retry_uncertain=True``.
 * 400, 401, 403, 409, 413, 415 (and any other status not named here), or 2xx with
   ``"status": "fail"``: :class:`MoEngagePermanentError` naming the cause and the fix; never retried.
 
@@ -146,7 +149,7 @@ class RequestKind:
     """What the one send loop (:meth:`SendLoop.request`) does differently per kind of request.
 
     ``idempotent=False`` is a data send: its bytes count in ``HookStats.bytes_sent``; MoEngage has
-    no dedupe, so a body sent without an answer (or answered 504) is uncertain; and the loop judges
+    no dedupe, so a body sent without an answer, or answered 5xx or 408, is uncertain; and the loop judges
     the answer (4xx, or 2xx with ``"status": "fail"``: permanent). An idempotent request retries every
     failure without an answer, and its caller reads the answer.
     """
@@ -197,17 +200,19 @@ class SendLoop:
         self.sleep = sleep
         self.last_io: float | None = None  # when the session last sent or read
 
-    def request(self, kind: RequestKind, path: str, body: bytes, *, pacer: Pacer = ((), ())
-                ) -> tuple[Answer, Attempts]:
-        """The one send loop: tenacity resends what ``kind`` allows (5xx, 408, failures without an
-        answer) with backoff; each attempt waits out its 429s, so they never use up retries."""
+    def request(self, kind: RequestKind, path: str, body: bytes, *, pacer: Pacer = ((), ()),
+                before_post: Callable[[], None] | None = None) -> tuple[Answer, Attempts]:
+        """The one send loop: tenacity resends what ``kind`` allows (failures that sent nothing; for
+        idempotent kinds 5xx, 408 and failures without an answer too) with backoff; each attempt waits
+        out its 429s, so they never use up retries. ``before_post`` runs right before every HTTP
+        request leaves (after pacing, backoff and 429 waits); whatever it raises ends the loop unsent."""
         attempts = Attempts()
         started = self.clock()
         try:
             for attempt in self._retrying(deadline=kind.deadline):
                 with attempt:
                     attempts.tries += 1
-                    answer = self._attempt(kind, path, body, attempts, pacer)
+                    answer = self._attempt(kind, path, body, attempts, pacer, before_post)
                     self.owner.stats.retries += attempts.tries - 1
                     return answer, attempts
         except Retryable as exc:
@@ -260,10 +265,14 @@ class SendLoop:
             self.last_io = self.clock()
             owner.stats.requests += 1
 
-    def _attempt(self, kind: RequestKind, path: str, body: bytes, attempts: Attempts, pacer: Pacer) -> Answer:
-        """One logical attempt: 429s are waited out inside it; 5xx and 408 raise ``Retryable``."""
+    def _attempt(self, kind: RequestKind, path: str, body: bytes, attempts: Attempts, pacer: Pacer,
+                 before_post: Callable[[], None] | None = None) -> Answer:
+        """One logical attempt: 429s are waited out inside it; a send's 5xx or 408 is uncertain, an
+        idempotent request's raises ``Retryable``."""
         owner = self.owner
         while True:
+            if before_post is not None:
+                before_post()
             attempts.requests += 1
             try:
                 response = self._post(path, body, timeout=self._try_timeout(kind.deadline))
@@ -281,10 +290,11 @@ class SendLoop:
             if status == 429:
                 self._wait_out_429(kind, response, rid, attempts, pacer)
                 continue
-            if status == 504 and not (kind.idempotent or owner.retry_uncertain):
-                # A gateway timeout: the request reached MoEngage's edge and may have been processed.
-                cause = (f"MoEngage's gateway timed out (504, request_id {rid}) on {owner.config.where} "
-                         "after the body was sent; MoEngage may or may not have accepted it")
+            if (status >= 500 or status == 408) and not (kind.idempotent or owner.retry_uncertain):
+                # The body reached MoEngage's edge: a proxy answers this after the upstream applied it too.
+                cause = (f"MoEngage answered HTTP {status} ({error_text(doc, response)}, request_id {rid}) on "
+                         f"{owner.config.where} after the body was sent; a proxy or load balancer answers so "
+                         "after MoEngage applied a request, so it may or may not have it")
                 raise MoEngageUncertainError.of(cause, UNCERTAIN_FIX, status=status, request_id=rid,
                                                 attempts=attempts.requests)
             if status >= 500 or status == 408:

@@ -78,6 +78,14 @@ CREATE TABLE IF NOT EXISTS moengage_sync.receipt_carriers (
     used_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (program_id, customer_id)
 );
+-- Carriers are one per MoEngage workspace (data centre:Workspace ID), whichever program took them:
+-- programs sharing a workspace write the same receipt attribute. Rows from before keep a key of
+-- their own program ('program:<id>').
+ALTER TABLE moengage_sync.receipt_carriers ADD COLUMN IF NOT EXISTS workspace text;
+UPDATE moengage_sync.receipt_carriers SET workspace = 'program:' || program_id WHERE workspace IS NULL;
+ALTER TABLE moengage_sync.receipt_carriers ALTER COLUMN workspace SET NOT NULL;
+ALTER TABLE moengage_sync.receipt_carriers DROP CONSTRAINT IF EXISTS receipt_carriers_pkey;
+CREATE UNIQUE INDEX IF NOT EXISTS receipt_carriers_workspace_key ON moengage_sync.receipt_carriers (workspace, customer_id);
 
 -- One row per chunk of a night whose attribute refresh was enqueued: a rerun (or a concurrent
 -- run) of the same night does not enqueue the same members again unless forced.

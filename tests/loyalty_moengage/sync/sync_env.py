@@ -44,8 +44,9 @@ def sync_env(tmp_path: Path, dsn: str, *, program_id: str = "tiny", time_zone: s
                 sandbox.seed_users(WORKSPACE, list(customers))
             os.environ["LOYALTY_PROGRAMS_FILE"] = str(programs)
             os.environ["AIRFLOW_CONN_LOYALTY_DB"] = connection_json(dsn)
+            # A short read timeout: a lost answer's receipt wait is at least visibility + timeout.
             os.environ["AIRFLOW_CONN_MOENGAGE_DEFAULT"] = sandbox.connection_json(
-                WORKSPACE, API_KEY, dc="03", lookups_per_minute=100_000)
+                WORKSPACE, API_KEY, dc="03", lookups_per_minute=100_000, timeout=3)
             yield sandbox
     finally:
         sandbox.stop()

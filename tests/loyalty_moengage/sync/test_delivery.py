@@ -359,20 +359,21 @@ def _enqueue_night(dsn: str, night: date, run_id: str) -> None:
 
 
 def test_a_transient_failure_leaves_no_batch_sending(program, tmp_path):
+    """A 503 on a users batch is an answer that does not name the request: the batch is sent again
+    (attributes are last-write-wins), not left 'sending', and no event arrives twice."""
     from loyalty_moengage.moengage.hook import MoEngageHook
-    from loyalty_moengage.sync.send.load import LoadError, load_slot
+    from loyalty_moengage.sync.send.load import load_slot
 
     night = _today() - timedelta(days=1)
     _enqueue_night(program, night, "run-t")
     with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
-        sandbox.fail_next(None, 503)  # the second batch of the first claim fails for good (no retries)
-        with pytest.raises(LoadError):
-            load_slot(program_id=PROGRAM, slot=0, night=night, run_id="run-t", state_dsn=program,
-                      hook=MoEngageHook(moengage_conn_id="moengage_default", max_retries=0))
+        sandbox.fail_next(None, 503)  # the second batch of the first claim (a users batch)
+        first = load_slot(program_id=PROGRAM, slot=0, night=night, run_id="run-t", state_dsn=program,
+                          hook=MoEngageHook(moengage_conn_id="moengage_default", max_retries=0))
         stats = load_slot(program_id=PROGRAM, slot=0, night=night, run_id="run-t", state_dsn=program,
                           hook=MoEngageHook(moengage_conn_id="moengage_default"), attempt=2)
         counts = _event_counts(sandbox)
-    assert stats["orphans_uncertain"] == 0
+    assert first["users_resent"] == 1 and stats["orphans_uncertain"] == 0
     assert {s for s, _, _ in _batches(program, program_id=PROGRAM)} == {"sent"}
     assert max(counts.values()) == 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -196,8 +197,8 @@ def test_a_carrier_is_never_shared_while_its_receipt_can_still_be_read(loyalty_d
         conn.execute("INSERT INTO moengage_sync.batches (batch_id, program_id, night, run_id, kind, chunk_label, "
                      "state, element_count, body_bytes) VALUES (1, 'p', '2026-11-01', 'r', 'events', 'c', "
                      "'uncertain', 1, 1)")
-        take = lambda token, batch: take_carrier(conn, program_id="p", candidates=["C1", "C2", "C3"],  # noqa: E731
-                                                 token=token, batch_id=batch, quiet_seconds=3600)
+        take = lambda token, batch: take_carrier(conn, program_id="p", workspace="03:WS", token=token,  # noqa: E731
+                                                 candidates=["C1", "C2", "C3"], batch_id=batch, quiet_seconds=3600)
         assert take("t1", 1) == "C1"
         assert take("t2", 2) == "C2"
         assert take("t3", 3) is None          # C1, C2 just used; C3 is not known to MoEngage
@@ -207,6 +208,28 @@ def test_a_carrier_is_never_shared_while_its_receipt_can_still_be_read(loyalty_d
         conn.execute("UPDATE moengage_sync.receipt_carriers SET used_at = now() - interval '2 hours' "
                      "WHERE customer_id = 'C1'")
         assert take("t5", 5) == "C1"          # settled, and quiet: free again
+
+
+def test_two_programs_on_one_workspace_never_share_a_carrier_while_a_receipt_is_unsettled(loyalty_db):
+    """Programs writing one workspace write the same receipt attribute: program B's receipt on a
+    customer that carries program A's unsettled receipt would overwrite it, and A's settle would read
+    a token not its own, conclude absence and resend (27 events twice). Carriers are per workspace."""
+    from loyalty_moengage.sync.outbox.receipts import take_carrier
+
+    with psycopg.connect(loyalty_db) as conn:
+        conn.execute("INSERT INTO moengage_sync.customer_presence (program_id, customer_id, present) "
+                     "VALUES ('a', 'C1', true), ('b', 'C1', true), ('b', 'C2', true), ('c', 'C1', true)")
+        conn.execute("INSERT INTO moengage_sync.batches (batch_id, program_id, night, run_id, kind, chunk_label, "
+                     "state, element_count, body_bytes) VALUES (1, 'a', '2026-11-01', 'r', 'events', 'c', "
+                     "'uncertain', 1, 1)")
+        take = lambda program, workspace, token, batch: take_carrier(  # noqa: E731
+            conn, program_id=program, workspace=workspace, candidates=["C1", "C2"], token=token, batch_id=batch,
+            quiet_seconds=3600)
+        assert take("a", "03:WS", "ta", 1) == "C1"
+        assert take("b", "03:WS", "tb", 2) == "C2"      # C1 holds a's unsettled receipt on this workspace
+        conn.execute("UPDATE moengage_sync.receipt_carriers SET used_at = now() - interval '2 hours'")
+        assert take("b", "03:WS", "tb2", 3) == "C2"     # quiet over; C1 still holds a's unsettled receipt
+        assert take("c", "01:OTHER", "tc", 4) == "C1"   # another workspace: its own carriers
 
 
 def test_receipts_off_hold_lost_answers_for_a_person(program, tmp_path):
@@ -242,3 +265,145 @@ def test_a_workspace_without_the_get_user_api_is_told_at_preflight(program, tmp_
             tasks.preflight(get_program(PROGRAM), context)
     message = str(failed.value)
     assert "Get User API" in message and "receipts: false" in message and "verify_customers: false" in message
+
+
+# -- a rude MoEngage (issue 30's recipes) --------------------------------------------------------
+
+@pytest.mark.parametrize("answer", ["applied:502", "applied:503", "applied:500", "applied:504", "applied:408",
+                                    "applied:drop"])
+def test_an_error_answer_after_moengage_applied_the_request_sends_nothing_twice(program, tmp_path, answer):
+    """A proxy answering 502 after MoEngage applied the body: the hook posted the same bytes again
+    (and the load put the batch back to pending when retries ran out): 27 events arrived twice."""
+    night = _today() - timedelta(days=1)
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        _enqueue(program, night)
+        sandbox.fail_next(answer)
+        stats = _load(program, night)
+        settled = _settle(program, night)
+        _load(program, night, attempt=2)
+        received = _received(sandbox)
+    assert stats["batches_uncertain"] == 1 and (settled.by_receipt, settled.absent, settled.left) == (1, 0, 0)
+    assert sum(received.values()) == len(received) == _event_keys(program)   # every event once
+    assert _states(program) == {"sent": len(_batches_of(program))}
+
+
+def _posted_at(dsn: str) -> datetime:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT posted_at FROM moengage_sync.batches WHERE state = 'uncertain'").fetchone()[0]
+
+
+def test_the_receipt_wait_runs_from_when_the_last_attempt_left_not_from_before_the_429s(program, tmp_path):
+    """posted_at was stamped when the batch was marked sending; 429 waits came after it, so absence was
+    concluded one poll after the probe showed, while the request (applied after the 429s) was not
+    visible yet: bulk writes shown out of order, a later probe first."""
+    night = _today() - timedelta(days=1)
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        _enqueue(program, night)
+        sandbox.set_faults(bulk_visibility_delay=[3.0, 3.0])     # this request's writes show 3 s late
+        sandbox.fail_next(429, 429, 429, 429, "applied:drop")    # 4 s of 429 waits (retry_after 1 s)
+        with psycopg.connect(program) as conn:
+            before = conn.execute("SELECT now()").fetchone()[0]
+        _load(program, night)
+        posted_at = _posted_at(program)
+        sandbox.set_faults()                                     # later writes (the probe) show at once
+        settled = _settle(program, night, settings=_settings(wait=3.5))
+        _load(program, night, attempt=2)
+        received = _received(sandbox)
+    assert (posted_at - before).total_seconds() >= 3.5             # stamped when the last request left
+    assert (settled.by_receipt, settled.absent) == (1, 0)
+    assert sum(received.values()) == len(received) == _event_keys(program)
+
+
+def test_an_answer_the_state_database_forgot_leaves_the_batch_uncertain_with_its_receipt(program, tmp_path):
+    """A failover to a replica that had not seen the 'sending' mark: the batch reads 'pending' again
+    while its POST is applied. Recording the 200 failed, was logged as recorded, and the batch was
+    claimed and sent again."""
+    import threading
+
+    night = _today() - timedelta(days=1)
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        _enqueue(program, night)
+        sandbox.fail_next("latency:1.5")
+
+        def promote_a_stale_replica() -> None:
+            with psycopg.connect(program, autocommit=True) as conn:
+                for _ in range(100):
+                    if conn.execute("SELECT count(*) FROM moengage_sync.batches WHERE state = 'sending'").fetchone()[0]:
+                        conn.execute("UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, "
+                                     "receipt_token = NULL, receipt_carrier = NULL, lease_expires_at = NULL "
+                                     "WHERE state = 'sending'")
+                        return
+                    time.sleep(0.05)
+
+        replica = threading.Thread(target=promote_a_stale_replica)
+        replica.start()
+        stats = _load(program, night)
+        replica.join()
+        assert _states(program).get("uncertain") == 1 and stats["claims_lost"] == 1
+        settled = _settle(program, night)
+        _load(program, night, attempt=2)
+        received = _received(sandbox)
+    assert (settled.by_receipt, settled.absent) == (1, 0)
+    assert sum(received.values()) == len(received) == _event_keys(program)
+
+
+def test_a_load_that_lost_its_lease_while_waiting_sends_nothing(program, tmp_path, monkeypatch):
+    """The lease renewer lost the database while the load waited out a 429; another run took the batch
+    over. The waiting load must not post it once it wakes: its claim is checked before every request."""
+    from loyalty_moengage.moengage.hook import MoEngageHook
+    from loyalty_moengage.sync.outbox import delivery
+    from loyalty_moengage.sync.send.load import LoadError, load_slot
+
+    night = _today() - timedelta(days=1)
+    monkeypatch.setattr(delivery.LeaseKeeper, "_run", lambda self: None)    # the renewer lost the database
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        _enqueue(program, night)
+        sandbox.set_faults(retry_after=2.5)
+        sandbox.fail_next(429)                       # the first request waits 2.5 s; the lease is 1 s
+        with pytest.raises(LoadError, match="no longer being sent .* not sent"):
+            load_slot(program_id=PROGRAM, slot=0, night=night, run_id="run-a", state_dsn=program,
+                      hook=MoEngageHook(moengage_conn_id="moengage_default"), receipts=_settings(),
+                      claim_size=1, lease_seconds=1.0)
+        received = _received(sandbox)
+        before_b = sum(received.values())
+        _load(program, night, run_id="run-b")
+        received = _received(sandbox)
+    assert before_b == 0                               # run A did not post the batch it lost
+    assert _states(program) == {"sent": len(_batches_of(program))}
+    assert sum(received.values()) == len(received) == _event_keys(program)
+
+
+def test_a_lease_that_lapses_while_its_post_is_in_flight_is_settled_by_the_receipt(program, tmp_path, monkeypatch):
+    """The lease lapsed while the POST was in flight; another run recovered the batch, concluded absence
+    and resent it before the first POST landed. Absence now waits for the request timeout too."""
+    import threading
+
+    from loyalty_moengage.moengage.hook import MoEngageHook
+    from loyalty_moengage.sync.outbox import delivery
+    from loyalty_moengage.sync.outbox.delivery import recover_orphans
+    from loyalty_moengage.sync.outbox.receipts import ReceiptSettings
+    from loyalty_moengage.sync.send.load import load_slot
+
+    night = _today() - timedelta(days=1)
+    monkeypatch.setattr(delivery.LeaseKeeper, "_run", lambda self: None)    # the renewer lost the database
+    with sync_env(tmp_path, program, program_id=PROGRAM, customers="all") as sandbox:
+        _enqueue(program, night)
+        hook = MoEngageHook(moengage_conn_id="moengage_default")
+        program_settings = type("P", (), {"receipts": True, "receipt_attribute": RECEIPT_ATTRIBUTE,
+                                           "receipt_wait_seconds": 0.5})()
+        settings = ReceiptSettings.of(program_settings, hook.config)       # 0.5 s asked; timeout 3 s wins
+        sandbox.fail_next("latency:2")
+        first = threading.Thread(target=lambda: load_slot(
+            program_id=PROGRAM, slot=0, night=night, run_id="run-a", state_dsn=program, hook=hook,
+            receipts=settings, claim_size=1, lease_seconds=1.0))
+        first.start()
+        time.sleep(1.3)
+        with psycopg.connect(program) as conn:
+            uncertain, _ = recover_orphans(conn, PROGRAM)
+        settled = _settle(program, night, settings=settings)
+        first.join()
+        _load(program, night, run_id="run-b", receipts=settings)
+        received = _received(sandbox)
+    assert uncertain == 1 and settings.wait_seconds >= 3
+    assert settled.absent == 0
+    assert sum(received.values()) == len(received) == _event_keys(program)

@@ -158,6 +158,42 @@ def start_sending(conn: Any, batch_id: int, owner: Owner, *, lease_seconds: floa
     conn.commit()
 
 
+def mark_attempt(conn: Any, batch_id: int, owner: Owner, *, lease_seconds: float = LEASE_SECONDS) -> None:
+    """Right before each HTTP request of a POST leaves (after pacing, 429 waits and backoff): the
+    batch is still ours, ``sending``, under a live lease, and ``posted_at`` says when this request
+    left, which is when a receipt's wait starts. Durable before the request leaves; raises
+    :class:`ClaimLost` (nothing is sent) when a recovery took the batch while we waited."""
+    moved = conn.execute(
+        "UPDATE moengage_sync.batches SET posted_at = now(), updated_at = now(), "
+        "lease_expires_at = now() + make_interval(secs => %s) "
+        "WHERE batch_id = %s AND state = 'sending' AND claimed_by = %s AND lease_expires_at > now()",
+        (lease_seconds, batch_id, owner.token)).rowcount
+    if moved != 1:
+        conn.rollback()
+        raise ClaimLost(f"batch {batch_id} is no longer being sent by {owner.token} (its lease ran out while "
+                        "the request waited): not sent")
+    conn.execute("SET LOCAL synchronous_commit = on")
+    conn.commit()
+
+
+def keep_in_doubt(conn: Any, batch_id: int, owner: Owner, *, carrier: str | None, token: str | None,
+                  posted_at: Any, outcome: str) -> bool:
+    """An answer we got could not be recorded where it belongs (the row no longer shows our
+    ``sending`` mark: a failover lost it, or a recovery moved it): whatever the row says now, it
+    becomes ``uncertain`` with the receipt this POST carried, so it is settled by that receipt and
+    never posted again on the strength of a state that forgot our POST. Batches already final are
+    left alone. False when nothing could be marked."""
+    return conn.execute(
+        "UPDATE moengage_sync.batches SET state = 'uncertain', claimed_by = %(owner)s, lease_expires_at = NULL, "
+        "receipt_carrier = %(carrier)s, receipt_token = %(token)s, posted_at = coalesce(%(posted)s, posted_at), "
+        "lost_answers = lost_answers + 1, updated_at = now(), "
+        "error = 'MoEngage answered (' || %(outcome)s || ') but the state database no longer showed this POST; "
+        "settled by its receipt' "
+        "WHERE batch_id = %(id)s AND state NOT IN ('sent', 'rejected', 'superseded')",
+        {"owner": owner.token, "carrier": carrier, "token": token, "posted": posted_at, "outcome": outcome,
+         "id": batch_id}).rowcount == 1
+
+
 def finish(conn: Any, batch_id: int, owner: Owner, state: str, *, request_id: str | None = None,
            http_status: int | None = None, error: str | None = None, lost: bool = False) -> bool:
     """Record the outcome of our POST (``sent``, ``rejected``, ``uncertain``, or ``pending``
@@ -190,15 +226,23 @@ def release(conn: Any, batch_ids: list[int], owner: Owner, *, error: str) -> int
         (error, batch_ids, owner.token)).rowcount
 
 
+#: A slot whose main thread shows no sign of life this long stops having its lease renewed.
+MAX_SILENCE_SECONDS = 900.0
+
+
 class LeaseKeeper:
     """Renews an owner's lease from a thread of its own while the slot works (a POST, a 429
     wait or a pacing sleep can outlast the lease). If the process dies, renewal stops and the
-    claims become orphans when the lease runs out."""
+    claims become orphans when the lease runs out. Renewal also stops when the slot's main thread
+    has not called :meth:`beat` for ``max_silence`` seconds (hung): a hung slot must not hold its
+    batches for ever. Its next request then finds the claim gone (``mark_attempt``) and sends nothing."""
 
     def __init__(self, dsn: str, owner: Owner, *, lease_seconds: float = LEASE_SECONDS,
-                 every: float | None = None) -> None:
+                 every: float | None = None, max_silence: float = MAX_SILENCE_SECONDS) -> None:
         self.dsn, self.owner, self.lease_seconds = dsn, owner, lease_seconds
         self.every = every or lease_seconds / 4
+        self.max_silence = max_silence
+        self.last_beat = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease {owner.token}", daemon=True)
 
@@ -210,11 +254,19 @@ class LeaseKeeper:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def beat(self) -> None:
+        """The main thread is alive and working (called before each request and claim)."""
+        self.last_beat = time.monotonic()
+
     def _run(self) -> None:
         from loyalty_moengage.db import connect
 
         conn = None
         while not self._stop.wait(self.every):
+            if time.monotonic() - self.last_beat > self.max_silence:
+                log.warning("the load slot %s has shown no progress for %.0f s: its lease is no longer renewed",
+                            self.owner.token, time.monotonic() - self.last_beat)
+                continue
             try:
                 if conn is None or conn.closed:
                     conn = connect(self.dsn, autocommit=True, application_name="loyalty_moengage lease")

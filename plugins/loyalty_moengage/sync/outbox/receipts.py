@@ -6,9 +6,13 @@ each events POST carries one more element, applied with the batch: an ``update_e
 user element that sets the receipt attribute (``receipt_attribute``, default
 ``loyalty_sync_receipt``) on a *carrier* to a token naming this POST (``b<batch>.<attempt>.<nonce>``).
 The carrier is a customer of the batch MoEngage is known to have (``customer_presence``), whom no
-other POST used during the last :func:`ReceiptSettings.quiet_seconds` and whose last receipt
-is not still unsettled: no other write of the attribute on that user can land near ours, in
-whatever order MoEngage applies them, and only the exact token counts as evidence.
+other POST to the same MoEngage workspace used during the last :func:`ReceiptSettings.quiet_seconds`
+and whose last receipt is not still unsettled. Carriers are taken per workspace, whichever program
+writes it (programs sharing a workspace write the same attribute by default), so no other write of
+the attribute on that user can land near ours, in whatever order MoEngage applies them, and only
+the exact token counts as evidence. An absent receipt means "not applied" only ``wait_seconds``
+after the request left, never sooner than the connection's ``visibility_seconds`` plus its request
+timeout (a request in flight that long may still land).
 ``sync/send/settle.py`` reads the receipts back.
 """
 
@@ -31,18 +35,31 @@ MIN_QUIET_SECONDS = 6 * 3600.0
 @dataclass(frozen=True)
 class ReceiptSettings:
     attribute: str = "loyalty_sync_receipt"
-    wait_seconds: float = 900.0     # how long after a POST an absent receipt means "not applied"
+    wait_seconds: float = 900.0     # how long after a POST left an absent receipt means "not applied"
+    workspace: str = ""             # the MoEngage workspace receipts are written to: carriers' key
 
     @property
     def quiet_seconds(self) -> float:
         return max(MIN_QUIET_SECONDS, 4 * self.wait_seconds)
 
     @classmethod
-    def of(cls, program: Any) -> "ReceiptSettings | None":
-        """The program's receipts, or None when they are off (lost answers then wait for a person)."""
+    def of(cls, program: Any, config: Any = None) -> "ReceiptSettings | None":
+        """The program's receipts on the workspace of ``config`` (its MoEngageConfig), or None when
+        they are off (lost answers then wait for a person). The wait is never shorter than the
+        connection's ``visibility_seconds`` plus its request timeout: an absence seen sooner proves
+        nothing."""
         if not getattr(program, "receipts", False):
             return None
-        return cls(attribute=program.receipt_attribute, wait_seconds=float(program.receipt_wait_seconds))
+        wait = float(program.receipt_wait_seconds)
+        if config is not None:
+            # A request still in flight (up to the read timeout) may land after a later probe.
+            wait = max(wait, float(config.visibility_seconds) + float(config.timeout))
+        return cls(attribute=program.receipt_attribute, wait_seconds=wait, workspace=workspace_key(config))
+
+
+def workspace_key(config: Any) -> str:
+    """One MoEngage workspace whatever connection names it: data centre and Workspace ID."""
+    return "" if config is None else f"{config.data_center}:{config.workspace_id}"
 
 
 @dataclass(frozen=True)
@@ -66,8 +83,9 @@ def stamp(conn: Any, *, program_id: str, batch_id: int, attempt: int, body: byte
     """Take a carrier for this POST (in the caller's transaction, committed with its 'sending'
     mark) and append its receipt; None when no customer of the batch can carry one."""
     token = f"b{batch_id}.{attempt}.{uuid.uuid4().hex[:6]}"
-    carrier = take_carrier(conn, program_id=program_id, candidates=_event_customers(body), token=token,
-                           batch_id=batch_id, quiet_seconds=settings.quiet_seconds)
+    carrier = take_carrier(conn, program_id=program_id, workspace=settings.workspace,
+                           candidates=_event_customers(body), token=token, batch_id=batch_id,
+                           quiet_seconds=settings.quiet_seconds)
     if carrier is None:
         return None
     stamped = body[: -len(BODY_SUFFIX)] + b"," + element(carrier, settings.attribute, token) + BODY_SUFFIX
@@ -76,25 +94,27 @@ def stamp(conn: Any, *, program_id: str, batch_id: int, attempt: int, body: byte
     return Stamp(carrier=carrier, token=token, body=stamped)
 
 
-def take_carrier(conn: Any, *, program_id: str, candidates: list[str] | None, token: str, batch_id: int | None,
-                 quiet_seconds: float) -> str | None:
-    """Atomically take one of ``candidates`` (any present customer when None) as a carrier."""
+def take_carrier(conn: Any, *, program_id: str, workspace: str, candidates: list[str] | None, token: str,
+                 batch_id: int | None, quiet_seconds: float) -> str | None:
+    """Atomically take one of ``candidates`` (any present customer when None) as a carrier in
+    ``workspace``: free only when no POST of any program to that workspace used it within the quiet
+    period and its last receipt (any program's batch) is settled."""
     free = ("(r.used_at IS NULL OR (r.used_at < now() - make_interval(secs => %(quiet)s) AND NOT EXISTS ("
             "SELECT 1 FROM moengage_sync.batches b WHERE b.batch_id = r.batch_id "
             "AND b.state IN ('sending', 'uncertain'))))")
     params: dict[str, Any] = {"p": program_id, "c": candidates, "quiet": quiet_seconds, "token": token,
-                              "batch": batch_id}
+                              "batch": batch_id, "ws": workspace or f"program:{program_id}"}
     rows = conn.execute(
         "SELECT p.customer_id FROM moengage_sync.customer_presence p LEFT JOIN moengage_sync.receipt_carriers r "
-        "ON r.program_id = p.program_id AND r.customer_id = p.customer_id "
+        "ON r.workspace = %(ws)s AND r.customer_id = p.customer_id "
         "WHERE p.program_id = %(p)s AND p.present AND " + ("p.customer_id = ANY(%(c)s) AND " if candidates else "")
         + free + (" LIMIT 8" if candidates else " ORDER BY p.checked_at DESC LIMIT 8"), params).fetchall()
     for (cid,) in rows:
         taken = conn.execute(
-            "INSERT INTO moengage_sync.receipt_carriers AS r (program_id, customer_id, token, batch_id) "
-            "VALUES (%(p)s, %(cid)s, %(token)s, %(batch)s) ON CONFLICT (program_id, customer_id) DO UPDATE "
-            "SET token = EXCLUDED.token, batch_id = EXCLUDED.batch_id, used_at = now() WHERE " + free
-            + " RETURNING r.customer_id", {**params, "cid": cid}).fetchone()
+            "INSERT INTO moengage_sync.receipt_carriers AS r (workspace, program_id, customer_id, token, batch_id) "
+            "VALUES (%(ws)s, %(p)s, %(cid)s, %(token)s, %(batch)s) ON CONFLICT (workspace, customer_id) DO UPDATE "
+            "SET program_id = EXCLUDED.program_id, token = EXCLUDED.token, batch_id = EXCLUDED.batch_id, "
+            "used_at = now() WHERE " + free + " RETURNING r.customer_id", {**params, "cid": cid}).fetchone()
         if taken:
             return cid
     return None

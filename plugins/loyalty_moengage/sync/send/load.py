@@ -5,9 +5,14 @@ attempt of one slot of one run and kept alive by a lease, so any number of slots
 of runs (on any executor) share the outbox without sending a batch twice. Just before its POST
 a batch is durably marked 'sending' (compare-and-set: an attempt that lost its claim stops
 without sending), with the receipt an events batch carries (``receipts.py``), and its outcome
-is recorded right after. A lost answer (or a crash mid-POST) leaves an events batch
-'uncertain', for ``settle.py`` to settle by its receipt; a users batch is simply sent again
-(attributes are last-write-wins). Claimed batches never posted go back to 'pending'.
+is recorded right after. Before each HTTP request of a POST leaves (pacing, 429 waits and backoff
+come first) the claim is checked again and ``posted_at`` stamped (``delivery.mark_attempt``): a
+slot that lost its lease while it waited sends nothing, and a receipt's wait counts from when the
+request left. Any answer that does not name the request (5xx, 408, no answer) leaves an events
+batch 'uncertain', for ``settle.py`` to settle by its receipt; a users batch is simply sent again
+(attributes are last-write-wins). An answer that cannot be recorded where it belongs leaves the
+batch 'uncertain' with its receipt (``delivery.keep_in_doubt``), never 'pending'. Claimed batches
+never posted go back to 'pending'.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Slot:
     claim_size: int
     lease: float
     receipts: ReceiptSettings | None = None
+    keeper: Any = None              # the slot's LeaseKeeper: beaten before each request
     stats: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,7 +101,9 @@ def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn
         hook.preflight()
     with connect(state_dsn) as conn:
         _take_over(conn, me)
-        with LeaseKeeper(state_dsn, me.owner, lease_seconds=me.lease), _lookups(me, lookup, lookup_group) as worker:
+        with LeaseKeeper(state_dsn, me.owner, lease_seconds=me.lease) as keeper, \
+                _lookups(me, lookup, lookup_group) as worker:
+            me.keeper = keeper
             failure = _send_all(conn, me, worker)
         if worker is not None and worker.error is not None and failure is None:
             failure = worker.error
@@ -162,6 +170,8 @@ def _send_all(conn: Any, me: Slot, worker: Any = None) -> Exception | None:
     while True:
         # Counted before the claim: a group enqueued after the count is in the claim's snapshot.
         left = pending_lookups(conn, me.owner.program_id, me.night)
+        if me.keeper is not None:
+            me.keeper.beat()
         claimed = claim(conn, me.owner, me.claim_size, up_to_night=me.night, lease_seconds=me.lease)
         if not claimed:
             if worker is not None and worker.error is not None:
@@ -200,10 +210,22 @@ def _post_claimed(conn: Any, me: Slot, batch: ClaimedBatch) -> Exception | None:
         return exc
     if stamped is not None:
         me.stats["receipts"] += 1
-    failure = _send_one(conn, me, batch, body=stamped.body if stamped else batch.body,
-                        extra_users=1 if stamped else 0)
+    failure = _send_one(conn, me, batch, body=stamped.body if stamped else batch.body, stamped=stamped)
     conn.commit()
     return failure
+
+
+def _before_post(conn: Any, me: Slot, batch: ClaimedBatch) -> Callable[[], None]:
+    """Run right before each HTTP request of this POST leaves: the slot is alive, the claim is
+    still ours (else nothing is sent) and ``posted_at`` is when this request left."""
+    from loyalty_moengage.sync.outbox.delivery import mark_attempt
+
+    def check() -> None:
+        if me.keeper is not None:
+            me.keeper.beat()
+        mark_attempt(conn, batch.batch_id, me.owner, lease_seconds=me.lease)
+
+    return check
 
 
 #: An uncertain batch is resent by policy ``resend`` at most this many times in a row.
@@ -212,9 +234,9 @@ RESEND_ATTEMPTS = 3
 USERS_LOST_ANSWERS = 5
 
 
-def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, extra_users: int = 0) -> Exception | None:
-    """POST one batch we hold as 'sending' (``body``: with its receipt, if any) and record its
-    outcome; returns the error that must stop the slot, if any."""
+def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, stamped: Any = None) -> Exception | None:
+    """POST one batch we hold as 'sending' (``body``: with its receipt ``stamped``, if any) and record
+    its outcome; returns the error that must stop the slot, if any."""
     from loyalty_moengage.moengage.errors import (
         MoEngageConfigError,
         MoEngageError,
@@ -223,14 +245,14 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, extra_us
         MoEngageUncertainError,
         is_config_failure,
     )
-    from loyalty_moengage.sync.outbox.delivery import requeue_batch
+    from loyalty_moengage.sync.outbox.delivery import ClaimLost, requeue_batch
 
     stats = me.stats
 
     def record(state: str, exc: MoEngageError | None = None, **kw: Any) -> bool:
         if exc is not None:
             kw.update(request_id=exc.request_id, http_status=exc.status, error=str(exc))
-        if _finish_durably(conn, me, batch.batch_id, state, **kw):
+        if _finish_durably(conn, me, batch, state, stamped, **kw):
             return True
         stats["claims_lost"] += 1
         log.warning("batch %d was taken from this slot during its POST (outcome %s not recorded by us)",
@@ -238,7 +260,14 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, extra_us
         return False
 
     try:
-        result = me.hook.send_transition(body, users=batch.users + extra_users, events=batch.events)
+        result = me.hook.send_transition(body, users=batch.users + (1 if stamped else 0), events=batch.events,
+                                         before_post=_before_post(conn, me, batch))
+    except ClaimLost as exc:
+        # No request of this POST was applied (only 429s or failed connects came before): the batch
+        # goes back to pending if it is still ours, else whoever took it settles it.
+        _unposted(conn, me, batch)
+        stats["claims_lost"] += 1
+        return exc
     except MoEngageUncertainError as exc:
         if batch.kind == "users":
             # Last-write-wins: sending it again duplicates nothing (claim() supersedes it if a newer
@@ -273,31 +302,55 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, extra_us
     return None
 
 
-def _finish_durably(conn: Any, me: Slot, batch_id: int, state: str, **kw: Any) -> bool:
+def _unposted(conn: Any, me: Slot, batch: ClaimedBatch) -> None:
+    conn.rollback()
+    conn.execute("UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL, "
+                 "updated_at = now(), error = 'not sent: the claim was lost while the request waited' "
+                 "WHERE batch_id = %s AND claimed_by = %s AND state IN ('sending', 'uncertain')",
+                 (batch.batch_id, me.owner.token))
+    conn.commit()
+
+
+def _finish_or_doubt(conn: Any, me: Slot, batch: ClaimedBatch, state: str, stamped: Any, **kw: Any) -> bool:
+    """Record our POST's outcome; if the row no longer shows our POST (a failover lost the 'sending'
+    mark, or a recovery moved it), an events batch MoEngage may have applied is kept in doubt with
+    this POST's receipt rather than left to be sent again on the strength of a state that forgot it."""
+    from loyalty_moengage.sync.outbox.delivery import finish, keep_in_doubt
+
+    if finish(conn, batch.batch_id, me.owner, state, **kw):
+        return True
+    if batch.kind == "events" and state in ("sent", "uncertain") and keep_in_doubt(
+            conn, batch.batch_id, me.owner, carrier=stamped.carrier if stamped else None,
+            token=stamped.token if stamped else None, posted_at=None, outcome=state):
+        log.warning("batch %d: MoEngage answered (%s) but the state no longer showed this POST: kept uncertain "
+                    "with its receipt", batch.batch_id, state)
+    return False
+
+
+def _finish_durably(conn: Any, me: Slot, batch: ClaimedBatch, state: str, stamped: Any, **kw: Any) -> bool:
     """Record an answer MoEngage gave even if the state database went away meanwhile: retried on
     fresh connections for about half a lease (the compare-and-set makes a retry safe), so a
     restart does not turn a known outcome into 'uncertain'. The slot then stops: its connection
     is gone, and the next try takes over the rest."""
     import psycopg
 
-    from loyalty_moengage.sync.outbox.delivery import finish
-
     try:
-        done = finish(conn, batch_id, me.owner, state, **kw)
+        done = _finish_or_doubt(conn, me, batch, state, stamped, **kw)
         conn.commit()
         return done
     except psycopg.OperationalError as lost:
-        _finish_on_fresh_connection(me, batch_id, state, **kw)
-        log.warning("the state database was lost after batch %d's POST; its outcome (%s) is recorded", batch_id, state)
-        raise StateDatabaseLost(f"the state database connection was lost ({lost}); batch {batch_id}'s outcome "
-                                "was recorded on a new connection") from lost
+        recorded = _finish_on_fresh_connection(me, batch, state, stamped, **kw)
+        log.warning("the state database was lost after batch %d's POST; its outcome (%s) %s", batch.batch_id,
+                    state, "is recorded" if recorded else "could not be recorded as such: kept uncertain")
+        raise StateDatabaseLost(f"the state database connection was lost ({lost}); batch {batch.batch_id}'s "
+                                "outcome was dealt with on a new connection") from lost
 
 
-def _finish_on_fresh_connection(me: Slot, batch_id: int, state: str, **kw: Any) -> None:
+def _finish_on_fresh_connection(me: Slot, batch: ClaimedBatch, state: str, stamped: Any, **kw: Any) -> bool:
     import psycopg
 
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.outbox.delivery import LEASE_SECONDS, finish
+    from loyalty_moengage.sync.outbox.delivery import LEASE_SECONDS
 
     deadline = time.monotonic() + LEASE_SECONDS / 2
     wait = 0.5
@@ -305,8 +358,8 @@ def _finish_on_fresh_connection(me: Slot, batch_id: int, state: str, **kw: Any) 
         time.sleep(wait)
         try:
             with connect(me.state_dsn) as fresh:
-                finish(fresh, batch_id, me.owner, state, **kw)
-            return
+                done = _finish_or_doubt(fresh, me, batch, state, stamped, **kw)
+            return done
         except psycopg.OperationalError:
             if time.monotonic() > deadline:
                 raise

@@ -202,8 +202,8 @@ def _send_probe(conn: Any, *, program_id: str, hook: Any, settings: ReceiptSetti
     from loyalty_moengage.sync.outbox.receipts import probe_body, take_carrier
 
     token = f"p{uuid.uuid4().hex[:10]}"
-    carrier = take_carrier(conn, program_id=program_id, candidates=None, token=token, batch_id=None,
-                           quiet_seconds=settings.quiet_seconds)
+    carrier = take_carrier(conn, program_id=program_id, workspace=settings.workspace, candidates=None, token=token,
+                           batch_id=None, quiet_seconds=settings.quiet_seconds)
     posted_at = conn.execute("SELECT now()").fetchone()[0]
     conn.commit()
     if carrier is None:

@@ -141,7 +141,7 @@ class OutboxSink:
         lookup = lookups.existing_customers if program.verify_customers else None
         stats = load_slot(program_id=program.id, slot=slot, night=window.night, run_id=run_id,
                           state_dsn=self.state_dsn, hook=hook, uncertain_policy=program.uncertain_policy,
-                          attempt=attempt, claim_size=claim_size(hook), receipts=ReceiptSettings.of(program),
+                          attempt=attempt, claim_size=claim_size(hook), receipts=ReceiptSettings.of(program, hook.config),
                           lookup=lookup, lookup_group=group_customers(lookups.config.lookups_per_minute, share))
         return {k: stats[k] for k in ("slot", "batches_sent", "batches_rejected", "batches_uncertain")}
 
@@ -154,8 +154,8 @@ class OutboxSink:
         from loyalty_moengage.sync.report.stats import record_stats
 
         started = time.perf_counter()
-        receipts = ReceiptSettings.of(program)
         hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=share)
+        receipts = ReceiptSettings.of(program, hook.config)
         total = Settled()
         # A resend can lose its answer too: a few rounds, each settled by its own receipts.
         for round_ in range(SETTLE_ROUNDS):
