@@ -69,14 +69,16 @@ def build(program: Program):
             get_current_context()["chunk_label"] = chunk["label"]
             return tasks.transform(program, chunk, context)
 
-        @task(retries=0)
+        # The DAG's retries mend a database blip; a held night fails at once (tasks.guard).
+        @task
         def guard(**context):
             return tasks.guard(program, context)
 
         # One Pool per MoEngage workspace, shared by every program sending to it: at most pool_slots
         # load tasks spend the budget at once, each at budget / pool_slots (docs/scale-out.md; a missing Pool would
         # leave them scheduled: sync/ops/workspace_pool.py creates it).
-        @task(map_index_template="load slot {{ slot_label }}", pool=program.pool)
+        @task(map_index_template="load slot {{ slot_label }}", pool=program.pool,
+              execution_timeout=timedelta(minutes=program.load_timeout_minutes))
         def load(slot: int, **context):
             get_current_context()["slot_label"] = slot
             return tasks.load(program, slot, context)

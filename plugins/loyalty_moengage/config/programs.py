@@ -47,6 +47,9 @@ class Program(BaseModel):
     retry_delay_seconds: int = 120
     chunk_members: int = 50_000
     load_parallelism: int = 2
+    # A load task that has not finished after this long is stopped by Airflow (execution_timeout) and
+    # retried; its claims come back to the outbox when its lease runs out.
+    load_timeout_minutes: int = Field(360, ge=10, le=1440)
     # The Airflow Pool every program of one MoEngage workspace shares for its load tasks (docs/scale-out.md);
     # None: "moengage_<moengage_conn_id>"; "default_pool": no shared pool.
     workspace_pool: str | None = None
@@ -274,7 +277,30 @@ def load_programs(path: Path | None = None) -> list[Program]:
             raise ProgramsFileError(f"{path}: program id {program.id!r} appears twice")
         seen.add(program.id)
         programs.append(program)
+    _check_shared_workspaces(path, programs)
     return programs
+
+
+def _state_home(program: Program) -> str:
+    return program.state_conn_id or program.loyalty_conn_id
+
+
+def _check_shared_workspaces(path: Path, programs: list[Program]) -> None:
+    """Programs writing one MoEngage workspace share its receipt carriers through their state
+    database: two state databases cannot see each other's unsettled receipts on one customer."""
+    by_target: dict[tuple[str, str], list[Program]] = {}
+    for program in programs:
+        if program.enabled and program.receipts:
+            by_target.setdefault((program.moengage_conn_id, program.receipt_attribute), []).append(program)
+    for (conn_id, attribute), group in by_target.items():
+        homes = {_state_home(p) for p in group}
+        if len(homes) > 1:
+            names = ", ".join(f"{p.id} ({_state_home(p)})" for p in group)
+            raise ProgramsFileError(
+                f"{path}: programs {names} send to one MoEngage connection ({conn_id!r}) and write the same "
+                f"receipt attribute {attribute!r}, but keep their state in different databases, so neither sees "
+                "the other's unsettled receipts on a customer: give them one state_conn_id, or each its own "
+                "receipt_attribute")
 
 
 def get_program(program_id: str, path: Path | None = None) -> Program:

@@ -90,6 +90,8 @@ def test_a_wrong_type_under_defaults_says_so(tmp_path):
     ("    load_parallelism: 0\n", "load_parallelism", "must be between 1 and 64"),
     ("    reject_threshold: 1.5\n", "reject_threshold", "is a share between 0 and 1"),
     ("    start_date: yesterday\n", "start_date", "must be a date like 2026-01-01"),
+    ("    late_row_lookback_nights: 8\n", "late_row_lookback_nights", "must be between 0 and 7 nights"),
+    ("    late_row_lookback_nights: -1\n", "late_row_lookback_nights", "must be between 0 and 7 nights"),
 ])
 def test_out_of_range_values(tmp_path, line, key, words):
     path = write(tmp_path, "programs:\n  - id: p1\n" + (line if key == "time_zone" else "    time_zone: UTC\n" + line))
@@ -181,3 +183,38 @@ def test_import_stays_cheap_for_dag_parsing():
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_late_row_lookback_defaults_to_the_previous_night_and_takes_0_to_7(tmp_path):
+    assert one(tmp_path).late_row_lookback_nights == 1
+    assert one(tmp_path, "    late_row_lookback_nights: 0\n").late_row_lookback_nights == 0
+    assert one(tmp_path, "    late_row_lookback_nights: 7\n").late_row_lookback_nights == 7
+    assert "late_row_lookback_nights" in error_of(tmp_path, '    late_row_lookback_nights: "1"\n')
+
+
+def test_presence_lifetime_defaults_to_a_week_and_takes_1_to_30_days(tmp_path):
+    """A week: the Get User budget (1,000/min, 1.44M a day) cannot re-check a million active customers daily."""
+    assert one(tmp_path).presence_lifetime_hours == 168
+    assert one(tmp_path, "    presence_lifetime_hours: 24\n").presence_lifetime_hours == 24
+    assert one(tmp_path, "    presence_lifetime_hours: 720\n").presence_lifetime_hours == 720
+    assert one(tmp_path, defaults="  presence_lifetime_hours: 72\n").presence_lifetime_hours == 72
+    too_short = error_of(tmp_path, "    presence_lifetime_hours: 23\n")
+    assert "key 'presence_lifetime_hours': " in too_short and "greater than or equal to 24, got 23" in too_short
+    assert "less than or equal to 720, got 721" in error_of(tmp_path, "    presence_lifetime_hours: 721\n")
+    assert "presence_lifetime_hours" in error_of(tmp_path, '    presence_lifetime_hours: "168"\n')
+
+
+def test_programs_on_one_workspace_must_share_a_state_database_for_receipts(tmp_path):
+    """Their receipts take carriers per workspace through the state database: two databases cannot
+    see each other's unsettled receipts, so program B could overwrite A's and A would resend."""
+    head = "programs:\n  - id: a\n    time_zone: Asia/Kolkata\n  - id: b\n    time_zone: Asia/Kolkata\n"
+    with pytest.raises(ProgramsFileError, match=r"programs a \(loyalty_db\), b \(other_state\).*one state_conn_id"):
+        load_programs(write(tmp_path, head + "    state_conn_id: other_state\n"))
+    own_attribute = head + "    state_conn_id: other_state\n    receipt_attribute: loyalty_receipt_b\n"
+    assert [p.id for p in load_programs(write(tmp_path, own_attribute))] == ["a", "b"]
+    assert [p.id for p in load_programs(write(tmp_path, head))] == ["a", "b"]     # one state database
+
+
+def test_a_load_task_has_a_time_limit(tmp_path):
+    assert one(tmp_path).load_timeout_minutes == 360
+    assert "load_timeout_minutes" in error_of(tmp_path, "    load_timeout_minutes: 1\n")
