@@ -245,7 +245,7 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, stamped:
         MoEngageUncertainError,
         is_config_failure,
     )
-    from loyalty_moengage.sync.outbox.delivery import ClaimLost, requeue_batch
+    from loyalty_moengage.sync.outbox.delivery import ClaimLost
 
     stats = me.stats
 
@@ -269,19 +269,7 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, stamped:
         stats["claims_lost"] += 1
         return exc
     except MoEngageUncertainError as exc:
-        if batch.kind == "users":
-            # Last-write-wins: sending it again duplicates nothing (claim() supersedes it if a newer
-            # night's refresh came meanwhile).
-            if record("pending", exc, lost=True):
-                stats["users_resent"] += 1
-            if batch.lost_answers + 1 >= USERS_LOST_ANSWERS:
-                return exc
-            return None
-        if record("uncertain", exc, lost=True):
-            stats["batches_uncertain"] += 1
-            if me.uncertain_policy == "resend" and batch.attempts < RESEND_ATTEMPTS:
-                # Visible, unlike a silent client retry: the report counts it as a possible duplicate.
-                stats["requeued_uncertain"] += requeue_batch(conn, batch.batch_id, me.owner)
+        return _lost_answer(conn, me, batch, exc, record)
     except (MoEngageConfigError, MoEngagePermanentError) as exc:
         if is_config_failure(exc):  # the connection is wrong, not the batch: it stays pending
             record("pending", exc)
@@ -299,6 +287,26 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, stamped:
             stats["batches_sent"] += 1
             stats["users_sent"] += batch.users
             stats["events_sent"] += batch.events
+    return None
+
+
+def _lost_answer(conn: Any, me: Slot, batch: ClaimedBatch, exc: Exception, record: Callable[..., bool]
+                 ) -> Exception | None:
+    """An answer that does not say whether MoEngage applied the request."""
+    from loyalty_moengage.sync.outbox.delivery import requeue_batch
+
+    stats = me.stats
+    if batch.kind == "users":
+        # Last-write-wins: sending it again duplicates nothing (claim() supersedes it if a newer
+        # night's refresh came meanwhile).
+        if record("pending", exc, lost=True):
+            stats["users_resent"] += 1
+        return exc if batch.lost_answers + 1 >= USERS_LOST_ANSWERS else None
+    if record("uncertain", exc, lost=True):
+        stats["batches_uncertain"] += 1
+        if me.uncertain_policy == "resend" and batch.attempts < RESEND_ATTEMPTS:
+            # Visible, unlike a silent client retry: the report counts it as a possible duplicate.
+            stats["requeued_uncertain"] += requeue_batch(conn, batch.batch_id, me.owner)
     return None
 
 
