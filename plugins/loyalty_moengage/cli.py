@@ -149,6 +149,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def cmd_presence(args: argparse.Namespace) -> int:
+    from datetime import datetime, timedelta, timezone
     from pathlib import Path
 
     from loyalty_moengage.config.programs import get_program
@@ -158,12 +159,14 @@ def cmd_presence(args: argparse.Namespace) -> int:
     from loyalty_moengage.progress import Progress
 
     program = get_program(args.program)
+    lifetime = timedelta(hours=program.presence_lifetime_hours)
     dsn = loyalty_dsn(program.state_conn)
     ensure_state_schema(dsn)
     try:
         with connect(dsn) as conn, Progress(f"presence import {Path(args.file).name}", unit="rows") as step:
             counts = import_presence(conn, program_id=program.id, ids=read_ids(Path(args.file), column=args.column),
-                                     dry_run=args.dry_run, progress=lambda counts: step.update(counts.rows))
+                                     lifetime=lifetime, dry_run=args.dry_run,
+                                     progress=lambda counts: step.update(counts.rows))
             step.update(counts.rows)
     except (PresenceFileError, UnicodeDecodeError) as exc:
         print(f"presence import refused: {exc}", file=sys.stderr)
@@ -173,6 +176,12 @@ def cmd_presence(args: argparse.Namespace) -> int:
           f"customer_id values, {counts.duplicates:,} repeated); {counts.already_present:,} already known present; "
           f"{verb} {counts.marked_present:,} present ({counts.absences_overturned:,} of them cached as absent) for "
           f"program {program.id}" + (" (dry run: nothing written)" if args.dry_run else ""))
+    until = (datetime.now(timezone.utc) + lifetime).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"A file is not MoEngage's confirmation: the presence it marks {'would be' if args.dry_run else 'is'} "
+          f"trusted for {program.presence_lifetime_hours} h (presence_lifetime_hours), until {until}, as a Get User "
+          f"answer given now would be ({counts.expired_reasserted:,} of them were expired confirmations). The presence "
+          "refresher asks MoEngage about the recently active ones first; past that time, unconfirmed, a customer's "
+          "events wait for MoEngage's answer.")
     if args.json:
         print(json.dumps(counts.as_dict(), indent=2))
     return 0
@@ -228,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.set_defaults(func=cmd_resolve)
     presence = sub.add_parser("presence", help="the cache of customers MoEngage has (the presence gate)")
     psub = presence.add_subparsers(dest="action", required=True)
-    imp = psub.add_parser("import", help="mark the customers of a MoEngage export as present")
+    imp = psub.add_parser("import", help="mark the customers of a MoEngage export as present, for the program's "
+                                         "presence_lifetime_hours from now at most (then checked with MoEngage again)")
     imp.add_argument("--program", required=True)
     imp.add_argument("--file", required=True, help="a CSV export (a customer id column) or one id per line")
     imp.add_argument("--column", help="the CSV column holding the customer id (default: customer_id, ID, ...)")

@@ -61,6 +61,9 @@ class Program(BaseModel):
     min_members: int = 1
     max_event_drop_pct: float = 80.0
     anomaly_lookback_nights: int = 7
+    # Nights before this one whose windows each run re-reads for late rows (recorded in that night's
+    # window, committed after its run extracted): 0..7, 0 = none (docs/sql-contract.md).
+    late_row_lookback_nights: int = 1
     audit_retention_days: int = 30
     keep_sent_bodies: bool = False
     verify_customers: bool = True
@@ -69,6 +72,13 @@ class Program(BaseModel):
     receipt_wait_seconds: float = 900.0
     presence_refresh_minutes: int = Field(45, ge=0, le=55)
     presence_refresh_days: int = Field(30, ge=1)
+    # How long a Get User confirmation (or a `presence import`) is trusted before an event for the
+    # customer is checked again: customers deleted in MoEngage are recreated by the next event. 168 h
+    # (7 days) because the Get User budget (1,000/min = 1.44M/day for the whole workspace) cannot
+    # re-check a program of a million active customers daily; the refresher renews them at 3/4 of it.
+    # 24..720 h: under a day, every customer with an event would be looked up again every night (what
+    # the cache exists to spare); 30 days is the absences' longest back-off.
+    presence_lifetime_hours: int = Field(168, ge=24, le=720)
     alert_email: list[str] = []
     alert_slack_conn_id: str | None = None
 
@@ -161,6 +171,13 @@ class Program(BaseModel):
     def _reject_threshold(cls, value: float) -> float:
         if not 0 <= value <= 1:
             raise ValueError("is a share between 0 and 1 (0.01 = 1%)")
+        return value
+
+    @field_validator("late_row_lookback_nights")
+    @classmethod
+    def _late_row_lookback_nights(cls, value: int) -> int:
+        if not 0 <= value <= 7:
+            raise ValueError("must be between 0 and 7 nights (0: no lookback; a late row is then never sent)")
         return value
 
     @field_validator("start_date")

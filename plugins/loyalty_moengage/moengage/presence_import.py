@@ -5,6 +5,13 @@ A user who can export a segment of all users from MoEngage (a CSV) or has a plai
 customer ids (one per line) marks them present in ``moengage_sync.customer_presence``: those
 are customers MoEngage has, so their events need no lookup. Ids the file does not hold are left
 as they are (the gate looks them up as before); an absence cached earlier is overturned.
+
+A file is not MoEngage's confirmation (an export ages, a list may be wrong), so an import never
+makes presence last longer than a Get User answer given at the import would: its rows are
+``imported``, their ``checked_at`` the import time, so they expire after the program's presence
+lifetime like that answer (an export's own age is not known, so it is not subtracted); a
+customer whose presence is still trusted is left as it is (an import never extends it); and the
+presence refresher confirms imported customers active lately first, whatever their age.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,9 +38,11 @@ class ImportCounts:
     ids: int = 0               # distinct usable customer ids
     refused: int = 0           # values MoEngage refuses as a customer_id, or empty
     duplicates: int = 0        # repeated in the file
-    already_present: int = 0   # the cache knew them already
-    marked_present: int = 0    # new in the cache, or an absence overturned (a dry run: would be)
+    already_present: int = 0   # the cache knew them already (a trusted presence: left as it is)
+    marked_present: int = 0    # new in the cache, an absence overturned or an expired presence (a dry run: would be)
     absences_overturned: int = 0
+    expired_reasserted: int = 0   # a presence older than the lifetime, trusted again from the import
+    lifetime_hours: float = 0.0   # how long the marked presence is trusted (the program's presence lifetime)
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -72,12 +82,13 @@ def _csv_ids(path: Path, head: str, rest: io.TextIOBase, column: str | None) -> 
             yield row[index].strip() if index < len(row) else ""
 
 
-def import_presence(conn: Any, *, program_id: str, ids: Iterator[str], dry_run: bool = False,
+def import_presence(conn: Any, *, program_id: str, ids: Iterator[str], lifetime: timedelta, dry_run: bool = False,
                     progress: Callable[[ImportCounts], None] | None = None) -> ImportCounts:
-    """Mark the file's customers present (in one transaction; a dry run only counts)."""
+    """Mark the file's customers present for at most ``lifetime`` from now (the program's
+    presence lifetime), in one transaction; a dry run only counts."""
     from loyalty_moengage.moengage.rules import DISALLOWED_CUSTOMER_IDS
 
-    counts = ImportCounts(dry_run=dry_run)
+    counts = ImportCounts(dry_run=dry_run, lifetime_hours=lifetime.total_seconds() / 3600)
     seen: set[str] = set()
     batch: list[str] = []
     for cid in ids:
@@ -91,11 +102,11 @@ def import_presence(conn: Any, *, program_id: str, ids: Iterator[str], dry_run: 
         seen.add(cid)
         batch.append(cid)
         if len(batch) >= BATCH:
-            _apply(conn, program_id, batch, counts, dry_run)
+            _apply(conn, program_id, batch, counts, dry_run, lifetime)
             batch = []
             if progress:
                 progress(counts)
-    _apply(conn, program_id, batch, counts, dry_run)
+    _apply(conn, program_id, batch, counts, dry_run, lifetime)
     counts.ids = len(seen)
     if dry_run:
         conn.rollback()
@@ -104,20 +115,25 @@ def import_presence(conn: Any, *, program_id: str, ids: Iterator[str], dry_run: 
     return counts
 
 
-def _apply(conn: Any, program_id: str, batch: list[str], counts: ImportCounts, dry_run: bool) -> None:
+def _apply(conn: Any, program_id: str, batch: list[str], counts: ImportCounts, dry_run: bool,
+           lifetime: timedelta) -> None:
+    """Mark ``batch`` present as of now, ``imported``; a presence still trusted is left alone, so
+    an import never makes one last longer than its confirmation does."""
     if not batch:
         return
-    known = dict(conn.execute(
-        "SELECT customer_id, present FROM moengage_sync.customer_presence WHERE program_id = %s "
-        "AND customer_id = ANY(%s)", (program_id, batch)).fetchall())
-    counts.already_present += sum(1 for c in batch if known.get(c) is True)
-    counts.absences_overturned += sum(1 for c in batch if known.get(c) is False)
-    fresh = [c for c in batch if known.get(c) is not True]
+    known = {cid: (present, trusted) for cid, present, trusted in conn.execute(
+        "SELECT customer_id, present, checked_at > now() - %s::interval FROM moengage_sync.customer_presence "
+        "WHERE program_id = %s AND customer_id = ANY(%s)", (lifetime, program_id, batch)).fetchall()}
+    counts.already_present += sum(1 for c in batch if known.get(c) == (True, True))
+    counts.absences_overturned += sum(1 for c in batch if c in known and not known[c][0])
+    counts.expired_reasserted += sum(1 for c in batch if known.get(c) == (True, False))
+    fresh = [c for c in batch if known.get(c) != (True, True)]
     counts.marked_present += len(fresh)
     if dry_run or not fresh:
         return
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO moengage_sync.customer_presence (program_id, customer_id, present) VALUES (%s, %s, true) "
-            "ON CONFLICT (program_id, customer_id) DO UPDATE SET present = true, checked_at = now()",
+            "INSERT INTO moengage_sync.customer_presence (program_id, customer_id, present, imported) "
+            "VALUES (%s, %s, true, true) ON CONFLICT (program_id, customer_id) DO UPDATE SET present = true, "
+            "imported = true, checked_at = now()",
             [(program_id, c) for c in fresh])

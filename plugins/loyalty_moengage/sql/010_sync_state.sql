@@ -222,7 +222,9 @@ ALTER TABLE moengage_sync.resend_requests ADD COLUMN IF NOT EXISTS scope text NO
 ALTER TABLE moengage_sync.resend_requests ADD COLUMN IF NOT EXISTS batches integer NOT NULL DEFAULT 0;
 
 -- Which customer_ids MoEngage knows (Get User API), so no event creates a profile.
--- present = true is kept; present = false is checked again after a day.
+-- present = true is trusted for the program's presence_lifetime_hours (default 168 h) from checked_at,
+-- then looked up again before an event is sent ('Presence lifetime' below); present = false is
+-- checked again after 20 h, backing off.
 CREATE TABLE IF NOT EXISTS moengage_sync.customer_presence (
     program_id   text NOT NULL,
     customer_id  text NOT NULL,
@@ -246,3 +248,54 @@ CREATE TABLE IF NOT EXISTS moengage_sync.dry_runs (
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (program_id, run_id, task_key)
 );
+
+-- Guard (judged once; reliance)
+-- Each guard's verdict on the night (sync/send/guard.py), decided under the night's advisory lock:
+-- once a run released the night, a later run of it is not held (the night is judged once); a held
+-- night is judged afresh by the next run.
+CREATE TABLE IF NOT EXISTS moengage_sync.night_verdicts (
+    program_id   text NOT NULL,
+    night        date NOT NULL,
+    run_id       text NOT NULL,
+    verdict      text NOT NULL CHECK (verdict IN ('released', 'held')),
+    overridden   boolean NOT NULL DEFAULT false,
+    decided_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (program_id, night, run_id)
+);
+-- A run's chunk skipped events another run's staged batch holds (event_keys): that batch is the
+-- only copy of them, so its own run's failing guard must not withdraw it (sync/sinks/outbox_sink.py
+-- writes the row under FOR SHARE on the batch; withdraw_night locks FOR UPDATE, then reads these).
+-- night: the batch's; the row is moot once the batch is released.
+CREATE TABLE IF NOT EXISTS moengage_sync.batch_reliance (
+    batch_id     bigint NOT NULL,
+    run_id       text NOT NULL,
+    program_id   text NOT NULL,
+    night        date NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (batch_id, run_id)
+);
+CREATE INDEX IF NOT EXISTS batch_reliance_run_idx ON moengage_sync.batch_reliance (program_id, run_id);
+-- The same for skipped events another run's unreleased awaiting_presence rows hold.
+CREATE TABLE IF NOT EXISTS moengage_sync.awaiting_reliance (
+    program_id   text NOT NULL,
+    event_id     text NOT NULL,
+    run_id       text NOT NULL,
+    night        date NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (program_id, event_id, run_id)
+);
+CREATE INDEX IF NOT EXISTS awaiting_reliance_run_idx ON moengage_sync.awaiting_reliance (program_id, run_id);
+
+-- Late rows (lookback): events of earlier nights (recorded in their window, committed after their run
+-- read it) that this run's lookback found and enqueued with its own night (late_row_lookback_nights).
+ALTER TABLE moengage_sync.run_reports ADD COLUMN IF NOT EXISTS late_rows_found integer NOT NULL DEFAULT 0;
+
+-- Presence lifetime
+-- A confirmation (present = true) is trusted for the program's presence_lifetime_hours from checked_at
+-- (moengage/presence.py, passed in by its callers): a customer deleted in MoEngage since would be created
+-- again by the next event, so an older one is looked up again before any event is sent; the presence
+-- refresher renews confirmations of recently active customers ahead of that. present keeps its meaning
+-- (the last answer, or import, said MoEngage has the customer), whether or not it has expired.
+-- imported: present = true asserted by `presence import` (checked_at = the import time, so it expires like
+-- a confirmation made then), not yet confirmed by a Get User answer (record_answers clears it).
+ALTER TABLE moengage_sync.customer_presence ADD COLUMN IF NOT EXISTS imported boolean NOT NULL DEFAULT false;

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any, Callable
 
 from loyalty_moengage.config.programs import Program
@@ -184,9 +184,10 @@ def _within_retention(program: Program, w: Window, newest: Any) -> None:
 
 @fails_fast("plan")
 def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
-    """Member-id chunks of the night, each with the night's attribute-refresh decision."""
+    """Member-id chunks of the night, each with the night's attribute-refresh decision and the
+    earlier nights it re-reads for late rows (``plan.lookback_nights``)."""
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.chunk.plan import plan_chunks
+    from loyalty_moengage.sync.chunk.plan import lookback_nights, plan_chunks
 
     started = time.perf_counter()
     w = from_context(program.time_zone, context)
@@ -201,13 +202,17 @@ def plan(program: Program, context: dict[str, Any]) -> list[dict[str, Any]]:
         housekeeping = sink.start_night(conn, program=program, window=w, run_id=run_id)
         refresh, why = sink.decide_refresh(conn, program_id=program.id, night=w.night, run_id=run_id,
                                            latest_night=newest, force=bool(params.get("force_attributes")))
+        lookback = [d.isoformat() for d in lookback_nights(
+            conn, program_id=program.id, night=w.night, nights=program.late_row_lookback_nights,
+            oldest=newest - timedelta(days=program.audit_retention_days))]
     if not refresh:
         log.warning("Skipping the attribute refresh for night %s: %s. This night's events are still sent.", w.night, why)
     sink.record(program_id=program.id, night=w.night, run_id=run_id, stage="plan", key="plan", stats={
-        "chunks": len(chunks), "send_users": refresh, "skip_reason": why, **housekeeping,
-        "seconds": round(time.perf_counter() - started, 4)})
-    log.info("night %s (%s .. %s UTC): %d chunk(s)", w.night, w.start, w.end, len(chunks))
-    return [{**c, "send_users": refresh} for c in chunks]
+        "chunks": len(chunks), "send_users": refresh, "skip_reason": why, "lookback_nights": lookback,
+        **housekeeping, "seconds": round(time.perf_counter() - started, 4)})
+    log.info("night %s (%s .. %s UTC): %d chunk(s); re-reading night(s) %s for late rows", w.night, w.start, w.end,
+             len(chunks), ", ".join(lookback) or "none")
+    return [{**c, "send_users": refresh, "lookback": lookback} for c in chunks]
 
 
 @fails_fast("transform")
@@ -217,9 +222,10 @@ def transform(program: Program, chunk: dict[str, Any], context: dict[str, Any]) 
     from loyalty_moengage.sync.chunk.job import ChunkJob
 
     loyalty, state = dsns(program)
+    lookback = tuple(Window.of_night(date.fromisoformat(d), program.time_zone) for d in chunk.get("lookback", ()))
     job = ChunkJob(program_id=program.id, window=from_context(program.time_zone, context), lo=chunk["lo"],
                    hi=chunk["hi"], label=chunk["label"], run_id=context["run_id"], send_users=chunk["send_users"],
-                   loyalty_dsn=loyalty, state_dsn=state)
+                   loyalty_dsn=loyalty, state_dsn=state, lookback=lookback)
     lookup = None
     if program.verify_customers:
         from loyalty_moengage.moengage.hook import MoEngageHook
@@ -234,10 +240,17 @@ def transform(program: Program, chunk: dict[str, Any], context: dict[str, Any]) 
 
 @fails_fast("guard")
 def guard(program: Program, context: dict[str, Any]) -> dict[str, Any]:
-    """The anomaly guard: the night is released to the loads, or held (``guard.py``)."""
+    """The anomaly guard: the night is released to the loads, or held (``guard.py``). A held night
+    fails at once (a retry would judge the same totals); anything else, a database blip, is
+    retried: the guard decides in one transaction, so a failed try decided nothing."""
+    from loyalty_moengage.sync.send.guard import AnomalyError
+
     override = bool((context.get("params") or {}).get("skip_anomaly_guard"))
-    return sink_for(program, context).release(program=program, window=from_context(program.time_zone, context),
-                                              run_id=context["run_id"], override=override)
+    try:
+        return sink_for(program, context).release(program=program, window=from_context(program.time_zone, context),
+                                                  run_id=context["run_id"], override=override)
+    except AnomalyError as exc:
+        raise _fail(str(exc)) from exc
 
 
 @fails_fast("load")
@@ -271,7 +284,8 @@ def refresh_presence(program: Program, context: dict[str, Any]) -> dict[str, Any
     loyalty, state = dsns(program)
     hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=load_share(program, context))
     return refresh(program_id=program.id, loyalty_dsn=loyalty, state_dsn=state, lookup=hook.existing_customers,
-                   seconds=program.presence_refresh_minutes * 60, since_days=program.presence_refresh_days)
+                   seconds=program.presence_refresh_minutes * 60, since_days=program.presence_refresh_days,
+                   lifetime_hours=program.presence_lifetime_hours)
 
 
 def _emit_metrics(program: Program, body: dict[str, Any], context: dict[str, Any]) -> None:

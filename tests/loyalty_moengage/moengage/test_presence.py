@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import psycopg
 import pytest
 
-from loyalty_moengage.moengage.presence import ABSENT_RECHECK, known_customers
+from loyalty_moengage.moengage.presence import ABSENT_RECHECK, cached_presence, known_customers, renewals_due
 
 PROGRAM = "p1"
+#: A program's presence lifetime (``presence_lifetime_hours``, default 168).
+LIFETIME = timedelta(hours=168)
 
 
 class Lookup:
@@ -28,8 +32,8 @@ def conn(loyalty_db):
         yield c
 
 
-def check(conn, customer_ids, lookup, program_id=PROGRAM):
-    result = known_customers(conn, program_id, customer_ids, lookup)
+def check(conn, customer_ids, lookup, program_id=PROGRAM, lifetime=LIFETIME):
+    result = known_customers(conn, program_id, customer_ids, lookup, lifetime=lifetime)
     conn.commit()
     return result
 
@@ -61,10 +65,11 @@ def test_cache_hits_need_no_lookup(conn):
     assert len(lookup.calls) == 1  # the absent REL-2 is fresh: not asked again
 
 
-def test_presence_is_cached_for_good(conn):
+def test_presence_is_cached_for_its_lifetime(conn):
+    """Was ``..._cached_for_good`` (aged 400 days): a confirmation is now trusted for the lifetime only."""
     lookup = Lookup({"REL-1"})
     check(conn, ["REL-1"], lookup)
-    age(conn, "REL-1", "400 days")
+    age(conn, "REL-1", "167 hours 59 minutes")
     lookup.existing.clear()  # even if MoEngage would now say otherwise
     assert check(conn, ["REL-1"], lookup) == ({"REL-1"}, 0)
     assert len(lookup.calls) == 1
@@ -113,7 +118,7 @@ def test_a_failed_lookup_caches_nothing(conn):
         raise RuntimeError("Get User API refused")
 
     with pytest.raises(RuntimeError):
-        known_customers(conn, PROGRAM, ["REL-1"], failing)
+        known_customers(conn, PROGRAM, ["REL-1"], failing, lifetime=LIFETIME)
     conn.rollback()
     assert cached(conn) == {}
     assert check(conn, ["REL-1"], Lookup({"REL-1"})) == ({"REL-1"}, 1)
@@ -121,8 +126,8 @@ def test_a_failed_lookup_caches_nothing(conn):
 
 def test_twice_in_one_transaction(conn):
     lookup = Lookup({"REL-1"})
-    assert known_customers(conn, PROGRAM, ["REL-1", "REL-2"], lookup) == ({"REL-1"}, 2)
-    assert known_customers(conn, PROGRAM, ["REL-2", "REL-3"], lookup) == (set(), 1)
+    assert known_customers(conn, PROGRAM, ["REL-1", "REL-2"], lookup, lifetime=LIFETIME) == ({"REL-1"}, 2)
+    assert known_customers(conn, PROGRAM, ["REL-2", "REL-3"], lookup, lifetime=LIFETIME) == (set(), 1)
     conn.commit()
     assert lookup.calls == [["REL-1", "REL-2"], ["REL-3"]]
 
@@ -145,3 +150,66 @@ def test_an_absence_confirmed_again_waits_twice_as_long_before_the_next_lookup(c
     assert check(conn, ["REL-8"], lookup) == ({"REL-8"}, 1)
     assert conn.execute("SELECT present, absent_checks FROM moengage_sync.customer_presence").fetchone() == (True, 0)
     assert len(lookup.calls) == 4
+
+
+def test_a_presence_older_than_its_lifetime_is_looked_up_again_and_a_deleted_customer_is_absent(conn):
+    """Customers are deleted in MoEngage (erasure): past the lifetime the cache no longer answers
+    for them, so no event is sent for one MoEngage no longer has."""
+    lookup = Lookup({"REL-1", "REL-2"})
+    check(conn, ["REL-1", "REL-2"], lookup)
+    age(conn, "REL-1", "168 hours 1 minute")
+    age(conn, "REL-2", "168 hours 1 minute")
+    lookup.existing.discard("REL-1")                        # erased in MoEngage since
+    assert cached_presence(conn, PROGRAM, ["REL-1", "REL-2"], lifetime=LIFETIME) == (set(), ["REL-1", "REL-2"])
+    conn.commit()
+    assert check(conn, ["REL-1", "REL-2"], lookup) == ({"REL-2"}, 2)
+    assert lookup.calls[-1] == ["REL-1", "REL-2"]
+    assert cached(conn) == {"REL-1": False, "REL-2": True}
+    # The answer starts a new lifetime (REL-2) or the absences' back-off (REL-1): no lookup now.
+    assert check(conn, ["REL-1", "REL-2"], lookup) == ({"REL-2"}, 0)
+    assert conn.execute("SELECT customer_id, absent_checks, checked_at > now() - interval '1 minute' FROM "
+                        "moengage_sync.customer_presence ORDER BY 1").fetchall() == [("REL-1", 1, True),
+                                                                                    ("REL-2", 0, True)]
+
+
+def test_the_lifetime_is_the_callers_and_absences_keep_their_back_off(conn):
+    lookup = Lookup({"REL-1"})
+    check(conn, ["REL-1", "REL-9"], lookup)                 # REL-9 absent
+    age(conn, "REL-1", "49 hours")
+    age(conn, "REL-9", "19 hours")
+    assert check(conn, ["REL-1", "REL-9"], lookup) == ({"REL-1"}, 0)                       # 168 h: still trusted
+    assert check(conn, ["REL-1", "REL-9"], lookup, lifetime=timedelta(hours=48)) == ({"REL-1"}, 1)   # 48 h: not
+    assert check(conn, ["REL-9"], lookup, lifetime=timedelta(hours=720)) == (set(), 0)   # absence: 20 h, not 720
+    age(conn, "REL-9", "21 hours")
+    assert check(conn, ["REL-9"], lookup, lifetime=timedelta(hours=24)) == (set(), 1)
+    assert lookup.calls == [["REL-1", "REL-9"], ["REL-1"], ["REL-9"]]
+
+
+def test_present_keeps_its_meaning_when_it_expires(conn):
+    """``present`` is the last answer: an expired one is still true (receipts.py filters on it) until
+    a lookup says otherwise; only the cache's trust in it ends."""
+    check(conn, ["REL-1"], Lookup({"REL-1"}))
+    age(conn, "REL-1", "400 days")
+    assert cached(conn) == {"REL-1": True}
+    assert cached_presence(conn, PROGRAM, ["REL-1"], lifetime=LIFETIME) == (set(), ["REL-1"])
+
+
+def test_renewals_due_are_present_customers_near_expiry_or_imported_oldest_first(conn):
+    check(conn, ["OLD", "OLDER", "EXPIRED", "NEW", "GONE"], Lookup({"OLD", "OLDER", "EXPIRED", "NEW"}))
+    age(conn, "OLD", "130 hours")
+    age(conn, "OLDER", "160 hours")
+    age(conn, "EXPIRED", "200 hours")
+    age(conn, "GONE", "300 hours")                             # an absence: not a renewal
+    conn.execute("INSERT INTO moengage_sync.customer_presence (program_id, customer_id, present, imported) "
+                 "VALUES (%s, 'IMPORTED', true, true)", (PROGRAM,))
+    conn.commit()
+    ids = ["NEW", "OLD", "OLDER", "EXPIRED", "GONE", "IMPORTED", "UNKNOWN"]
+    assert renewals_due(conn, PROGRAM, ids, older_than=LIFETIME * 0.75) == ["EXPIRED", "OLDER", "OLD", "IMPORTED"]
+    assert renewals_due(conn, PROGRAM, ["NEW", "OLD"], older_than=LIFETIME * 0.75) == ["OLD"]
+    assert renewals_due(conn, PROGRAM, [], older_than=LIFETIME) == []
+    conn.commit()
+    # An answer confirms an imported customer: no longer due until its confirmation ages.
+    check(conn, ["IMPORTED"], Lookup({"IMPORTED"}), lifetime=timedelta(0))
+    assert renewals_due(conn, PROGRAM, ["IMPORTED"], older_than=LIFETIME * 0.75) == []
+    assert conn.execute("SELECT imported FROM moengage_sync.customer_presence WHERE customer_id = 'IMPORTED'"
+                        ).fetchone() == (False,)

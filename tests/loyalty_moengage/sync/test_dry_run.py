@@ -110,6 +110,7 @@ def _agree(summary: dict, report: dict, requests: int) -> None:
     assert summary["events_by_type"] == report["events_by_type"]
     assert summary["events_extracted"] == report["events_extracted"]
     assert summary["events_already_sent"] == report["events_already_sent"]
+    assert summary["late_rows_found"] == report["late_rows_found"]
     assert summary["members_extracted"] == report["members_extracted"]
     assert summary["members"] == report["members_enqueued"]
     assert summary["attributes_refresh"] == (not report["attributes_skipped"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from loyalty_moengage.night import Window
@@ -57,6 +58,22 @@ class Rejects:
 
 
 @dataclass
+class Lookback:
+    """What the earlier nights re-read for late rows added (``plan.lookback_nights``). Their events
+    ride in ``Checked.events`` (the gate and the pack treat every event alike) but are never the
+    night's: not in its extracted rows, its events extracted or its reject share. Their bad rows
+    are kept by their own night, where that night's run recorded them (``rejects``)."""
+
+    event_ids: Any = None       # pa.Array: the lookback's events in Checked.events; or None
+    rows_read: int = 0          # rows the lookback's templates returned
+    rejects: dict[date, Rejects] = field(default_factory=dict)
+
+    @property
+    def events(self) -> int:
+        return 0 if self.event_ids is None else len(self.event_ids)
+
+
+@dataclass
 class Checked:
     """A chunk after the row checks: one table of sendable events, the members, the rejects."""
 
@@ -67,10 +84,17 @@ class Checked:
     rows_extracted: int
     members_extracted: int
     rejects: Rejects
+    lookback: Lookback = field(default_factory=Lookback)
 
     @property
     def event_count(self) -> int:
+        """Every event the gate and the pack see, the lookback's included."""
         return 0 if self.events is None else self.events.num_rows
+
+    @property
+    def night_event_count(self) -> int:
+        """The night's own events (what the anomaly guard judges)."""
+        return self.event_count - self.lookback.events
 
     @property
     def user_count(self) -> int:
@@ -96,6 +120,31 @@ def check_chunk(extracts: list[Any], window: Window) -> Checked:
     if ev_tables:
         checked.events = _event_table(ev_tables, checked.rejects)
     return checked
+
+
+def add_lookback(checked: Checked, earlier: list[tuple[Window, list[Any]]]) -> None:
+    """Each earlier night's re-read rows checked as that night's run checked them (its window:
+    the same reasons, the same elements), and its events not already in the chunk added to
+    ``checked.events``; counted apart (:class:`Lookback`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    added = []
+    for window, extracts in earlier:
+        night = check_chunk(extracts, window)
+        checked.lookback.rows_read += night.rows_extracted
+        checked.lookback.rejects[window.night] = night.rejects
+        if night.events is None:
+            continue
+        if checked.events is not None:   # an event the chunk has already (tonight's, a newer night's) is sent once
+            seen = checked.events.column("event_id").combine_chunks()
+            night.events = night.events.filter(pc.invert(pc.is_in(night.events.column("event_id"), value_set=seen)))
+        if night.events.num_rows:
+            added.append(night.events.column("event_id"))
+            checked.events = (night.events if checked.events is None
+                              else pa.concat_tables([checked.events, night.events]))
+    if added:
+        checked.lookback.event_ids = pa.chunked_array([c for col in added for c in col.chunks], pa.string())
 
 
 def _checked_table(ex: Any, window: Window, checked: Checked) -> tuple[Any, dict[str, str]]:

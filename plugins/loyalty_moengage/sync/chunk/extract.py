@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from loyalty_moengage.sync.chunk.contract import Template, TemplateDataError, TemplateError, check_columns
 
@@ -86,13 +86,14 @@ def copy_out(conn: Any, query: str) -> io.BytesIO:
     return buf
 
 
-def extract(conn: Any, template: Template, params: dict[str, Any]) -> Extract:
+def extract(conn: Any, template: Template, params: dict[str, Any], kinds: dict[str, str] | None = None) -> Extract:
+    """The template's rows for ``params``; ``kinds``, when given, are its columns' already described."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     import psycopg
 
-    kinds = describe(conn, template, params)
+    kinds = kinds or describe(conn, template, params)
     try:
         buf = copy_out(conn, render(conn, template, params))
     except psycopg.errors.DataError as exc:
@@ -127,8 +128,19 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def extract_chunk(loyalty_dsn: str, params: dict[str, Any]) -> list[Extract]:
-    """Every template's rows of one chunk, from one consistent snapshot."""
+def reads_window(template: Template) -> bool:
+    """Does the template select the rows *recorded* in the night's window (it uses
+    ``%(window_start)s`` outside its comments)? Only those can miss a row committed late, so only
+    those are re-read for late rows; a template of the state at the night's end (expiring soon:
+    ``window_end`` and ``night`` only) is a reminder for that night, not a row that can be late."""
+    code = "\n".join(line.split("--", 1)[0] for line in template.sql.splitlines())
+    return "%(window_start)s" in code
+
+
+def extract_chunk(loyalty_dsn: str, params: dict[str, Any],
+                  lookback: Sequence[dict[str, Any]] = ()) -> tuple[list[Extract], list[list[Extract]]]:
+    """Every template's rows of one chunk, and for each lookback night's parameters the rows of the
+    templates that read the recorded window (:func:`reads_window`), all from one consistent snapshot."""
     from loyalty_moengage.db import connect
     from loyalty_moengage.sync.chunk.contract import load_templates
 
@@ -136,5 +148,7 @@ def extract_chunk(loyalty_dsn: str, params: dict[str, Any]) -> list[Extract]:
         conn.execute(SESSION_SETTINGS)
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         extracts = [extract(conn, t, params) for t in load_templates()]
+        windowed = [e for e in extracts if e.template.kind == "events" and reads_window(e.template)]
+        earlier = [[extract(conn, e.template, night, e.kinds) for e in windowed] for night in lookback]
         conn.rollback()
-    return extracts
+    return extracts, earlier

@@ -19,8 +19,16 @@ class ChunkJob:
     send_users: bool        # the plan's decision: this night refreshes attributes
     loyalty_dsn: str
     state_dsn: str
+    # Earlier nights re-read for late rows (``plan.lookback_nights``), newest first; () = none.
+    lookback: tuple[Window, ...] = ()
 
     @property
     def params(self) -> dict[str, Any]:
         """The SQL templates' parameters."""
         return self.window.params(self.program_id, self.lo, self.hi)
+
+    @property
+    def lookback_params(self) -> list[dict[str, Any]]:
+        """Each lookback night's own parameters (its window and night): the same chunk, re-read
+        exactly as that night's run read it."""
+        return [w.params(self.program_id, self.lo, self.hi) for w in self.lookback]

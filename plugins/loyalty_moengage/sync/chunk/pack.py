@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from loyalty_moengage.sync.chunk.check import NOT_IN_MOENGAGE, Checked, Rejects
-from loyalty_moengage.sync.outbox.enqueue import NewBatch
+from loyalty_moengage.sync.outbox.enqueue import NewBatch, Reliance
 from loyalty_moengage.sync.chunk.gate import Known
 
 
@@ -27,6 +27,7 @@ class Packed:
     customer_lookups: int = 0         # Get User API lookups the gate made
     attributes_skip_reason: str | None = None
     awaiting: Any = None              # pa.Table of events whose customer is checked later (same columns as events)
+    reliance: Reliance = Reliance()   # other runs' staged work the events dropped as already sent wait in
 
     @property
     def batches(self) -> list[NewBatch]:
@@ -44,7 +45,7 @@ def pack_chunk(checked: Checked, known: Known) -> Packed:
     user_batches = _pack_users(checked, rejects) if known.send_users else []
     return Packed(events=events, event_batches=event_batches, keys=keys, user_batches=user_batches, rejects=rejects,
                   events_by_type=by_type, events_already_sent=already, not_in_moengage=absent, customer_lookups=known.lookups,
-                  attributes_skip_reason=known.attributes_skip_reason, awaiting=awaiting)
+                  attributes_skip_reason=known.attributes_skip_reason, awaiting=awaiting, reliance=known.reliance)
 
 
 def _new_events(events: Any, known: Known, rejects: Rejects) -> tuple[Any, int, int, Any]:

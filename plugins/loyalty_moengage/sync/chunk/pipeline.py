@@ -5,6 +5,8 @@ outbox enqueues, the dry run keeps counts and samples), so a dry run's counts ar
 A retried or cleared chunk either finds its work done (``sink.done_before``) or redoes all of
 it. Two runs enqueuing the same events at once collide in the sink's transaction
 (``sink.Collision``); the loser reads what is known again and finds those events enqueued.
+The events of the earlier nights the plan re-reads (``job.lookback``) go through the same gate:
+those some run enqueued are dropped, the rest are late rows, enqueued with this night.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class StageTimer:
 
 def run_chunk(job: ChunkJob, sink: Sink, *, lookup: Lookup | None = None) -> dict[str, Any]:
     """Extract, check, gate, pack and write one member-id range; returns its stats."""
-    from loyalty_moengage.sync.chunk.check import check_chunk
+    from loyalty_moengage.sync.chunk.check import add_lookback, check_chunk
     from loyalty_moengage.sync.chunk.extract import extract_chunk
     from loyalty_moengage.sync.chunk.gate import read_known
     from loyalty_moengage.sync.chunk.pack import pack_chunk
@@ -51,9 +53,10 @@ def run_chunk(job: ChunkJob, sink: Sink, *, lookup: Lookup | None = None) -> dic
         return done
     timer = StageTimer()
     with timer("extract"):
-        extracts = extract_chunk(job.loyalty_dsn, job.params)
+        extracts, earlier = extract_chunk(job.loyalty_dsn, job.params, job.lookback_params)
     with timer("transform"):
         checked = check_chunk(extracts, job.window)
+        add_lookback(checked, list(zip(job.lookback, earlier)))   # late rows of earlier nights
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         with timer("lookup"):
             known = read_known(job, checked, lookup, defer=sink.defers_lookups)

@@ -1,10 +1,11 @@
-"""Split a night into member-id chunks and decide whether this night refreshes attributes."""
+"""Split a night into member-id chunks, decide whether this night refreshes attributes, and which
+earlier nights it re-reads for late rows."""
 
 from __future__ import annotations
 
 import logging
 import math
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -74,3 +75,24 @@ def decide_attribute_refresh(conn: Any, *, program_id: str, night: date, run_id:
     )
     conn.commit()
     return True, None
+
+
+def lookback_nights(conn: Any, *, program_id: str, night: date, nights: int, oldest: date) -> list[date]:
+    """The earlier nights this run re-reads for late rows, newest first: of the ``nights`` before
+    ``night``, those a run released (its anomaly guard passed, or was overridden) and not older
+    than ``oldest`` (the audit retention, past which event keys are gone).
+
+    A late row (recorded in a night's window, committed after that night's run extracted) is
+    found by the next run. A night never released is not re-read: its events are not late rows
+    but a night to backfill (with its own guard and report), and a held night's events must not
+    slip out through the next night. Read-only, so a dry run decides the same.
+    """
+    wanted = [night - timedelta(days=k) for k in range(1, nights + 1) if night - timedelta(days=k) >= oldest]
+    if not wanted:
+        return []
+    released = {r[0] for r in conn.execute(
+        "SELECT DISTINCT night FROM moengage_sync.task_stats WHERE program_id = %s AND stage = 'guard' "
+        "AND night = ANY(%s) AND (stats->'problems' = '[]'::jsonb OR coalesce((stats->>'overridden')::boolean, false))",
+        (program_id, wanted))}
+    conn.commit()
+    return [d for d in wanted if d in released]

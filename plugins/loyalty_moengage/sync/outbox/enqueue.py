@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Iterable
 
+from loyalty_moengage.sync.outbox.states import STAGED
+
 
 @dataclass(frozen=True)
 class NewBatch:
@@ -21,22 +23,68 @@ class NewBatch:
     events: int
 
 
-def existing_event_ids(conn: Any, program_id: str, event_ids: list[str]) -> set[str]:
-    """Which of these event_ids were already enqueued for the program (by any run, ever)."""
+@dataclass(frozen=True)
+class Reliance:
+    """Events a chunk leaves to another run's work that only its guard's withdrawal would undo:
+    that run's ``staged`` batches holding some of them, and its unreleased awaiting events."""
+    batches: frozenset[int] = frozenset()
+    awaiting: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.batches or self.awaiting)
+
+
+def enqueued_events(conn: Any, program_id: str, event_ids: list[str], *,
+                    run_id: str | None = None) -> tuple[set[str], Reliance]:
+    """Which of these event_ids were already enqueued for the program (by any run, ever), and what
+    of them a run other than ``run_id`` holds in work its guard could still withdraw."""
     if not event_ids:
-        return set()
+        return set(), Reliance()
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS _candidates (event_id text) ON COMMIT DELETE ROWS")
     with conn.cursor() as cur:
         with cur.copy("COPY _candidates (event_id) FROM STDIN") as copy:
             copy.write("\n".join(_copy_text(e) for e in event_ids) + "\n")
         cur.execute(
-            "SELECT c.event_id FROM _candidates c JOIN moengage_sync.event_keys k "
-            "ON k.program_id = %s AND k.event_id = c.event_id",
-            (program_id,),
+            "SELECT c.event_id, CASE WHEN b.state = 'staged' AND b.run_id <> %s THEN b.batch_id END, "
+            "a.event_id IS NOT NULL FROM _candidates c JOIN moengage_sync.event_keys k "
+            "ON k.program_id = %s AND k.event_id = c.event_id "
+            "LEFT JOIN moengage_sync.batches b ON b.batch_id = k.batch_id "
+            "LEFT JOIN moengage_sync.awaiting_presence a ON k.batch_id IS NULL AND a.program_id = k.program_id "
+            "AND a.event_id = k.event_id AND NOT a.released AND a.run_id <> %s",
+            (run_id, program_id, run_id),
         )
-        found = {r[0] for r in cur.fetchall()}
+        rows = cur.fetchall()
         cur.execute("TRUNCATE _candidates")
-    return found
+    return {r[0] for r in rows}, Reliance(batches=frozenset(r[1] for r in rows if r[1] is not None),
+                                          awaiting=frozenset(r[0] for r in rows if r[2]))
+
+
+def rely_on(conn: Any, *, program_id: str, run_id: str, reliance: Reliance) -> int:
+    """Record, in the chunk's transaction, that ``run_id`` relies on this work of other runs (read
+    by the gate before the transaction), so their failing guards keep it for this run's guard
+    (``send/guard.py`` says why and the lock order). Locks it ``FOR SHARE`` first, in key order,
+    batches before awaiting rows. Returns how many are gone (withdrawn since the gate read them,
+    or their awaiting events checked since): the caller must read what is known again."""
+    gone = 0
+    if reliance.batches:
+        ids = sorted(reliance.batches)
+        found = conn.execute("SELECT batch_id FROM moengage_sync.batches WHERE batch_id = ANY(%s) "
+                             "ORDER BY batch_id FOR SHARE", (ids,)).fetchall()
+        gone += len(ids) - len(found)
+        # Released meanwhile: no withdrawal can take those, nothing to record.
+        conn.execute("INSERT INTO moengage_sync.batch_reliance (batch_id, run_id, program_id, night) "
+                     "SELECT batch_id, %s, program_id, night FROM moengage_sync.batches WHERE batch_id = ANY(%s) "
+                     "AND state = %s ON CONFLICT DO NOTHING", (run_id, ids, STAGED))
+    if reliance.awaiting:
+        events = sorted(reliance.awaiting)
+        found = conn.execute("SELECT event_id FROM moengage_sync.awaiting_presence WHERE program_id = %s "
+                             "AND event_id = ANY(%s) ORDER BY event_id FOR SHARE", (program_id, events)).fetchall()
+        gone += len(events) - len(found)
+        conn.execute("INSERT INTO moengage_sync.awaiting_reliance (program_id, event_id, run_id, night) "
+                     "SELECT program_id, event_id, %s, night FROM moengage_sync.awaiting_presence "
+                     "WHERE program_id = %s AND event_id = ANY(%s) AND NOT released ON CONFLICT DO NOTHING",
+                     (run_id, program_id, events))
+    return gone
 
 
 def _copy_text(value: str) -> str:

@@ -37,6 +37,7 @@ class ReceiptSettings:
     attribute: str = "loyalty_sync_receipt"
     wait_seconds: float = 900.0     # how long after a POST left an absent receipt means "not applied"
     workspace: str = ""             # the MoEngage workspace receipts are written to: carriers' key
+    presence_hours: float = 168.0   # a carrier's confirmation must be younger (presence_lifetime_hours)
 
     @property
     def quiet_seconds(self) -> float:
@@ -54,7 +55,8 @@ class ReceiptSettings:
         if config is not None:
             # A request still in flight (up to the read timeout) may land after a later probe.
             wait = max(wait, float(config.visibility_seconds) + float(config.timeout))
-        return cls(attribute=program.receipt_attribute, wait_seconds=wait, workspace=workspace_key(config))
+        return cls(attribute=program.receipt_attribute, wait_seconds=wait, workspace=workspace_key(config),
+                   presence_hours=float(getattr(program, "presence_lifetime_hours", 168)))
 
 
 def workspace_key(config: Any) -> str:
@@ -85,7 +87,7 @@ def stamp(conn: Any, *, program_id: str, batch_id: int, attempt: int, body: byte
     token = f"b{batch_id}.{attempt}.{uuid.uuid4().hex[:6]}"
     carrier = take_carrier(conn, program_id=program_id, workspace=settings.workspace,
                            candidates=_event_customers(body), token=token, batch_id=batch_id,
-                           quiet_seconds=settings.quiet_seconds)
+                           quiet_seconds=settings.quiet_seconds, presence_hours=settings.presence_hours)
     if carrier is None:
         return None
     stamped = body[: -len(BODY_SUFFIX)] + b"," + element(carrier, settings.attribute, token) + BODY_SUFFIX
@@ -95,19 +97,23 @@ def stamp(conn: Any, *, program_id: str, batch_id: int, attempt: int, body: byte
 
 
 def take_carrier(conn: Any, *, program_id: str, workspace: str, candidates: list[str] | None, token: str,
-                 batch_id: int | None, quiet_seconds: float) -> str | None:
+                 batch_id: int | None, quiet_seconds: float, presence_hours: float = 168.0) -> str | None:
     """Atomically take one of ``candidates`` (any present customer when None) as a carrier in
     ``workspace``: free only when no POST of any program to that workspace used it within the quiet
-    period and its last receipt (any program's batch) is settled."""
+    period and its last receipt (any program's batch) is settled. Only a customer the Get User API
+    confirmed within the presence lifetime carries one (an imported presence is no evidence): a
+    carrier erased in MoEngage would never show its receipt."""
     free = ("(r.used_at IS NULL OR (r.used_at < now() - make_interval(secs => %(quiet)s) AND NOT EXISTS ("
             "SELECT 1 FROM moengage_sync.batches b WHERE b.batch_id = r.batch_id "
             "AND b.state IN ('sending', 'uncertain'))))")
     params: dict[str, Any] = {"p": program_id, "c": candidates, "quiet": quiet_seconds, "token": token,
-                              "batch": batch_id, "ws": workspace or f"program:{program_id}"}
+                              "batch": batch_id, "ws": workspace or f"program:{program_id}",
+                              "hours": presence_hours}
     rows = conn.execute(
         "SELECT p.customer_id FROM moengage_sync.customer_presence p LEFT JOIN moengage_sync.receipt_carriers r "
         "ON r.workspace = %(ws)s AND r.customer_id = p.customer_id "
-        "WHERE p.program_id = %(p)s AND p.present AND " + ("p.customer_id = ANY(%(c)s) AND " if candidates else "")
+        "WHERE p.program_id = %(p)s AND p.present AND NOT p.imported "
+        "AND p.checked_at > now() - make_interval(hours => %(hours)s::int) AND " + ("p.customer_id = ANY(%(c)s) AND " if candidates else "")
         + free + (" LIMIT 8" if candidates else " ORDER BY p.checked_at DESC LIMIT 8"), params).fetchall()
     for (cid,) in rows:
         taken = conn.execute(

@@ -21,6 +21,8 @@ def render(report: dict[str, Any]) -> str:
     if report.get("events_sent_other_nights"):
         lines.append(f"    (this run's load also sent {report['events_sent_other_nights']:,} events of other nights)")
     lines += _by_type_lines(report["events_by_type"])
+    lines.append(f"  late rows found {report.get('late_rows_found', 0):,} (events of earlier nights committed after "
+                 "their run read them: enqueued with this night, counted above)")
     skipped = " (attribute refresh skipped)" if report["attributes_skipped"] else ""
     lines.append(f"  members extracted {report['members_extracted']:,}, updated {report['members_updated']:,}{skipped}")
     if report["quarantined_by_reason"]:
@@ -56,6 +58,8 @@ def render_dry_run(summary: dict[str, Any]) -> str:
              f"  events that would be sent {s['events']:,} (extracted {s['events_extracted']:,}, already sent by "
              f"earlier runs {s['events_already_sent']:,})"]
     lines += _by_type_lines(s["events_by_type"])
+    lines.append(f"  late rows that would be sent {s.get('late_rows_found', 0):,} (of them; lookback re-read "
+                 f"{', '.join(s.get('lookback_nights', [])) or 'no night'}: {s.get('lookback_rows_read', 0):,} rows)")
     refresh = "yes" if s["attributes_refresh"] else f"no ({s['attributes_skip_reason']})"
     if s["attributes_refresh"] and s.get("attributes_taken"):
         refresh += f", but {s['attributes_taken']}"

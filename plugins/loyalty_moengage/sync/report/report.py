@@ -8,6 +8,9 @@ What a report counts: the night, whichever run sent it (events sent and members 
 the night's sent batches, so a backfill delivered by a later run's load slots still counts for
 its own night), the run's own transform work (events it enqueued, skipped as already sent),
 and what the run's slots sent of *other* nights (``events_sent_other_nights``, with a note).
+Late rows (``late_rows_found``, with a note) are events of the earlier nights the run re-read
+(``plan.lookback_nights``) that no run had enqueued: they go out in this night's batches, so
+they are in its events enqueued and sent, never in its events extracted.
 When a run sends or settles an older night's batches, that night's latest report is brought
 up to date too (:func:`refresh_nights`). The outcome (``outcome.py``) is ``success`` only when
 every batch of the night is settled; batches only a person can settle are listed under "needs
@@ -29,7 +32,7 @@ COLUMNS = ("program_id", "night", "run_id", "outcome", "window_start", "window_e
            "events_enqueued", "events_already_sent", "events_sent", "events_extracted", "uncertain_batches",
            "members_extracted", "members_enqueued", "members_updated", "needs_attention", "events_sent_other_nights",
            "attributes_skipped", "quarantined_by_reason", "batches_by_state", "requests", "throttled", "retries",
-           "bytes_sent", "stage_seconds", "notes")
+           "bytes_sent", "stage_seconds", "notes", "late_rows_found")
 JSON_COLUMNS = ("events_by_type", "quarantined_by_reason", "batches_by_state", "stage_seconds", "needs_attention")
 KEY = ("program_id", "night", "run_id")
 
@@ -66,6 +69,8 @@ def build(conn: Any, *, program_id: str, window: Window, run_id: str, outcome: s
     if other_events:
         notes = [*notes, f"this run also sent {int(other_events):,} events of {other_nights} other night(s)"]
     counts, loads = stages.chunks.counts, stages.loads
+    if counts["late_rows_found"]:
+        notes = [*notes, late_rows_note(counts["late_rows_found"], stages.plan.get("lookback_nights", []))]
     return {
         "program_id": program_id, "night": night.isoformat(), "run_id": run_id, "outcome": outcome,
         "window_start": window.start.isoformat(), "window_end": window.end.isoformat(),
@@ -73,6 +78,7 @@ def build(conn: Any, *, program_id: str, window: Window, run_id: str, outcome: s
         "events_enqueued": counts["events_enqueued"], "events_already_sent": counts["events_already_sent"],
         "events_sent": sent_events, "events_sent_other_nights": int(other_events),
         "events_extracted": counts["events_extracted"], "uncertain_batches": batches.get("uncertain", 0),
+        "late_rows_found": counts["late_rows_found"],
         "members_extracted": counts["members_extracted"], "members_enqueued": counts["members_enqueued"],
         "members_updated": sent_users,
         "attributes_skipped": bool(stages.plan.get("skip_reason")),
@@ -85,6 +91,12 @@ def build(conn: Any, *, program_id: str, window: Window, run_id: str, outcome: s
         "needs_attention": needs_attention(conn, program_id, night),
         "notes": notes,
     }
+
+
+def late_rows_note(late: int, nights: list[str]) -> str:
+    """Why a night's report counts events of earlier nights (``late_rows_found``)."""
+    return (f"{late:,} late row(s): events recorded in the window of night(s) {', '.join(nights) or '?'} but "
+            "committed after that night's run read it, found by this run's lookback and enqueued with this night")
 
 
 def night_sent(conn: Any, program_id: str, night: Any) -> tuple[int, int]:

@@ -19,7 +19,8 @@ def enforce_retention(conn: Any, *, program_id: str, night: date, retention_days
     # Two days of grace: a run of the oldest night the plan still accepts may be going on while
     # a newer night's report runs (the plan refuses anything older than retention_days).
     cutoff = date.fromordinal(night.toordinal() - retention_days - RETENTION_GRACE_DAYS)
-    for table in ("event_keys", "quarantine", "task_stats", "attribute_chunks", "awaiting_presence"):
+    for table in ("event_keys", "quarantine", "task_stats", "attribute_chunks", "awaiting_presence",
+                  "night_verdicts", "batch_reliance", "awaiting_reliance"):
         cur = conn.execute(f"DELETE FROM moengage_sync.{table} WHERE program_id = %s AND night < %s", (program_id, cutoff))
         counts[f"{table}_deleted"] = cur.rowcount
     cur = conn.execute(

@@ -10,14 +10,14 @@ from typing import Any, Iterable
 
 import orjson
 
-from loyalty_moengage.sync.chunk.check import Checked
+from loyalty_moengage.sync.chunk.check import NOT_IN_MOENGAGE, Checked
 from loyalty_moengage.sync.chunk.job import ChunkJob
 from loyalty_moengage.sync.chunk.pack import Packed
 
 #: The per-chunk counts that add up over a night (:func:`chunk_stats` writes them).
 CHUNK_COUNTS = ("rows_extracted", "events_extracted", "events_enqueued", "events_already_sent", "not_in_moengage",
                 "customer_lookups", "members_extracted", "members_enqueued", "batches", "event_requests",
-                "user_requests", "bytes", "events_awaiting_presence")
+                "user_requests", "bytes", "events_awaiting_presence", "late_rows_found", "lookback_rows_read")
 #: What the deferred presence lookups add to the night's chunk counts (``lookups.py``).
 PRESENCE_COUNTS = ("events_enqueued", "not_in_moengage", "customer_lookups", "batches", "event_requests", "bytes")
 #: The per-slot counts that add up over a night's loads.
@@ -25,14 +25,21 @@ LOAD_COUNTS = ("requests", "throttled", "retries", "bytes_sent")
 
 
 def chunk_stats(job: ChunkJob, checked: Checked, packed: Packed, seconds: Counter[str]) -> dict[str, Any]:
-    """The chunk's measurements, as the guard, the report and the dry run's summary fold them."""
+    """The chunk's measurements, as the guard, the report and the dry run's summary fold them.
+
+    The night's counts are the night's own: the lookback's rows (``checked.lookback``) are in
+    ``lookback_rows_read``, its new events in ``late_rows_found`` (and, being in this run's
+    batches, in ``events_enqueued`` and ``events_by_type``), its already-enqueued ones nowhere."""
+    late = late_rows(checked, packed)
     stats: dict[str, Any] = {
         "label": job.label,
         "rows_extracted": checked.rows_extracted,
         "events_by_type": dict(packed.events_by_type),
-        "events_extracted": checked.event_count,
+        "events_extracted": checked.night_event_count,
         "events_enqueued": sum(packed.events_by_type.values()),
-        "events_already_sent": packed.events_already_sent,
+        "events_already_sent": packed.events_already_sent - (checked.lookback.events - late),
+        "late_rows_found": late,
+        "lookback_rows_read": checked.lookback.rows_read,
         "not_in_moengage": packed.not_in_moengage,
         "customer_lookups": packed.customer_lookups,
         "events_awaiting_presence": packed.awaiting.num_rows if packed.awaiting is not None else 0,
@@ -48,6 +55,24 @@ def chunk_stats(job: ChunkJob, checked: Checked, packed: Packed, seconds: Counte
     if packed.attributes_skip_reason:
         stats["attributes_skip_reason"] = packed.attributes_skip_reason
     return stats
+
+
+def late_rows(checked: Checked, packed: Packed) -> int:
+    """The lookback's events no run had enqueued: the pack kept them, left them to their
+    customer's check, or found their customer unknown to MoEngage (the rest it dropped as already
+    enqueued). The same count whether the lookups are deferred (a real run) or not (a dry run)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = checked.lookback.event_ids
+    if ids is None or not len(ids):
+        return 0
+    new = [t.column("event_id").combine_chunks() for t in (packed.events, packed.awaiting)
+           if t is not None and t.num_rows]
+    absent = [key for _, reason, key, _ in packed.rejects.rows if reason == NOT_IN_MOENGAGE and key is not None]
+    new.append(pa.array(absent, pa.string()))
+    found = pc.is_in(ids, value_set=pa.concat_arrays([a.cast(pa.string()) for a in new]))
+    return int(pc.sum(found.cast(pa.int64())).as_py() or 0)
 
 
 def record_stats(conn: Any, *, program_id: str, night: date, run_id: str, stage: str, key: str,

@@ -123,6 +123,9 @@ def _one_group(conn: Any, *, program_id: str, up_to_night: date, run_id: str,
     """Take a group (SKIP LOCKED: other slots' workers take others), look its customers up,
     enqueue or quarantine its events; False when there was nothing to take. The rows locked
     beyond the group's customers are unlocked by its commit, for the next group."""
+    from datetime import timedelta
+
+    from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.moengage.presence import known_customers
 
     rows = conn.execute(
@@ -139,7 +142,9 @@ def _one_group(conn: Any, *, program_id: str, up_to_night: date, run_id: str,
         return False
     group = sorted({r[3] for r in rows})[:customers]
     rows = [r for r in rows if r[3] <= group[-1]]
-    present, looked_up = known_customers(conn, program_id, group, lookup)
+    # Expired confirmations are looked up again as unknowns are (the program's presence lifetime).
+    lifetime = timedelta(hours=get_program(program_id).presence_lifetime_hours)
+    present, looked_up = known_customers(conn, program_id, group, lookup, lifetime=lifetime)
     found = [r for r in rows if r[3] in present]
     absent = [r for r in rows if r[3] not in present]
     for night in sorted({r[0] for r in rows}):
@@ -191,7 +196,9 @@ def _enqueue(conn: Any, *, program_id: str, night: date, run_id: str, rows: list
 
 def _quarantine(conn: Any, *, program_id: str, run_id: str, rows: list[tuple], reason: str | None = None) -> None:
     """Customers MoEngage does not have: their events would create profiles. Quarantined, and
-    their keys given back (a later night sends them if the customer appears in MoEngage)."""
+    their keys given back: a later run whose lookback re-reads their night (``late_row_lookback_nights``)
+    checks the customer again once the absence's re-check is due, and sends them if MoEngage has the
+    customer by then; past the lookback they stay in the quarantine."""
     import orjson
 
     from loyalty_moengage.sync.chunk.check import NOT_IN_MOENGAGE

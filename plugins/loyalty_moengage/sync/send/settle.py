@@ -203,7 +203,7 @@ def _send_probe(conn: Any, *, program_id: str, hook: Any, settings: ReceiptSetti
 
     token = f"p{uuid.uuid4().hex[:10]}"
     carrier = take_carrier(conn, program_id=program_id, workspace=settings.workspace, candidates=None, token=token,
-                           batch_id=None, quiet_seconds=settings.quiet_seconds)
+                           batch_id=None, quiet_seconds=settings.quiet_seconds, presence_hours=settings.presence_hours)
     posted_at = conn.execute("SELECT now()").fetchone()[0]
     conn.commit()
     if carrier is None:

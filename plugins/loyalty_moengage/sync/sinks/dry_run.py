@@ -12,7 +12,8 @@ sink keeps only its stats and a few sample payloads in ``moengage_sync.dry_runs`
   budget again;
 - the anomaly guard and the load do nothing, and no run report is written.
 
-The summary gives counts by event type, quarantine by reason, three sample payloads per event
+The summary gives counts by event type, the late rows the lookback would send (``late_rows_found``,
+the nights it re-read and their rows), quarantine by reason, three sample payloads per event
 type, the requests (bodies of at most 100,000 bytes) and the minutes the night needs at the
 workspace's budget: max(members / users_per_minute, events / events_per_minute).
 """
@@ -153,6 +154,8 @@ def summarise(chunks: list[dict[str, Any]], *, program_id: str, night: date, tim
         "chunks": folded.chunks, "chunks_planned": plan.get("chunks", folded.chunks),
         "events_by_type": dict(sorted(folded.events_by_type.items())), "events": counts["events_enqueued"],
         "events_extracted": counts["events_extracted"], "events_already_sent": counts["events_already_sent"],
+        "late_rows_found": counts["late_rows_found"], "lookback_rows_read": counts["lookback_rows_read"],
+        "lookback_nights": plan.get("lookback_nights", []),
         "members_extracted": counts["members_extracted"], "members": counts["members_enqueued"],
         "attributes_refresh": bool(plan.get("send_users")), "attributes_skip_reason": plan.get("skip_reason"),
         "attributes_taken": next((c["attributes_skip_reason"] for c in chunks if c.get("attributes_skip_reason")), None),

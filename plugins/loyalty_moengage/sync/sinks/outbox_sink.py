@@ -2,8 +2,10 @@
 
 A chunk's batches (``staged``), event keys, quarantine rows and stats are one transaction, so
 a retried chunk finds its work done or redoes all of it; the event keys' primary key is what
-makes reruns and backfills send no event twice. The guard makes a night's batches sendable,
-the load slots send them, the report judges the night.
+makes reruns and backfills send no event twice. Events a chunk leaves to another run's staged
+work are relied on in the same transaction, so that run's failing guard keeps them
+(``send/guard.py``). The guard makes a night's batches sendable, the load slots send them, the
+report judges the night.
 """
 
 from __future__ import annotations
@@ -113,6 +115,14 @@ class OutboxSink:
                                     events=packed.awaiting)
         enqueue.insert_quarantine(conn, program_id=job.program_id, night=night, run_id=job.run_id,
                                   rows=packed.rejects.rows)
+        for earlier, rejects in checked.lookback.rejects.items():
+            # The lookback's bad rows are kept by their own night, once: what that night's run
+            # recorded is not recorded again; only a late bad row is new (never counted tonight).
+            enqueue.insert_quarantine(conn, program_id=job.program_id, night=earlier, run_id=job.run_id,
+                                      rows=rejects.rows)
+        # Last, so its share locks are held briefly and taken after any wait on another run's keys.
+        if enqueue.rely_on(conn, program_id=job.program_id, run_id=job.run_id, reliance=packed.reliance):
+            raise Collision(f"{job.label}: another run withdrew events this chunk had left to it")
         seconds["outbox"] += time.perf_counter() - started
         stats = chunk_stats(job, checked, packed, seconds)
         record_stats(conn, program_id=job.program_id, night=night, run_id=job.run_id, stage="transform",
