@@ -10,7 +10,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: install demo test test-ui docs sandbox api bench bench-api run db-stop constraints clean drills compose-test
+.PHONY: install demo test test-ui docs sandbox api bench bench-api run db-stop constraints clean drills property compose-test
 
 $(STAMP): requirements.txt requirements-docs.txt constraints.txt pyproject.toml devtools/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -77,6 +77,12 @@ clean:
 
 drills: install
 	$(PY) -m loyalty_moengage_devtools.drills $(ARGS)
+
+# The property test of delivery: random schedules of answers, kills, lease expiries and overlapping
+# loads against the sandbox (devtools/loyalty_moengage_devtools/delivery_property.py), 500 unless
+# ARGS="--schedules 5000 --seed 1"; writes bench/results/delivery-property-latest.json.
+property: install
+	$(PY) -m loyalty_moengage_devtools.delivery_property $(ARGS)
 
 # The project on Airflow's CeleryExecutor in Docker Compose, two workers, a night and a three-night
 # backfill through the REST API; at most 20 minutes. Needs Docker (as root it installs and starts
