@@ -60,12 +60,16 @@ class Audit:
     resent_after_absence: int = 0          # lost answers resent because the receipt stayed absent
     users_resent: int = 0                  # users batches sent again after a lost answer
     nights_miscounted: dict[str, list[int]] = field(default_factory=dict)  # night: [latest report, received]
+    profiles_created: int = 0              # MoEngage profiles a request created (must stay 0)
+    deleted_recreated: int = 0             # of those: customers erased in MoEngage, then recreated
+    late_rows_found: int = 0               # rows the lookback found after their own night was extracted
 
     def figures(self) -> dict[str, int]:
         """The figures of bench/results/drills-latest.json."""
         return {k: getattr(self, k) for k in ("expected", "received", "lost", "duplicated",
                                               "duplicated_outside_uncertain", "uncertain_reported", "uncertain_left",
-                                              "settled_by_receipt", "resent_after_absence", "users_resent")}
+                                              "settled_by_receipt", "resent_after_absence", "users_resent",
+                                              "profiles_created", "deleted_recreated", "late_rows_found")}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,11 +82,14 @@ class Audit:
                 f"events_sent {self.events_sent_in_run_reports}, unexpected {self.unexpected}, "
                 f"batches {self.batches_by_state}; settled by receipt {self.settled_by_receipt}, resent after "
                 f"absence {self.resent_after_absence}, users batches resent {self.users_resent}, uncertain left "
-                f"{self.uncertain_left}, nights miscounted {self.nights_miscounted or 'none'}")
+                f"{self.uncertain_left}, nights miscounted {self.nights_miscounted or 'none'}; profiles created "
+                f"{self.profiles_created} ({self.deleted_recreated} erased then recreated), late rows found "
+                f"{self.late_rows_found}")
 
 
 def audit(state_dsn: str, program_id: str, sandbox_events: Iterable[dict[str, Any]], *,
-          uncertain_batch_ids: Iterable[int] = (), run_ids: Iterable[str] | None = None) -> Audit:
+          uncertain_batch_ids: Iterable[int] = (), run_ids: Iterable[str] | None = None,
+          profiles: dict[str, Any] | None = None) -> Audit:
     """Compare the sandbox's events with the program's enqueued events.
 
     ``uncertain_batch_ids`` adds batches a caller saw uncertain earlier (e.g. before an operator
@@ -177,4 +184,19 @@ def audit(state_dsn: str, program_id: str, sandbox_events: Iterable[dict[str, An
                  received_by_event_name=dict(received_by_name), batches_by_state=states, duplicate_samples=samples,
                  uncertain_left=len(uncertain_now), settled_by_receipt=settled.get("receipt", 0),
                  resent_after_absence=settled.get("absence", 0), users_resent=settled.get("resend", 0),
-                 nights_miscounted=miscounted)
+                 nights_miscounted=miscounted, profiles_created=int((profiles or {}).get("profiles_created", 0)),
+                 deleted_recreated=int((profiles or {}).get("deleted_recreated", 0)),
+                 late_rows_found=late_rows_found(state_dsn, program_id))
+
+
+def late_rows_found(state_dsn: str, program_id: str) -> int:
+    """What the runs' lookbacks found (the run reports' ``late_rows_found``; 0 before that column)."""
+    import psycopg
+
+    with psycopg.connect(state_dsn) as conn:
+        has = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = 'moengage_sync' "
+                           "AND table_name = 'run_reports' AND column_name = 'late_rows_found'").fetchone()
+        if not has:
+            return 0
+        return int(conn.execute("SELECT coalesce(sum(late_rows_found), 0) FROM moengage_sync.run_reports "
+                                "WHERE program_id = %s", (program_id,)).fetchone()[0])

@@ -71,7 +71,8 @@ class ProgramEnv:
     def audit(self, **kwargs: Any) -> Any:
         from loyalty_moengage_devtools.delivery_audit import audit
 
-        return audit(self.dsn, self.program_id, self.events(), **kwargs)
+        return audit(self.dsn, self.program_id, self.events(), profiles=self.sandbox.profile_stats(WORKSPACE),
+                     **kwargs)
 
     def batches(self, *states: str) -> list[dict[str, Any]]:
         import psycopg
@@ -110,7 +111,7 @@ def today_in(time_zone: str) -> date:
 def program_env(dsn: str, work_dir: Path, *, program_id: str, time_zone: str = "Asia/Kolkata", members: int = 500,
                 days: int = 4, seed: int = 7, last_night_activity: float = 1.0,
                 settings: dict[str, Any] | None = None, seed_all: bool = True,
-                history_end: date | None = None) -> Iterator[ProgramEnv]:
+                history_end: date | None = None, visibility: float = ATTRIBUTE_DELAY_SECONDS) -> Iterator[ProgramEnv]:
     """Generate the program into ``dsn``, start the sandbox, write the programs file, set the env.
 
     The env vars (LOYALTY_PROGRAMS_FILE, AIRFLOW_CONN_LOYALTY_DB, AIRFLOW_CONN_MOENGAGE_DEFAULT)
@@ -148,8 +149,7 @@ def program_env(dsn: str, work_dir: Path, *, program_id: str, time_zone: str = "
             os.environ["AIRFLOW_CONN_LOYALTY_DB"] = connection_json(dsn)
             # The connection declares how late the sandbox shows a write, as a user would for MoEngage.
             os.environ["AIRFLOW_CONN_MOENGAGE_DEFAULT"] = sandbox.connection_json(
-                WORKSPACE, API_KEY, dc="03", lookups_per_minute=100_000, timeout=5,
-                visibility_seconds=ATTRIBUTE_DELAY_SECONDS)
+                WORKSPACE, API_KEY, dc="03", lookups_per_minute=100_000, timeout=5, visibility_seconds=visibility)
             nights = [today - timedelta(days=d) for d in range(min(days, 3), 0, -1)]
             yield ProgramEnv(program_id=program_id, time_zone=time_zone, dsn=dsn, sandbox=sandbox,
                              programs_file=programs_file, nights=nights, generated=generated)
@@ -284,18 +284,19 @@ def fresh_database(server_dsn: str, prefix: str) -> Iterator[str]:
 
 @contextmanager
 def drill_setup(ctx: DrillContext, name: str, *, settings: dict[str, Any] | None = None,
-                last_night_activity: float = 10.0, history_end: date | None = None
-                ) -> Iterator[tuple[ProgramEnv, AirflowStack]]:
+                last_night_activity: float = 10.0, history_end: date | None = None,
+                visibility: float = ATTRIBUTE_DELAY_SECONDS) -> Iterator[tuple[ProgramEnv, AirflowStack]]:
     program_id = f"drill_{name}"[:40]
     with fresh_database(ctx.server_dsn, "lm_drill") as dsn, \
             program_env(dsn, ctx.work / name, program_id=program_id, members=ctx.members, days=5, seed=11,
-                        last_night_activity=last_night_activity, settings=settings, history_end=history_end) as env, \
+                        last_night_activity=last_night_activity, settings=settings, history_end=history_end,
+                        visibility=visibility) as env, \
             airflow_stack(ctx.airflow_dsn, root=ctx.work / name / "airflow", keep_root=True,
                           dag_ids=[env.dag_id]) as stack:
         yield env, stack
 
 
-def _drain(stack: AirflowStack, env: ProgramEnv, timeout: float) -> None:
+def drain(stack: AirflowStack, env: ProgramEnv, timeout: float) -> None:
     """A manual rerun of the newest night sends whatever is still pending (what an operator does)."""
     if env.batches("staged", "pending", "claimed", "sending"):
         run_id = stack.trigger(env.dag_id, run_id=f"manual__drain_{uuid.uuid4().hex[:6]}")
@@ -329,8 +330,8 @@ def drill_kill_load_mid_post(ctx: DrillContext) -> dict[str, Any]:
         ctx.notes["kill_load_mid_post"] = {"sending_batches_at_kill": [b["batch_id"] for b in sending],
                                            "killed": killed}
         stack.wait_runs(env.dag_id, count=1, timeout=240)
-        _drain(stack, env, 180)
-        return _finish(ctx, "kill_load_mid_post", env, stack)
+        drain(stack, env, 180)
+        return finish_drill(ctx, "kill_load_mid_post", env, stack)
 
 
 def _restart_during(ctx: DrillContext, name: str, task_id: str, ready: Callable[[ProgramEnv, AirflowStack], bool],
@@ -346,8 +347,8 @@ def _restart_during(ctx: DrillContext, name: str, task_id: str, ready: Callable[
         ctx.notes[name] = {"restart_seconds": round(seconds, 2), "running_at_restart": running}
         stack.wait_runs(env.dag_id, count=1, timeout=200)
         env.sandbox.set_faults()
-        _drain(stack, env, 120)
-        return _finish(ctx, name, env, stack)
+        drain(stack, env, 120)
+        return finish_drill(ctx, name, env, stack)
 
 
 def drill_postgres_restart_mid_transform(ctx: DrillContext) -> dict[str, Any]:
@@ -372,8 +373,8 @@ def drill_fault_storm(ctx: DrillContext) -> dict[str, Any]:
         run = scheduled_run(stack, env, timeout=200)
         env.sandbox.set_faults()
         ctx.notes["fault_storm"] = {"first_run_state": run["state"]}
-        _drain(stack, env, 120)
-        return _finish(ctx, "fault_storm", env, stack)
+        drain(stack, env, 120)
+        return finish_drill(ctx, "fault_storm", env, stack)
 
 
 def drill_lost_answers(ctx: DrillContext) -> dict[str, Any]:
@@ -385,8 +386,8 @@ def drill_lost_answers(ctx: DrillContext) -> dict[str, Any]:
         ctx.notes["lost_answers"] = {"scheduled": scheduled_run(stack, env, timeout=300)}
         ctx.notes["lost_answers"].update(concurrent_backfill(stack, env, timeout=400))
         env.sandbox.set_faults()
-        _drain(stack, env, 240)
-        return _finish(ctx, "lost_answers", env, stack)
+        drain(stack, env, 240)
+        return finish_drill(ctx, "lost_answers", env, stack)
 
 
 def drill_concurrent_backfill(ctx: DrillContext) -> dict[str, Any]:
@@ -396,10 +397,10 @@ def drill_concurrent_backfill(ctx: DrillContext) -> dict[str, Any]:
         scheduled_run(stack, env, timeout=200)
         env.sandbox.set_faults(latency=0.5)
         ctx.notes["concurrent_backfill"] = concurrent_backfill(stack, env, timeout=220)
-        return _finish(ctx, "concurrent_backfill", env, stack)
+        return finish_drill(ctx, "concurrent_backfill", env, stack)
 
 
-def _finish(ctx: DrillContext, name: str, env: ProgramEnv, stack: AirflowStack, **audit_kwargs: Any) -> dict[str, Any]:
+def finish_drill(ctx: DrillContext, name: str, env: ProgramEnv, stack: AirflowStack, **audit_kwargs: Any) -> dict[str, Any]:
     result = env.audit(**audit_kwargs)
     notes = ctx.notes.setdefault(name, {})
     notes.update({"audit": result.as_dict(), "runs": run_table(stack, env.dag_id),
@@ -409,6 +410,12 @@ def _finish(ctx: DrillContext, name: str, env: ProgramEnv, stack: AirflowStack, 
                   "logs": str(stack.logs)})
     print(f"[{name}] {result.summary()}", flush=True)
     return result.figures()
+
+
+def _rude_drills() -> dict[str, Callable[[DrillContext], dict[str, Any]]]:
+    from loyalty_moengage_devtools.rude_drills import RUDE_DRILLS
+
+    return RUDE_DRILLS
 
 
 DRILLS: dict[str, Callable[[DrillContext], dict[str, Any]]] = {
@@ -446,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="where programs files and Airflow logs go")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    DRILLS.update(_rude_drills())
     unknown = [d for d in args.drills if d not in DRILLS]
     if unknown:
         parser.error(f"unknown drill(s) {unknown}; choose from {list(DRILLS)}")
@@ -489,11 +497,12 @@ def _run_drills(args: argparse.Namespace, ctx: "DrillContext", names: list[str],
                                     "details": ctx.notes}, indent=2, default=str) + "\n")
     print(f"wrote {args.out}")
     print(f"{'drill':32} {'expected':>8} {'received':>8} {'lost':>5} {'dup':>5} {'unc left':>8} {'receipt':>7} "
-          f"{'absent':>6} {'users':>5}")
+          f"{'absent':>6} {'users':>5} {'created':>7} {'recreated':>9} {'late':>5}")
     for name, f in figures.items():
         print(f"{name:32} {f['expected']:>8} {f['received']:>8} {f['lost']:>5} {f['duplicated']:>5} "
               f"{f['uncertain_left']:>8} {f['settled_by_receipt']:>7} {f['resent_after_absence']:>6} "
-              f"{f['users_resent']:>5}")
+              f"{f['users_resent']:>5} {f['profiles_created']:>7} {f['deleted_recreated']:>9} "
+              f"{f['late_rows_found']:>5}")
     return 1 if failures else 0
 
 
