@@ -9,23 +9,9 @@ import pytest
 import requests
 
 from loyalty_moengage_devtools.sandbox.rude import PARTIAL_REASON
-from loyalty_moengage_devtools.sandbox.server import SandboxServer
 from tests.loyalty_moengage_devtools.sandbox.test_server import KEY, WS, ev, post, transition
 
 APPLIED = {500, 502, 503, 504, 408}
-
-
-@pytest.fixture(scope="module")
-def server():
-    with SandboxServer(port=0) as sb:
-        yield sb
-
-
-@pytest.fixture
-def sb(server):
-    server.reset(workspaces=True)
-    server.add_workspace(WS, KEY, "03")
-    return server
 
 
 def customer(customer_id, **attributes):

@@ -14,20 +14,7 @@ import requests
 
 from loyalty_moengage_devtools.sandbox.server import SandboxServer
 
-WS, KEY = "WS_SANDBOX", "sandbox-key-123"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with SandboxServer(port=0) as sb:
-        yield sb
-
-
-@pytest.fixture
-def sb(server):
-    server.reset(workspaces=True)
-    server.add_workspace(WS, KEY, "03")
-    return server
+from tests.loyalty_moengage_devtools.sandbox.conftest import KEY, WS  # noqa: E402
 
 
 def post(sb, path, body, *, auth=(WS, KEY), content_type="application/json", appkey=WS, dc="03"):
