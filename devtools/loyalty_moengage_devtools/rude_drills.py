@@ -185,7 +185,7 @@ def _received_late(env: ProgramEnv, night: date, inserted: int) -> dict[str, int
 
 
 def drill_erasure(ctx: DrillContext) -> dict[str, Any]:
-    """Up to 25 customers with rows in the older night, confirmed by an earlier night, are erased in
+    """25 customers with rows in the older night, confirmed by an earlier night, are erased in
     MoEngage, and every confirmation outlives the presence lifetime; the older night's backfill
     checks them first and sends none of their events, so no profile is recreated."""
     import psycopg
@@ -195,6 +195,8 @@ def drill_erasure(ctx: DrillContext) -> dict[str, Any]:
         notes = ctx.notes.setdefault("erasure", {})
         notes["scheduled"] = scheduled_run(stack, env, timeout=300)
         with psycopg.connect(env.dsn) as conn:
+            _insert_late(conn, _late_rows(env, older, 25))   # 25 customers surely active in the older night
+            conn.commit()
             erased = [r[0] for r in conn.execute(_ACTIVE, {"p": env.program_id, **_window(older)}).fetchall()]
             # Confirmed by an earlier night (as the scheduled night confirmed its own customers)...
             conn.cursor().executemany(
