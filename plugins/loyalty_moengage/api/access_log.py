@@ -3,7 +3,10 @@
 ``api_key`` and ``store_key`` travel in the query string (that is how MoEngage's Content API
 and connector forms send them), so every access log line is a leak risk. This ASGI middleware
 
-* replaces their values with ``***`` in ``scope["query_string"]`` once the response is sent, so
+* replaces their values with ``***`` in ``scope["query_string"]`` once the response is sent (and
+  those of any parameter whose name, spelt any way, says key, token, secret or password: a key
+  sent as ``api-key`` or ``storeKey`` is still a key), and a phone number or email to its last two
+  characters (a customer's phone in every line is personal data the log does not need), so
   an outer logger that reads the scope afterwards (Airflow's ``HttpAccessLogMiddleware`` reads it
   after the app returns) logs the redacted form too;
 * when ``enabled`` (the standalone server, which turns uvicorn's own access log off) writes one
@@ -14,12 +17,33 @@ and connector forms send them), so every access log line is a leak risk. This AS
 from __future__ import annotations
 
 import logging
+import re
 import time
 from urllib.parse import parse_qsl, urlencode
 
 log = logging.getLogger("loyalty_moengage.api.access")
 
-SECRET_PARAMS = frozenset({"api_key", "store_key", "apikey", "key", "token"})
+SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "auth")
+PERSONAL_WORDS = ("phone", "mobile", "msisdn", "email", "number")
+
+
+def _kind(name: str) -> str | None:
+    """'secret', 'personal' or None, from the parameter's name however it is spelt."""
+    normal = re.sub(r"[^a-z0-9]", "", name.lower())
+    if any(word in normal for word in SECRET_WORDS):
+        return "secret"
+    if any(word in normal for word in PERSONAL_WORDS):
+        return "personal"
+    return None
+
+
+def _redacted(name: str, value: str) -> str:
+    kind = _kind(name)
+    if kind == "secret":
+        return "***"
+    if kind == "personal":
+        return "*" * max(len(value) - 2, 0) + value[-2:]
+    return value
 
 
 def redact_query(query: bytes | str) -> str:
@@ -27,7 +51,7 @@ def redact_query(query: bytes | str) -> str:
     if not text:
         return ""
     pairs = parse_qsl(text, keep_blank_values=True)
-    return urlencode([(k, "***" if k.lower() in SECRET_PARAMS else v) for k, v in pairs], safe="*+")
+    return urlencode([(k, _redacted(k, v)) for k, v in pairs], safe="*+")
 
 
 class RedactingAccessLog:

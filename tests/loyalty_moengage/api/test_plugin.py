@@ -98,5 +98,20 @@ def test_standalone_server_logs_requests_without_keys(keys_env, seeded_db, tmp_p
         proc.terminate()
         proc.wait(10)
     logged = log_path.read_text()
-    assert re.search(r'"GET /api/loyalty/points\?api_key=\*\*\*&store_key=\*\*\*&customer_phone=9876543210" 200', logged), logged
-    assert API_KEY not in logged and STORE_KEY not in logged
+    assert re.search(r'"GET /api/loyalty/points\?api_key=\*\*\*&store_key=\*\*\*&customer_phone=\*{8}10" 200', logged), logged
+    assert API_KEY not in logged and STORE_KEY not in logged and "9876543210" not in logged
+
+
+@pytest.mark.parametrize("name", ["api_key", "api-key", "API-KEY", "apiKey", "store-key", "storeKey", "store_key",
+                                  "access_token", "client_secret", "password", "Authorization"])
+def test_a_key_under_any_spelling_of_its_name_is_redacted(name):
+    from loyalty_moengage.api.access_log import redact_query
+
+    assert redact_query(f"{name}=s3cr3t-value&customer_id=REL-1") == f"{name}=***&customer_id=REL-1"
+
+
+def test_a_phone_or_email_keeps_only_its_last_two_characters():
+    from loyalty_moengage.api.access_log import redact_query
+
+    assert redact_query("customer_phone=9876543210&customer_id=REL-1") == "customer_phone=********10&customer_id=REL-1"
+    assert redact_query("mobile=%2B919876543210&email=a%40b.in") == "mobile=***********10&email=****in"
