@@ -63,9 +63,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
     return json_response(error_body(field, first.get("msg", "invalid request")), 422)
 
 
+#: Seconds a caller is told to wait when the loyalty database is down (a restart or failover).
+DB_DOWN_RETRY_AFTER = 5
+
+
 async def _db_down(request: Request, exc: Exception) -> Response:
     log.warning("loyalty database unavailable: %s", type(exc).__name__)
-    return json_response(error_body(None, "loyalty database unavailable, retry later"), 503)
+    return json_response(error_body(None, "loyalty database unavailable, retry later"), 503,
+                         headers={"Retry-After": str(DB_DOWN_RETRY_AFTER)})
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -83,6 +88,19 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
+class TrailingSlash:
+    """``/api/loyalty/points/`` is ``/api/loyalty/points``: the path is trimmed before routing."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/"}
+        await self.app(scope, receive, send)
+
+
 # ---- the app ------------------------------------------------------------------------------
 
 def create_app(settings: Settings | None = None, *, key_loader=None) -> FastAPI:
@@ -90,11 +108,14 @@ def create_app(settings: Settings | None = None, *, key_loader=None) -> FastAPI:
     settings = settings or Settings.from_env()
     app = FastAPI(title="Loyalty API for MoEngage", lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
+    # A trailing slash is served, not redirected: a redirect would repeat both keys in Location.
+    app.router.redirect_slashes = False
     app.state.api = ApiState(settings, key_loader)
     add_error_handlers(app)
     app.include_router(points.router)
     app.include_router(customers.router)
     app.add_middleware(RedactingAccessLog, enabled=settings.access_log)
+    app.add_middleware(TrailingSlash)
     app.add_middleware(Admission, limit=settings.max_in_flight)   # outermost: sheds before any work
     return app
 

@@ -122,6 +122,14 @@ def test_wrong_key_costs_no_database_work(make_server):
         assert r.status_code == 401
         r = client.get(PATH, params={"api_key": API_KEY, "store_key": STORE_KEY, "customer_phone": "9876543210"})
         assert r.status_code == 503 and r.json()["error"]["message"].startswith("loyalty database unavailable")
+        assert r.headers["retry-after"] == "5"        # a restart or failover: try again shortly
+
+
+def test_a_trailing_slash_is_served_not_redirected_with_the_keys_in_location(api):
+    r = api.get(PATH + "/", params={"api_key": API_KEY, "store_key": STORE_KEY, "customer_phone": "9876543210"},
+                follow_redirects=False)
+    assert r.status_code == 200 and "location" not in r.headers
+    assert API_KEY not in str(r.headers) and STORE_KEY not in str(r.headers)
 
 
 def test_no_unauthenticated_routes(api):
