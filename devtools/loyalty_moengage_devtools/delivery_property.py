@@ -396,7 +396,7 @@ def _event(index: int, batch: int, number: int) -> tuple[str, bytes, Identity, s
 def prepare(world: World, schedule: Schedule) -> Enqueued:
     """A clean sandbox and outbox, then the schedule's batches ``pending`` and its customers known.
     The tables are emptied with DELETE: a TRUNCATE of some twenty tables and their indexes costs
-    ~300 ms (new files for each), more than the schedule itself."""
+    0.1-0.3 s (new files for each), as much as the schedule itself."""
     world.sandbox.reset()
     world.answers.clear()
     state = world.sandbox.state
