@@ -245,7 +245,7 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, stamped:
         MoEngageUncertainError,
         is_config_failure,
     )
-    from loyalty_moengage.sync.outbox.delivery import ClaimLost
+    from loyalty_moengage.sync.outbox.delivery import ClaimLost, release_unposted
 
     stats = me.stats
 
@@ -263,9 +263,9 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, stamped:
         result = me.hook.send_transition(body, users=batch.users + (1 if stamped else 0), events=batch.events,
                                          before_post=_before_post(conn, me, batch))
     except ClaimLost as exc:
-        # No request of this POST was applied (only 429s or failed connects came before): the batch
-        # goes back to pending if it is still ours, else whoever took it settles it.
-        _unposted(conn, me, batch)
+        conn.rollback()
+        release_unposted(conn, batch.batch_id, me.owner)
+        conn.commit()
         stats["claims_lost"] += 1
         return exc
     except MoEngageUncertainError as exc:
@@ -308,15 +308,6 @@ def _lost_answer(conn: Any, me: Slot, batch: ClaimedBatch, exc: Exception, recor
             # Visible, unlike a silent client retry: the report counts it as a possible duplicate.
             stats["requeued_uncertain"] += requeue_batch(conn, batch.batch_id, me.owner)
     return None
-
-
-def _unposted(conn: Any, me: Slot, batch: ClaimedBatch) -> None:
-    conn.rollback()
-    conn.execute("UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL, "
-                 "updated_at = now(), error = 'not sent: the claim was lost while the request waited' "
-                 "WHERE batch_id = %s AND claimed_by = %s AND state IN ('sending', 'uncertain')",
-                 (batch.batch_id, me.owner.token))
-    conn.commit()
 
 
 def _finish_or_doubt(conn: Any, me: Slot, batch: ClaimedBatch, state: str, stamped: Any, **kw: Any) -> bool:
