@@ -1,35 +1,54 @@
-"""Phone numbers as people write them, normalised to the E.164 form the members table keys on.
+"""Phone numbers as people (and MoEngage templates) write them, read as E.164 candidates.
 
 The rule (documented in the README):
 
-1. Only digits, spaces, ``+ - . ( ) /`` are allowed, at most 32 characters; letters (vanity
-   numbers, extensions) are refused.
-2. A leading ``00`` means ``+`` (international dialling prefix).
-3. A number starting with ``+`` is read as international.
-4. Otherwise it is read as a national number of the program's ``default_country`` (so a trunk
-   ``0`` is dropped: ``09876543210`` -> ``+919876543210`` for IN).
-5. If that is not a possible number there, the digits are retried as international without the
-   ``+`` (``919876543210``, or ``+91 ...`` whose ``+`` arrived as a space in a query string).
-6. The result must be a *possible* number for its country (length check, not carrier
-   validity: the loyalty platform holds numbers we would not want to reject on a metadata
-   update) and match the schema's ``^\\+[1-9][0-9]{6,14}$``.
+1. MoEngage renders a numeric user attribute as a float: ``9876543210.0``, ``9876543210.00``,
+   ``9.87654321E9``, ``9.87654321e+09``. A whole-number float (text or JSON number) is read as
+   its integer; the ``.0`` is never a digit of the number. A fractional one
+   (``9876543210.5``) is refused.
+2. Otherwise only digits, spaces and ``+ - . ( ) /`` are allowed, at most 32 characters;
+   letters (vanity numbers, extensions) are refused.
+3. A leading ``00`` means ``+`` (international dialling prefix).
+4. A number starting with ``+`` is read as international only.
+5. Otherwise it has two readings: national in the program's ``default_country`` (a trunk ``0``
+   is dropped: ``09876543210`` -> ``+919876543210`` for IN) and international without its
+   ``+`` (``14155550123``: a ``+`` that became a space in a query string, or a number stored
+   without it).
+6. A reading must be a *possible* number for its country (length check) and match the
+   schema's ``^\\+[1-9][0-9]{6,14}$``. Readings that phonenumbers also calls *valid* come
+   first (national, then international), then the possible-only ones (national, then
+   international), so ``1 415 555 0123`` in an IN program is ``+14155550123`` first, not the
+   merely possible ``+9114155550123``.
+
+``phone_candidates`` returns every reading in that order, so a caller can match an existing
+member by any of them; it should create a new member only from a reading for which
+``is_valid_reading`` holds (never a phantom member from a misread phone). ``normalize_phone``
+is the first candidate. Error messages never echo the number.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from decimal import Decimal, InvalidOperation
 
 import phonenumbers
 
 _ALLOWED = re.compile(r"^[0-9 +\-.()/]{1,32}$")
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+# Float renderings: "9876543210.0", "+919876543210.00" (a 1-2 digit fraction that is not zero
+# is a float too, refused; longer ones may be dot-separated groups such as "98765.43210").
+_FLOAT = re.compile(r"^(\+?[0-9]{6,17})\.([0-9]{1,6})$")
+# Scientific renderings: "9.87654321E9", "9.87654321e+09".
+_SCIENTIFIC = re.compile(r"^\+?[0-9](?:\.[0-9]{1,17})?[eE]\+?[0-9]{1,2}$")
 
 
 class PhoneError(ValueError):
     """The text cannot be read as a phone number; the message says why, without echoing it."""
 
 
-def _try(text: str, region: str | None) -> str | None:
+def _reading(text: str, region: str | None) -> tuple[str, bool] | None:
+    """(E.164, valid) of one reading, or None when it is not even a possible number."""
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
@@ -37,29 +56,79 @@ def _try(text: str, region: str | None) -> str | None:
     if not phonenumbers.is_possible_number(number):
         return None
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return e164 if _E164.match(e164) else None
+    if not _E164.match(e164):
+        return None
+    return e164, phonenumbers.is_valid_number(number)
 
 
-def normalize_phone(raw: str, default_country: str) -> str:
-    """E.164 for ``raw`` (see the module rule) or PhoneError."""
-    if not isinstance(raw, str):
+def _whole(value: Decimal | float) -> str:
+    """The integer a float rendering stands for; a fraction would be a digit we cannot place."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PhoneError("is not a number")
+    if value != int(value):
+        raise PhoneError("is a fractional number, not a phone number")
+    return str(int(value))
+
+
+def _text(raw: str | int | float) -> str:
+    """``raw`` as phone text: JSON numbers and MoEngage's float renderings as their integer."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
         raise PhoneError("must be a string")
+    if isinstance(raw, int):
+        return str(raw)
+    if isinstance(raw, float):
+        return _whole(raw)
     text = raw.strip()
+    if _SCIENTIFIC.match(text):
+        try:
+            return ("+" if text.startswith("+") else "") + _whole(Decimal(text.lstrip("+")))
+        except InvalidOperation:
+            raise PhoneError("is not a number") from None
+    match = _FLOAT.match(text)
+    if match and not match.group(2).strip("0"):
+        return match.group(1)
+    if match and len(match.group(2)) <= 2:
+        raise PhoneError("is a fractional number, not a phone number")
+    return text
+
+
+def phone_candidates(raw: str | int | float, default_country: str) -> list[str]:
+    """Every E.164 reading of ``raw``, most likely first (see the module rule), or PhoneError."""
+    text = _text(raw)
     if not text:
         raise PhoneError("is empty")
     if not _ALLOWED.match(text):
         raise PhoneError("may hold only digits, spaces and + - . ( ) /, at most 32 characters")
     if text.count("+") > 1 or ("+" in text and not text.startswith("+")):
         raise PhoneError("has a misplaced '+'")
-    digits = re.sub(r"\D", "", text)
+    digits = re.sub(r"[^0-9]", "", text)
     if not 6 <= len(digits) <= 17:
         raise PhoneError("has too few or too many digits")
     if digits.startswith("00") and not text.startswith("+"):
         text, digits = "+" + digits[2:], digits[2:]
     if text.startswith("+"):
-        result = _try("+" + digits, None)
+        readings = [_reading("+" + digits, None)]
     else:
-        result = _try(digits, default_country.upper()) or _try("+" + digits, None)
-    if result is None:
+        readings = [_reading(digits, default_country.upper()), _reading("+" + digits, None)]
+    found = [r for r in readings if r is not None]
+    ordered = [e164 for e164, valid in found if valid] + [e164 for e164, valid in found if not valid]
+    candidates = list(dict.fromkeys(ordered))
+    if not candidates:
         raise PhoneError(f"is not a possible phone number (default country {default_country.upper()})")
-    return result
+    return candidates
+
+
+def normalize_phone(raw: str | int | float, default_country: str) -> str:
+    """The most likely E.164 reading of ``raw`` (see the module rule) or PhoneError."""
+    return phone_candidates(raw, default_country)[0]
+
+
+def is_valid_reading(e164: str) -> bool:
+    """Whether phonenumbers calls this E.164 number valid, not merely possible: only such a
+    reading may create a new member."""
+    if not isinstance(e164, str) or not _E164.match(e164):
+        return False
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(e164, None))
+    except phonenumbers.NumberParseException:
+        return False
