@@ -19,6 +19,9 @@ API_KEY = "demo-api-key-0123456789abcdef"
 STORE_KEY = "demo-store-key-A123-0123456789"
 STORE_KEY_B = "demo-store-key-B456-0123456789"
 OTHER_API_KEY = "other-api-key-0123456789abcdef"
+# Write keys (the connector webhook); API_KEY and OTHER_API_KEY, the passwords, are read keys.
+WRITE_KEY = "demo-write-key-0123456789abcdef"
+OTHER_WRITE_KEY = "other-write-key-0123456789abcdef"
 OTHER_STORE_KEY = "other-store-key-Z999-012345678"
 PHONE_1 = "+919876543210"
 PHONE_2 = "+919800000002"
@@ -84,9 +87,11 @@ def keys_env(monkeypatch):
     """API keys as Airflow connections in env vars, the way a deployment's secrets backend would hold them."""
     monkeypatch.setenv("LOYALTY_API_PROGRAMS", "demo,other")
     monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_API_DEMO", json.dumps(
-        {"conn_type": "generic", "password": API_KEY, "extra": {"store_keys": {"A123": STORE_KEY, "B456": STORE_KEY_B}}}))
+        {"conn_type": "generic", "password": API_KEY, "extra": {
+            "write_keys": [WRITE_KEY], "store_keys": {"A123": STORE_KEY, "B456": STORE_KEY_B}}}))
     monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_API_OTHER", json.dumps(
-        {"conn_type": "generic", "password": OTHER_API_KEY, "extra": {"store_keys": {"Z999": OTHER_STORE_KEY}}}))
+        {"conn_type": "generic", "password": OTHER_API_KEY, "extra": {
+            "write_keys": [OTHER_WRITE_KEY], "store_keys": {"Z999": OTHER_STORE_KEY}}}))
 
 
 @pytest.fixture

@@ -22,9 +22,9 @@ from loyalty_moengage.api.responses import json_response
 from loyalty_moengage.api.routes import customers, points
 from loyalty_moengage.api.settings import Settings
 from loyalty_moengage.api.state import ApiState
-from tests.loyalty_moengage.api.conftest import API_KEY, STORE_KEY, counts, serve
+from tests.loyalty_moengage.api.conftest import API_KEY, STORE_KEY, WRITE_KEY, counts, serve
 
-RING = KeyRing({"demo": ProgramKeys("demo", API_KEY, {"A123": STORE_KEY})})
+RING = KeyRing({"demo": ProgramKeys("demo", API_KEY, {"A123": STORE_KEY}, write_keys=(WRITE_KEY,))})
 KEYS = {"api_key": API_KEY, "store_key": STORE_KEY}
 
 
@@ -107,12 +107,12 @@ def test_customers_router_alone_enrolls_once_per_idempotency_key(seeded_db, clie
     client = client_of(router_app(customers.router, seeded_db))
     before = counts(seeded_db)
     body = {"customer_details": {"number": "9123456780", "store_id": "A123", "amount": "100"}}
-    first = client.post(customers.ADD_CUSTOMER_PATH, params={"api_key": API_KEY}, json=body,
+    first = client.post(customers.ADD_CUSTOMER_PATH, params={"api_key": WRITE_KEY}, json=body,
                         headers={"Idempotency-Key": "router-test-1"})
     assert first.status_code == 200, first.text
     assert first.headers["idempotent-replayed"] == "false"
     assert first.json()["results"][0]["points_credited"] == 10
-    again = client.post(customers.ADD_CUSTOMER_PATH, params={"api_key": API_KEY}, json=body,
+    again = client.post(customers.ADD_CUSTOMER_PATH, params={"api_key": WRITE_KEY}, json=body,
                         headers={"Idempotency-Key": "router-test-1"})
     assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
     after = counts(seeded_db)
@@ -124,7 +124,7 @@ def test_customers_router_alone_enrolls_once_per_idempotency_key(seeded_db, clie
 def test_customers_router_takes_its_limits_from_the_states_settings(seeded_db, client_of):
     client = client_of(router_app(customers.router, seeded_db, max_body_bytes=64))
     body = {"customer_details": {"number": "9123456780", "store_id": "A123", "name": "N" * 64}}
-    r = client.post(customers.ADD_CUSTOMER_PATH, params={"api_key": API_KEY}, json=body)
+    r = client.post(customers.ADD_CUSTOMER_PATH, params={"api_key": WRITE_KEY}, json=body)
     assert r.status_code == 413 and r.json()["error"] == {"field": "body", "message": "is larger than 64 bytes"}
 
 
