@@ -11,6 +11,10 @@ import argparse
 import logging
 import sys
 
+#: The standalone server's line format (the same as app.LOG_FORMAT, which this module does not
+#: import: it stays cheap for ``--help``).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loyalty-moengage api", description=__doc__.splitlines()[0])
@@ -28,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # This process's own lines (uvicorn's supervisor); the app's loggers get the level from
+    # LOYALTY_API_LOG_LEVEL in every worker, spawned processes included (app.apply_log_level).
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    os.environ["LOYALTY_API_LOG_LEVEL"] = args.log_level
     os.environ["LOYALTY_API_ACCESS_LOG"] = "0" if args.no_access_log else "1"
     uvicorn.run(
         "loyalty_moengage.api.app:create_app_from_env",

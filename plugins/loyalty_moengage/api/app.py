@@ -31,6 +31,10 @@ from loyalty_moengage.api.state import ApiState
 
 log = logging.getLogger(__name__)
 
+#: Log line format of the standalone server (``__main__`` and the workers' loyalty_moengage lines).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+LOG_HANDLER = "loyalty_moengage_api"
+
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,6 +69,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
 
 #: Seconds a caller is told to wait when the loyalty database is down (a restart or failover).
 DB_DOWN_RETRY_AFTER = 5
+#: Retry-After of a 503 that did not set its own (see ``RetryAfterOn503``).
+DEFAULT_RETRY_AFTER = str(DB_DOWN_RETRY_AFTER).encode()
 
 
 async def _db_down(request: Request, exc: Exception) -> Response:
@@ -88,6 +94,30 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
+class RetryAfterOn503:
+    """Every 503 leaves with ``Retry-After``: MoEngage and other callers read a 503 as "try
+    again", and one without the header (a route's ``ApiError(503, ...)``) gets ``DEFAULT_RETRY_AFTER``.
+    Pure ASGI: the wrapped ``send`` looks at one integer per response."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_retry_after(message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"retry-after" for name, _ in headers):
+                    headers.append((b"retry-after", DEFAULT_RETRY_AFTER))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_retry_after)
+
+
 class TrailingSlash:
     """``/api/loyalty/points/`` is ``/api/loyalty/points``: the path is trimmed before routing."""
 
@@ -103,9 +133,28 @@ class TrailingSlash:
 
 # ---- the app ------------------------------------------------------------------------------
 
+def apply_log_level(level: str | None, *, own_handler: bool = False) -> None:
+    """Set the ``loyalty_moengage`` loggers to ``level`` (``LOYALTY_API_LOG_LEVEL``). Their own
+    level, not ``logging.basicConfig``: that is a no-op once anything configured logging, and
+    uvicorn's spawned workers never see the parent's configuration. ``own_handler`` (the
+    standalone server) also writes them to stderr through a handler of their own: Airflow, once
+    imported, puts an INFO handler on the root logger that would drop every DEBUG line."""
+    if not level:
+        return
+    logger = logging.getLogger("loyalty_moengage")
+    logger.setLevel(level.upper())
+    if own_handler and not any(h.get_name() == LOG_HANDLER for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.set_name(LOG_HANDLER)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 def create_app(settings: Settings | None = None, *, key_loader=None) -> FastAPI:
     """A new app; ``settings`` default to the environment (see settings.py)."""
     settings = settings or Settings.from_env()
+    apply_log_level(settings.log_level)
     app = FastAPI(title="Loyalty API for MoEngage", lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     # A trailing slash is served, not redirected: a redirect would repeat both keys in Location.
@@ -114,17 +163,22 @@ def create_app(settings: Settings | None = None, *, key_loader=None) -> FastAPI:
     add_error_handlers(app)
     app.include_router(points.router)
     app.include_router(customers.router)
+    app.add_middleware(RetryAfterOn503)
     app.add_middleware(RedactingAccessLog, enabled=settings.access_log)
     app.add_middleware(TrailingSlash)
-    app.add_middleware(Admission, limit=settings.max_in_flight)   # outermost: sheds before any work
+    # outermost: sheds before any work; reads and writes have budgets of their own
+    app.add_middleware(Admission, limit=settings.max_in_flight, write_limit=settings.max_in_flight_writes)
     return app
 
 
 def create_app_from_env() -> FastAPI:
-    """uvicorn factory for the standalone server (access log on unless LOYALTY_API_ACCESS_LOG=0)."""
+    """uvicorn factory for the standalone server (access log on unless LOYALTY_API_ACCESS_LOG=0),
+    run in each worker: ``--log-level`` reaches it as LOYALTY_API_LOG_LEVEL (see ``apply_log_level``)."""
     import os
 
-    return create_app(Settings.from_env(access_log=os.environ.get("LOYALTY_API_ACCESS_LOG", "1") != "0"))
+    settings = Settings.from_env(access_log=os.environ.get("LOYALTY_API_ACCESS_LOG", "1") != "0")
+    apply_log_level(settings.log_level, own_handler=True)
+    return create_app(settings)
 
 
 _default_app: FastAPI | None = None

@@ -14,7 +14,13 @@ only in env vars (no config file to keep in sync with the programs file).
 | LOYALTY_API_REF_PREFIX           | PH-          | relation_reference of a new member = prefix + E.164 digits |
 | LOYALTY_API_POOL_MIN / _MAX      | 2 / 16       | database connections per process               |
 | LOYALTY_API_STATEMENT_TIMEOUT_MS | 4000         | below MoEngage's 5 s wait                      |
-| LOYALTY_API_MAX_IN_FLIGHT        | 1000         | requests in flight per process; more get a fast 503 (0: no limit) |
+| LOYALTY_API_MAX_IN_FLIGHT        | 1000         | reads (GET) in flight per process; more get a fast 503 (0: no limit) |
+| LOYALTY_API_MAX_IN_FLIGHT_WRITES | 200          | writes in flight per process, a budget apart from reads' (0: no limit) |
+| LOYALTY_API_BODY_TIMEOUT         | 10           | seconds to receive a request body; slower gets 408 |
+| LOYALTY_API_READ_RATE            | 5000         | requests/s one read key may make per process (burst: 2 s of it; 0: no limit) |
+| LOYALTY_API_WRITE_RATE           | 100          | requests/s one write key may make per process (burst: 2 s of it; 0: no limit) |
+| LOYALTY_API_RETRY_WINDOW_SECONDS | 300          | a purchase without an id, sent again identically within this, is MoEngage's retry |
+| LOYALTY_API_LOG_LEVEL            | (unset)      | level of the loyalty_moengage loggers (debug, info, warning, error) |
 
 An empty number means its default; an empty DSN means "resolve it". A plain pydantic model rather than pydantic-settings: the
 env names are not the field names, ``LOYALTY_API_PROGRAMS`` is a comma list rather than JSON,
@@ -43,6 +49,12 @@ ENV = {
     "pool_max": "LOYALTY_API_POOL_MAX",
     "statement_timeout_ms": "LOYALTY_API_STATEMENT_TIMEOUT_MS",
     "max_in_flight": "LOYALTY_API_MAX_IN_FLIGHT",
+    "max_in_flight_writes": "LOYALTY_API_MAX_IN_FLIGHT_WRITES",
+    "body_timeout_s": "LOYALTY_API_BODY_TIMEOUT",
+    "read_rate_per_key": "LOYALTY_API_READ_RATE",
+    "write_rate_per_key": "LOYALTY_API_WRITE_RATE",
+    "retry_window_s": "LOYALTY_API_RETRY_WINDOW_SECONDS",
+    "log_level": "LOYALTY_API_LOG_LEVEL",
 }
 
 
@@ -66,6 +78,12 @@ class Settings(BaseModel):
     pool_max: int = Field(16, ge=1)
     statement_timeout_ms: int = Field(4000, ge=0)
     max_in_flight: int = Field(1000, ge=0)
+    max_in_flight_writes: int = Field(200, ge=0)
+    body_timeout_s: float = Field(10.0, gt=0, le=300)
+    read_rate_per_key: int = Field(5000, ge=0)
+    write_rate_per_key: int = Field(100, ge=0)
+    retry_window_s: int = Field(300, ge=0, le=86_400)
+    log_level: str | None = Field(None, pattern="^(?i:debug|info|warning|error)$")
     access_log: bool = False  # standalone server logs its own (redacted) access lines
 
     @model_validator(mode="after")
@@ -87,7 +105,9 @@ class Settings(BaseModel):
                 values[name] = raw or None
             elif name == "programs":
                 values[name] = tuple(p.strip() for p in raw.split(",") if p.strip())
-            elif cls.model_fields[name].annotation is int:
+            elif name == "log_level":
+                values[name] = raw.strip() or None
+            elif cls.model_fields[name].annotation in (int, float):
                 if raw.strip():
                     values[name] = raw.strip()
             else:

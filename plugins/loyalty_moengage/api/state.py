@@ -2,14 +2,29 @@
 
 Routes read it with ``api_state(request)`` rather than from a closure, so a router works on any
 app that holds an ``ApiState`` (a test mounts one router on an app of its own).
+
+Dropped connections: a Postgres restart, a failover or a proxy's idle timeout closes the pooled
+connections while they sit idle, and psycopg_pool hands them out as they are. So every borrow
+first polls the connection's socket (no round trip: a closed idle connection is readable) and
+drops a dead one for the next; and ``run`` does a request's database work once more on a fresh
+connection when the server closes it under the work (``ConnectionLost``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import select
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import anyio
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.pq import ConnStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.requests import Request
 
@@ -18,8 +33,40 @@ from loyalty_moengage.api.keys import CachedKeys, KeyRing, load_keys
 from loyalty_moengage.api.programs import ProgramCache, ProgramInfo
 from loyalty_moengage.api.settings import Settings
 
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
 # Longest wait for a free database connection (and for the warm-up): well inside MoEngage's 5 s.
 POOL_TIMEOUT_S = 3.0
+#: SQLSTATEs that say the server is ending the session: admin_shutdown (a terminated backend, a
+#: fast shutdown), crash_shutdown, cannot_connect_now; class 08 is "connection exception".
+_SESSION_ENDING = ("57P01", "57P02", "57P03")
+
+
+class ConnectionLost(psycopg.OperationalError):
+    """The server closed a borrowed connection under a request. Work that failed this way did
+    not happen (an error before COMMIT rolls the transaction back), except when the connection
+    died at COMMIT itself, where the outcome is unknown; ``ApiState.run`` runs it once more."""
+
+
+def closed_by_server(conn: AsyncConnection) -> bool:
+    """True when the server has closed (or is closing) this idle connection. An idle connection
+    of ours (no LISTEN) has nothing to read, so a readable socket is the server's goodbye: the
+    FATAL message of a terminated backend, then EOF. Anything else costs at most a reconnect.
+    One poll(2), no round trip: cheap enough for every borrow."""
+    pgconn = conn.pgconn
+    if pgconn.status != ConnStatus.OK:
+        return True
+    poller = select.poll()
+    poller.register(pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def lost(conn: AsyncConnection, exc: psycopg.OperationalError) -> bool:
+    """Whether ``exc`` means the connection is gone (rather than, say, a statement timeout)."""
+    state = exc.sqlstate or ""
+    return conn.closed or conn.broken or state.startswith("08") or state in _SESSION_ENDING
 
 
 class ApiState:
@@ -31,6 +78,9 @@ class ApiState:
         self.programs = ProgramCache(ttl=60.0)
         self.pool: AsyncConnectionPool | None = None
         self._pool_lock: asyncio.Lock | None = None
+        self.dropped = 0    # dead idle connections found at borrow
+        self.retried = 0    # works run again after losing their connection
+        self._logged_at = 0.0
 
     async def get_pool(self) -> AsyncConnectionPool:
         """The pool, opened on first use without waiting: while the database is down it keeps
@@ -47,9 +97,15 @@ class ApiState:
                     dsn, min_size=s.pool_min, max_size=s.pool_max, timeout=POOL_TIMEOUT_S, open=False,
                     name="loyalty_api", kwargs={
                         "autocommit": True, "application_name": "loyalty_moengage_api",
-                        "options": f"-c statement_timeout={int(s.statement_timeout_ms)}"})
+                        "options": f"-c statement_timeout={int(s.statement_timeout_ms)}",
+                        # A peer that vanished without closing (a failover, a middlebox) shows
+                        # as a readable, failed socket within ~90 s instead of two hours.
+                        "keepalives": 1, "keepalives_idle": 60, "keepalives_interval": 10,
+                        "keepalives_count": 3})
                 await pool.open(wait=False)
                 self.pool = pool
+                log.debug("loyalty database pool opened (min %d, max %d, statement timeout %d ms) in process %d",
+                          s.pool_min, s.pool_max, s.statement_timeout_ms, os.getpid())
         return self.pool
 
     async def warm_up(self) -> None:
@@ -64,17 +120,61 @@ class ApiState:
             raise
 
     def connection(self):
-        """``async with state.connection() as conn`` borrowing from the pool (autocommit; use
-        ``conn.transaction()`` for writes; a connection left mid-transaction is rolled back)."""
-        state = self
+        """``async with state.connection() as conn`` borrowing a live connection from the pool
+        (autocommit; use ``conn.transaction()`` for writes; a connection left mid-transaction is
+        rolled back). Raises ``ConnectionLost`` when the server closes it under the block."""
+        return self._borrow()
 
-        @asynccontextmanager
-        async def borrow():
-            pool = await state.get_pool()
-            async with pool.connection() as conn:
+    @asynccontextmanager
+    async def _borrow(self) -> AsyncIterator[AsyncConnection]:
+        pool = await self.get_pool()
+        conn = await self._live_connection(pool)
+        try:
+            async with conn:
                 yield conn
+        except psycopg.OperationalError as exc:
+            if isinstance(exc, ConnectionLost) or not lost(conn, exc):
+                raise
+            raise ConnectionLost(f"connection lost: {exc}") from exc
+        finally:
+            await pool.putconn(conn)
 
-        return borrow()
+    async def _live_connection(self, pool: AsyncConnectionPool) -> AsyncConnection:
+        """A pooled connection the server has not closed; a dead one goes back to the pool closed
+        (which replaces it) and the next is tried at once, without the pool's check backoff."""
+        deadline = time.monotonic() + POOL_TIMEOUT_S
+        while True:
+            conn = await pool.getconn(timeout=max(deadline - time.monotonic(), 0.0))
+            if not closed_by_server(conn):
+                return conn
+            self.dropped += 1
+            self._note("dropped a pooled connection the database had closed")
+            await conn.close()
+            await pool.putconn(conn)
+
+    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """``await work(conn)`` on a pooled connection and, if the server closes that connection
+        under it, once more on a fresh one, so a database restart fails no request.
+
+        ``work`` must be safe to run twice. A read is. A write must be one transaction: an
+        error before COMMIT rolled it back; an error at COMMIT leaves it unknown, which is safe
+        only where the write is idempotent (the webhook's idempotency key replays a committed
+        first run). Any other error (statement timeout, ApiError) is not retried."""
+        try:
+            async with self.connection() as conn:
+                return await work(conn)
+        except ConnectionLost:
+            self.retried += 1
+            self._note("database connection lost under a request; running it again")
+        async with self.connection() as conn:
+            return await work(conn)
+
+    def _note(self, what: str) -> None:
+        """One warning per 10 s at most: a restart drops every connection at once."""
+        now = time.monotonic()
+        if now - self._logged_at > 10:
+            self._logged_at = now
+            log.warning("%s (so far: %d dropped at borrow, %d requests retried)", what, self.dropped, self.retried)
 
     async def keyring(self) -> KeyRing:
         if self.keys.is_fresh():
@@ -82,9 +182,16 @@ class ApiState:
         return await anyio.to_thread.run_sync(self.keys.get)
 
     async def program(self, program_id: str) -> ProgramInfo:
-        info = await self.programs.get(self.connection, program_id)
+        """The program's settings; 403 when its keys exist but its row does not: a configuration
+        error that no retry mends, so not a 503 for MoEngage to retry for ever."""
+        try:
+            info = await self.programs.get(self.connection, program_id)
+        except ConnectionLost:
+            self.retried += 1
+            info = await self.programs.get(self.connection, program_id)
         if info is None:
-            raise ApiError(503, None, "this program is not in the loyalty database")
+            raise ApiError(403, None, f"program {program_id} has API keys but no row in loyalty.programs; "
+                                      "add the program to the loyalty database")
         return info
 
     async def close(self) -> None:

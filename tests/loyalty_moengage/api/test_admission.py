@@ -49,3 +49,53 @@ def test_the_limit_is_a_setting_and_zero_turns_it_off(monkeypatch):
     assert Settings.from_env().max_in_flight == 0
     monkeypatch.delenv("LOYALTY_API_MAX_IN_FLIGHT")
     assert Settings.from_env().max_in_flight == 1000
+
+
+def test_reads_and_writes_have_budgets_of_their_own():
+    """Stalled or slow writes (the webhook) never take the slots of reads (the Content API)."""
+    async def scenario():
+        release = asyncio.Event()
+        admission = Admission(_slow_app(release), limit=2, write_limit=1)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=admission), base_url="http://api") as client:
+            write = asyncio.create_task(client.post("/api/customers/add"))
+            while admission.writes.in_flight < 1:
+                await asyncio.sleep(0.01)
+            second_write = await client.post("/api/customers/add")
+            reads = [asyncio.create_task(client.get("/api/loyalty/points")) for _ in range(2)]
+            while admission.reads.in_flight < 2:
+                await asyncio.sleep(0.01)
+            third_read = await client.get("/api/loyalty/points")
+            release.set()
+            answered = await asyncio.gather(write, *reads)
+        return second_write, third_read, answered, admission
+
+    second_write, third_read, answered, admission = asyncio.run(scenario())
+    assert second_write.status_code == 503 and second_write.headers["retry-after"] == "1"
+    assert third_read.status_code == 503 and third_read.headers["retry-after"] == "1"
+    assert [r.status_code for r in answered] == [200, 200, 200]
+    assert (admission.reads.shed, admission.writes.shed, admission.in_flight) == (1, 1, 0)
+
+
+def test_a_budget_of_zero_is_no_limit():
+    async def scenario():
+        release = asyncio.Event()
+        admission = Admission(_slow_app(release), limit=1, write_limit=0)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=admission), base_url="http://api") as client:
+            writes = [asyncio.create_task(client.post("/api/customers/add")) for _ in range(5)]
+            await asyncio.sleep(0.05)
+            read = asyncio.create_task(client.get("/api/loyalty/points"))
+            await asyncio.sleep(0.05)
+            release.set()
+            return await asyncio.gather(*writes, read)
+
+    assert [r.status_code for r in asyncio.run(scenario())] == [200] * 6
+
+
+def test_the_write_budget_is_a_setting(monkeypatch):
+    from loyalty_moengage.api.app import create_app
+    from loyalty_moengage.api.settings import Settings
+
+    monkeypatch.setenv("LOYALTY_API_MAX_IN_FLIGHT_WRITES", "7")
+    app = create_app(Settings.from_env(dsn="postgresql://unused"))
+    [admission] = [m for m in app.user_middleware if m.cls is Admission]
+    assert admission.kwargs == {"limit": 1000, "write_limit": 7}
