@@ -370,7 +370,7 @@ async def db_target(dsn: str, program_id: str, phones: list[str], args: argparse
 
         async def call(i: int) -> tuple[str, float | None]:
             async with pool.connection() as conn:
-                found = await points.lookup(conn, program_id, phone=phones[i % len(phones)])
+                found = await points.lookup(conn, program_id, phones=[phones[i % len(phones)]])
             return ("200" if found else "404"), None
 
         await open_loop(call, args.start_rate, 2.0)

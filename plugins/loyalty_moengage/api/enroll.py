@@ -1,28 +1,30 @@
-"""The connector webhook's writes: enroll (or update) customers and credit accrual points.
+"""The connector webhook's writes: enroll (or update) customers and credit their purchases.
 
 Everything is checked first (payload, stores, phones); then one transaction claims the
 idempotency key and writes members, transactions and 'earn' ledger lots, so a request either
 fully happens once or not at all. The rows are the ones the nightly sync reads: an accrual lot
 recorded now shows up in the next night's ``loyalty_points_earned``.
 
+Phones: a number is matched to an existing member by any of its readings (phone.py:
+``9876543210.0``, ``14155550123`` without its ``+``); a new member is created only from a
+reading that is valid, or from the only possible one, so a misread phone never makes a phantom
+member that would collect the real member's points.
+
 The relation_reference is what the nightly sync sends to MoEngage as ``customer_id``, so it
 should be the user's MoEngage ID. A new member's relation_reference is the item's optional
 ``customer_id`` when given (campaigns send ``"customer_id": "{{UserAttribute['ID']}}"``), else
 ``LOYALTY_API_REF_PREFIX`` (default ``PH-``) + the E.164 digits (``+919876543210`` ->
-``PH-919876543210``), which MoEngage may not know. Tier = the program's lowest-rank tier,
-status active, enrolled_at now(). An existing member (same program, same phone) keeps its
-reference, tier and status, even when the payload's customer_id differs (the response returns
-the stored reference; no error); non-empty email/name/gender from the payload replace the stored
-ones. A reference (given customer_id or derived) that already belongs to another member of the
-program, one with a different phone, is a 409 naming the field, and nothing is written.
-Points = floor(amount x earn_rate), credited only to active members; expires_on = today in the
-program's time zone + points_validity_days.
+``PH-919876543210``), which MoEngage may not know. A member enrolled that way is linked later:
+the first payload that gives a ``customer_id`` (not held by another member) replaces the derived
+reference, so the sync (which never creates profiles) reaches the member. Any other existing
+member keeps its reference whatever the payload says. Name, email and gender from a campaign
+only fill what the loyalty platform left empty, unless the program's ``api.profile_updates``
+is ``overwrite``. A reference held by another member of the program is a 409, nothing written.
+Tier = the program's lowest-rank tier, status active. Points: purchases.py.
 """
 
 from __future__ import annotations
 
-import uuid
-from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import orjson
@@ -31,40 +33,38 @@ from psycopg import AsyncConnection
 
 from loyalty_moengage.api import idempotency
 from loyalty_moengage.api.errors import ApiError
-from loyalty_moengage.api.phone import PhoneError, normalize_phone
+from loyalty_moengage.api.phone import PhoneError, is_valid_reading, phone_candidates
 from loyalty_moengage.api.programs import ProgramInfo
+from loyalty_moengage.api.purchases import credit
 from loyalty_moengage.api.validation import CustomerIn
+from loyalty_moengage.config.api_policy import ApiPolicy
 
 _STORES = "SELECT store_id FROM loyalty.stores WHERE program_id = %s AND store_id = ANY(%s)"
+_KNOWN_PHONES = "SELECT phone FROM loyalty.members WHERE program_id = %s AND phone = ANY(%s)"
 
-_UPSERT_MEMBER = """
+_UPSERT = """
 INSERT INTO loyalty.members AS m
        (program_id, relation_reference, phone, email, name, gender, status, tier, enrolled_at)
 VALUES (%(program_id)s, %(ref)s, %(phone)s, %(email)s, %(name)s, %(gender)s, 'active', %(tier)s, now())
 ON CONFLICT (program_id, phone) WHERE phone IS NOT NULL DO UPDATE
-   SET email = COALESCE(EXCLUDED.email, m.email),
-       name = COALESCE(EXCLUDED.name, m.name),
-       gender = COALESCE(EXCLUDED.gender, m.gender),
-       updated_at = CASE
-           WHEN (COALESCE(EXCLUDED.email, m.email), COALESCE(EXCLUDED.name, m.name),
-                 COALESCE(EXCLUDED.gender, m.gender)) IS DISTINCT FROM (m.email, m.name, m.gender)
-           THEN now() ELSE m.updated_at END
+   SET email = {email}, name = {name}, gender = {gender},
+       updated_at = CASE WHEN ({email}, {name}, {gender}) IS DISTINCT FROM (m.email, m.name, m.gender)
+                         THEN now() ELSE m.updated_at END
 RETURNING m.member_id, m.relation_reference, m.status, m.tier, (m.xmax = 0) AS created
 """
-_TRANSACTION = """
-INSERT INTO loyalty.transactions
-       (transaction_id, program_id, member_id, amount, currency, store_id, channel, occurred_at, recorded_at)
-VALUES (%(txn)s, %(program_id)s, %(member_id)s, %(amount)s, %(currency)s, %(store_id)s, %(channel)s, now(), now())
-"""
-_EARN = """
-INSERT INTO loyalty.points_ledger
-       (program_id, member_id, entry_type, points, earning_type, transaction_id, expires_on,
-        occurred_at, recorded_at)
-VALUES (%(program_id)s, %(member_id)s, 'earn', %(points)s, 'accrual', %(txn)s,
-        (now() AT TIME ZONE %(tz)s)::date + %(days)s, now(), now())
-"""
-_REF_OWNER = """
-SELECT phone FROM loyalty.members WHERE program_id = %s AND relation_reference = %s
+#: fill_blanks: the platform's value wins; overwrite: a non-empty campaign value wins.
+UPSERT_MEMBER = {
+    "fill_blanks": _UPSERT.format(email="COALESCE(m.email, EXCLUDED.email)",
+                                  name="COALESCE(m.name, EXCLUDED.name)",
+                                  gender="COALESCE(m.gender, EXCLUDED.gender)"),
+    "overwrite": _UPSERT.format(email="COALESCE(EXCLUDED.email, m.email)",
+                                name="COALESCE(EXCLUDED.name, m.name)",
+                                gender="COALESCE(EXCLUDED.gender, m.gender)"),
+}
+_REF_OWNER = "SELECT phone FROM loyalty.members WHERE program_id = %s AND relation_reference = %s"
+_LINK = """
+UPDATE loyalty.members SET relation_reference = %(ref)s, updated_at = now()
+WHERE member_id = %(member_id)s AND relation_reference = %(derived)s
 """
 _BALANCE = "SELECT COALESCE(sum(points), 0)::bigint FROM loyalty.points_ledger WHERE member_id = %s"
 
@@ -73,31 +73,51 @@ def relation_reference(prefix: str, e164: str) -> str:
     return prefix + e164.lstrip("+")
 
 
-def accrual_points(amount: Decimal, earn_rate: Decimal) -> int:
-    return int((amount * earn_rate).to_integral_value(rounding=ROUND_FLOOR))
+def choose_phone(candidates: list[str], known: set[str]) -> str | None:
+    """The member's phone among the readings: a known member's first, else a reading safe to
+    enrol (the first valid one, or the only one); None when only guesses remain."""
+    for phone in candidates:
+        if phone in known:
+            return phone
+    for phone in candidates:
+        if is_valid_reading(phone):
+            return phone
+    return candidates[0] if len(candidates) == 1 else None
 
 
 async def check_against_db(conn: AsyncConnection, program: ProgramInfo,
                            customers: list[CustomerIn]) -> list[str]:
     """E.164 phone per customer, after checking each store belongs to the key's program."""
+    if program.entry_tier is None:
+        raise ApiError(403, None, f"program {program.program_id} has no tiers in the loyalty database "
+                                  "(loyalty.tiers): a new member could not be given one")
     cur = await conn.execute(_STORES, (program.program_id, sorted({c.store_id for c in customers})))
-    known = {row[0] for row in await cur.fetchall()}
-    phones = []
+    known_stores = {row[0] for row in await cur.fetchall()}
+    readings = []
     for c in customers:
-        if c.store_id not in known:
+        if c.store_id not in known_stores:
             raise ApiError(422, f"{c.path}.store_id", "is not a store of this program")
         try:
-            phones.append(normalize_phone(c.number, program.default_country))
+            readings.append(phone_candidates(c.number, program.default_country))
         except PhoneError as exc:
             raise ApiError(422, f"{c.path}.number", str(exc)) from None
-    if program.entry_tier is None:
-        raise ApiError(503, None, "the program has no tiers configured")
+    cur = await conn.execute(_KNOWN_PHONES, (program.program_id, sorted({p for r in readings for p in r})))
+    known = {row[0] for row in await cur.fetchall()}
+    phones = []
+    for c, candidates in zip(customers, readings):
+        phone = choose_phone(candidates, known)
+        if phone is None:
+            raise ApiError(422, f"{c.path}.number", "can be read as more than one phone number and none "
+                                                    "is a member: send it with + and the country code")
+        phones.append(phone)
     return phones
 
 
-async def _apply(conn: AsyncConnection, program: ProgramInfo, c: CustomerIn, phone: str,
-                 ref_prefix: str) -> dict[str, Any]:
-    ref = c.customer_id or relation_reference(ref_prefix, phone)
+async def _member(conn: AsyncConnection, program: ProgramInfo, policy: ApiPolicy, c: CustomerIn,
+                  phone: str, ref_prefix: str) -> tuple[int, str, str, str, bool, bool]:
+    """(member_id, reference, status, tier, created, linked) after the upsert (row locked)."""
+    derived = relation_reference(ref_prefix, phone)
+    ref = c.customer_id or derived
     field = f"{c.path}.customer_id" if c.customer_id else f"{c.path}.number"
     clash = ApiError(409, field, f"customer_id {ref} already belongs to a member with another phone")
     if c.customer_id:
@@ -107,50 +127,53 @@ async def _apply(conn: AsyncConnection, program: ProgramInfo, c: CustomerIn, pho
         owner = await cur.fetchone()
         if owner is not None and owner[0] != phone:
             raise clash
-    params = {"program_id": program.program_id, "ref": ref,
-              "phone": phone, "email": c.email, "name": c.name, "gender": c.gender,
-              "tier": program.entry_tier}
+    params = {"program_id": program.program_id, "ref": ref, "phone": phone, "email": c.email,
+              "name": c.name, "gender": c.gender, "tier": program.entry_tier}
     try:
-        cur = await conn.execute(_UPSERT_MEMBER, params)
+        cur = await conn.execute(UPSERT_MEMBER[policy.profile_updates], params)
     except psycopg.errors.UniqueViolation:
         raise clash from None
     member_id, reference, status, tier, created = await cur.fetchone()
-    txn, points = "", 0
+    linked = False
+    if c.customer_id and not created and reference == derived and ref != derived:
+        await conn.execute(_LINK, {"ref": ref, "member_id": member_id, "derived": derived})
+        reference, linked = ref, True
+    return member_id, reference, status, tier, created, linked
+
+
+async def _apply(conn: AsyncConnection, program: ProgramInfo, policy: ApiPolicy, c: CustomerIn,
+                 phone: str, ref_prefix: str) -> dict[str, Any]:
+    member_id, reference, status, tier, created, linked = await _member(conn, program, policy, c, phone,
+                                                                         ref_prefix)
+    result: dict[str, Any] = {"customer_id": reference, "member": "created" if created else "updated",
+                              "status": status, "tier": tier, "linked": linked, "transaction_id": "",
+                              "points_credited": 0, "points_capped": 0, "purchase": "none"}
     if c.amount is not None:
-        txn = f"MOE-{uuid.uuid4().hex[:24]}"
-        await conn.execute(_TRANSACTION, {"txn": txn, "program_id": program.program_id,
-                                          "member_id": member_id, "amount": c.amount,
-                                          "currency": program.currency, "store_id": c.store_id,
-                                          "channel": c.channel})
-        if status == "active":
-            points = accrual_points(c.amount, program.earn_rate)
-        if points > 0:
-            await conn.execute(_EARN, {"program_id": program.program_id, "member_id": member_id,
-                                       "points": points, "txn": txn, "tz": program.time_zone,
-                                       "days": program.points_validity_days})
+        done = await credit(conn, program, policy, member_id=member_id, active=status == "active",
+                            amount=c.amount, purchase_id=c.purchase_id, store_id=c.store_id,
+                            channel=c.channel)
+        result.update(transaction_id=done.transaction_id, points_credited=done.points_credited,
+                      points_capped=done.points_capped,
+                      purchase="already_counted" if done.duplicate else "counted")
     cur = await conn.execute(_BALANCE, (member_id,))
     (available,) = await cur.fetchone()
-    return {
-        "customer_id": reference,
-        "member": "created" if created else "updated",
-        "status": status,
-        "tier": tier,
-        "transaction_id": txn,
-        "points_credited": points,
-        "points_available": int(available),
-    }
+    result["points_available"] = int(available)
+    result["ignored_fields"] = [{"field": p.field, "reason": p.reason} for p in c.problems]
+    return result
 
 
-async def enroll(conn: AsyncConnection, program: ProgramInfo, customers: list[CustomerIn],
-                 rk: idempotency.RequestKey, *, ref_prefix: str, idempotency_hours: int
-                 ) -> tuple[bytes, bool]:
-    """(JSON response body, replayed). Raises ApiError before anything is committed."""
+async def enroll(conn: AsyncConnection, program: ProgramInfo, policy: ApiPolicy, customers: list[CustomerIn],
+                 rk: idempotency.RequestKey, *, ref_prefix: str, test: bool = False) -> tuple[bytes, bool]:
+    """(JSON response body, replayed). Raises ApiError before anything is committed; with
+    ``test`` everything is done and answered, then rolled back (MoEngage's Test button)."""
     phones = await check_against_db(conn, program, customers)
-    async with conn.transaction():
-        stored = await idempotency.claim(conn, program.program_id, rk, idempotency_hours)
+    async with conn.transaction(force_rollback=test):
+        stored = await idempotency.claim(conn, program.program_id, rk)
         if stored is not None:
             return stored, True
-        results = [await _apply(conn, program, c, phone, ref_prefix) for c, phone in zip(customers, phones)]
-        response = orjson.dumps({"status": "success", "results": results})
+        results = [await _apply(conn, program, policy, c, phone, ref_prefix)
+                   for c, phone in zip(customers, phones)]
+        response = orjson.dumps({"status": "success", "test": test, "deduplication": rk.describe(),
+                                 "results": results})
         await idempotency.save(conn, program.program_id, rk, 200, response, [c.audit() for c in customers])
     return response, False

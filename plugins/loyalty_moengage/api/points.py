@@ -24,6 +24,7 @@ WITH mem AS (
     FROM loyalty.members m
     JOIN loyalty.programs p ON p.program_id = m.program_id
     WHERE m.program_id = %(program_id)s AND {where}
+    {order}
 ),
 lots AS (
     SELECT max(l.expires_on) AS expires_on, sum(l.points) AS remaining
@@ -44,20 +45,26 @@ FROM mem
 LEFT JOIN lots ON true
 GROUP BY mem.relation_reference, mem.tier, mem.status, mem.today
 """
-BY_PHONE = _SQL.format(where="m.phone = %(key)s")
-BY_REFERENCE = _SQL.format(where="m.relation_reference = %(key)s")
+BY_PHONE = _SQL.format(where="m.phone = %(key)s", order="")
+# A number with several readings (phone.py): the member of the likeliest reading that exists.
+BY_PHONES = _SQL.format(where="m.phone = ANY(%(key)s)", order="ORDER BY array_position(%(key)s, m.phone) LIMIT 1")
+BY_REFERENCE = _SQL.format(where="m.relation_reference = %(key)s", order="")
 
 
-async def lookup(conn: AsyncConnection, program_id: str, *, phone: str | None = None,
+async def lookup(conn: AsyncConnection, program_id: str, *, phones: list[str] | None = None,
                  customer_id: str | None = None) -> dict[str, Any] | None:
     """The flat JSON object a MoEngage template reads, or None for an unknown member."""
-    sql, key = (BY_PHONE, phone) if phone is not None else (BY_REFERENCE, customer_id)
+    if phones:
+        sql, key = (BY_PHONE, phones[0]) if len(phones) == 1 else (BY_PHONES, phones)
+    else:
+        sql, key = BY_REFERENCE, customer_id
     cur = await conn.execute(sql, {"program_id": program_id, "key": key}, prepare=True)
     row = await cur.fetchone()
     if row is None:
         return None
     reference, tier, status, today, available, d30, d60, d90, next_expiry = row
     return {
+        "member": True,
         "customer_id": reference,
         "points_available": int(available),
         "tier": tier,
@@ -68,3 +75,11 @@ async def lookup(conn: AsyncConnection, program_id: str, *, phone: str | None = 
         "next_expiry_date": next_expiry.isoformat() if next_expiry else "",
         "as_of_date": today.isoformat(),
     }
+
+
+def non_member(as_of_date: str) -> dict[str, Any]:
+    """The answer for someone who is not a member, where the program asks for one (a campaign
+    then still sends: every field a template reads is there, none null)."""
+    return {"member": False, "customer_id": "", "points_available": 0, "tier": "", "status": "",
+            "points_expiring_30d": 0, "points_expiring_60d": 0, "points_expiring_90d": 0,
+            "next_expiry_date": "", "as_of_date": as_of_date}

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from loyalty_moengage.config.api_policy import ApiPolicy
 from loyalty_moengage.paths import include_dir
 
 _ID = re.compile(r"^[a-z0-9_]{1,40}$")
@@ -70,6 +71,8 @@ class Program(BaseModel):
     receipts: bool = True
     receipt_attribute: str = "loyalty_sync_receipt"
     receipt_wait_seconds: float = 900.0
+    # What MoEngage may do through the API for this program: caps, profile updates, non-members.
+    api: ApiPolicy = ApiPolicy()
     presence_refresh_minutes: int = Field(45, ge=0, le=55)
     presence_refresh_days: int = Field(30, ge=1)
     # How long a Get User confirmation (or a `presence import`) is trusted before an event for the
@@ -227,17 +230,30 @@ def programs_file() -> Path:
 
 
 def _unknown_key(key: Any) -> str:
-    """'unknown key 'x' (did you mean 'y'?)', or the valid keys when none is close."""
-    close = difflib.get_close_matches(str(key), sorted(Program.model_fields), n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(Program.model_fields)}"
+    """'unknown key 'x' (did you mean 'y'?)', or the valid keys when none is close; a dotted key
+    ('api.max_points') is looked up among the keys of its block."""
+    parent, _, leaf = str(key).rpartition(".")
+    fields = ApiPolicy.model_fields if parent == "api" else Program.model_fields
+    close = difflib.get_close_matches(leaf, sorted(fields), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(fields)}"
     return f"unknown key {str(key)!r} ({hint})"
+
+
+def _merged(defaults: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """The program's keys over the defaults; a block (``api:``) is merged key by key."""
+    merged = {**defaults, **entry}
+    for key, value in entry.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            merged[key] = {**defaults[key], **value}
+    return merged
 
 
 def _file_error(path: Path, where: str, entry: dict[str, Any], exc: ValidationError) -> ProgramsFileError:
     """Every problem pydantic found, one line each: 'file: program 'p', key 'k': what is wrong (got ...)'."""
     lines = []
     for error in exc.errors(include_url=False):
-        key = str(error["loc"][0]) if error["loc"] else "?"
+        loc = [str(part) for part in error["loc"]]
+        key = ".".join(loc[:2]) if loc[:1] == ["api"] else (loc[0] if loc else "?")
         if error["type"] in ("extra_forbidden", "invalid_key"):
             lines.append(f"{path}: {where}: {_unknown_key(key)}")
             continue
@@ -250,7 +266,8 @@ def _file_error(path: Path, where: str, entry: dict[str, Any], exc: ValidationEr
             message = str(error["ctx"]["error"])
         else:
             message = f"{error['msg'][0].lower()}{error['msg'][1:]}, got {error['input']!r}"
-        origin = "" if key in entry or not error["loc"] else " (set under defaults)"
+        top = str(error["loc"][0]) if error["loc"] else ""
+        origin = "" if top in entry or not error["loc"] else " (set under defaults)"
         lines.append(f"{path}: {where}, key {key!r}{origin}: {message}")
     return ProgramsFileError("\n".join(lines))
 
@@ -287,7 +304,7 @@ def load_programs(path: Path | None = None) -> list[Program]:
             raise ProgramsFileError(f"{path}: programs[{i}]: expected a mapping of keys")
         where = f"program {str(entry['id'])!r}" if "id" in entry else f"programs[{i}]"
         try:
-            program = Program.model_validate({**defaults, **entry})
+            program = Program.model_validate(_merged(defaults, entry))
         except ValidationError as exc:
             raise _file_error(path, where, entry, exc) from None
         if program.id in seen:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.loyalty_moengage.api.conftest import API_KEY, STORE_KEY, free_port, serve
+from tests.loyalty_moengage.api.conftest import API_KEY, STORE_KEY, WRITE_KEY, free_port, serve
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -56,7 +56,8 @@ def test_request_through_airflow_api_server_reaches_endpoint(fresh_plugins, capf
         assert r.json()["customer_id"] == "REL-0001" and r.json()["points_available"] == 1020
         r = client.get("/loyalty-moengage/api/loyalty/points", params={**params, "api_key": "x" * 20})
         assert r.status_code == 401 and r.json()["error"]["field"] == "api_key"
-        r = client.post("/loyalty-moengage/api/customers/add", params={"api_key": API_KEY},
+        # the connector's write key in a header, as MoEngage's connectors send custom headers
+        r = client.post("/loyalty-moengage/api/customers/add", headers={"X-API-Key": WRITE_KEY},
                         json={"customer_details": {"number": "9123456780", "store_id": "A123", "amount": "100"}})
         assert r.status_code == 200 and r.json()["results"][0]["points_credited"] == 10
         time.sleep(0.2)
@@ -65,7 +66,7 @@ def test_request_through_airflow_api_server_reaches_endpoint(fresh_plugins, capf
     # Airflow's own access log (HttpAccessLogMiddleware) saw the requests, with both keys redacted
     assert "path=/loyalty-moengage/api/loyalty/points" in logged
     assert "api_key=%2A%2A%2A&store_key=%2A%2A%2A" in logged
-    assert API_KEY not in logged and STORE_KEY not in logged
+    assert API_KEY not in logged and STORE_KEY not in logged and WRITE_KEY not in logged
 
 
 def test_standalone_server_logs_requests_without_keys(keys_env, seeded_db, tmp_path):

@@ -11,9 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from loyalty_moengage.api import idempotency
-from loyalty_moengage.api.auth import program_from_api_key
+from loyalty_moengage.api.auth import write_access
+from loyalty_moengage.api.body import read_body, require_json
 from loyalty_moengage.api.enroll import enroll
 from loyalty_moengage.api.errors import ApiError
+from loyalty_moengage.api.policy import program_policy
 from loyalty_moengage.api.state import api_state
 from loyalty_moengage.api.validation import parse_customers
 
@@ -22,42 +24,23 @@ ADD_CUSTOMER_PATH = "/api/customers/add"
 router = APIRouter()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, or 413 as soon as it is known to exceed ``limit`` (header or streamed size)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            too_big = int(declared) > limit
-        except ValueError:
-            raise ApiError(400, "Content-Length", "is not a number") from None
-        if too_big:
-            raise ApiError(413, "body", f"is larger than {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body", f"is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+_TRUE = {"1", "true", "yes"}
 
 
-def require_json(request: Request) -> None:
-    """415 unless the body is declared JSON: a form or text post is a misconfigured connector,
-    and guessing at it could credit points from a body nobody meant as JSON."""
-    declared = request.headers.get("content-type")
-    media_type = (declared or "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
-        got = repr(declared) if declared else "no Content-Type"
-        raise ApiError(415, "Content-Type", f"must be application/json (got {got})")
+def is_test_call(request: Request) -> bool:
+    """MoEngage's Test button, as the campaign marks it: header ``X-Loyalty-Test: true`` or ``?test=true``."""
+    flag = request.headers.get("x-loyalty-test") or request.query_params.get("test") or ""
+    return flag.strip().lower() in _TRUE
 
 
 @router.post(ADD_CUSTOMER_PATH)
-async def add_customers(request: Request, program_id: str = Depends(program_from_api_key)) -> Response:
-    """Enroll/update customers and credit accruals; a replay answers what the first call did."""
+async def add_customers(request: Request, program_id: str = Depends(write_access)) -> Response:
+    """Enroll/update customers and credit purchases; a replay answers what the first call did."""
     state = api_state(request)
     settings = state.settings
     require_json(request)
-    idempotency_key = request.headers.get("idempotency-key")
+    test = is_test_call(request)
+    rk_header = request.headers.get("idempotency-key")
     raw = await read_body(request, settings.max_body_bytes)
     try:
         body = orjson.loads(raw)
@@ -65,12 +48,21 @@ async def add_customers(request: Request, program_id: str = Depends(program_from
         raise ApiError(400, "body", "is not valid JSON") from None
     customers = parse_customers(body, max_amount=settings.max_amount,
                                 max_customers=settings.max_customers)
-    rk = idempotency.request_key(body, idempotency_key)
+    header_window_s = settings.idempotency_hours * 3600
+    rk = idempotency.request_key(body, rk_header, header_window_s=header_window_s,
+                                 body_window_s=settings.retry_window_s)
     program = await state.program(program_id)
-    async with state.connection() as conn:
-        response, replayed = await enroll(conn, program, customers, rk, ref_prefix=settings.ref_prefix,
-                                          idempotency_hours=settings.idempotency_hours)
-        if not replayed and random.random() < 0.01:
-            await idempotency.prune(conn, settings.idempotency_hours)
+    policy = await program_policy(request, program_id)
+
+    async def work(conn) -> tuple[bytes, bool]:
+        # Run again on a fresh connection if the database drops this one: safe, since a first
+        # run that committed is found by its idempotency claim and replayed.
+        answer = await enroll(conn, program, policy, customers, rk, ref_prefix=settings.ref_prefix, test=test)
+        if not answer[1] and not test and random.random() < 0.01:
+            await idempotency.prune(conn, max(header_window_s, settings.retry_window_s))
+        return answer
+
+    response, replayed = await state.run(work)
     return Response(response, 200, media_type="application/json", headers={
-        "Cache-Control": "no-store", "Idempotent-Replayed": "true" if replayed else "false"})
+        "Cache-Control": "no-store", "Idempotent-Replayed": "true" if replayed else "false",
+        "Loyalty-Test": "true" if test else "false"})

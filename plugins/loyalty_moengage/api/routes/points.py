@@ -3,57 +3,86 @@
 
 A plain Starlette route: FastAPI's parameter and dependency machinery cost more per call than
 the lookup (bench/results/api-latest.md), and this route takes MoEngage's bursts.
+
+For someone who is not a member (or whose phone cannot be read) the answer is a 404, unless the
+program's ``api.non_member_answer`` is ``default``: then a 200 with ``"member": false`` and points
+0, because MoEngage drops a user's message when its Content API call fails.
 """
 
 from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from loyalty_moengage.api.auth import program_from_api_key, store_from_store_key
+from loyalty_moengage.api.auth import read_access
 from loyalty_moengage.api.errors import ApiError
-from loyalty_moengage.api.phone import PhoneError, normalize_phone
-from loyalty_moengage.api.points import lookup
+from loyalty_moengage.api.phone import PhoneError, phone_candidates
+from loyalty_moengage.api.points import lookup, non_member
+from loyalty_moengage.api.policy import program_policy
+from loyalty_moengage.api.programs import ProgramInfo
 from loyalty_moengage.api.responses import json_response
 from loyalty_moengage.api.state import api_state
 
 POINTS_PATH = "/api/loyalty/points"
-_CUSTOMER_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:@/+-")
 
 
 def _blank(value: str | None) -> bool:
     return value is None or not value.strip()
 
 
+def customer_id_problem(reference: str) -> str | None:
+    """Why ``reference`` cannot be a MoEngage customer_id (any printable text, 128 at most), or None."""
+    if len(reference) > 128:
+        return "is longer than 128 characters"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in reference):
+        return "contains control characters"
+    if "{{" in reference or "}}" in reference:
+        return "is a template MoEngage did not render (check the attribute name in the Content API URL)"
+    return None
+
+
+async def _not_found(request: Request, program: ProgramInfo, field: str, message: str, status: int) -> Response:
+    """The program's answer for a non-member: the error, or its default body."""
+    policy = await program_policy(request, program.program_id)
+    if policy.non_member_answer == "default":
+        today = dt.datetime.now(ZoneInfo(program.time_zone)).date().isoformat()
+        return json_response(non_member(today))
+    raise ApiError(status, field, message)
+
+
 async def get_points(request: Request) -> Response:
     """Live points of one member, found by customer_phone or customer_id (exactly one)."""
-    program_id, _store_id = await store_from_store_key(request, await program_from_api_key(request))
+    program_id, _store_id = await read_access(request)
     customer_phone = request.query_params.get("customer_phone")
     customer_id = request.query_params.get("customer_id")
-    if _blank(customer_phone) and _blank(customer_id):
-        raise ApiError(422, "customer_phone", "customer_phone or customer_id is required")
     if not _blank(customer_phone) and not _blank(customer_id):
         raise ApiError(422, "customer_id", "give customer_phone or customer_id, not both")
     state = api_state(request)
     program = await state.program(program_id)
-    phone = reference = None
+    if _blank(customer_phone) and _blank(customer_id):
+        return await _not_found(request, program, "customer_phone",
+                                "customer_phone or customer_id is required", 422)
+    phones = reference = None
     field = "customer_phone"
     if not _blank(customer_phone):
         try:
-            phone = normalize_phone(customer_phone, program.default_country)
+            phones = phone_candidates(customer_phone, program.default_country)
         except PhoneError as exc:
-            raise ApiError(422, "customer_phone", str(exc)) from None
+            return await _not_found(request, program, "customer_phone", str(exc), 422)
     else:
         field = "customer_id"
         reference = customer_id.strip()
-        if len(reference) > 128 or not set(reference) <= _CUSTOMER_ID_CHARS:
-            raise ApiError(422, "customer_id", "may hold letters, digits and _ . : @ / + - (128 at most)")
-    async with state.connection() as conn:
-        result = await lookup(conn, program_id, phone=phone, customer_id=reference)
+        problem = customer_id_problem(reference)
+        if problem:
+            raise ApiError(422, "customer_id", problem)
+    result = await state.run(lambda conn: lookup(conn, program_id, phones=phones, customer_id=reference))
     if result is None:
-        raise ApiError(404, field, "no member with this identifier in the program")
+        return await _not_found(request, program, field, "no member with this identifier in the program", 404)
     return json_response(result)
 
 
