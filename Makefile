@@ -10,7 +10,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: install demo test test-ui docs sandbox api bench bench-api run db-stop constraints clean drills property compose-test
+.PHONY: install demo test test-ui docs sandbox api bench bench-api run db-stop constraints clean drills api-drills property compose-test
 
 $(STAMP): requirements.txt requirements-docs.txt constraints.txt pyproject.toml devtools/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -77,6 +77,13 @@ clean:
 
 drills: install
 	$(PY) -m loyalty_moengage_devtools.drills $(ARGS)
+	$(PY) -m loyalty_moengage_devtools.api_drills
+
+# The API abuse drill: one leaked key, a rude network and a failing database against a real API
+# server on a fresh database (devtools/loyalty_moengage_devtools/api_drills.py), under 2 minutes;
+# writes bench/results/api-drills-latest.json/.md. ARGS="--dsn postgresql://..." picks the server.
+api-drills: install
+	$(PY) -m loyalty_moengage_devtools.api_drills $(ARGS)
 
 # The property test of delivery: random schedules of answers, kills, lease expiries and overlapping
 # loads against the sandbox (devtools/loyalty_moengage_devtools/delivery_property.py), 500 unless
