@@ -19,7 +19,9 @@ the first payload that gives a ``customer_id`` (not held by another member) repl
 reference, so the sync (which never creates profiles) reaches the member. Any other existing
 member keeps its reference whatever the payload says. Name, email and gender from a campaign
 only fill what the loyalty platform left empty, unless the program's ``api.profile_updates``
-is ``overwrite``. A reference held by another member of the program is a 409, nothing written.
+is ``overwrite``. A ``customer_id`` held by another member of the program is left out and
+reported (the purchase still counts for the member the phone names); only a derived reference
+held by a member with another phone is a 409, with nothing written.
 Tier = the program's lowest-rank tier, status active. Points: purchases.py.
 """
 
@@ -36,7 +38,7 @@ from loyalty_moengage.api.errors import ApiError
 from loyalty_moengage.api.phone import PhoneError, is_valid_reading, phone_candidates
 from loyalty_moengage.api.programs import ProgramInfo
 from loyalty_moengage.api.purchases import credit
-from loyalty_moengage.api.validation import CustomerIn
+from loyalty_moengage.api.validation import CustomerIn, FieldProblem
 from loyalty_moengage.config.api_policy import ApiPolicy
 
 _STORES = "SELECT store_id FROM loyalty.stores WHERE program_id = %s AND store_id = ANY(%s)"
@@ -113,38 +115,65 @@ async def check_against_db(conn: AsyncConnection, program: ProgramInfo,
     return phones
 
 
+async def _upsert(conn: AsyncConnection, policy: ApiPolicy, params: dict[str, Any]) -> tuple | None:
+    """The member row (locked), or None when ``params['ref']`` is held by another member: in a
+    savepoint, so that clash leaves the request's transaction usable."""
+    try:
+        async with conn.transaction():
+            cur = await conn.execute(UPSERT_MEMBER[policy.profile_updates], params)
+            return await cur.fetchone()
+    except psycopg.errors.UniqueViolation:
+        return None
+
+
+async def _link(conn: AsyncConnection, member_id: int, ref: str, derived: str) -> bool:
+    try:
+        async with conn.transaction():
+            cur = await conn.execute(_LINK, {"ref": ref, "member_id": member_id, "derived": derived})
+            return cur.rowcount == 1
+    except psycopg.errors.UniqueViolation:  # another member took ref meanwhile
+        return False
+
+
 async def _member(conn: AsyncConnection, program: ProgramInfo, policy: ApiPolicy, c: CustomerIn,
-                  phone: str, ref_prefix: str) -> tuple[int, str, str, str, bool, bool]:
-    """(member_id, reference, status, tier, created, linked) after the upsert (row locked)."""
+                  phone: str, ref_prefix: str, problems: list[FieldProblem]) -> tuple[int, str, str, str, bool, bool]:
+    """(member_id, reference, status, tier, created, linked) after the upsert (row locked). A
+    customer_id another member holds is left out and reported: the purchase still counts for
+    the member the phone names, and nobody can take over another member's MoEngage profile."""
     derived = relation_reference(ref_prefix, phone)
     ref = c.customer_id or derived
-    field = f"{c.path}.customer_id" if c.customer_id else f"{c.path}.number"
-    clash = ApiError(409, field, f"customer_id {ref} already belongs to a member with another phone")
+    taken = FieldProblem(f"{c.path}.customer_id", "belongs to another member of the program; left out")
     if c.customer_id:
-        # Checked up front so an existing member (matched by phone) cannot be paired with a
-        # reference another member holds; the UniqueViolation below covers concurrent inserts.
         cur = await conn.execute(_REF_OWNER, (program.program_id, ref))
         owner = await cur.fetchone()
         if owner is not None and owner[0] != phone:
-            raise clash
+            problems.append(taken)
+            ref = derived
     params = {"program_id": program.program_id, "ref": ref, "phone": phone, "email": c.email,
               "name": c.name, "gender": c.gender, "tier": program.entry_tier}
-    try:
-        cur = await conn.execute(UPSERT_MEMBER[policy.profile_updates], params)
-    except psycopg.errors.UniqueViolation:
-        raise clash from None
-    member_id, reference, status, tier, created = await cur.fetchone()
+    row = await _upsert(conn, policy, params)
+    if row is None and ref != derived:
+        problems.append(taken)
+        ref = params["ref"] = derived
+        row = await _upsert(conn, policy, params)
+    if row is None:
+        raise ApiError(409, f"{c.path}.number", f"the reference {derived} already belongs to a member with another phone")
+    member_id, reference, status, tier, created = row
     linked = False
-    if c.customer_id and not created and reference == derived and ref != derived:
-        await conn.execute(_LINK, {"ref": ref, "member_id": member_id, "derived": derived})
-        reference, linked = ref, True
+    if c.customer_id and ref == c.customer_id and not created and reference == derived and ref != derived:
+        linked = await _link(conn, member_id, ref, derived)
+        if linked:
+            reference = ref
+        else:
+            problems.append(taken)
     return member_id, reference, status, tier, created, linked
 
 
 async def _apply(conn: AsyncConnection, program: ProgramInfo, policy: ApiPolicy, c: CustomerIn,
                  phone: str, ref_prefix: str) -> dict[str, Any]:
+    problems = list(c.problems)
     member_id, reference, status, tier, created, linked = await _member(conn, program, policy, c, phone,
-                                                                         ref_prefix)
+                                                                         ref_prefix, problems)
     result: dict[str, Any] = {"customer_id": reference, "member": "created" if created else "updated",
                               "status": status, "tier": tier, "linked": linked, "transaction_id": "",
                               "points_credited": 0, "points_capped": 0, "purchase": "none"}
@@ -155,10 +184,14 @@ async def _apply(conn: AsyncConnection, program: ProgramInfo, policy: ApiPolicy,
         result.update(transaction_id=done.transaction_id, points_credited=done.points_credited,
                       points_capped=done.points_capped,
                       purchase="already_counted" if done.duplicate else "counted")
+        if done.foreign:
+            result["purchase"] = "not_counted"
+            problems.append(FieldProblem(f"{c.path}.purchase_id", "is the id of another member's purchase; "
+                                                                  "this one was not counted"))
     cur = await conn.execute(_BALANCE, (member_id,))
     (available,) = await cur.fetchone()
     result["points_available"] = int(available)
-    result["ignored_fields"] = [{"field": p.field, "reason": p.reason} for p in c.problems]
+    result["ignored_fields"] = [{"field": p.field, "reason": p.reason} for p in problems]
     return result
 
 

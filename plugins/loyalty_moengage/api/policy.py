@@ -1,8 +1,7 @@
 """Each program's API policy (the ``api:`` block of the programs file), cached for a minute.
 
-A program the file does not list, or a file that cannot be read, gets the defaults
-(config/api_policy.py): they are the safe ones (caps on, the platform's profile wins), so a
-broken file can never widen what a key may do. The file is read in a thread, at most once a
+A program the file does not list gets the defaults (config/api_policy.py). A file broken by
+an edit keeps the last policies read; an API that never read a good one uses the defaults. The file is read in a thread, at most once a
 ``ttl``; a request never waits for YAML unless the cache is empty.
 """
 
@@ -20,14 +19,10 @@ log = logging.getLogger(__name__)
 
 
 def read_policies() -> dict[str, ApiPolicy]:
-    """{program_id: policy} from the programs file; {} (every program on defaults) when it is unusable."""
-    from loyalty_moengage.config.programs import ProgramsFileError, load_programs
+    """{program_id: policy} from the programs file (raises when it is unusable)."""
+    from loyalty_moengage.config.programs import load_programs
 
-    try:
-        return {p.id: p.api for p in load_programs()}
-    except (ProgramsFileError, OSError) as exc:
-        log.error("programs file unusable, API policies fall back to the defaults: %s", exc)
-        return {}
+    return {p.id: p.api for p in load_programs()}
 
 
 class PolicyCache:
@@ -39,9 +34,18 @@ class PolicyCache:
 
     async def get(self, program_id: str) -> ApiPolicy:
         if self._policies is None or time.monotonic() - self._loaded_at >= self.ttl:
+            await self._reload()
+        return (self._policies or {}).get(program_id, DEFAULT_POLICY)
+
+    async def _reload(self) -> None:
+        """A file broken by an edit keeps the last good policies (a typo must not lift a cap);
+        with none yet, every program gets the defaults until the file is fixed."""
+        try:
             self._policies = await anyio.to_thread.run_sync(self._loader)
-            self._loaded_at = time.monotonic()
-        return self._policies.get(program_id, DEFAULT_POLICY)
+        except Exception as exc:  # ProgramsFileError, OSError, UnicodeDecodeError, ...
+            kept = "keeping the last good policies" if self._policies else "using the defaults"
+            log.error("programs file unusable for the API (%s): %s; %s", type(exc).__name__, exc, kept)
+        self._loaded_at = time.monotonic()
 
 
 async def program_policy(request: Request, program_id: str) -> ApiPolicy:

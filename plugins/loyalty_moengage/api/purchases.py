@@ -35,7 +35,11 @@ VALUES (%(txn)s, %(program_id)s, %(member_id)s, %(amount)s, %(currency)s, %(stor
 ON CONFLICT (transaction_id) DO NOTHING
 RETURNING 1
 """
-_CREDITED = "SELECT COALESCE(sum(points), 0)::bigint FROM loyalty.points_ledger WHERE transaction_id = %s"
+_COUNTED = """
+SELECT t.member_id, (SELECT COALESCE(sum(l.points), 0)::bigint FROM loyalty.points_ledger l
+                     WHERE l.transaction_id = t.transaction_id)
+FROM loyalty.transactions t WHERE t.transaction_id = %s
+"""
 _EARNED_TODAY = """
 SELECT COALESCE(sum(points), 0)::bigint FROM loyalty.points_ledger
 WHERE member_id = %(member_id)s AND entry_type = 'earn' AND earning_type = 'accrual'
@@ -59,6 +63,7 @@ class Credit:
     points_credited: int
     points_capped: int = 0
     duplicate: bool = False   # this purchase id was counted before: nothing credited now
+    foreign: bool = False     # ... for another member: a template or an attacker reusing ids
 
 
 def transaction_id(program_id: str, purchase_id: str | None) -> str:
@@ -95,8 +100,10 @@ async def credit(conn: AsyncConnection, program: ProgramInfo, policy: ApiPolicy,
                                             "currency": program.currency, "store_id": store_id,
                                             "channel": channel})
     if await cur.fetchone() is None:
-        cur = await conn.execute(_CREDITED, (txn,))
-        (before,) = await cur.fetchone()
+        cur = await conn.execute(_COUNTED, (txn,))
+        owner, before = await cur.fetchone()
+        if owner != member_id:  # say nothing of another member's purchase
+            return Credit("", 0, duplicate=True, foreign=True)
         return Credit(txn, int(before), duplicate=True)
     earned = accrual_points(amount, program.earn_rate) if active else 0
     points = await _capped(conn, program, policy, member_id, earned)

@@ -235,6 +235,24 @@ def _read_customer_id(value: Any) -> str | None:
     return text
 
 
+#: What a campaign renders for an attribute the event does not carry: never a purchase's id, since
+#: every such purchase would share it and only the first would ever count.
+_PLACEHOLDER_IDS = frozenset({"null", "none", "nil", "undefined", "nan", "na", "n/a", "0", "-", "-1", "unknown",
+                              "false", "true"})
+
+
+def _read_purchase_id(value: Any) -> str | None:
+    """Any printable text up to 1,000 characters (a long id is digested into the transaction id)."""
+    text = _text(value, 1000)
+    if text is None:
+        return None
+    if not text.isprintable():
+        raise _Unusable("contains control or invisible characters")
+    if text.lower() in _PLACEHOLDER_IDS:
+        raise _Unusable("is a placeholder, not a purchase's id (is the event attribute set?)")
+    return text
+
+
 def _matching(pattern: re.Pattern[str], limit: int, rule: str) -> Callable[[Any], str | None]:
     """A reader of optional text that must match ``pattern``."""
     def read(value: Any) -> str | None:
@@ -284,7 +302,7 @@ def _customer(item: Any, index: int, path: str, max_amount: int) -> CustomerIn:
         store_id=store_id,
         admin_id=optional("admin_id", _read_admin_id),
         customer_id=optional("customer_id", _read_customer_id),
-        purchase_id=optional(_purchase_key(item), _read_id),
+        purchase_id=optional(_purchase_key(item), _read_purchase_id),
         problems=tuple(problems))
 
 

@@ -206,3 +206,44 @@ def test_non_member_answer_default_lets_the_campaign_send(make_server, seeded_db
             assert r.json()["member"] is False and r.json()["points_available"] == 0
         found = client.get("/api/loyalty/points", params={"customer_phone": PHONE_1}, headers=keys)
         assert found.json()["member"] is True
+
+
+@pytest.mark.parametrize("placeholder", ["null", "0", "undefined", "NA", "None"])
+def test_a_placeholder_purchase_id_is_not_an_id(api, seeded_db, placeholder):
+    """A campaign renders "null" when the event lacks the attribute: taken as an id, it would make
+    every later purchase of every member 'already counted'."""
+    first = post(api, {"customer_details": customer(purchase_id=placeholder)})
+    res = first.json()["results"][0]
+    assert res["purchase"] == "counted" and res["transaction_id"] != f"MOE-demo-{placeholder}"
+    assert [p["field"] for p in res["ignored_fields"]] == ["customer_details.purchase_id"]
+    other = post(api, {"customer_details": customer(number="9123456780", purchase_id=placeholder)})
+    assert other.json()["results"][0]["points_credited"] == 49
+
+
+def test_another_members_purchase_id_is_not_counted_and_not_revealed(api, seeded_db):
+    post(api, {"customer_details": customer(purchase_id="ORD-77", amount="5000")})
+    r = post(api, {"customer_details": customer(number="9123456780", purchase_id="ORD-77", amount="10")})
+    res = r.json()["results"][0]
+    assert r.status_code == 200 and res["purchase"] == "not_counted"
+    assert res["points_credited"] == 0 and res["transaction_id"] == ""
+    assert [p["field"] for p in res["ignored_fields"]] == ["customer_details.purchase_id"]
+
+
+def test_a_long_purchase_id_still_counts_once(api, seeded_db):
+    long_id = "ORD-" + "x" * 600
+    a = post(api, {"customer_details": customer(purchase_id=long_id)})
+    b = post(api, {"customer_details": customer(purchase_id=long_id, amount="1")})
+    assert a.json()["results"][0]["transaction_id"].startswith("MOE-demo-#")
+    assert b.json()["results"][0]["purchase"] == "already_counted"
+
+
+def test_a_broken_programs_file_keeps_the_last_caps(make_server, seeded_db, policy_file):
+    path = policy_file(max_points_per_purchase=300)
+    client, app = make_server(seeded_db)
+    with client:
+        assert post(client, {"customer_details": customer(purchase_id="B1", amount="100000")}
+                    ).json()["results"][0]["points_credited"] == 300
+        path.write_bytes(b"programs: [\xff\xfe broken")
+        app.state.policies.ttl = 0  # read the file again at the next request
+        r = post(client, {"customer_details": customer(purchase_id="B2", amount="100000")})
+        assert r.status_code == 200 and r.json()["results"][0]["points_credited"] == 300
