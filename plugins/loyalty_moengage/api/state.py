@@ -44,6 +44,10 @@ POOL_TIMEOUT_S = 3.0
 _SESSION_ENDING = ("57P01", "57P02", "57P03")
 
 
+#: Tries of one request's database work when its connection is lost under it.
+RUN_ATTEMPTS = 3
+
+
 class ConnectionLost(psycopg.OperationalError):
     """The server closed a borrowed connection under a request. Work that failed this way did
     not happen (an error before COMMIT rolls the transaction back), except when the connection
@@ -61,6 +65,16 @@ def closed_by_server(conn: AsyncConnection) -> bool:
     poller = select.poll()
     poller.register(pgconn.socket, select.POLLIN)
     return bool(poller.poll(0))
+
+
+async def _answers(conn: AsyncConnection) -> bool:
+    """One round trip; False (and the connection closed) when it fails."""
+    try:
+        await conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        await conn.close()
+        return False
 
 
 def lost(conn: AsyncConnection, exc: psycopg.OperationalError) -> bool:
@@ -97,7 +111,10 @@ class ApiState:
                     dsn, min_size=s.pool_min, max_size=s.pool_max, timeout=POOL_TIMEOUT_S, open=False,
                     name="loyalty_api", kwargs={
                         "autocommit": True, "application_name": "loyalty_moengage_api",
-                        "options": f"-c statement_timeout={int(s.statement_timeout_ms)}",
+                        # A session whose client vanished mid-transaction frees its row locks
+                        # (a member's, an idempotency claim) in 10 s, not at the next keepalive.
+                        "options": f"-c statement_timeout={int(s.statement_timeout_ms)} "
+                                   "-c idle_in_transaction_session_timeout=10000",
                         # A peer that vanished without closing (a failover, a middlebox) shows
                         # as a readable, failed socket within ~90 s instead of two hours.
                         "keepalives": 1, "keepalives_idle": 60, "keepalives_interval": 10,
@@ -126,9 +143,9 @@ class ApiState:
         return self._borrow()
 
     @asynccontextmanager
-    async def _borrow(self) -> AsyncIterator[AsyncConnection]:
+    async def _borrow(self, *, verify: bool = False) -> AsyncIterator[AsyncConnection]:
         pool = await self.get_pool()
-        conn = await self._live_connection(pool)
+        conn = await self._live_connection(pool, verify=verify)
         try:
             async with conn:
                 yield conn
@@ -139,13 +156,15 @@ class ApiState:
         finally:
             await pool.putconn(conn)
 
-    async def _live_connection(self, pool: AsyncConnectionPool) -> AsyncConnection:
+    async def _live_connection(self, pool: AsyncConnectionPool, *, verify: bool = False) -> AsyncConnection:
         """A pooled connection the server has not closed; a dead one goes back to the pool closed
-        (which replaces it) and the next is tried at once, without the pool's check backoff."""
+        (which replaces it) and the next is tried at once, without the pool's check backoff.
+        ``verify`` adds a round trip: after a loss, the other connections the same restart killed
+        may not show their goodbye on the socket yet."""
         deadline = time.monotonic() + POOL_TIMEOUT_S
         while True:
             conn = await pool.getconn(timeout=max(deadline - time.monotonic(), 0.0))
-            if not closed_by_server(conn):
+            if not closed_by_server(conn) and (not verify or await _answers(conn)):
                 return conn
             self.dropped += 1
             self._note("dropped a pooled connection the database had closed")
@@ -160,14 +179,16 @@ class ApiState:
         error before COMMIT rolled it back; an error at COMMIT leaves it unknown, which is safe
         only where the write is idempotent (the webhook's idempotency key replays a committed
         first run). Any other error (statement timeout, ApiError) is not retried."""
-        try:
-            async with self.connection() as conn:
-                return await work(conn)
-        except ConnectionLost:
-            self.retried += 1
-            self._note("database connection lost under a request; running it again")
-        async with self.connection() as conn:
-            return await work(conn)
+        for attempt in range(RUN_ATTEMPTS):
+            try:
+                async with self._borrow(verify=attempt > 0) as conn:
+                    return await work(conn)
+            except ConnectionLost:
+                if attempt == RUN_ATTEMPTS - 1:
+                    raise
+                self.retried += 1
+                self._note("database connection lost under a request; running it again")
+        raise AssertionError("unreachable")
 
     def _note(self, what: str) -> None:
         """One warning per 10 s at most: a restart drops every connection at once."""
