@@ -25,6 +25,7 @@ import weakref
 from fastapi import Depends
 from starlette.requests import Request
 
+from loyalty_moengage.api.access_log import query_pairs
 from loyalty_moengage.api.errors import ApiError
 from loyalty_moengage.api.keys import READ, WRITE, KeyMatch, KeyRing
 from loyalty_moengage.api.ratelimit import RateLimiter, retry_after
@@ -91,7 +92,7 @@ def _sent(request: Request, *, store: bool) -> tuple[str | None, str | None]:
             raise ApiError(400, "api_key", "the X-API-Key header and the Authorization Bearer token differ; "
                                            "send the key once")
         api_h = bearer
-    query = request.query_params
+    query = query_pairs(request.scope)[1]
     api_key = _one(api_h, query.get("api_key"), "api_key")
     return api_key, (_one(store_h, query.get("store_key"), "store_key") if store else None)
 
@@ -148,8 +149,12 @@ async def authenticate(request: Request, scope: str) -> KeyMatch:
 
 async def read_access(request: Request) -> tuple[str, str]:
     """(program_id, store_id) of a request that may read (the Content API): read key + store key."""
+    return await read_access_of(api_state(request), request)
+
+
+async def read_access_of(api: ApiState, request: Request) -> tuple[str, str]:
+    """``read_access`` for a caller that has the app's ``ApiState`` already (the points route)."""
     api_key, store_key = _sent(request, store=True)
-    api = api_state(request)
     ring = await api.keyring()
     who = _authorize(api, ring, api_key, READ)
     return _store(ring, who.program_id, store_key)

@@ -35,7 +35,7 @@ from psycopg import AsyncConnection
 
 from loyalty_moengage.api import idempotency
 from loyalty_moengage.api.errors import ApiError
-from loyalty_moengage.api.phone import PhoneError, is_valid_reading, phone_candidates
+from loyalty_moengage.api.phone import PhoneError, is_valid_reading, phone_candidates, readings_to_match
 from loyalty_moengage.api.programs import ProgramInfo
 from loyalty_moengage.api.purchases import credit
 from loyalty_moengage.api.validation import CustomerIn, FieldProblem
@@ -76,8 +76,11 @@ def relation_reference(prefix: str, e164: str) -> str:
 
 
 def choose_phone(candidates: list[str], known: set[str]) -> str | None:
-    """The member's phone among the readings: a known member's first, else a reading safe to
-    enrol (the first valid one, or the only one); None when only guesses remain."""
+    """The member's phone among the readings: the likeliest when it is valid (another member
+    under a less likely reading must never get this customer's purchase: ``6499962283`` in India
+    is not New Zealand's ``+64 9996 2283``); else a known member's reading; else the first valid
+    one, or the only one; None when only guesses remain."""
+    candidates = readings_to_match(candidates)
     for phone in candidates:
         if phone in known:
             return phone

@@ -47,8 +47,9 @@ class PhoneError(ValueError):
     """The text cannot be read as a phone number; the message says why, without echoing it."""
 
 
-def _reading(text: str, region: str | None) -> tuple[str, bool] | None:
-    """(E.164, valid) of one reading, or None when it is not even a possible number."""
+def _possible(text: str, region: str | None) -> tuple[str, phonenumbers.PhoneNumber] | None:
+    """(E.164, parsed number) of one reading, or None when it is not even a possible number.
+    Whether it is *valid* is asked later, and only when the order of two readings depends on it."""
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
@@ -58,7 +59,13 @@ def _reading(text: str, region: str | None) -> tuple[str, bool] | None:
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     if not _E164.match(e164):
         return None
-    return e164, phonenumbers.is_valid_number(number)
+    return e164, number
+
+
+def _reading(text: str, region: str | None) -> tuple[str, bool] | None:
+    """(E.164, valid) of one reading, or None when it is not even a possible number."""
+    found = _possible(text, region)
+    return None if found is None else (found[0], phonenumbers.is_valid_number(found[1]))
 
 
 def _whole(value: Decimal | float) -> str:
@@ -79,6 +86,8 @@ def _text(raw: str | int | float) -> str:
     if isinstance(raw, float):
         return _whole(raw)
     text = raw.strip()
+    if "." not in text and "e" not in text and "E" not in text:
+        return text     # neither a float nor a scientific rendering (both need one of these)
     if _SCIENTIFIC.match(text):
         try:
             return ("+" if text.startswith("+") else "") + _whole(Decimal(text.lstrip("+")))
@@ -92,30 +101,45 @@ def _text(raw: str | int | float) -> str:
     return text
 
 
+#: What _ALLOWED lets through besides the digits: dropped to leave the digits.
+_PUNCTUATION = str.maketrans("", "", " +-.()/")
+
+
 def phone_candidates(raw: str | int | float, default_country: str) -> list[str]:
-    """Every E.164 reading of ``raw``, most likely first (see the module rule), or PhoneError."""
+    """Every E.164 reading of ``raw``, most likely first (see the module rule), or PhoneError.
+
+    The same readings and order as parsing every reading and asking each whether it is valid,
+    with less phonenumbers work (the Content API reads a phone on every call): a reading
+    ``+0...`` is never a number (no country code starts with 0), so it is not parsed, and
+    validity is asked only where it decides the order of two different readings."""
     text = _text(raw)
     if not text:
         raise PhoneError("is empty")
     if not _ALLOWED.match(text):
         raise PhoneError("may hold only digits, spaces and + - . ( ) /, at most 32 characters")
-    if text.count("+") > 1 or ("+" in text and not text.startswith("+")):
+    plus = text.startswith("+")
+    if text.count("+") > (1 if plus else 0):
         raise PhoneError("has a misplaced '+'")
-    digits = re.sub(r"[^0-9]", "", text)
+    digits = text.translate(_PUNCTUATION)
     if not 6 <= len(digits) <= 17:
         raise PhoneError("has too few or too many digits")
-    if digits.startswith("00") and not text.startswith("+"):
-        text, digits = "+" + digits[2:], digits[2:]
-    if text.startswith("+"):
-        readings = [_reading("+" + digits, None)]
+    if digits.startswith("00") and not plus:
+        plus, digits = True, digits[2:]
+    if plus:
+        national = None
+        international = _possible("+" + digits, None)
     else:
-        readings = [_reading(digits, default_country.upper()), _reading("+" + digits, None)]
-    found = [r for r in readings if r is not None]
-    ordered = [e164 for e164, valid in found if valid] + [e164 for e164, valid in found if not valid]
-    candidates = list(dict.fromkeys(ordered))
-    if not candidates:
-        raise PhoneError(f"is not a possible phone number (default country {default_country.upper()})")
-    return candidates
+        national = _possible(digits, default_country.upper())
+        international = None if digits.startswith("0") else _possible("+" + digits, None)
+    if national is None or international is None or national[0] == international[0]:
+        found = national or international
+        if found is None:
+            raise PhoneError(f"is not a possible phone number (default country {default_country.upper()})")
+        return [found[0]]
+    # Two different readings: valid ones first (national, then international), then the others.
+    if not phonenumbers.is_valid_number(national[1]) and phonenumbers.is_valid_number(international[1]):
+        return [international[0], national[0]]
+    return [national[0], international[0]]
 
 
 def normalize_phone(raw: str | int | float, default_country: str) -> str:
@@ -132,3 +156,12 @@ def is_valid_reading(e164: str) -> bool:
         return phonenumbers.is_valid_number(phonenumbers.parse(e164, None))
     except phonenumbers.NumberParseException:
         return False
+
+
+def readings_to_match(candidates: list[str]) -> list[str]:
+    """The readings a member may be found by: the likeliest alone when it is valid, so a member
+    under a less likely reading never answers for this number (``6499962283`` in India is not New
+    Zealand's ``+64 9996 2283``); every reading when the likeliest is only possible."""
+    if len(candidates) > 1 and is_valid_reading(candidates[0]):
+        return candidates[:1]
+    return candidates

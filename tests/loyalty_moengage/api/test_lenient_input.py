@@ -189,7 +189,7 @@ def test_purchase_id_is_the_first_given_of_its_keys(fields, expected):
 
 
 @pytest.mark.parametrize("fields, field", [
-    ({"purchase_id": "x" * 129}, "purchase_id"), ({"order_id": "a\nb"}, "order_id"),
+    ({"purchase_id": "x" * 1001}, "purchase_id"), ({"purchase_id": "null"}, "purchase_id"), ({"order_id": "a\nb"}, "order_id"),
     ({"transaction_id": True}, "transaction_id"), ({"order_id": "{{EventAttribute['order_id']}}"}, "order_id"),
     ({"purchase_id": "a\x7fb", "order_id": "O1"}, "purchase_id"),
 ])

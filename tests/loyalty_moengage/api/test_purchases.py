@@ -247,3 +247,19 @@ def test_a_broken_programs_file_keeps_the_last_caps(make_server, seeded_db, poli
         app.state.policies.ttl = 0  # read the file again at the next request
         r = post(client, {"customer_details": customer(purchase_id="B2", amount="100000")})
         assert r.status_code == 200 and r.json()["results"][0]["points_credited"] == 300
+
+
+def test_a_valid_local_reading_wins_over_a_member_under_a_foreign_reading(api, seeded_db):
+    """6499962283 in an Indian program is an Indian mobile, even when +64 9996 2283 (New Zealand) is a member."""
+    with psycopg.connect(seeded_db) as conn:
+        conn.execute("INSERT INTO loyalty.members (program_id, relation_reference, phone, tier, status, enrolled_at) "
+                     "VALUES ('demo', 'NZ-1', '+6499962283', 'Silver', 'active', now())")
+    keys = {"X-API-Key": conftest.API_KEY, "X-Store-Key": STORE_KEY}
+    before = api.get("/api/loyalty/points", params={"customer_phone": "6499962283"}, headers=keys)
+    assert before.status_code == 404  # not the New Zealand member's balance
+    r = post(api, {"customer_details": customer(number="6499962283", amount="500")})
+    res = r.json()["results"][0]
+    assert res["customer_id"] == "PH-916499962283" and res["member"] == "created"
+    got = api.get("/api/loyalty/points", params={"customer_phone": "6499962283"},
+                  headers={"X-API-Key": conftest.API_KEY, "X-Store-Key": STORE_KEY})
+    assert got.json()["customer_id"] == "PH-916499962283"

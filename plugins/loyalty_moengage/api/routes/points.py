@@ -19,9 +19,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from loyalty_moengage.api.auth import read_access
+from loyalty_moengage.api.access_log import query_pairs
+from loyalty_moengage.api.auth import read_access_of
 from loyalty_moengage.api.errors import ApiError
-from loyalty_moengage.api.phone import PhoneError, phone_candidates
+from loyalty_moengage.api.phone import PhoneError, phone_candidates, readings_to_match
 from loyalty_moengage.api.points import lookup, non_member
 from loyalty_moengage.api.policy import program_policy
 from loyalty_moengage.api.programs import ProgramInfo
@@ -57,12 +58,13 @@ async def _not_found(request: Request, program: ProgramInfo, field: str, message
 
 async def get_points(request: Request) -> Response:
     """Live points of one member, found by customer_phone or customer_id (exactly one)."""
-    program_id, _store_id = await read_access(request)
-    customer_phone = request.query_params.get("customer_phone")
-    customer_id = request.query_params.get("customer_id")
+    state = api_state(request)
+    program_id, _store_id = await read_access_of(state, request)
+    query = query_pairs(request.scope)[1]   # parsed once, with the keys (access_log.py)
+    customer_phone = query.get("customer_phone")
+    customer_id = query.get("customer_id")
     if not _blank(customer_phone) and not _blank(customer_id):
         raise ApiError(422, "customer_id", "give customer_phone or customer_id, not both")
-    state = api_state(request)
     program = await state.program(program_id)
     if _blank(customer_phone) and _blank(customer_id):
         return await _not_found(request, program, "customer_phone",
@@ -71,7 +73,7 @@ async def get_points(request: Request) -> Response:
     field = "customer_phone"
     if not _blank(customer_phone):
         try:
-            phones = phone_candidates(customer_phone, program.default_country)
+            phones = readings_to_match(phone_candidates(customer_phone, program.default_country))
         except PhoneError as exc:
             return await _not_found(request, program, "customer_phone", str(exc), 422)
     else:
