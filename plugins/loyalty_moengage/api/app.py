@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loyalty_moengage.api.access_log import EdgeLayer
+from loyalty_moengage.api.access_log import RedactingAccessLog
 from loyalty_moengage.api.admission import Admission
 from loyalty_moengage.api.errors import ApiError, error_body
 from loyalty_moengage.api.responses import json_response
@@ -99,7 +99,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
 
 #: Seconds a caller is told to wait when the loyalty database is down (a restart or failover).
 DB_DOWN_RETRY_AFTER = 5
-#: Retry-After of a 503 that did not set its own (see ``access_log.EdgeLayer``).
+#: Retry-After of a 503 that did not set its own (see ``RetryAfterOn503``).
 DEFAULT_RETRY_AFTER = str(DB_DOWN_RETRY_AFTER).encode()
 
 
@@ -131,6 +131,43 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(psycopg.OperationalError, _db_down)
     app.add_exception_handler(psycopg.errors.QueryCanceled, _db_busy)
     app.add_exception_handler(Exception, _unexpected)
+
+
+class RetryAfterOn503:
+    """Every 503 leaves with ``Retry-After``: MoEngage and other callers read a 503 as "try
+    again", and one without the header (a route's ``ApiError(503, ...)``) gets ``DEFAULT_RETRY_AFTER``.
+    Pure ASGI: the wrapped ``send`` looks at one integer per response."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_retry_after(message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"retry-after" for name, _ in headers):
+                    headers.append((b"retry-after", DEFAULT_RETRY_AFTER))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_retry_after)
+
+
+class TrailingSlash:
+    """``/api/loyalty/points/`` is ``/api/loyalty/points``: the path is trimmed before routing."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/"}
+        await self.app(scope, receive, send)
 
 
 # ---- the app ------------------------------------------------------------------------------
@@ -165,10 +202,9 @@ def create_app(settings: Settings | None = None, *, key_loader=None) -> FastAPI:
     add_error_handlers(app)
     app.include_router(points.router)
     app.include_router(customers.router)
-    # trailing slash, redacted access log, Retry-After on every 503 (access_log.EdgeLayer), which
-    # also takes the Content API route straight to its endpoint
-    app.add_middleware(EdgeLayer, access_log=settings.access_log, retry_after=DEFAULT_RETRY_AFTER,
-                       fast_paths=(points.POINTS_PATH,))
+    app.add_middleware(RetryAfterOn503)
+    app.add_middleware(RedactingAccessLog, enabled=settings.access_log)
+    app.add_middleware(TrailingSlash)
     # outermost: sheds before any work; reads and writes have budgets of their own
     app.add_middleware(Admission, limit=settings.max_in_flight, write_limit=settings.max_in_flight_writes)
     return app
