@@ -592,12 +592,11 @@ def _phone_hits(phone: str, text: str) -> int:
 
 
 def secrets_in_logs(probes: list[int], scan: dict[str, Any]) -> Outcome:
-    ok = not scan["found"] and scan["access_lines"] > 0 and all(probes)
     derived = scan["phone_in_derived_reference"]
-    note = (f"; note: a phone inside the API's own PH- reference, sent as customer_id, is logged in full ({derived}x)"
-            if derived else "")
+    ok = not scan["found"] and not derived and scan["access_lines"] > 0 and all(probes)
     return ok, (f"{scan['lines']:,} log lines ({scan['access_lines']:,} access lines, --log-level debug) after probes "
-                f"answered {probes}; secrets found: {scan['found'] or 'none'}{note}"), {**scan, "probe_statuses": probes}
+                f"answered {probes}; secrets found: {scan['found'] or 'none'}; the phone inside the API's own "
+                f"PH- reference, sent as customer_id: {derived}x"), {**scan, "probe_statuses": probes}
 
 
 async def test_calls(d: Drill) -> Outcome:

@@ -6,7 +6,8 @@ and connector forms send them), so every access log line is a leak risk. This AS
 * replaces their values with ``***`` in ``scope["query_string"]`` once the response is sent (and
   those of any parameter whose name, spelt any way, says key, token, secret or password: a key
   sent as ``api-key`` or ``storeKey`` is still a key), and a phone number or email to its last two
-  characters (a customer's phone in every line is personal data the log does not need), so
+  characters (a customer's phone in every line is personal data the log does not need), and so a
+  ``customer_id`` made from a phone (``PH-919876543210`` -> ``PH-**********10``), so
   an outer logger that reads the scope afterwards (Airflow's ``HttpAccessLogMiddleware`` reads it
   after the app returns) logs the redacted form too;
 * when ``enabled`` (the standalone server, which turns uvicorn's own access log off) writes one
@@ -32,6 +33,9 @@ log = logging.getLogger("loyalty_moengage.api.access")
 
 SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "auth")
 PERSONAL_WORDS = ("phone", "mobile", "msisdn", "email", "number")
+#: Names of a member reference: logged as sent unless it is one made from a phone (``PH-<digits>``).
+REFERENCE_NAMES = ("customerid", "uid", "relationreference", "reference")
+_PHONE_REFERENCE = re.compile(r"(?i)^(ph-)(\+?\d{3,})$")
 #: Where a request's parsed query string is kept in its ASGI scope: (query_string, pairs, last values).
 QUERY_SCOPE_KEY = "loyalty_moengage.query"
 _SAFE = "*+"
@@ -44,6 +48,8 @@ def _kind(name: str) -> str | None:
         return "secret"
     if any(word in normal for word in PERSONAL_WORDS):
         return "personal"
+    if normal in REFERENCE_NAMES:
+        return "reference"
     return None
 
 
@@ -100,10 +106,16 @@ def redact_pairs(pairs: list[tuple[str, str]]) -> str:
         if kind == "secret":
             out.append(written + "=***")
         elif kind == "personal":
-            out.append(written + "=" + "*" * max(len(value) - 2, 0) + quote_plus(value[-2:], safe=_SAFE))
+            out.append(written + "=" + _masked(value))
+        elif kind == "reference" and (phone := _PHONE_REFERENCE.match(value)):
+            out.append(written + "=" + quote_plus(phone.group(1), safe=_SAFE) + _masked(phone.group(2)))
         else:
             out.append(written + "=" + quote_plus(value, safe=_SAFE))
     return "&".join(out)
+
+
+def _masked(value: str) -> str:
+    return "*" * max(len(value) - 2, 0) + quote_plus(value[-2:], safe=_SAFE)
 
 
 def redact_query(query: bytes | str) -> str:
@@ -111,6 +123,9 @@ def redact_query(query: bytes | str) -> str:
 
 
 class RedactingAccessLog:
+    """Outermost: a request shed by admission or answered before routing is redacted too, in
+    the scope the server (and Airflow's access log) passed in."""
+
     def __init__(self, app, enabled: bool = False) -> None:
         self.app = app
         self.enabled = enabled

@@ -158,7 +158,8 @@ class RetryAfterOn503:
 
 
 class TrailingSlash:
-    """``/api/loyalty/points/`` is ``/api/loyalty/points``: the path is trimmed before routing."""
+    """``/api/loyalty/points/`` is ``/api/loyalty/points``: the path is trimmed before routing, in
+    the caller's scope (the outer access log then logs, and redacts, the request it served)."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -166,7 +167,7 @@ class TrailingSlash:
     async def __call__(self, scope, receive, send) -> None:
         path = scope.get("path", "")
         if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
-            scope = {**scope, "path": path.rstrip("/") or "/"}
+            scope["path"] = path.rstrip("/") or "/"
         await self.app(scope, receive, send)
 
 
@@ -203,10 +204,11 @@ def create_app(settings: Settings | None = None, *, key_loader=None) -> FastAPI:
     app.include_router(points.router)
     app.include_router(customers.router)
     app.add_middleware(RetryAfterOn503)
-    app.add_middleware(RedactingAccessLog, enabled=settings.access_log)
     app.add_middleware(TrailingSlash)
-    # outermost: sheds before any work; reads and writes have budgets of their own
+    # sheds before any work; reads and writes have budgets of their own
     app.add_middleware(Admission, limit=settings.max_in_flight, write_limit=settings.max_in_flight_writes)
+    # outermost: every request's keys and phones are redacted, a shed one's too
+    app.add_middleware(RedactingAccessLog, enabled=settings.access_log)
     return app
 
 

@@ -116,3 +116,67 @@ def test_a_phone_or_email_keeps_only_its_last_two_characters():
 
     assert redact_query("customer_phone=9876543210&customer_id=REL-1") == "customer_phone=********10&customer_id=REL-1"
     assert redact_query("mobile=%2B919876543210&email=a%40b.in") == "mobile=***********10&email=****in"
+
+
+def test_a_reference_made_from_a_phone_keeps_only_its_last_two_digits():
+    from loyalty_moengage.api.access_log import redact_query
+
+    assert redact_query("customer_id=PH-919876543210&x=1") == "customer_id=PH-**********10&x=1"
+    assert redact_query("uid=ph-%2B919876543210") == "uid=ph-***********10"
+    assert redact_query("customer_id=REL-0001") == "customer_id=REL-0001"    # an ordinary reference is kept
+
+
+def _asgi_get(app, path: str, query: str) -> tuple[int, dict, dict]:
+    """One in-process GET: (status, headers, the caller's scope after the app returned), as
+    Airflow's ``HttpAccessLogMiddleware`` sees that scope when it writes its line."""
+    import asyncio
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query.encode(),
+             "root_path": "", "headers": [(b"host", b"api")], "client": ("127.0.0.1", 1), "server": ("api", 80)}
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], dict(sent[0]["headers"]), scope
+
+
+REDACTED = b"api_key=***&store_key=***&customer_phone=********10"
+
+
+@pytest.mark.parametrize("path", ["/api/loyalty/points", "/api/loyalty/points/"])
+def test_the_callers_scope_is_redacted_with_or_without_a_trailing_slash(keys_env, path):
+    from urllib.parse import urlencode
+
+    from loyalty_moengage.api.app import create_app
+    from loyalty_moengage.api.settings import Settings
+
+    app = create_app(Settings.from_env(dsn="postgresql://nobody@127.0.0.1:1/none"))
+    query = urlencode({"api_key": "wrong-key-0123456789", "store_key": STORE_KEY, "customer_phone": "9876543210"})
+    status, _, scope = _asgi_get(app, path, query)
+    assert status == 401
+    assert scope["query_string"] == REDACTED and scope["path"] == "/api/loyalty/points"
+
+
+def test_a_request_shed_by_admission_is_redacted_too(keys_env):
+    from urllib.parse import urlencode
+
+    from loyalty_moengage.api.admission import Admission
+    from loyalty_moengage.api.app import create_app
+    from loyalty_moengage.api.settings import Settings
+
+    app = create_app(Settings.from_env(dsn="postgresql://nobody@127.0.0.1:1/none", max_in_flight=1))
+    query = urlencode({"api_key": API_KEY, "store_key": STORE_KEY, "customer_phone": "9876543210"})
+    _asgi_get(app, "/nowhere", "")                     # builds the middleware stack
+    layer = app.middleware_stack
+    while not isinstance(layer, Admission):
+        layer = layer.app
+    layer.reads.in_flight = 1                          # the read budget is full
+    status, headers, scope = _asgi_get(app, "/api/loyalty/points", query)
+    assert status == 503 and headers[b"retry-after"] == b"1"
+    assert scope["query_string"] == REDACTED
