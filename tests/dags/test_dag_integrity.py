@@ -62,3 +62,23 @@ def test_parsing_is_cheap():
                          env={**os.environ}, check=True).stdout.strip().splitlines()[-1]
     heavy, _seconds = out.rsplit(" ", 1)
     assert heavy == "[]", f"DAG parsing imported {heavy}"
+
+
+def test_a_live_program_gets_a_live_dag_that_never_overlaps(monkeypatch, tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    path = tmp_path / "programs.yaml"
+    path.write_text("programs:\n  - {id: fast, time_zone: Asia/Kolkata, live: {enabled: true, every_minutes: 2}}\n"
+                    "  - {id: slow, time_zone: UTC}\n")
+    monkeypatch.setenv("LOYALTY_PROGRAMS_FILE", str(path))
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    live = {d for d in bag.dag_ids if d.startswith("moengage_live_")}
+    assert live == {"moengage_live_fast"}
+    dag = bag.dags["moengage_live_fast"]
+    assert isinstance(dag.timetable, CronTriggerTimetable) and dag.timetable._expression == "*/2 * * * *"
+    assert dag.max_active_runs == 1 and not dag.catchup and dag.doc_md and "live" in dag.tags
+    [task] = dag.tasks
+    assert task.pool == "moengage_moengage_default" and task.retries >= 1 and task.execution_timeout is not None
+    assert task.priority_weight > bag.dags["moengage_sync_fast"].get_task("load").priority_weight

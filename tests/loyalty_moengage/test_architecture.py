@@ -25,6 +25,7 @@ LAYERS = (
     ("loyalty_moengage.sync.report",),
     ("loyalty_moengage.sync.send",),
     ("loyalty_moengage.sync.sinks",),
+    ("loyalty_moengage.sync.live",),
     ("loyalty_moengage.sync.ops",),
     ("loyalty_moengage.sync.tasks",),
     ("loyalty_moengage.api", "loyalty_moengage.ui", "loyalty_moengage.by_hand"),

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loyalty_moengage.config.api_policy import ApiPolicy
+from loyalty_moengage.config.live_policy import LivePolicy
 from loyalty_moengage.paths import include_dir
 
 _ID = re.compile(r"^[a-z0-9_]{1,40}$")
@@ -73,6 +74,8 @@ class Program(BaseModel):
     receipt_wait_seconds: float = 900.0
     # What MoEngage may do through the API for this program: caps, profile updates, non-members.
     api: ApiPolicy = ApiPolicy()
+    # Events within minutes, between the nights (docs/live.md): off unless enabled.
+    live: LivePolicy = LivePolicy()
     presence_refresh_minutes: int = Field(45, ge=0, le=55)
     presence_refresh_days: int = Field(30, ge=1)
     # How long a Get User confirmation (or a `presence import`) is trusted before an event for the
@@ -213,8 +216,13 @@ class Program(BaseModel):
 
     @property
     def load_share(self) -> float:
-        """Each load task's fraction of the workspace budget: at most ``pool_slots`` run at once."""
-        return 1 / self.pool_slots
+        """Each load task's fraction of the workspace budget: at most ``pool_slots`` run at once,
+        beside the live lane's share when the program has one."""
+        return (1 - self.live.budget_share if self.live.enabled else 1) / self.pool_slots
+
+    @property
+    def live_dag_id(self) -> str:
+        return f"moengage_live_{self.id}"
 
     @property
     def state_conn(self) -> str:
@@ -233,7 +241,7 @@ def _unknown_key(key: Any) -> str:
     """'unknown key 'x' (did you mean 'y'?)', or the valid keys when none is close; a dotted key
     ('api.max_points') is looked up among the keys of its block."""
     parent, _, leaf = str(key).rpartition(".")
-    fields = ApiPolicy.model_fields if parent == "api" else Program.model_fields
+    fields = {"api": ApiPolicy.model_fields, "live": LivePolicy.model_fields}.get(parent, Program.model_fields)
     close = difflib.get_close_matches(leaf, sorted(fields), n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(fields)}"
     return f"unknown key {str(key)!r} ({hint})"
@@ -253,7 +261,7 @@ def _file_error(path: Path, where: str, entry: dict[str, Any], exc: ValidationEr
     lines = []
     for error in exc.errors(include_url=False):
         loc = [str(part) for part in error["loc"]]
-        key = ".".join(loc[:2]) if loc[:1] == ["api"] else (loc[0] if loc else "?")
+        key = ".".join(loc[:2]) if loc[:1] in (["api"], ["live"]) else (loc[0] if loc else "?")
         if error["type"] in ("extra_forbidden", "invalid_key"):
             lines.append(f"{path}: {where}: {_unknown_key(key)}")
             continue

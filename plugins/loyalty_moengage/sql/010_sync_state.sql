@@ -299,3 +299,16 @@ ALTER TABLE moengage_sync.run_reports ADD COLUMN IF NOT EXISTS late_rows_found i
 -- imported: present = true asserted by `presence import` (checked_at = the import time, so it expires like
 -- a confirmation made then), not yet confirmed by a Get User answer (record_answers clears it).
 ALTER TABLE moengage_sync.customer_presence ADD COLUMN IF NOT EXISTS imported boolean NOT NULL DEFAULT false;
+
+-- Live lane (sync/live/, docs/live.md): how far the program's live runs have read. read_to is the
+-- last run's cut (the loyalty database's clock, held back by its oldest open writing transaction);
+-- the next run reads from read_to - lookback_minutes. Advanced by compare-and-set after the run's
+-- events are in the outbox, so a run that died re-reads, and the event keys drop what it enqueued.
+CREATE TABLE IF NOT EXISTS moengage_sync.live_watermark (
+    program_id  text PRIMARY KEY,
+    read_to     timestamptz NOT NULL,
+    run_id      text NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+-- Events of the night the live lane sent during the day (of events_sent): the night's report says so.
+ALTER TABLE moengage_sync.run_reports ADD COLUMN IF NOT EXISTS events_sent_live integer NOT NULL DEFAULT 0;

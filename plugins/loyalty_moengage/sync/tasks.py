@@ -318,3 +318,39 @@ def report(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     assets.emit_night(context, program, {**body, "dry_run": is_dry_run(context) or body.get("dry_run")})
     return {k: body[k] for k in ("outcome", "events_sent", "members_updated", "events", "members", "requests",
                                  "dry_run") if k in body}
+
+
+def live(program: Program, context: dict[str, Any]) -> dict[str, Any]:
+    """One live run (``sync/live/run.py``): the events recorded since the last one, sent at the
+    live lane's share of the workspace budget. A lag over the alert setting or an error no retry
+    can mend fails at once (the alert fires); a database or network blip is retried."""
+    from loyalty_moengage.moengage.hook import MoEngageHook
+    from loyalty_moengage.sync.live.run import LiveLagError, LiveRun, run_live
+
+    loyalty, state = dsns(program)
+    attempt = getattr(context.get("ti"), "try_number", 1) or 1
+    share = program.live.budget_share
+    hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=share)
+    lookup = None
+    if program.verify_customers:
+        lookup = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=share).existing_customers
+    try:
+        stats = run_live(LiveRun.of(program, context["run_id"], attempt, loyalty, state), hook=hook, lookup=lookup,
+                         on_stats=lambda s: _emit_live_metrics(program, s))
+        return {k: v for k, v in stats.items() if not isinstance(v, dict)}
+    except LiveLagError as exc:
+        raise _fail(str(exc)) from exc
+    except Exception as exc:
+        cause = _permanent_cause(exc)
+        if cause:
+            raise _fail(cause) from exc
+        raise
+
+
+def _emit_live_metrics(program: Program, stats: dict[str, Any]) -> None:
+    from loyalty_moengage.sync.ops import metrics
+
+    try:
+        metrics.emit(program.id, metrics.live_figures(stats), counters=metrics.LIVE_COUNTERS, gauges=metrics.LIVE_GAUGES)
+    except Exception as exc:  # noqa: BLE001 - observability must not fail a live run
+        log.warning("live metrics not emitted: %s: %s", type(exc).__name__, exc)

@@ -218,3 +218,17 @@ def test_programs_on_one_workspace_must_share_a_state_database_for_receipts(tmp_
 def test_a_load_task_has_a_time_limit(tmp_path):
     assert one(tmp_path).load_timeout_minutes == 360
     assert "load_timeout_minutes" in error_of(tmp_path, "    load_timeout_minutes: 1\n")
+
+
+def test_the_live_block_is_off_by_default_and_takes_the_night_s_share_when_on(tmp_path):
+    off = one(tmp_path)
+    assert not off.live.enabled and off.load_share == 1 / off.pool_slots
+    on = one(tmp_path, "    load_parallelism: 4\n    live:\n      enabled: true\n      budget_share: 0.1\n")
+    assert on.live.enabled and on.live.every_minutes == 1 and on.live_dag_id == "moengage_live_p1"
+    assert on.load_share == pytest.approx(0.9 / 4)     # the night's 4 slots and the live lane: the whole budget
+
+
+def test_a_misspelt_or_wrong_live_key_names_the_block(tmp_path):
+    assert "unknown key 'live.every_minute' (did you mean 'every_minutes'?)" in error_of(
+        tmp_path, "    live:\n      every_minute: 2\n")
+    assert "live.budget_share" in error_of(tmp_path, "    live:\n      budget_share: 0.9\n")

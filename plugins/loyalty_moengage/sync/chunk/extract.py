@@ -137,17 +137,21 @@ def reads_window(template: Template) -> bool:
     return "%(window_start)s" in code
 
 
-def extract_chunk(loyalty_dsn: str, params: dict[str, Any],
-                  lookback: Sequence[dict[str, Any]] = ()) -> tuple[list[Extract], list[list[Extract]]]:
+def extract_chunk(loyalty_dsn: str, params: dict[str, Any], lookback: Sequence[dict[str, Any]] = (), *,
+                  recorded_only: bool = False) -> tuple[list[Extract], list[list[Extract]]]:
     """Every template's rows of one chunk, and for each lookback night's parameters the rows of the
-    templates that read the recorded window (:func:`reads_window`), all from one consistent snapshot."""
+    templates that read the recorded window (:func:`reads_window`), all from one consistent snapshot.
+    ``recorded_only`` (the live lane): only the event templates that read the recorded window; the
+    members' attributes and the reminders of a night's end are the night's."""
     from loyalty_moengage.db import connect
     from loyalty_moengage.sync.chunk.contract import load_templates
 
     with connect(loyalty_dsn) as conn:
         conn.execute(SESSION_SETTINGS)
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        extracts = [extract(conn, t, params) for t in load_templates()]
+        templates = [t for t in load_templates()
+                     if not recorded_only or (t.kind == "events" and reads_window(t))]
+        extracts = [extract(conn, t, params) for t in templates]
         windowed = [e for e in extracts if e.template.kind == "events" and reads_window(e.template)]
         earlier = [[extract(conn, e.template, night, e.kinds) for e in windowed] for night in lookback]
         conn.rollback()

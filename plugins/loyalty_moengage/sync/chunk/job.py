@@ -21,6 +21,8 @@ class ChunkJob:
     state_dsn: str
     # Earlier nights re-read for late rows (``plan.lookback_nights``), newest first; () = none.
     lookback: tuple[Window, ...] = ()
+    # "night": every template; "live": the events recorded in the window only (sync/live/).
+    lane: str = "night"
 
     @property
     def params(self) -> dict[str, Any]:

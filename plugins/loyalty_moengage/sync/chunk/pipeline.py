@@ -53,7 +53,8 @@ def run_chunk(job: ChunkJob, sink: Sink, *, lookup: Lookup | None = None) -> dic
         return done
     timer = StageTimer()
     with timer("extract"):
-        extracts, earlier = extract_chunk(job.loyalty_dsn, job.params, job.lookback_params)
+        extracts, earlier = extract_chunk(job.loyalty_dsn, job.params, job.lookback_params,
+                                          recorded_only=job.lane == "live")
     with timer("transform"):
         checked = check_chunk(extracts, job.window)
         add_lookback(checked, list(zip(job.lookback, earlier)))   # late rows of earlier nights

@@ -5,7 +5,8 @@ Emitted by the report task for every night, whatever its outcome, under
 counters ``events_sent``, ``members_updated``, ``quarantined``, ``throttled`` (MoEngage's 429s),
 ``customer_lookups``; gauges ``uncertain_batches``, ``night_seconds`` (the DAG run's start to
 its report) and ``night_floor_seconds`` (what MoEngage's budget allows for the night's users and
-events), so an alert can compare a night with its floor. docs/platform.md.
+events), so an alert can compare a night with its floor. Each live run (docs/live.md) emits the
+counter ``events_sent_live`` and the gauge ``live_lag_seconds``. docs/platform.md.
 """
 
 from __future__ import annotations
@@ -33,13 +34,23 @@ def night_figures(body: dict[str, Any], *, started: datetime | None, users_per_m
     return figures
 
 
-def emit(program_id: str, figures: dict[str, float]) -> None:
+#: The live lane's (sync/live/): emitted by each live run.
+LIVE_COUNTERS = ("events_sent_live",)
+LIVE_GAUGES = ("live_lag_seconds",)
+
+
+def live_figures(stats: dict[str, Any]) -> dict[str, float]:
+    return {"events_sent_live": stats.get("events_sent", 0), "live_lag_seconds": stats.get("lag_seconds", 0.0)}
+
+
+def emit(program_id: str, figures: dict[str, float], *, counters: tuple[str, ...] = COUNTERS,
+         gauges: tuple[str, ...] = GAUGES) -> None:
     from airflow.sdk.observability.stats import Stats
 
     tags = {"program": program_id}
-    for name in COUNTERS:
+    for name in counters:
         if figures.get(name):
             Stats.incr(f"loyalty_moengage.{program_id}.{name}", int(figures[name]), tags=tags)
-    for name in GAUGES:
+    for name in gauges:
         if name in figures:
             Stats.gauge(f"loyalty_moengage.{program_id}.{name}", figures[name], tags=tags)

@@ -18,7 +18,8 @@ from airflow.listeners import hookimpl
 
 log = logging.getLogger(__name__)
 
-DAG_PREFIX = "moengage_sync_"
+#: The nightly and the live DAGs: both send in the workspace Pool.
+DAG_PREFIXES = ("moengage_sync_", "moengage_live_")
 
 
 def ensure_pool(dag_id: str) -> str | None:
@@ -32,7 +33,7 @@ def ensure_pool(dag_id: str) -> str | None:
 
     from loyalty_moengage.config.programs import load_programs
 
-    program = next((p for p in load_programs() if p.dag_id == dag_id), None)
+    program = next((p for p in load_programs() if dag_id in (p.dag_id, p.live_dag_id)), None)
     if program is None or program.pool == "default_pool":
         return None
     # An engine of our own: the scheduler forbids commits in its session ("UNEXPECTED COMMIT").
@@ -57,7 +58,7 @@ def ensure_pool(dag_id: str) -> str | None:
 @hookimpl
 def on_dag_run_running(dag_run: Any, msg: str) -> None:
     dag_id = str(getattr(dag_run, "dag_id", ""))
-    if not dag_id.startswith(DAG_PREFIX):
+    if not dag_id.startswith(DAG_PREFIXES):
         return
     try:
         ensure_pool(dag_id)

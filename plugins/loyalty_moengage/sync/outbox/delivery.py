@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Callable
 
-from loyalty_moengage.sync.outbox.states import OUTCOMES
+from loyalty_moengage.sync.outbox.states import LIVE_RUN_PREFIX, OUTCOMES
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,9 @@ def recover_orphans(conn: Any, program_id: str, owner: Owner | None = None) -> t
 
 
 def claim(conn: Any, owner: Owner, limit: int, *, up_to_night: date,
-          lease_seconds: float = LEASE_SECONDS) -> list[ClaimedBatch]:
-    """Mark up to ``limit`` pending batches 'claimed' by ``owner``, oldest night first.
+          lease_seconds: float = LEASE_SECONDS, live_only: bool = False) -> list[ClaimedBatch]:
+    """Mark up to ``limit`` pending batches 'claimed' by ``owner``, oldest night first;
+    ``live_only`` (a live run's slot): only batches live runs enqueued, never a night's backlog.
 
     The claim is always committed durably (even when the session runs with
     ``synchronous_commit = off``): a claim lost in a crash after its POST would resend the batch.
@@ -124,6 +125,7 @@ def claim(conn: Any, owner: Owner, limit: int, *, up_to_night: date,
         FROM (
             SELECT batch_id FROM moengage_sync.batches
             WHERE program_id = %(program)s AND state = 'pending' AND night <= %(night)s
+              AND (NOT %(live)s OR starts_with(run_id, %(prefix)s))
             ORDER BY night, kind, batch_id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
@@ -132,7 +134,8 @@ def claim(conn: Any, owner: Owner, limit: int, *, up_to_night: date,
         RETURNING b.batch_id, b.night, b.kind, b.body, b.users, b.events, b.attempts, b.lost_answers
         """,
         {"owner": owner.token, "slot": owner.slot_key, "try": owner.try_number, "lease": lease_seconds,
-         "program": owner.program_id, "limit": limit, "night": up_to_night},
+         "program": owner.program_id, "limit": limit, "night": up_to_night, "live": live_only,
+         "prefix": LIVE_RUN_PREFIX},
     ).fetchall()
     conn.commit()
     batches = [ClaimedBatch(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7]) for r in rows]

@@ -17,3 +17,7 @@ IN_FLIGHT = (CLAIMED, SENDING)
 FINAL = (SENT, REJECTED, SUPERSEDED)
 #: The answers a POST can record (``pending``: a transient failure, to be retried).
 OUTCOMES = (SENT, REJECTED, UNCERTAIN, PENDING)
+
+#: Run ids of the live lane (sync/live/) start with this: a live DAG run's Airflow run id can equal
+#: a night's ("scheduled__<time>"), and the outbox tells the lanes apart by it.
+LIVE_RUN_PREFIX = "live:"

@@ -18,6 +18,8 @@ def render(report: dict[str, Any]) -> str:
         f"  events enqueued {report['events_enqueued']:,}, sent {report['events_sent']:,}, "
         f"skipped as already sent {report['events_already_sent']:,}",
     ]
+    if report.get("events_sent_live"):
+        lines.append(f"    (of the night's events sent, {report['events_sent_live']:,} went out live during the day)")
     if report.get("events_sent_other_nights"):
         lines.append(f"    (this run's load also sent {report['events_sent_other_nights']:,} events of other nights)")
     lines += _by_type_lines(report["events_by_type"])

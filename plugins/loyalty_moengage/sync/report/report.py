@@ -32,7 +32,7 @@ COLUMNS = ("program_id", "night", "run_id", "outcome", "window_start", "window_e
            "events_enqueued", "events_already_sent", "events_sent", "events_extracted", "uncertain_batches",
            "members_extracted", "members_enqueued", "members_updated", "needs_attention", "events_sent_other_nights",
            "attributes_skipped", "quarantined_by_reason", "batches_by_state", "requests", "throttled", "retries",
-           "bytes_sent", "stage_seconds", "notes", "late_rows_found")
+           "bytes_sent", "stage_seconds", "notes", "late_rows_found", "events_sent_live")
 JSON_COLUMNS = ("events_by_type", "quarantined_by_reason", "batches_by_state", "stage_seconds", "needs_attention")
 KEY = ("program_id", "night", "run_id")
 
@@ -62,6 +62,7 @@ def build(conn: Any, *, program_id: str, window: Window, run_id: str, outcome: s
         (program_id, night)).fetchall())
     batches = batch_states(conn, program_id, night)
     sent_events, sent_users = night_sent(conn, program_id, night)
+    sent_live = night_sent_live(conn, program_id, night)
     other_events, other_nights = conn.execute(
         "SELECT coalesce(sum(events), 0), count(DISTINCT night) FILTER (WHERE events > 0) FROM moengage_sync.batches "
         "WHERE program_id = %s AND sent_by_run = %s AND night <> %s AND state = 'sent'",
@@ -78,7 +79,7 @@ def build(conn: Any, *, program_id: str, window: Window, run_id: str, outcome: s
         "events_enqueued": counts["events_enqueued"], "events_already_sent": counts["events_already_sent"],
         "events_sent": sent_events, "events_sent_other_nights": int(other_events),
         "events_extracted": counts["events_extracted"], "uncertain_batches": batches.get("uncertain", 0),
-        "late_rows_found": counts["late_rows_found"],
+        "late_rows_found": counts["late_rows_found"], "events_sent_live": sent_live,
         "members_extracted": counts["members_extracted"], "members_enqueued": counts["members_enqueued"],
         "members_updated": sent_users,
         "attributes_skipped": bool(stages.plan.get("skip_reason")),
@@ -105,6 +106,15 @@ def night_sent(conn: Any, program_id: str, night: Any) -> tuple[int, int]:
         "SELECT coalesce(sum(events), 0), coalesce(sum(users), 0) FROM moengage_sync.batches "
         "WHERE program_id = %s AND night = %s AND state = 'sent'", (program_id, night)).fetchone()
     return int(events), int(users)
+
+
+def night_sent_live(conn: Any, program_id: str, night: Any) -> int:
+    """Events of the night the live lane sent during the day (sync/live/): in ``events_sent`` too."""
+    from loyalty_moengage.sync.outbox.states import LIVE_RUN_PREFIX
+
+    return int(conn.execute(
+        "SELECT coalesce(sum(events), 0) FROM moengage_sync.batches WHERE program_id = %s AND night = %s "
+        "AND state = 'sent' AND starts_with(run_id, %s)", (program_id, night, LIVE_RUN_PREFIX)).fetchone()[0])
 
 
 def refresh_nights(conn: Any, *, program_id: str, run_id: str, night: Any) -> list[str]:

@@ -62,6 +62,7 @@ class Slot:
     lease: float
     receipts: ReceiptSettings | None = None
     keeper: Any = None              # the slot's LeaseKeeper: beaten before each request
+    live_only: bool = False         # a live run's slot: live runs' batches only (delivery.claim)
     stats: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,15 +86,17 @@ def load_slot(*, program_id: str, slot: int, night: date, run_id: str, state_dsn
               hook: MoEngageHook, uncertain_policy: str = "hold", claim_size: int = CLAIM_SIZE,
               attempt: int = 1, lease_seconds: float | None = None,
               receipts: ReceiptSettings | None = None,
-              lookup: Callable[[list[str]], set[str]] | None = None, lookup_group: int = 20) -> dict[str, Any]:
-    """Send every pending batch this slot can claim (nights up to ``night``, oldest first)."""
+              lookup: Callable[[list[str]], set[str]] | None = None, lookup_group: int = 20,
+              live_only: bool = False) -> dict[str, Any]:
+    """Send every pending batch this slot can claim (nights up to ``night``, oldest first;
+    ``live_only``: live runs' only)."""
     from loyalty_moengage.db import connect
     from loyalty_moengage.sync.outbox.delivery import LEASE_SECONDS, LeaseKeeper
     from loyalty_moengage.sync.report.stats import record_stats
 
     me = Slot(owner=Owner(program_id=program_id, run_id=run_id, slot=slot, try_number=attempt), night=night,
               state_dsn=state_dsn, hook=hook, uncertain_policy=uncertain_policy, claim_size=claim_size,
-              lease=lease_seconds or LEASE_SECONDS, receipts=receipts)
+              lease=lease_seconds or LEASE_SECONDS, receipts=receipts, live_only=live_only)
     started = time.perf_counter()
     # Credentials and the data centre are proven before anything is claimed, so a failure
     # there leaves no batch 'sending' that was never posted.
@@ -169,10 +172,11 @@ def _send_all(conn: Any, me: Slot, worker: Any = None) -> Exception | None:
     waiting, progress_at = None, time.monotonic()
     while True:
         # Counted before the claim: a group enqueued after the count is in the claim's snapshot.
-        left = pending_lookups(conn, me.owner.program_id, me.night)
+        left = 0 if me.live_only else pending_lookups(conn, me.owner.program_id, me.night)
         if me.keeper is not None:
             me.keeper.beat()
-        claimed = claim(conn, me.owner, me.claim_size, up_to_night=me.night, lease_seconds=me.lease)
+        claimed = claim(conn, me.owner, me.claim_size, up_to_night=me.night, lease_seconds=me.lease,
+                        live_only=me.live_only)
         if not claimed:
             if worker is not None and worker.error is not None:
                 return None   # load_slot fails the try with the worker's error

@@ -195,3 +195,11 @@ class OutboxSink:
             body, retention = report_night(conn, program=program, window=window, run_id=run_id)
         log.info("retention: %s", retention)
         return body, render(body), note(body, program.time_zone)
+
+
+class LiveOutboxSink(OutboxSink):
+    """The live lane's sink (sync/live/): the same outbox, transaction and event keys, but the
+    customers its few events name are looked up inline, before the write: a deferred lookup
+    would wait for a load slot's lookup worker, which a live run does not start."""
+
+    defers_lookups = False

@@ -1,0 +1,127 @@
+"""A loyalty platform writing while the live lane runs: earn rows committed at a steady rate,
+bursts in one transaction, and transactions held open across live runs.
+
+Every row is a ``loyalty_points_earned`` event whose ``points`` value is unique (``FIRST_POINTS``
+upwards), so what MoEngage (the sandbox) received can be matched row by row: sent once, lost,
+or sent twice, and when it was committed. ``recorded_at`` and ``occurred_at`` are ``now()``: the
+transaction's start, as a platform's ``DEFAULT now()`` stamps them, so a held transaction's
+rows are older than their commit. Development tool (the live scheduler test and benchmark).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The first points value (and, above ENTRY_BASE, entry id) the writer uses: far above generated data.
+FIRST_POINTS = 1_000_000
+ENTRY_BASE = 900_000_000
+EARN = ("INSERT INTO loyalty.points_ledger (entry_id, program_id, member_id, entry_type, points, earning_type, "
+        "expires_on, occurred_at, recorded_at) VALUES (%s, %s, %s, 'earn', %s, 'campaign_bonus', "
+        "current_date + 365, now(), now())")
+
+
+@dataclass
+class Plan:
+    rate: float = 5.0                      # rows per second, committed every `tick` seconds
+    seconds: float = 120.0
+    tick: float = 0.2
+    bursts: dict[float, int] = field(default_factory=dict)              # second -> rows in one transaction
+    holds: list[tuple[float, float]] = field(default_factory=list)      # (second it opens, seconds held)
+    rows_per_hold: int = 3
+
+
+class LiveWriter:
+    """Writes ``plan`` into the loyalty database in threads; ``committed`` maps each row's points
+    value to its commit time (``time.time()``) once its transaction committed."""
+
+    def __init__(self, dsn: str, program_id: str, plan: Plan, *, seed: int = 5) -> None:
+        self.dsn, self.program_id, self.plan = dsn, program_id, plan
+        self.committed: dict[int, float] = {}
+        self.errors: list[str] = []
+        self._next = 0
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self._members: list[int] = []
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> "LiveWriter":
+        import psycopg
+
+        with psycopg.connect(self.dsn) as conn:
+            self._members = [r[0] for r in conn.execute(
+                "SELECT member_id FROM loyalty.members WHERE program_id = %s AND relation_reference IS NOT NULL "
+                "ORDER BY member_id", (self.program_id,))]
+        if not self._members:
+            raise RuntimeError(f"program {self.program_id!r} has no members with a relation reference")
+        self._spawn(self._steady)
+        for at, rows in self.plan.bursts.items():
+            self._spawn(self._later, at, rows, 0.0)
+        for at, held in self.plan.holds:
+            self._spawn(self._later, at, self.plan.rows_per_hold, held)
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+
+    @property
+    def written(self) -> int:
+        return len(self.committed)
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=self._guarded, args=(target, *args), daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _guarded(self, target: Any, *args: Any) -> None:
+        try:
+            target(*args)
+        except Exception as exc:  # a writer's failure is the test's to report, not a thread's to swallow
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def _take(self, n: int) -> list[tuple[int, str, int, int]]:
+        """(entry id, program, member, points) of the next ``n`` rows."""
+        with self._lock:
+            first, self._next = self._next, self._next + n
+            members = [self._rng.choice(self._members) for _ in range(n)]
+        return [(ENTRY_BASE + i, self.program_id, m, FIRST_POINTS + i) for i, m in zip(range(first, first + n), members)]
+
+    def _commit(self, rows: list[tuple[int, str, int, int]], hold: float = 0.0) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn) as conn:
+            with conn.cursor() as cur:
+                cur.executemany(EARN, rows)
+            if hold:
+                time.sleep(hold)
+            conn.commit()
+        at = time.time()
+        with self._lock:
+            self.committed.update({r[3]: at for r in rows})
+
+    def _steady(self) -> None:
+        plan, started, owed = self.plan, time.monotonic(), 0.0
+        while (elapsed := time.monotonic() - started) < plan.seconds:
+            owed += plan.rate * plan.tick
+            if owed >= 1:
+                n, owed = int(owed), owed - int(owed)
+                self._commit(self._take(n))
+            time.sleep(max(0.0, plan.tick - (time.monotonic() - started - elapsed)))
+
+    def _later(self, at: float, rows: int, hold: float) -> None:
+        time.sleep(at)
+        self._commit(self._take(rows), hold)
+
+
+def received_points(events: list[dict[str, Any]]) -> dict[int, int]:
+    """How many times MoEngage received each writer row (by its unique points value)."""
+    counts: dict[int, int] = {}
+    for e in events:
+        points = (e.get("attributes") or {}).get("points")
+        if e.get("action") == "loyalty_points_earned" and isinstance(points, int) and points >= FIRST_POINTS:
+            counts[points] = counts.get(points, 0) + 1
+    return counts

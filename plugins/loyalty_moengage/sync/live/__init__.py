@@ -1,0 +1,1 @@
+"""The live lane: a program's events within minutes, between the nights (docs/live.md)."""

@@ -1,0 +1,179 @@
+"""One live run of a program: the events recorded since the last one, through the night's own
+path (templates, row checks, presence gate, outbox, paced load), within minutes of their commit.
+
+Exactly once with the nights, reruns and backfills: a live run's batches carry a ``live:`` run id
+and its events their keys in ``moengage_sync.event_keys``, so a night (or a later live run, or a
+backfill) that reads the same rows finds them enqueued and drops them. Two live runs of one
+program never overlap: the DAG allows one active run, and each run holds a session advisory lock
+on the state database for its whole length (a second scheduler, a cleared task running beside
+a zombie): the loser skips. A live run releases only its own batches (``guard.release_run``) and
+sends only live batches (``delivery.claim(live_only=True)``): the night's backlog is the night's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable
+
+from loyalty_moengage.sync.live.window import LiveWindow
+from loyalty_moengage.sync.outbox.states import LIVE_RUN_PREFIX
+
+log = logging.getLogger(__name__)
+
+#: The live lane's load slot number in leases and stats (the nights' are 0.., settle's -1).
+LIVE_SLOT = -2
+#: What the live run sums over its pieces (one per night its window touches).
+SUMMED = ("rows_extracted", "events_extracted", "events_enqueued", "events_already_sent", "not_in_moengage",
+          "customer_lookups", "batches", "bytes")
+
+
+class LiveLagError(RuntimeError):
+    """The live lag passed the program's ``live.alert_lag_minutes``: the run fails so the alert fires."""
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    program: Any
+    run_id: str              # the lane's: LIVE_RUN_PREFIX + the Airflow run id
+    attempt: int
+    loyalty_dsn: str
+    state_dsn: str
+
+    @classmethod
+    def of(cls, program: Any, airflow_run_id: str, attempt: int, loyalty_dsn: str, state_dsn: str) -> "LiveRun":
+        return cls(program, LIVE_RUN_PREFIX + airflow_run_id, attempt, loyalty_dsn, state_dsn)
+
+    @property
+    def lock_key(self) -> str:
+        return f"moengage_live:{self.program.id}"
+
+
+def run_live(run: LiveRun, *, hook: Any, lookup: Callable[[list[str]], set[str]] | None,
+             on_stats: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Read, enqueue, release, advance the watermark, send; returns the run's stats (given to
+    ``on_stats`` too, the metrics, before a lag over the alert setting fails the run)."""
+    from loyalty_moengage.db import connect
+
+    started = time.perf_counter()
+    with connect(run.state_dsn, autocommit=True) as lock_conn:
+        got = lock_conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (run.lock_key,)).fetchone()[0]
+        if not got:
+            log.info("another live run of %s holds its lock: this one skips", run.program.id)
+            return {"skipped": "another live run of this program was running"}
+        try:
+            window = _window(run)
+            stats = _enqueue(run, window, lookup)
+            stats.update(_release_and_advance(run, window))
+            stats.update(_send(run, window, hook))
+        finally:
+            lock_conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (run.lock_key,))
+    stats["lag_seconds"] = live_lag_seconds(run.state_dsn, run.program.id)
+    stats["seconds"] = round(time.perf_counter() - started, 4)
+    _record(run, window, stats)
+    log.info("live %s: %s", run.program.id, stats)
+    if on_stats is not None:
+        on_stats(stats)
+    limit = run.program.live.alert_lag_minutes * 60
+    if stats["lag_seconds"] > limit:
+        raise LiveLagError(f"live lag of {run.program.id} is {stats['lag_seconds']:.0f} s, over the "
+                           f"live.alert_lag_minutes of {run.program.live.alert_lag_minutes}: events wait unsent "
+                           "(see the live runs' logs and the MoEngage sync tab)")
+    return stats
+
+
+def _window(run: LiveRun) -> LiveWindow:
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.sync.live.window import plan_window, read_clock, read_watermark
+
+    policy = run.program.live
+    with connect(run.loyalty_dsn) as conn:
+        now, oldest = read_clock(conn)
+    with connect(run.state_dsn) as conn:
+        previous = read_watermark(conn, run.program.id)
+    return plan_window(now=now, oldest_writer=oldest, previous=previous, time_zone=run.program.time_zone,
+                       lookback=timedelta(minutes=policy.lookback_minutes),
+                       max_hold=timedelta(minutes=policy.max_hold_minutes))
+
+
+def _enqueue(run: LiveRun, window: LiveWindow, lookup: Callable[[list[str]], set[str]] | None) -> dict[str, Any]:
+    """Each night's piece of the window through the chunk pipeline into the outbox (staged)."""
+    from loyalty_moengage.sync.chunk.job import ChunkJob
+    from loyalty_moengage.sync.chunk.pipeline import run_chunk
+    from loyalty_moengage.sync.sinks.outbox_sink import LiveOutboxSink
+
+    sink = LiveOutboxSink(run.state_dsn)
+    totals: Counter[str] = Counter()
+    quarantined: Counter[str] = Counter()
+    for piece in window.nights(run.program.time_zone):
+        job = ChunkJob(program_id=run.program.id, window=piece, lo=-(2 ** 63), hi=2 ** 63 - 1,
+                       label=f"live {piece.start:%Y-%m-%dT%H:%M:%S.%f}/{piece.end:%H:%M:%S.%f}", run_id=run.run_id,
+                       send_users=False, loyalty_dsn=run.loyalty_dsn, state_dsn=run.state_dsn, lane="live")
+        chunk = run_chunk(job, sink, lookup=lookup)
+        totals.update({k: chunk.get(k, 0) for k in SUMMED})
+        quarantined.update(chunk.get("quarantined", {}))
+    return {**totals, "quarantined": dict(quarantined), "window_start": window.start.isoformat(),
+            "window_end": window.end.isoformat(), "read_to": window.read_to.isoformat(),
+            "held_by_open_transaction": window.held_by.isoformat() if window.held_by else None}
+
+
+def _release_and_advance(run: LiveRun, window: LiveWindow) -> dict[str, Any]:
+    """The run's batches become sendable and the watermark moves, in one transaction: a run that
+    dies before it leaves both as they were, and the next run reads the same rows again."""
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.sync.live.window import advance
+    from loyalty_moengage.sync.send.guard import release_run
+
+    with connect(run.state_dsn) as conn:
+        released = release_run(conn, run.program.id, run.run_id)
+        moved = advance(conn, run.program.id, window, run.run_id)
+        conn.commit()
+    if not moved:
+        log.warning("the live watermark of %s moved under this run: it stays where the other run left it",
+                    run.program.id)
+    return {"batches_released": released, "watermark_moved": moved}
+
+
+def _send(run: LiveRun, window: LiveWindow, hook: Any) -> dict[str, Any]:
+    from loyalty_moengage.sync.outbox.receipts import ReceiptSettings
+    from loyalty_moengage.sync.send.load import claim_size, load_slot
+
+    newest = window.nights(run.program.time_zone)[-1].night if window.end > window.start else None
+    if newest is None:
+        return {"batches_sent": 0, "events_sent": 0}
+    sent = load_slot(program_id=run.program.id, slot=LIVE_SLOT, night=newest, run_id=run.run_id,
+                     state_dsn=run.state_dsn, hook=hook, uncertain_policy=run.program.uncertain_policy,
+                     attempt=run.attempt, claim_size=claim_size(hook),
+                     receipts=ReceiptSettings.of(run.program, hook.config), live_only=True)
+    return {k: sent.get(k, 0) for k in ("batches_sent", "batches_rejected", "batches_uncertain", "events_sent",
+                                        "throttled", "pacing_seconds")}
+
+
+def live_lag_seconds(state_dsn: str, program_id: str) -> float:
+    """Age of the oldest live event not sent yet: its batch's age when one waits (or is in
+    doubt), else how far the watermark trails the database's now (an open transaction holding it,
+    or no live run for a while)."""
+    from loyalty_moengage.db import connect
+
+    with connect(state_dsn) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM now() - least("
+            " (SELECT min(created_at) FROM moengage_sync.batches WHERE program_id = %s AND starts_with(run_id, %s) "
+            "  AND state IN ('staged', 'pending', 'claimed', 'sending', 'uncertain')),"
+            " (SELECT read_to FROM moengage_sync.live_watermark WHERE program_id = %s)))",
+            (program_id, LIVE_RUN_PREFIX, program_id)).fetchone()
+    return round(max(float(row[0] or 0.0), 0.0), 3)
+
+
+def _record(run: LiveRun, window: LiveWindow, stats: dict[str, Any]) -> None:
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.sync.report.stats import record_stats
+
+    night = window.nights(run.program.time_zone)[-1].night if window.end > window.start else window.end.date()
+    with connect(run.state_dsn) as conn:
+        record_stats(conn, program_id=run.program.id, night=night, run_id=run.run_id, stage="live",
+                     key=f"try-{run.attempt}", stats=stats)
+        conn.commit()

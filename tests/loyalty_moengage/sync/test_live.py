@@ -1,0 +1,161 @@
+"""The live lane: events within minutes, exactly once with the night (sync/live/, docs/live.md).
+
+A live run reads the events recorded since the last one through the night's own path and sends
+them; a transaction still open holds its watermark so a row it commits later is read by the next
+run; the night then sends only what the live runs did not."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import time
+
+import psycopg
+import pytest
+
+from loyalty_moengage.night import Window, local_midnight
+from loyalty_moengage.sync.live.window import MAX_CATCHUP, plan_window
+from tests.loyalty_moengage.sync.sync_env import WORKSPACE, reports, run, sync_env
+from tests.loyalty_moengage.sync.test_transform import FIXTURE
+
+UTC = timezone.utc
+MIN = timedelta(minutes=1)
+
+
+# ---- the window --------------------------------------------------------------------------------
+
+def _plan(now, *, oldest=None, previous=None, tz="Asia/Kolkata", lookback=10, hold=30):
+    return plan_window(now=now, oldest_writer=oldest, previous=previous, time_zone=tz,
+                       lookback=timedelta(minutes=lookback), max_hold=timedelta(minutes=hold))
+
+
+def test_the_first_run_reads_the_program_day_so_far():
+    now = datetime(2026, 12, 7, 4, 0, tzinfo=UTC)                   # 09:30 in Kolkata
+    w = _plan(now)
+    assert w.start == datetime(2026, 12, 6, 18, 30, tzinfo=UTC) and w.end == w.read_to == now
+    assert [p.night for p in w.nights("Asia/Kolkata")] == [date(2026, 12, 7)]
+
+
+def test_the_next_run_reads_from_the_watermark_less_the_lookback():
+    now = datetime(2026, 12, 7, 4, 0, tzinfo=UTC)
+    w = _plan(now, previous=now - 2 * MIN, lookback=10)
+    assert w.start == now - 12 * MIN and w.read_to == now and w.held_by is None
+
+
+def test_an_open_writing_transaction_holds_the_watermark_not_the_read():
+    now = datetime(2026, 12, 7, 4, 0, tzinfo=UTC)
+    w = _plan(now, oldest=now - 5 * MIN, previous=now - 6 * MIN)
+    assert w.end == now                                  # rows after it are read (and sent) now
+    assert w.read_to == w.held_by == now - 5 * MIN       # the next run reads from its start again
+    stuck = _plan(now, oldest=now - 45 * MIN, previous=now - 6 * MIN, hold=30)
+    assert stuck.held_by is None and stuck.read_to == now    # older than max_hold: no longer held
+
+
+def test_a_watermark_never_goes_back_and_a_long_pause_is_the_nights():
+    now = datetime(2026, 12, 7, 4, 0, tzinfo=UTC)
+    assert _plan(now, oldest=now - 5 * MIN, previous=now - 2 * MIN).read_to == now - 2 * MIN
+    assert _plan(now, previous=now - timedelta(days=3)).start == now - MAX_CATCHUP
+
+
+def test_a_window_across_midnight_is_cut_into_its_nights_on_a_daylight_saving_day():
+    tz = "America/New_York"          # 2026-11-01: clocks go back at 02:00, the day has 25 hours
+    midnight = local_midnight(date(2026, 11, 2), tz)
+    w = _plan(midnight + 30 * MIN, previous=midnight - 20 * MIN, tz=tz, lookback=10)
+    pieces = w.nights(tz)
+    assert [(p.night, p.start, p.end) for p in pieces] == [
+        (date(2026, 11, 1), midnight - 30 * MIN, midnight), (date(2026, 11, 2), midnight, midnight + 30 * MIN)]
+    assert Window.of_night(date(2026, 11, 1), tz).end == midnight
+    assert Window.of_night(date(2026, 11, 1), tz).end - Window.of_night(date(2026, 11, 1), tz).start == timedelta(hours=25)
+
+
+# ---- end to end against the sandbox ---------------------------------------------------------------
+
+def _zone_at_noon() -> str:
+    """A fixed-offset zone where it is about noon now: yesterday's night is over and still within a
+    live run's reach, whenever the test runs."""
+    hours = (12 - datetime.now(UTC).hour) % 24
+    hours = hours - 24 if hours > 14 else hours
+    return f"Etc/GMT{-hours:+d}" if hours else "UTC"
+
+
+LIVE = "    live:\n      enabled: true\n      lookback_minutes: 5\n"
+KEEP = "    audit_retention_days: 3650\n    max_event_drop_pct: 100\n"
+EARN = ("INSERT INTO loyalty.points_ledger (entry_id, program_id, member_id, entry_type, points, earning_type, "
+        "expires_on, occurred_at, recorded_at) VALUES (%s, 'tiny', %s, 'earn', %s, 'campaign_bonus', "
+        "'2099-01-01', {at}, {at})")
+
+
+@pytest.fixture
+def tiny(loyalty_db):
+    with psycopg.connect(loyalty_db) as conn:
+        conn.execute(FIXTURE.read_text())
+    return loyalty_db
+
+
+def _earn(conn, entry_id: int, points: int, at: str = "now()") -> None:
+    conn.execute(EARN.format(at=at), (entry_id, 1, points))
+
+
+def _live(dsn: str, airflow_run_id: str) -> dict:
+    from loyalty_moengage.config.programs import get_program
+    from loyalty_moengage.moengage.hook import MoEngageHook
+    from loyalty_moengage.sync.live.run import LiveRun, run_live
+
+    program = get_program("tiny")
+    hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=1.0)
+    return run_live(LiveRun.of(program, airflow_run_id, 1, dsn, dsn), hook=hook, lookup=hook.existing_customers)
+
+
+def _earned(sandbox) -> Counter:
+    """Points of each loyalty_points_earned event MoEngage received, by points (unique per test row)."""
+    return Counter(e["attributes"]["points"] for e in sandbox.state.events(WORKSPACE)
+                   if e["action"] == "loyalty_points_earned" and e["attributes"].get("points", 0) >= 9000)
+
+
+def test_live_runs_send_within_the_run_catch_a_late_commit_and_the_night_sends_none_again(tiny, tmp_path):
+    tz = _zone_at_noon()
+    today = datetime.now(ZoneInfo(tz)).date()
+    yesterday_late = f"'{(local_midnight(today, tz) - 3 * MIN).isoformat()}'"
+    with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE + KEEP) as sandbox:
+        with psycopg.connect(tiny) as conn:
+            # a watermark just before yesterday's end, so this run's window spans two nights
+            conn.execute("INSERT INTO moengage_sync.live_watermark (program_id, read_to, run_id) "
+                         f"VALUES ('tiny', {yesterday_late}::timestamptz - interval '1 minute', 'seed')")
+            _earn(conn, 9001, 9001, at=yesterday_late)
+            _earn(conn, 9002, 9002, at="now() - interval '2 seconds'")   # before this run's last (whole) second
+        first = _live(tiny, "run-1")
+        assert first["events_enqueued"] == 2 and first["events_sent"] == 2, first
+        assert _earned(sandbox) == Counter({9001: 1, 9002: 1})
+
+        late = psycopg.connect(tiny)                     # recorded_at = its start; committed after run 2
+        _earn(late, 9003, 9003)
+        second = _live(tiny, "run-2")
+        assert second["held_by_open_transaction"] is not None and second["events_enqueued"] == 0
+        late.commit()
+        late.close()
+        time.sleep(1.1)           # a window ends on a whole second: this one's must pass the late row's
+        third = _live(tiny, "run-3")
+        assert third["events_enqueued"] == 1 and third["events_already_sent"] >= 1   # 9002 read again, dropped
+        assert _earned(sandbox) == Counter({9001: 1, 9002: 1, 9003: 1})
+
+        night = today - timedelta(days=1)
+        assert str(run("tiny", night, time_zone=tz).state) == "success"
+        assert _earned(sandbox) == Counter({9001: 1, 9002: 1, 9003: 1})      # the night sent none again
+    [report] = [r for r in reports(tiny, "tiny") if r["night"] == night]
+    assert report["events_already_sent"] >= 1 and report["outcome"] == "success"
+    assert report["events_sent_live"] == 1          # 9001 is the night's; 9002 and 9003 are today's
+
+
+def test_two_live_runs_never_overlap(tiny, tmp_path):
+    from loyalty_moengage.sync.live.run import LiveRun
+
+    with sync_env(tmp_path, tiny, extra_program=LIVE + KEEP):
+        from loyalty_moengage.config.programs import get_program
+
+        key = LiveRun.of(get_program("tiny"), "x", 1, tiny, tiny).lock_key
+        with psycopg.connect(tiny, autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+            assert _live(tiny, "run-1") == {"skipped": "another live run of this program was running"}
+        assert "skipped" not in _live(tiny, "run-2")
