@@ -34,7 +34,11 @@ def test_the_demo_then_its_rerun_send_once_and_say_so_quietly(loyalty_db):
         out = run.stdout + run.stderr
         assert run.returncode == 0, out
         checks = _checks(run.stdout)
-        assert len(checks) == 5 and set(checks.values()) == {"ok"}, run.stdout
+        assert len(checks) == 6 and set(checks.values()) == {"ok"}, run.stdout
+        # the live step: purchases recorded after the night reach MoEngage through one live run, once each
+        assert re.search(r"^live mode \(docs/live.md\): 25 purchases recorded after the night reached MoEngage in "
+                         r"\d+\.\d s through one live run$", run.stdout, flags=re.M), run.stdout
+        assert checks["live run: 25 of 25 new events received exactly once, 0 twice"] == "ok"
         assert not re.search(r"warn", out, flags=re.I), out
         for record in ("Task instance state updated", "Done. Returned value was"):
             assert record not in out

@@ -325,11 +325,18 @@ def live(program: Program, context: dict[str, Any]) -> dict[str, Any]:
     live lane's share of the workspace budget. A lag over the alert setting or an error no retry
     can mend fails at once (the alert fires); a database or network blip is retried."""
     from loyalty_moengage.moengage.hook import MoEngageHook
-    from loyalty_moengage.sync.live.run import LiveLagError, LiveRun, run_live
+    from loyalty_moengage.config.programs import load_programs
+    from loyalty_moengage.db import ensure_state_schema
+    from loyalty_moengage.sync.live.run import LiveLagError, LiveRun, live_share, run_live
 
     loyalty, state = dsns(program)
+    ensure_state_schema(state)    # the live lane may run before the night after an upgrade
     attempt = getattr(context.get("ti"), "try_number", 1) or 1
+    # The programs sending to this workspace: their nights are seen when they keep state where this one does.
+    peers = [p for p in load_programs() if p.enabled and p.moengage_conn_id == program.moengage_conn_id]
     share = program.live.budget_share
+    if all(dsns(p)[1] == state for p in peers):
+        share = live_share(state, [p.id for p in peers], share)
     hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=share)
     lookup = None
     if program.verify_customers:

@@ -84,13 +84,14 @@ def create_app() -> FastAPI:
     def dag_tab(dag_id: str) -> HTMLResponse:
         program = _program(dag_id)
         try:
-            return HTMLResponse(pages.history_page(data.history(program)))
+            return HTMLResponse(pages.history_page({**data.history(program), "live": data.live_today(program)}))
         except Exception as exc:
             return unavailable(exc, dag_id)
 
     @app.get("/dags/{dag_id}/history.json", dependencies=[_read_dag()])
     def dag_data(dag_id: str) -> JSONResponse:
-        return JSONResponse(_history_json(data.history(_program(dag_id))))
+        program = _program(dag_id)
+        return JSONResponse({**_history_json(data.history(program)), "live": _jsonable(data.live_today(program))})
 
     @app.get("/dags/{dag_id}/runs/{run_id}.json", dependencies=[_read_runs()])
     def run_data(dag_id: str, run_id: str) -> JSONResponse:

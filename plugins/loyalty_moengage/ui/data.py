@@ -25,7 +25,7 @@ SAMPLES_PER_REASON = 3
 def program_for_dag(dag_id: str) -> Any | None:
     from loyalty_moengage.config.programs import load_programs
 
-    return next((p for p in load_programs() if p.dag_id == dag_id), None)
+    return next((p for p in load_programs() if dag_id in (p.dag_id, p.live_dag_id)), None)
 
 
 def _state_conn(program: Any) -> Any:
@@ -243,3 +243,43 @@ def resolve_commands(program_id: str, night: date | str) -> dict[str, str]:
         "resolve": f'{base} resolve --program {program_id} --night {night} --requested-by YOU '
                    f'--reason "checked MoEngage: all there"',
     }
+
+
+def live_today(program: Any, *, now: datetime | None = None) -> dict[str, Any] | None:
+    """The live lane now (docs/live.md): its lag, and today's live runs (the program's local day)
+    summed: events sent, their latency percentiles from the runs' merged histograms. None when
+    the program has no live lane."""
+    from zoneinfo import ZoneInfo
+
+    from loyalty_moengage.night import local_midnight
+    from loyalty_moengage.sync.live.run import LATENCY_BUCKETS, live_lag_seconds
+    from loyalty_moengage.sync.tasks import dsns
+
+    if not program.live.enabled:
+        return None
+    day = (now or clock()).astimezone(ZoneInfo(program.time_zone)).date()
+    with _state_conn(program) as conn:
+        rows = [r[0] for r in conn.execute(
+            "SELECT stats FROM moengage_sync.task_stats WHERE program_id = %s AND stage = 'live' "
+            "AND recorded_at >= %s ORDER BY recorded_at", (program.id, local_midnight(day, program.time_zone)))]
+    buckets = {str(b): 0 for b in LATENCY_BUCKETS} | {"inf": 0}
+    for stats in rows:
+        for k, v in (stats.get("latency_buckets") or {}).items():
+            buckets[k] = buckets.get(k, 0) + v
+    return {"day": day, "runs": len(rows), "events_sent": sum(s.get("events_sent", 0) for s in rows),
+            "lag_seconds": live_lag_seconds(dsns(program)[1], program.id), "last": rows[-1] if rows else None,
+            "latency": {q: bucket_percentile(buckets, q) for q in (0.5, 0.95, 1.0)}, "dag_id": program.live_dag_id,
+            "alert_seconds": program.live.alert_lag_minutes * 60}
+
+
+def bucket_percentile(buckets: dict[str, int], q: float) -> str | None:
+    """The histogram bucket that holds the q-quantile, as "<= N s" (or "> the last bound")."""
+    total = sum(buckets.values())
+    if not total:
+        return None
+    seen = 0
+    for bound, n in buckets.items():
+        seen += n
+        if seen >= q * total:
+            return f"> {list(buckets)[-2]} s" if bound == "inf" else f"<= {bound} s"
+    return None

@@ -185,13 +185,26 @@ def history_page(h: dict[str, Any]) -> str:
     p = h["program"]
     nights = h["nights"]
     types = sorted({t for n in nights for t in n.events_by_type})
-    parts = [_history_header(h), _last_night(h), _needs_attention(nights), _missed_section(h),
+    parts = [_history_header(h), _last_night(h), _live_section(h.get("live")), _needs_attention(nights), _missed_section(h),
              "<h2>Chart</h2>" + _chart(h), _nights_table(h, types),
              "<p class=\"sub\">events and members are summed over a night's runs (each report counts its own run's "
              "work); outcome, quarantined, uncertain and unsent come from the night's latest report. Duration is "
              "the latest run's wall time; the budget floor is max(members / users per minute, events / events per "
              "minute), what MoEngage's rate limits allow at best.</p>"]
     return _page(f"MoEngage sync {p.id}", "".join(parts))
+
+
+def _live_section(live: dict[str, Any] | None) -> str:
+    """The live lane: its lag now, today's events sent live and their latency (docs/live.md)."""
+    if live is None:
+        return ""
+    late = live["lag_seconds"] > live["alert_seconds"]
+    lat = live["latency"]
+    return (f'<h2>Live lane</h2><div class="head {"bad" if late else "ok"}" data-k="live">'
+            f'Lag now <b data-k="live_lag">{_seconds(live["lag_seconds"])}</b> (age of the oldest live event not sent'
+            f'); today ({live["day"]}) <b data-k="live_events">{_n(live["events_sent"])}</b> events sent live in '
+            f'{_n(live["runs"])} runs of <code>{_e(live["dag_id"])}</code>; from event to MoEngage: p50 '
+            f'{_e(lat[0.5] or "-")}, p95 {_e(lat[0.95] or "-")}, max {_e(lat[1.0] or "-")}.</div>')
 
 
 def _history_header(h: dict[str, Any]) -> str:

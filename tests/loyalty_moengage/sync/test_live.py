@@ -31,11 +31,13 @@ def _plan(now, *, oldest=None, previous=None, tz="Asia/Kolkata", lookback=10, ho
                        lookback=timedelta(minutes=lookback), max_hold=timedelta(minutes=hold))
 
 
-def test_the_first_run_reads_the_program_day_so_far():
-    now = datetime(2026, 12, 7, 4, 0, tzinfo=UTC)                   # 09:30 in Kolkata
-    w = _plan(now)
-    assert w.start == datetime(2026, 12, 6, 18, 30, tzinfo=UTC) and w.end == w.read_to == now
+def test_the_first_run_reads_the_program_day_so_far_at_most_the_catch_up():
+    early = datetime(2026, 12, 6, 19, 0, 30, 250_000, tzinfo=UTC)     # 00:30:30.25 in Kolkata
+    w = _plan(early)
+    assert w.start == datetime(2026, 12, 6, 18, 30, tzinfo=UTC) and w.end == w.read_to == early.replace(microsecond=0)
     assert [p.night for p in w.nights("Asia/Kolkata")] == [date(2026, 12, 7)]
+    late = datetime(2026, 12, 7, 4, 0, tzinfo=UTC)                    # 09:30 in Kolkata
+    assert _plan(late).start == late - MAX_CATCHUP
 
 
 def test_the_next_run_reads_from_the_watermark_less_the_lookback():
@@ -72,10 +74,10 @@ def test_a_window_across_midnight_is_cut_into_its_nights_on_a_daylight_saving_da
 
 # ---- end to end against the sandbox ---------------------------------------------------------------
 
-def _zone_at_noon() -> str:
-    """A fixed-offset zone where it is about noon now: yesterday's night is over and still within a
-    live run's reach, whenever the test runs."""
-    hours = (12 - datetime.now(UTC).hour) % 24
+def _zone_after_midnight() -> str:
+    """A fixed-offset zone where it is between 00:00 and 01:00 now: yesterday's night is over and
+    its last minutes are within a live run's reach (MAX_CATCHUP), whenever the test runs."""
+    hours = (0 - datetime.now(UTC).hour) % 24
     hours = hours - 24 if hours > 14 else hours
     return f"Etc/GMT{-hours:+d}" if hours else "UTC"
 
@@ -115,7 +117,7 @@ def _earned(sandbox) -> Counter:
 
 
 def test_live_runs_send_within_the_run_catch_a_late_commit_and_the_night_sends_none_again(tiny, tmp_path):
-    tz = _zone_at_noon()
+    tz = _zone_after_midnight()
     today = datetime.now(ZoneInfo(tz)).date()
     yesterday_late = f"'{(local_midnight(today, tz) - 3 * MIN).isoformat()}'"
     with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE + KEEP) as sandbox:
@@ -127,6 +129,7 @@ def test_live_runs_send_within_the_run_catch_a_late_commit_and_the_night_sends_n
             _earn(conn, 9002, 9002, at="now() - interval '2 seconds'")   # before this run's last (whole) second
         first = _live(tiny, "run-1")
         assert first["events_enqueued"] == 2 and first["events_sent"] == 2, first
+        assert first["customers_confirmed"] == 1 and first["events_left_for_later_customers"] == 0  # REL-0001
         assert _earned(sandbox) == Counter({9001: 1, 9002: 1})
 
         late = psycopg.connect(tiny)                     # recorded_at = its start; committed after run 2
@@ -139,6 +142,17 @@ def test_live_runs_send_within_the_run_catch_a_late_commit_and_the_night_sends_n
         third = _live(tiny, "run-3")
         assert third["events_enqueued"] == 1 and third["events_already_sent"] >= 1   # 9002 read again, dropped
         assert _earned(sandbox) == Counter({9001: 1, 9002: 1, 9003: 1})
+        # 9002 reached MoEngage seconds after its time; 9001 (3 minutes before last midnight) minutes after
+        assert first["latency_buckets"]["15"] == 1 and sum(first["latency_buckets"].values()) == 2
+        assert first["latency_max"] >= 180 and third["latency_buckets"]["15"] == 1
+
+        from loyalty_moengage.config.programs import get_program
+        from loyalty_moengage.ui import data, pages
+
+        live = data.live_today(get_program("tiny"))
+        assert live["runs"] == 3 and live["events_sent"] == 2 + 1 and live["lag_seconds"] < 60
+        page = pages.history_page({**data.history(get_program("tiny")), "live": live})
+        assert 'data-k="live_events">3<' in page and "Live lane" in page
 
         night = today - timedelta(days=1)
         assert str(run("tiny", night, time_zone=tz).state) == "success"
@@ -157,5 +171,48 @@ def test_two_live_runs_never_overlap(tiny, tmp_path):
         key = LiveRun.of(get_program("tiny"), "x", 1, tiny, tiny).lock_key
         with psycopg.connect(tiny, autocommit=True) as holder:
             holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
-            assert _live(tiny, "run-1") == {"skipped": "another live run of this program was running"}
+            skipped = _live(tiny, "run-1")
+            assert skipped["skipped"] == "another live run of this program was running" and "lag_seconds" in skipped
         assert "skipped" not in _live(tiny, "run-2")
+
+
+def test_an_event_of_a_customer_moengage_does_not_have_is_left_to_the_night_not_quarantined(tiny, tmp_path):
+    """A member who enrolled minutes ago may get a MoEngage profile later: the live lane neither
+    sends the event, nor quarantines it, nor caches the absence; the night asks again."""
+    with sync_env(tmp_path, tiny, customers=("REL-0001",), extra_program=LIVE + KEEP) as sandbox:
+        with psycopg.connect(tiny) as conn:
+            conn.execute(EARN.format(at="now() - interval '2 seconds'"), (9101, 2, 9101))     # member 2: REL-0002
+        stats = _live(tiny, "run-1")
+        assert stats["events_left_for_later_customers"] == 1 and stats["events_enqueued"] == 0, stats
+        assert _earned(sandbox) == Counter()
+        with psycopg.connect(tiny) as conn:
+            counts = [conn.execute(sql).fetchone()[0] for sql in (
+                "SELECT count(*) FROM moengage_sync.event_keys WHERE event_id = 'earn-9101'",
+                "SELECT count(*) FROM moengage_sync.quarantine WHERE program_id = 'tiny'",
+                "SELECT count(*) FROM moengage_sync.awaiting_presence WHERE event_id = 'earn-9101'",
+                "SELECT count(*) FROM moengage_sync.customer_presence WHERE customer_id = 'REL-0002'")]
+        assert counts == [0, 0, 0, 0], counts      # no key, no quarantine row, no awaiting row, no cached absence
+
+
+def test_a_live_run_never_releases_a_nights_staged_batch_and_paces_down_while_a_night_sends(tiny, tmp_path):
+    from loyalty_moengage.sync.live.run import live_share
+    from loyalty_moengage.sync.send.guard import release_run
+
+    with sync_env(tmp_path, tiny, extra_program=LIVE + KEEP):
+        _live(tiny, "warm")                                          # the state schema
+        with psycopg.connect(tiny) as conn:
+            assert live_share(tiny, ["tiny"], 0.05) == 1.0           # no night sending: the whole budget
+            night_batch, live_batch = (conn.execute(
+                "INSERT INTO moengage_sync.batches (program_id, night, run_id, chunk_label, kind, body, body_bytes, "
+                "element_count, events) VALUES ('tiny', '2026-11-21', %s, 'c', 'events', '{}'::bytea, 2, 1, 1) "
+                "RETURNING batch_id",
+                (run_id,)).fetchone()[0] for run_id in ("scheduled__night", "live:other"))
+            for batch in (night_batch, live_batch):
+                conn.execute("INSERT INTO moengage_sync.batch_reliance (program_id, batch_id, run_id, night) "
+                             "VALUES ('tiny', %s, 'live:me', '2026-11-21')", (batch,))
+            assert release_run(conn, "tiny", "live:me") == 1         # the live batch it relied on, only
+            states = dict(conn.execute("SELECT batch_id, state FROM moengage_sync.batches WHERE batch_id = ANY(%s)",
+                                       ([night_batch, live_batch],)).fetchall())
+            assert states == {night_batch: "staged", live_batch: "pending"}
+            conn.commit()
+            assert live_share(tiny, ["tiny"], 0.05) == 0.05          # a night's batch waits: the live share

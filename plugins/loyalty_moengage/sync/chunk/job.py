@@ -25,6 +25,12 @@ class ChunkJob:
     lane: str = "night"
 
     @property
+    def check_window(self) -> Window:
+        """What the row checks judge event times by: the window, or for a live piece its whole
+        night (the piece ends at the read's cut, which is no limit on an event's time)."""
+        return Window.of_night(self.window.night, self.window.time_zone) if self.lane == "live" else self.window
+
+    @property
     def params(self) -> dict[str, Any]:
         """The SQL templates' parameters."""
         return self.window.params(self.program_id, self.lo, self.hi)

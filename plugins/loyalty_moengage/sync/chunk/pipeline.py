@@ -56,7 +56,7 @@ def run_chunk(job: ChunkJob, sink: Sink, *, lookup: Lookup | None = None) -> dic
         extracts, earlier = extract_chunk(job.loyalty_dsn, job.params, job.lookback_params,
                                           recorded_only=job.lane == "live")
     with timer("transform"):
-        checked = check_chunk(extracts, job.window)
+        checked = check_chunk(extracts, job.check_window)
         add_lookback(checked, list(zip(job.lookback, earlier)))   # late rows of earlier nights
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         with timer("lookup"):

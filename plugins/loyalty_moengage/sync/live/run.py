@@ -16,7 +16,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from loyalty_moengage.sync.live.window import LiveWindow
@@ -63,17 +63,18 @@ def run_live(run: LiveRun, *, hook: Any, lookup: Callable[[list[str]], set[str]]
         got = lock_conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (run.lock_key,)).fetchone()[0]
         if not got:
             log.info("another live run of %s holds its lock: this one skips", run.program.id)
-            return {"skipped": "another live run of this program was running"}
-        try:
-            window = _window(run)
-            stats = _enqueue(run, window, lookup)
-            stats.update(_release_and_advance(run, window))
-            stats.update(_send(run, window, hook))
-        finally:
-            lock_conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (run.lock_key,))
+            stats: dict[str, Any] = {"skipped": "another live run of this program was running"}
+            window = None
+        else:
+            try:
+                window = _window(run)
+                stats = _work(run, window, hook, lookup)
+            finally:
+                lock_conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (run.lock_key,))
     stats["lag_seconds"] = live_lag_seconds(run.state_dsn, run.program.id)
     stats["seconds"] = round(time.perf_counter() - started, 4)
-    _record(run, window, stats)
+    if window is not None:
+        _record(run, window, stats)
     log.info("live %s: %s", run.program.id, stats)
     if on_stats is not None:
         on_stats(stats)
@@ -85,13 +86,51 @@ def run_live(run: LiveRun, *, hook: Any, lookup: Callable[[list[str]], set[str]]
     return stats
 
 
+def _work(run: LiveRun, window: LiveWindow, hook: Any, lookup: Callable[[list[str]], set[str]] | None) -> dict[str, Any]:
+    """Enqueue; confirm the customers the cache did not know and enqueue their events in a second
+    pass; release and move the watermark; send."""
+    from loyalty_moengage.sync.sinks.outbox_sink import LiveOutboxSink
+
+    sink = LiveOutboxSink(run.state_dsn)
+    stats = _enqueue(run, window, lookup, sink, 1)
+    confirmed = _confirm(run, sink.unconfirmed, lookup, hook)
+    if confirmed:
+        sink.unconfirmed.clear()
+        again = _enqueue(run, window, lookup, sink, 2)
+        for k in ("events_enqueued", "batches", "bytes"):
+            stats[k] += again[k]
+    stats.update(customers_confirmed=confirmed, events_left_for_later_customers=len(sink.unconfirmed))
+    stats.update(_release_and_advance(run, window))
+    stats.update(_send(run, window, hook))
+    stats.update(latency(sink.event_times, datetime.now(timezone.utc)))
+    return stats
+
+
+def _confirm(run: LiveRun, customers: set[str], lookup: Callable[[list[str]], set[str]] | None, hook: Any) -> int:
+    """Look up (Get User API, at most a minute's share of its budget) customers the presence cache
+    did not confirm; record only those MoEngage has. How many it has."""
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.moengage.presence import record_answers
+
+    if not customers or lookup is None:
+        return 0
+    per_minute = getattr(getattr(hook, "config", None), "lookups_per_minute", 1000) * getattr(hook, "share", 1.0)
+    ask = sorted(customers)[:max(10, int(per_minute))]
+    found = lookup(ask)
+    if found:
+        with connect(run.state_dsn) as conn:
+            record_answers(conn, run.program.id, sorted(found), found)
+            conn.commit()
+    return len(found)
+
+
 def _window(run: LiveRun) -> LiveWindow:
     from loyalty_moengage.db import connect
     from loyalty_moengage.sync.live.window import plan_window, read_clock, read_watermark
 
     policy = run.program.live
     with connect(run.loyalty_dsn) as conn:
-        now, oldest = read_clock(conn)
+        now, oldest = read_clock(conn, timedelta(minutes=policy.max_hold_minutes))
     with connect(run.state_dsn) as conn:
         previous = read_watermark(conn, run.program.id)
     return plan_window(now=now, oldest_writer=oldest, previous=previous, time_zone=run.program.time_zone,
@@ -99,18 +138,18 @@ def _window(run: LiveRun) -> LiveWindow:
                        max_hold=timedelta(minutes=policy.max_hold_minutes))
 
 
-def _enqueue(run: LiveRun, window: LiveWindow, lookup: Callable[[list[str]], set[str]] | None) -> dict[str, Any]:
+def _enqueue(run: LiveRun, window: LiveWindow, lookup: Callable[[list[str]], set[str]] | None, sink: Any,
+             pass_no: int) -> dict[str, Any]:
     """Each night's piece of the window through the chunk pipeline into the outbox (staged)."""
     from loyalty_moengage.sync.chunk.job import ChunkJob
     from loyalty_moengage.sync.chunk.pipeline import run_chunk
-    from loyalty_moengage.sync.sinks.outbox_sink import LiveOutboxSink
 
-    sink = LiveOutboxSink(run.state_dsn)
     totals: Counter[str] = Counter()
     quarantined: Counter[str] = Counter()
     for piece in window.nights(run.program.time_zone):
         job = ChunkJob(program_id=run.program.id, window=piece, lo=-(2 ** 63), hi=2 ** 63 - 1,
-                       label=f"live {piece.start:%Y-%m-%dT%H:%M:%S.%f}/{piece.end:%H:%M:%S.%f}", run_id=run.run_id,
+                       label=f"live {piece.start:%Y-%m-%dT%H:%M:%S.%f}/{piece.end:%H:%M:%S.%f} #{pass_no}",
+                       run_id=run.run_id,
                        send_users=False, loyalty_dsn=run.loyalty_dsn, state_dsn=run.state_dsn, lane="live")
         chunk = run_chunk(job, sink, lookup=lookup)
         totals.update({k: chunk.get(k, 0) for k in SUMMED})
@@ -152,17 +191,51 @@ def _send(run: LiveRun, window: LiveWindow, hook: Any) -> dict[str, Any]:
                                         "throttled", "pacing_seconds")}
 
 
+#: Upper bounds (seconds) of the latency histogram each live run records: mergeable over a day.
+LATENCY_BUCKETS = (15, 30, 45, 60, 90, 120, 180, 300, 600, 1800, 3600)
+
+
+def latency(event_times: list[str], sent_by: datetime) -> dict[str, Any]:
+    """Seconds from each enqueued event's time to the end of the run's sends (by then MoEngage
+    had answered 200 for every batch the run sent): a histogram, and this run's p50/p95/max."""
+    ages = sorted(max(0.0, (sent_by - datetime.fromisoformat(t.replace("Z", "+00:00"))).total_seconds())
+                  for t in event_times)
+    buckets = {str(b): 0 for b in LATENCY_BUCKETS} | {"inf": 0}
+    for age in ages:
+        buckets[next((str(b) for b in LATENCY_BUCKETS if age <= b), "inf")] += 1
+    pick = (lambda q: round(ages[min(len(ages) - 1, int(q * len(ages)))], 1)) if ages else (lambda q: None)
+    return {"latency_buckets": buckets, "latency_p50": pick(0.5), "latency_p95": pick(0.95),
+            "latency_max": round(ages[-1], 1) if ages else None}
+
+
+def live_share(state_dsn: str, program_ids: list[str], budget_share: float) -> float:
+    """The live lane's share of the workspace budget for this run: ``budget_share`` while a night
+    of any of ``program_ids`` (the programs sending to this workspace) has batches staged or
+    unsent, so the night is slowed by at most that; the whole budget when no night is sending,
+    so a burst drains at MoEngage's full rate. A night that starts during a live run's sends
+    shares with it until that run ends (a minute or so)."""
+    from loyalty_moengage.db import connect
+
+    with connect(state_dsn) as conn:
+        busy = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM moengage_sync.batches WHERE program_id = ANY(%s) "
+            "AND state IN ('staged', 'pending', 'claimed', 'sending') AND NOT starts_with(run_id, %s))",
+            (program_ids, LIVE_RUN_PREFIX)).fetchone()[0]
+    return budget_share if busy else 1.0
+
+
 def live_lag_seconds(state_dsn: str, program_id: str) -> float:
-    """Age of the oldest live event not sent yet: its batch's age when one waits (or is in
-    doubt), else how far the watermark trails the database's now (an open transaction holding it,
-    or no live run for a while)."""
+    """Age of the oldest live event not sent yet: its batch's age when one waits, else how far the
+    watermark trails the database's now (an open transaction holding it, or no live run for a
+    while). A batch in doubt (its answer lost) is not waiting: the night's settle reads its
+    receipt; ``uncertain_live_batches`` in the run's stats counts those."""
     from loyalty_moengage.db import connect
 
     with connect(state_dsn) as conn:
         row = conn.execute(
             "SELECT extract(epoch FROM now() - least("
             " (SELECT min(created_at) FROM moengage_sync.batches WHERE program_id = %s AND starts_with(run_id, %s) "
-            "  AND state IN ('staged', 'pending', 'claimed', 'sending', 'uncertain')),"
+            "  AND state IN ('staged', 'pending', 'claimed', 'sending')),"
             " (SELECT read_to FROM moengage_sync.live_watermark WHERE program_id = %s)))",
             (program_id, LIVE_RUN_PREFIX, program_id)).fetchone()
     return round(max(float(row[0] or 0.0), 0.0), 3)

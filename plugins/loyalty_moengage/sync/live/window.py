@@ -25,12 +25,13 @@ from zoneinfo import ZoneInfo
 
 from loyalty_moengage.night import Window, local_midnight
 
-#: A live run never reads further back than this behind the database's now: older rows are the night's.
-MAX_CATCHUP = timedelta(hours=24)
+#: A live run never reads further back than this behind the database's now (the first run, or one
+#: after a pause): older rows are the night's, and one run's read stays small.
+MAX_CATCHUP = timedelta(hours=2)
 
 _OLDEST_WRITER = (
     "SELECT now(), min(xact_start) FILTER (WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() "
-    "AND datname = current_database()) FROM pg_stat_activity")
+    "AND datname = current_database() AND xact_start >= now() - %s::interval) FROM pg_stat_activity")
 
 
 @dataclass(frozen=True)
@@ -54,16 +55,19 @@ class LiveWindow:
         return pieces
 
 
-def read_clock(loyalty_conn: Any) -> tuple[datetime, datetime | None]:
-    """(the loyalty database's now, the start of its oldest open transaction that has written)."""
-    now, oldest = loyalty_conn.execute(_OLDEST_WRITER).fetchone()
+def read_clock(loyalty_conn: Any, max_hold: timedelta) -> tuple[datetime, datetime | None]:
+    """(the loyalty database's now, the start of its oldest open transaction that has written and
+    is younger than ``max_hold``: one older, an idle session left in a transaction, must not stop
+    the younger ones from holding the watermark)."""
+    now, oldest = loyalty_conn.execute(_OLDEST_WRITER, (max_hold,)).fetchone()
     loyalty_conn.rollback()
     return now, oldest
 
 
 def plan_window(*, now: datetime, oldest_writer: datetime | None, previous: datetime | None,
                 time_zone: str, lookback: timedelta, max_hold: timedelta) -> LiveWindow:
-    """The window of a live run (module doc). The first run of a program reads its day so far.
+    """The window of a live run (module doc). The first run of a program reads its day so far
+    (at most ``MAX_CATCHUP``).
     The end is a whole second: the row checks compare event times to it by the second (a row of
     the end's own second is the next run's, not "after the night's end")."""
     held = oldest_writer if oldest_writer is not None and now - max_hold <= oldest_writer < now else None

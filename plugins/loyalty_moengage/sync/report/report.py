@@ -140,10 +140,10 @@ def refresh_nights(conn: Any, *, program_id: str, run_id: str, night: Any) -> li
         note = [f"brought up to date by run {run_id}: " + ("every batch is settled" if settled else "still unsettled")]
         conn.execute(
             "UPDATE moengage_sync.run_reports SET events_sent = %s, members_updated = %s, batches_by_state = %s, "
-            "uncertain_batches = %s, outcome = %s, notes = notes || %s::text[] "
+            "uncertain_batches = %s, outcome = %s, notes = notes || %s::text[], events_sent_live = %s "
             "WHERE program_id = %s AND night = %s AND run_id = %s",
             (events, users, orjson.dumps(dict(sorted(states.items()))).decode(), states.get("uncertain", 0),
-             outcome, note, program_id, other, latest[0]))
+             outcome, note, night_sent_live(conn, program_id, other), program_id, other, latest[0]))
         refreshed.append(other.isoformat())
     conn.commit()
     return refreshed

@@ -110,27 +110,34 @@ def release_night(conn: Any, program_id: str, night: Any, run_id: str | None = N
 
 
 def release_run(conn: Any, program_id: str, run_id: str) -> int:
-    """A live run's release (sync/live/): its own staged batches, and those it relies on, become
-    sendable, whatever night they belong to; never another run's (a night's batches wait for
-    that night's guard). No anomaly guard: a few minutes of events have no history to be judged
-    against; the night's guard still judges the day. Same locks, same order as
+    """A live run's release (sync/live/): its own staged batches, and the live batches it relies
+    on, become sendable, whatever night they belong to. Never a night's batch, not even one the
+    live run left events to: those follow their night's guard (a held night keeps them staged,
+    ``withdraw_night`` keeps what another run relies on). No anomaly guard of its own: a few
+    minutes of events have no history to be judged against. Same locks, same order as
     :func:`release_night`, in the caller's transaction."""
-    return _release(conn, program_id, run_id, "run_id", run_id)
+    from loyalty_moengage.sync.outbox.states import LIVE_RUN_PREFIX
+
+    return _release(conn, program_id, run_id, "run_id", run_id, only_prefix=LIVE_RUN_PREFIX)
 
 
-def _release(conn: Any, program_id: str, run_id: str | None, column: str, value: Any) -> int:
-    """Staged batches and awaiting events whose ``column`` is ``value``, or that ``run_id`` relies on."""
+def _release(conn: Any, program_id: str, run_id: str | None, column: str, value: Any,
+             only_prefix: str | None = None) -> int:
+    """Staged batches and awaiting events whose ``column`` is ``value``, or that ``run_id`` relies
+    on; with ``only_prefix``, only those of runs whose id starts with it."""
     released = [r[0] for r in conn.execute(
         f"SELECT batch_id FROM moengage_sync.batches WHERE program_id = %s AND state = 'staged' AND ({column} = %s "
         "OR batch_id IN (SELECT batch_id FROM moengage_sync.batch_reliance WHERE program_id = %s AND run_id = %s)) "
-        "ORDER BY batch_id FOR UPDATE", (program_id, value, program_id, run_id))]
+        "AND (%s::text IS NULL OR starts_with(run_id, %s)) "
+        "ORDER BY batch_id FOR UPDATE", (program_id, value, program_id, run_id, only_prefix, only_prefix))]
     conn.execute("UPDATE moengage_sync.batches SET state = 'pending', updated_at = now() WHERE batch_id = ANY(%s)",
                  (released,))
     # Events waiting for their customer's check may now be checked by the load slots (lookups.py).
     waiting = [r[0] for r in conn.execute(
         f"SELECT event_id FROM moengage_sync.awaiting_presence WHERE program_id = %s AND NOT released AND ({column} = %s "
         "OR event_id IN (SELECT event_id FROM moengage_sync.awaiting_reliance WHERE program_id = %s AND run_id = %s)) "
-        "ORDER BY event_id FOR UPDATE", (program_id, value, program_id, run_id))]
+        "AND (%s::text IS NULL OR starts_with(run_id, %s)) "
+        "ORDER BY event_id FOR UPDATE", (program_id, value, program_id, run_id, only_prefix, only_prefix))]
     conn.execute("UPDATE moengage_sync.awaiting_presence SET released = true WHERE program_id = %s "
                  "AND event_id = ANY(%s)", (program_id, waiting))
     # Released: no withdrawal can take them any more, so whoever relied on them need not.

@@ -198,8 +198,28 @@ class OutboxSink:
 
 
 class LiveOutboxSink(OutboxSink):
-    """The live lane's sink (sync/live/): the same outbox, transaction and event keys, but the
-    customers its few events name are looked up inline, before the write: a deferred lookup
-    would wait for a load slot's lookup worker, which a live run does not start."""
+    """The live lane's sink (sync/live/): the same outbox, transaction and event keys. Events of
+    customers the presence cache does not confirm are not enqueued at all (no key, no awaiting
+    row): the live run looks those customers up after the write and records only the ones
+    MoEngage has, so a later read (its own second pass, the next run's lookback, or the night)
+    sends their events. An absence found minutes after a member enrolled is never cached: the
+    night, hours later, asks again."""
 
-    defers_lookups = False
+    def __init__(self, state_dsn: str) -> None:
+        super().__init__(state_dsn)
+        self.event_times: list[str] = []     # current_time of each event enqueued, for the latency figures
+        self.unconfirmed: set[str] = set()   # customers whose events were left for a later read
+
+    def write(self, job: ChunkJob, checked: Checked, packed: Packed, seconds: Counter[str]) -> dict[str, Any]:
+        import dataclasses
+
+        import pyarrow.compute as pc
+
+        if packed.awaiting is not None and packed.awaiting.num_rows:
+            self.unconfirmed |= set(packed.awaiting.column("customer_id").to_pylist())
+            packed = dataclasses.replace(packed, awaiting=None)
+        stats = super().write(job, checked, packed, seconds)
+        if packed.events is not None and packed.events.num_rows:
+            found = pc.extract_regex(packed.events.column("element"), r'"current_time":"(?P<t>[^"]+)"')
+            self.event_times += [t for t in pc.struct_field(found, [0]).to_pylist() if t]
+        return stats
