@@ -202,17 +202,18 @@ def test_a_live_run_never_releases_a_nights_staged_batch_and_paces_down_while_a_
         _live(tiny, "warm")                                          # the state schema
         with psycopg.connect(tiny) as conn:
             assert live_share(tiny, ["tiny"], 0.05) == 1.0           # no night sending: the whole budget
-            night_batch, live_batch = (conn.execute(
+            night_batch, live_batch, dead_batch = (conn.execute(
                 "INSERT INTO moengage_sync.batches (program_id, night, run_id, chunk_label, kind, body, body_bytes, "
                 "element_count, events) VALUES ('tiny', '2026-11-21', %s, 'c', 'events', '{}'::bytea, 2, 1, 1) "
                 "RETURNING batch_id",
-                (run_id,)).fetchone()[0] for run_id in ("scheduled__night", "live:other"))
+                (run_id,)).fetchone()[0] for run_id in ("scheduled__night", "live:other", "live:died-before-release"))
             for batch in (night_batch, live_batch):
                 conn.execute("INSERT INTO moengage_sync.batch_reliance (program_id, batch_id, run_id, night) "
                              "VALUES ('tiny', %s, 'live:me', '2026-11-21')", (batch,))
-            assert release_run(conn, "tiny", "live:me") == 1         # the live batch it relied on, only
+            # the live batches (one relied on, one of a live run that died before its release), never the night's
+            assert release_run(conn, "tiny", "live:me") == 2
             states = dict(conn.execute("SELECT batch_id, state FROM moengage_sync.batches WHERE batch_id = ANY(%s)",
-                                       ([night_batch, live_batch],)).fetchall())
-            assert states == {night_batch: "staged", live_batch: "pending"}
+                                       ([night_batch, live_batch, dead_batch],)).fetchall())
+            assert states == {night_batch: "staged", live_batch: "pending", dead_batch: "pending"}
             conn.commit()
             assert live_share(tiny, ["tiny"], 0.05) == 0.05          # a night's batch waits: the live share

@@ -106,27 +106,28 @@ def release_night(conn: Any, program_id: str, night: Any, run_id: str | None = N
     """The guard passed: the night's staged batches (this and any earlier run) may be sent, and so
     may what this run relies on of other nights' (its events were keyed there first). In the
     caller's transaction; locks in the order :func:`withdraw_night` does (module docstring)."""
-    return _release(conn, program_id, run_id, "night", night)
+    return _release(conn, program_id, run_id, "night = %s", night)
 
 
 def release_run(conn: Any, program_id: str, run_id: str) -> int:
-    """A live run's release (sync/live/): its own staged batches, and the live batches it relies
-    on, become sendable, whatever night they belong to. Never a night's batch, not even one the
-    live run left events to: those follow their night's guard (a held night keeps them staged,
-    ``withdraw_night`` keeps what another run relies on). No anomaly guard of its own: a few
-    minutes of events have no history to be judged against. Same locks, same order as
-    :func:`release_night`, in the caller's transaction."""
+    """A live run's release (sync/live/), under the program's live lock: every staged live batch
+    becomes sendable, whatever night it belongs to: its own, and those of a live run that died
+    between its enqueue and its release (no other live run can be running). Never a night's
+    batch, not even one the live run left events to: those follow their night's guard (a held
+    night keeps them staged, ``withdraw_night`` keeps what another run relies on). No anomaly
+    guard of its own: a few minutes of events have no history to be judged against. Same locks,
+    same order as :func:`release_night`, in the caller's transaction."""
     from loyalty_moengage.sync.outbox.states import LIVE_RUN_PREFIX
 
-    return _release(conn, program_id, run_id, "run_id", run_id, only_prefix=LIVE_RUN_PREFIX)
+    return _release(conn, program_id, run_id, "starts_with(run_id, %s)", LIVE_RUN_PREFIX, only_prefix=LIVE_RUN_PREFIX)
 
 
-def _release(conn: Any, program_id: str, run_id: str | None, column: str, value: Any,
+def _release(conn: Any, program_id: str, run_id: str | None, where: str, value: Any,
              only_prefix: str | None = None) -> int:
-    """Staged batches and awaiting events whose ``column`` is ``value``, or that ``run_id`` relies
-    on; with ``only_prefix``, only those of runs whose id starts with it."""
+    """Staged batches and awaiting events matching ``where`` (one parameter, ``value``), or that
+    ``run_id`` relies on; with ``only_prefix``, only those of runs whose id starts with it."""
     released = [r[0] for r in conn.execute(
-        f"SELECT batch_id FROM moengage_sync.batches WHERE program_id = %s AND state = 'staged' AND ({column} = %s "
+        f"SELECT batch_id FROM moengage_sync.batches WHERE program_id = %s AND state = 'staged' AND ({where} "
         "OR batch_id IN (SELECT batch_id FROM moengage_sync.batch_reliance WHERE program_id = %s AND run_id = %s)) "
         "AND (%s::text IS NULL OR starts_with(run_id, %s)) "
         "ORDER BY batch_id FOR UPDATE", (program_id, value, program_id, run_id, only_prefix, only_prefix))]
@@ -134,7 +135,7 @@ def _release(conn: Any, program_id: str, run_id: str | None, column: str, value:
                  (released,))
     # Events waiting for their customer's check may now be checked by the load slots (lookups.py).
     waiting = [r[0] for r in conn.execute(
-        f"SELECT event_id FROM moengage_sync.awaiting_presence WHERE program_id = %s AND NOT released AND ({column} = %s "
+        f"SELECT event_id FROM moengage_sync.awaiting_presence WHERE program_id = %s AND NOT released AND ({where} "
         "OR event_id IN (SELECT event_id FROM moengage_sync.awaiting_reliance WHERE program_id = %s AND run_id = %s)) "
         "AND (%s::text IS NULL OR starts_with(run_id, %s)) "
         "ORDER BY event_id FOR UPDATE", (program_id, value, program_id, run_id, only_prefix, only_prefix))]
