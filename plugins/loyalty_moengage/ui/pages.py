@@ -203,7 +203,7 @@ def _live_section(live: dict[str, Any] | None) -> str:
     return (f'<h2>Live lane</h2><div class="head {"bad" if late else "ok"}" data-k="live">'
             f'Lag now <b data-k="live_lag">{_seconds(live["lag_seconds"])}</b> (age of the oldest live event not sent'
             f'); today ({live["day"]}) <b data-k="live_events">{_n(live["events_sent"])}</b> events sent live in '
-            f'{_n(live["runs"])} runs of <code>{_e(live["dag_id"])}</code>; from event to MoEngage: p50 '
+            f'{_n(live["runs"])} run{"" if live["runs"] == 1 else "s"} of <code>{_e(live["dag_id"])}</code>; from event to MoEngage: p50 '
             f'{_e(lat[0.5] or "-")}, p95 {_e(lat[0.95] or "-")}, max {_e(lat[1.0] or "-")}.</div>')
 
 

@@ -64,7 +64,8 @@ def ui_stack(pg_server, template_db, tmp_path_factory):
     }
     try:
         with program_env(dsn, work, program_id=PROGRAM, time_zone=TZ, members=300, days=4, seed=11,
-                         settings={"reject_threshold": 0.5, "start_date": START.isoformat()}) as env, \
+                         settings={"reject_threshold": 0.5, "start_date": START.isoformat(),
+                                   "live": {"enabled": True, "lookback_minutes": 0}}) as env, \
                 airflow_stack(pg_server, root=work / "airflow", env=auth_env, dag_ids=[env.dag_id]) as stack:
             # The first bulk request's answer is lost after MoEngage applied it: the night settles it itself.
             env.sandbox.set_faults(drop_after_body_rate=1.0, endpoints=("transition",), limit=1)
@@ -72,10 +73,36 @@ def ui_stack(pg_server, template_db, tmp_path_factory):
             env.sandbox.set_faults()
             dry_id = stack.trigger(env.dag_id, run_id=f"manual__dry_run_{uuid.uuid4().hex[:6]}", conf={"dry_run": True})
             runs = {r["run_id"]: r for r in stack.wait_runs(env.dag_id, timeout=240)}
-            yield {"env": env, "stack": stack, "dsn": dsn, "run": first, "dry_run_id": dry_id, "runs": runs}
+            live = _one_live_run(dsn, env)
+            yield {"env": env, "stack": stack, "dsn": dsn, "run": first, "dry_run_id": dry_id, "runs": runs,
+                   "live": live}
     finally:
         with psycopg.connect(pg_server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+LIVE_ROWS = 12
+
+
+def _one_live_run(dsn: str, env) -> dict:
+    """Purchases recorded after the night, sent by one live run (in-process): the tab's live section."""
+    from loyalty_moengage.config.programs import get_program
+    from loyalty_moengage.moengage.hook import MoEngageHook
+    from loyalty_moengage.sync.live.run import LiveRun, run_live
+    from loyalty_moengage_devtools.live_writer import EARN, ENTRY_BASE, FIRST_POINTS
+
+    with psycopg.connect(dsn) as conn:
+        # the live lane starts here: the generated history is the nights'
+        conn.execute("INSERT INTO moengage_sync.live_watermark (program_id, read_to, run_id) "
+                     "VALUES (%s, now() - interval '5 seconds', 'seed')", (PROGRAM,))
+        members = [r[0] for r in conn.execute("SELECT member_id FROM loyalty.members WHERE program_id = %s AND "
+                                              "relation_reference IS NOT NULL ORDER BY member_id LIMIT %s",
+                                              (PROGRAM, LIVE_ROWS))]
+        sql = EARN.replace("now(), now())", "now() - interval '2 seconds', now() - interval '2 seconds')")
+        conn.cursor().executemany(sql, [(ENTRY_BASE + i, PROGRAM, m, FIRST_POINTS + i) for i, m in enumerate(members)])
+    program = get_program(PROGRAM)
+    hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=1.0)
+    return run_live(LiveRun.of(program, "manual__live_ui", 1, dsn, dsn), hook=hook, lookup=hook.existing_customers)
 
 
 def _token(stack, user: str) -> str:
@@ -132,6 +159,10 @@ def test_tabs_need_a_user_allowed_to_read_the_dag(ui_stack):
     assert newest["night"] == report["night"].isoformat() and newest["outcome"] == "success"
     assert newest["events_sent"] == report["events_sent"] and newest["members_updated"] == report["members_updated"]
     assert set(env.nights[:-1]) <= {date.fromisoformat(d) for d in history["missed"]}
+    live = history["live"]
+    assert ui_stack["live"]["events_sent"] == LIVE_ROWS
+    assert live["runs"] == 1 and live["events_sent"] == LIVE_ROWS and live["dag_id"] == f"moengage_live_{PROGRAM}"
+    assert live["latency"]["0.5"] == "<= 15 s" and live["lag_seconds"] < 60
 
 
 def _num(text: str) -> int:
@@ -179,6 +210,7 @@ def test_tabs_in_a_real_browser(ui_stack):
             assert frame.locator(f"tr[data-night='{missed}'] [data-k=outcome]").inner_text() == "missed"
         assert "airflow backfill create --dag-id " + env.dag_id in frame.locator("[data-k=backfill_all]").inner_text()
         assert frame.locator("svg[data-k=chart]").count() == 1
+        assert _num(frame.locator("[data-k=live_events]").inner_text()) == LIVE_ROWS      # the live lane today
         page.wait_for_timeout(300)
         page.screenshot(path=str(SHOTS / "moengage-sync-dag-tab.png"), full_page=True)
 
