@@ -17,7 +17,7 @@ def live_step(dsn: str, program: Any, sandbox: Any, workspace: str) -> dict[str,
     from loyalty_moengage.config.live_policy import LivePolicy
     from loyalty_moengage.moengage.hook import MoEngageHook
     from loyalty_moengage.sync.live.run import LiveRun, run_live
-    from loyalty_moengage_devtools.live_writer import EARN, ENTRY_BASE, FIRST_POINTS, received_points
+    from loyalty_moengage_devtools.live_writer import commit_recent, received_points
 
     live = program.model_copy(update={"live": LivePolicy(enabled=True)})
     known = set(sandbox.state.users(workspace))
@@ -25,18 +25,12 @@ def live_step(dsn: str, program: Any, sandbox: Any, workspace: str) -> dict[str,
         members = [m for m, ref in conn.execute(
             "SELECT member_id, relation_reference FROM loyalty.members WHERE program_id = %s "
             "AND relation_reference IS NOT NULL ORDER BY member_id", (program.id,)) if ref in known][:DEMO_ROWS]
-        taken = conn.execute("SELECT coalesce(max(entry_id), 0) FROM loyalty.points_ledger WHERE entry_id >= %s",
-                             (ENTRY_BASE,)).fetchone()[0]
-        first = max(0, taken - ENTRY_BASE + 1)
-        sql = EARN.replace("now(), now())", "now() - interval '2 seconds', now() - interval '2 seconds')")
-        conn.cursor().executemany(sql, [(ENTRY_BASE + first + i, program.id, m, FIRST_POINTS + first + i)
-                                        for i, m in enumerate(members)])
+    mine = commit_recent(dsn, program.id, members)
     committed = time.perf_counter()
     hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=1.0)
     stats = run_live(LiveRun.of(live, f"demo-{int(time.time())}", 1, dsn, dsn), hook=hook, lookup=hook.existing_customers)
     seconds = time.perf_counter() - committed
     got = received_points(sandbox.state.events(workspace))
-    mine = [FIRST_POINTS + first + i for i in range(len(members))]
     return {"written": len(members), "received_once": sum(1 for p in mine if got.get(p) == 1),
             "received_twice": sum(1 for p in mine if got.get(p, 0) > 1), "seconds": round(seconds, 2),
             "stats": stats}

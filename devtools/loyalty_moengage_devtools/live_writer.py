@@ -117,6 +117,22 @@ class LiveWriter:
         self._commit(self._take(rows), hold)
 
 
+def commit_recent(dsn: str, program_id: str, members: list[int], *, ago_seconds: int = 2) -> list[int]:
+    """One earn row per member, stamped ``ago_seconds`` before now (so inside a live run's window,
+    which ends on a whole second), committed at once, after any rows written before; their points."""
+    import psycopg
+
+    sql = EARN.replace("now(), now())", f"now() - interval '{int(ago_seconds)} seconds', "
+                                         f"now() - interval '{int(ago_seconds)} seconds')")
+    with psycopg.connect(dsn) as conn:
+        taken = conn.execute("SELECT coalesce(max(entry_id), %s - 1) FROM loyalty.points_ledger WHERE entry_id >= %s",
+                             (ENTRY_BASE, ENTRY_BASE)).fetchone()[0]
+        first = taken - ENTRY_BASE + 1
+        rows = [(ENTRY_BASE + first + i, program_id, m, FIRST_POINTS + first + i) for i, m in enumerate(members)]
+        conn.cursor().executemany(sql, rows)
+    return [r[3] for r in rows]
+
+
 def received_points(events: list[dict[str, Any]]) -> dict[int, int]:
     """How many times MoEngage received each writer row (by its unique points value)."""
     counts: dict[int, int] = {}

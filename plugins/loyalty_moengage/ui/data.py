@@ -252,7 +252,7 @@ def live_today(program: Any, *, now: datetime | None = None) -> dict[str, Any] |
     from zoneinfo import ZoneInfo
 
     from loyalty_moengage.night import local_midnight
-    from loyalty_moengage.sync.live.run import LATENCY_BUCKETS, live_lag_seconds
+    from loyalty_moengage.sync.live.run import empty_buckets, live_lag_seconds
     from loyalty_moengage.sync.tasks import dsns
 
     if not program.live.enabled:
@@ -262,7 +262,7 @@ def live_today(program: Any, *, now: datetime | None = None) -> dict[str, Any] |
         rows = [r[0] for r in conn.execute(
             "SELECT stats FROM moengage_sync.task_stats WHERE program_id = %s AND stage = 'live' "
             "AND recorded_at >= %s ORDER BY recorded_at", (program.id, local_midnight(day, program.time_zone)))]
-    buckets = {str(b): 0 for b in LATENCY_BUCKETS} | {"inf": 0}
+    buckets = empty_buckets()
     for stats in rows:
         for k, v in (stats.get("latency_buckets") or {}).items():
             buckets[k] = buckets.get(k, 0) + v

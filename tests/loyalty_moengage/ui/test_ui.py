@@ -89,7 +89,7 @@ def _one_live_run(dsn: str, env) -> dict:
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.moengage.hook import MoEngageHook
     from loyalty_moengage.sync.live.run import LiveRun, run_live
-    from loyalty_moengage_devtools.live_writer import EARN, ENTRY_BASE, FIRST_POINTS
+    from loyalty_moengage_devtools.live_writer import commit_recent
 
     with psycopg.connect(dsn) as conn:
         # the live lane starts here: the generated history is the nights'
@@ -98,8 +98,7 @@ def _one_live_run(dsn: str, env) -> dict:
         members = [r[0] for r in conn.execute("SELECT member_id FROM loyalty.members WHERE program_id = %s AND "
                                               "relation_reference IS NOT NULL ORDER BY member_id LIMIT %s",
                                               (PROGRAM, LIVE_ROWS))]
-        sql = EARN.replace("now(), now())", "now() - interval '2 seconds', now() - interval '2 seconds')")
-        conn.cursor().executemany(sql, [(ENTRY_BASE + i, PROGRAM, m, FIRST_POINTS + i) for i, m in enumerate(members)])
+    commit_recent(dsn, PROGRAM, members)
     program = get_program(PROGRAM)
     hook = MoEngageHook(moengage_conn_id=program.moengage_conn_id, share=1.0)
     return run_live(LiveRun.of(program, "manual__live_ui", 1, dsn, dsn), hook=hook, lookup=hook.existing_customers)

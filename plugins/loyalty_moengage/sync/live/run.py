@@ -195,12 +195,17 @@ def _send(run: LiveRun, window: LiveWindow, hook: Any) -> dict[str, Any]:
 LATENCY_BUCKETS = (15, 30, 45, 60, 90, 120, 180, 300, 600, 1800, 3600)
 
 
+def empty_buckets() -> dict[str, int]:
+    """The latency histogram with every bucket at 0 (``LATENCY_BUCKETS`` and the overflow, "inf")."""
+    return {str(b): 0 for b in LATENCY_BUCKETS} | {"inf": 0}
+
+
 def latency(event_times: list[str], sent_by: datetime) -> dict[str, Any]:
     """Seconds from each enqueued event's time to the end of the run's sends (by then MoEngage
     had answered 200 for every batch the run sent): a histogram, and this run's p50/p95/max."""
     ages = sorted(max(0.0, (sent_by - datetime.fromisoformat(t.replace("Z", "+00:00"))).total_seconds())
                   for t in event_times)
-    buckets = {str(b): 0 for b in LATENCY_BUCKETS} | {"inf": 0}
+    buckets = empty_buckets()
     for age in ages:
         buckets[next((str(b) for b in LATENCY_BUCKETS if age <= b), "inf")] += 1
     pick = (lambda q: round(ages[min(len(ages) - 1, int(q * len(ages)))], 1)) if ages else (lambda q: None)
