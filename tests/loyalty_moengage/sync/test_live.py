@@ -217,3 +217,28 @@ def test_a_live_run_never_releases_a_nights_staged_batch_and_paces_down_while_a_
             assert states == {night_batch: "staged", live_batch: "pending", dead_batch: "pending"}
             conn.commit()
             assert live_share(tiny, ["tiny"], 0.05) == 0.05          # a night's batch waits: the live share
+
+
+def test_a_live_post_answered_502_after_it_was_applied_is_settled_by_the_night_not_sent_again(tiny, tmp_path):
+    """A rude MoEngage: the live run's request is applied, then its answer lost. The batch is in
+    doubt (not counted in the lag); the night's settle reads its receipt, and nothing is sent twice."""
+    tz = _zone_after_midnight()
+    today = datetime.now(ZoneInfo(tz)).date()
+    yesterday_late = f"'{(local_midnight(today, tz) - 3 * MIN).isoformat()}'"
+    with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE + KEEP) as sandbox:
+        with psycopg.connect(tiny) as conn:
+            conn.execute("INSERT INTO moengage_sync.live_watermark (program_id, read_to, run_id) "
+                         f"VALUES ('tiny', {yesterday_late}::timestamptz - interval '1 minute', 'seed')")
+            _earn(conn, 9201, 9201, at=yesterday_late)
+        sandbox.set_faults(drop_after_body_rate=1.0, endpoints=("transition",), limit=1)
+        first = _live(tiny, "run-1")
+        sandbox.set_faults()
+        assert first["batches_uncertain"] == 1 and first["lag_seconds"] < 60, first
+        assert _earned(sandbox) == Counter({9201: 1})               # applied, though its answer was lost
+        assert _live(tiny, "run-2")["events_enqueued"] == 0         # read again, dropped: it is keyed
+        night = today - timedelta(days=1)
+        assert str(run("tiny", night, time_zone=tz).state) == "success"
+        assert _earned(sandbox) == Counter({9201: 1})               # settled by its receipt, not resent
+        with psycopg.connect(tiny) as conn:
+            assert conn.execute("SELECT count(*) FROM moengage_sync.batches WHERE program_id = 'tiny' "
+                                "AND state = 'uncertain'").fetchone()[0] == 0
