@@ -62,6 +62,8 @@ class Window:
             "time_zone": self.time_zone,
             "member_lo": lo,
             "member_hi": hi,
+            # The members template's: NULL = every member of the range (the live lane names its own).
+            "customer_ids": None,
         }
 
 

@@ -11,14 +11,20 @@
 -- last transaction at +-infinity gives no days_since_last_activity; the sync leaves such dates
 -- out of the payload and records them in the quarantine.
 -- Parameters: %(program_id)s, %(window_end)s, %(night)s, %(time_zone)s,
---   %(member_lo)s, %(member_hi)s.
-WITH mem AS (
+--   %(member_lo)s, %(member_hi)s, %(customer_ids)s.
+-- %(customer_ids)s is NULL in the night (every member of the chunk); the live lane's attribute
+-- updates (programs file: live.attributes) pass a list of customer ids, and then only those
+-- members are returned and every aggregate reads only their rows (member_id = ANY(...) on the
+-- member indexes), so a live run touching 100 members reads 100 members. The NULL test folds
+-- away before planning, so the night's plan is the one without it.
+WITH mem AS NOT MATERIALIZED (
     SELECT m.member_id, m.relation_reference, m.tier, m.status, m.enrolled_at
     FROM loyalty.members m
     WHERE m.program_id = %(program_id)s
       AND (m.enrolled_at < %(window_end)s OR m.enrolled_at IS NULL OR NOT isfinite(m.enrolled_at)
            OR m.enrolled_at >= '2200-01-01 00:00+00')
       AND m.member_id >= %(member_lo)s AND m.member_id < %(member_hi)s
+      AND (%(customer_ids)s::text[] IS NULL OR m.relation_reference = ANY(%(customer_ids)s::text[]))
 ),
 ledger AS (
     SELECT l.member_id,
@@ -30,6 +36,7 @@ ledger AS (
     WHERE l.program_id = %(program_id)s
       AND l.recorded_at < %(window_end)s
       AND l.member_id >= %(member_lo)s AND l.member_id < %(member_hi)s
+      AND (%(customer_ids)s::text[] IS NULL OR l.member_id = ANY(ARRAY(SELECT member_id FROM mem)))
     GROUP BY l.member_id
 ),
 lots AS (
@@ -40,6 +47,7 @@ lots AS (
     WHERE l.program_id = %(program_id)s
       AND l.recorded_at < %(window_end)s
       AND l.member_id >= %(member_lo)s AND l.member_id < %(member_hi)s
+      AND (%(customer_ids)s::text[] IS NULL OR l.member_id = ANY(ARRAY(SELECT member_id FROM mem)))
     GROUP BY l.member_id, COALESCE(l.lot_entry_id, l.entry_id)
     HAVING max(l.expires_on) > %(night)s::date AND max(l.expires_on) <= %(night)s::date + 90
 ),
@@ -57,6 +65,7 @@ txn AS (
     WHERE t.program_id = %(program_id)s
       AND t.recorded_at < %(window_end)s
       AND t.member_id >= %(member_lo)s AND t.member_id < %(member_hi)s
+      AND (%(customer_ids)s::text[] IS NULL OR t.member_id = ANY(ARRAY(SELECT member_id FROM mem)))
     GROUP BY t.member_id
 ),
 tier_before AS (
@@ -64,6 +73,7 @@ tier_before AS (
     FROM loyalty.member_tier_changes c
     WHERE c.recorded_at < %(window_end)s
       AND c.member_id >= %(member_lo)s AND c.member_id < %(member_hi)s
+      AND (%(customer_ids)s::text[] IS NULL OR c.member_id = ANY(ARRAY(SELECT member_id FROM mem)))
     ORDER BY c.member_id, c.recorded_at DESC, c.change_id DESC
 ),
 tier_after AS (
@@ -71,6 +81,7 @@ tier_after AS (
     FROM loyalty.member_tier_changes c
     WHERE c.recorded_at >= %(window_end)s
       AND c.member_id >= %(member_lo)s AND c.member_id < %(member_hi)s
+      AND (%(customer_ids)s::text[] IS NULL OR c.member_id = ANY(ARRAY(SELECT member_id FROM mem)))
     ORDER BY c.member_id, c.recorded_at, c.change_id
 ),
 status_before AS (
@@ -78,6 +89,7 @@ status_before AS (
     FROM loyalty.member_status_changes c
     WHERE c.recorded_at < %(window_end)s
       AND c.member_id >= %(member_lo)s AND c.member_id < %(member_hi)s
+      AND (%(customer_ids)s::text[] IS NULL OR c.member_id = ANY(ARRAY(SELECT member_id FROM mem)))
     ORDER BY c.member_id, c.recorded_at DESC, c.change_id DESC
 ),
 status_after AS (
@@ -85,6 +97,7 @@ status_after AS (
     FROM loyalty.member_status_changes c
     WHERE c.recorded_at >= %(window_end)s
       AND c.member_id >= %(member_lo)s AND c.member_id < %(member_hi)s
+      AND (%(customer_ids)s::text[] IS NULL OR c.member_id = ANY(ARRAY(SELECT member_id FROM mem)))
     ORDER BY c.member_id, c.recorded_at, c.change_id
 )
 SELECT mem.relation_reference                                  AS customer_id,

@@ -31,6 +31,10 @@ class LivePolicy(BaseModel):
     budget_share: float = Field(0.05, gt=0, le=0.5)
     # The live lag (age of the oldest event not yet sent live) that fails the live run and alerts.
     alert_lag_minutes: int = Field(15, ge=1, le=1440)
+    # Send each touched member's attributes (the members template, for those members only) in the
+    # same request as their events, so a push that says "you now have 1,250 points" finds the
+    # balance in MoEngage. Needs the members template to take %(customer_ids)s (docs/live.md).
+    attributes: bool = False
 
 
 DEFAULT_LIVE = LivePolicy()

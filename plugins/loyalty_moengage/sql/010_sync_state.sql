@@ -312,3 +312,17 @@ CREATE TABLE IF NOT EXISTS moengage_sync.live_watermark (
 );
 -- Events of the night the live lane sent during the day (of events_sent): the night's report says so.
 ALTER TABLE moengage_sync.run_reports ADD COLUMN IF NOT EXISTS events_sent_live integer NOT NULL DEFAULT 0;
+
+-- Live attribute updates the live lane owes (live.attributes; sync/outbox/owed.py). A member is owed
+-- one when its attributes went out live while an older night's refresh (as of that night's end,
+-- so older) could still land after them, or when a live batch went again without its attribute
+-- elements (its answer was lost: by then the snapshot could be older than one sent since). The
+-- first live run after the refresh of after_night has landed sends the member's attributes as of
+-- then, and deletes the row in the same transaction as it enqueues them.
+CREATE TABLE IF NOT EXISTS moengage_sync.live_attributes_owed (
+    program_id   text NOT NULL,
+    customer_id  text NOT NULL,
+    after_night  date NOT NULL,
+    since        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (program_id, customer_id)
+);

@@ -133,8 +133,13 @@ def reads_window(template: Template) -> bool:
     ``%(window_start)s`` outside its comments)? Only those can miss a row committed late, so only
     those are re-read for late rows; a template of the state at the night's end (expiring soon:
     ``window_end`` and ``night`` only) is a reminder for that night, not a row that can be late."""
+    return takes(template, "window_start")
+
+
+def takes(template: Template, parameter: str) -> bool:
+    """Does the template use ``%(parameter)s`` outside its comments?"""
     code = "\n".join(line.split("--", 1)[0] for line in template.sql.splitlines())
-    return "%(window_start)s" in code
+    return f"%({parameter})s" in code
 
 
 def extract_chunk(loyalty_dsn: str, params: dict[str, Any], lookback: Sequence[dict[str, Any]] = (), *,

@@ -114,6 +114,12 @@ def _pack_events(events: Any, rejects: Rejects) -> tuple[list[NewBatch], Any, Co
     return batches, keys, by_type
 
 
+def pack_users(checked: Checked) -> list[NewBatch]:
+    """Only the members' attribute updates of ``checked`` (an element over the limit is rejected
+    into ``checked.rejects``)."""
+    return _pack_users(checked, checked.rejects)
+
+
 def _pack_users(checked: Checked, rejects: Rejects) -> list[NewBatch]:
     import orjson
 
@@ -126,3 +132,78 @@ def _pack_users(checked: Checked, rejects: Rejects) -> list[NewBatch]:
         rejects.add(checked.user_template, "element over 100000 bytes", cids[idx].as_py(),
                     orjson.dumps({"customer_id": cids[idx].as_py(), "bytes": size}))
     return [NewBatch("users", s.body, s.stop - s.start, s.stop - s.start, 0) for s in spans]
+
+
+def with_attributes(packed: Packed, members: Checked) -> Packed:
+    """The live lane's bodies (``live.attributes``): each customer's attribute element, then its
+    events, in one request, so the event's campaign finds the new balance beside it. A customer
+    whose elements cannot share one body with its attributes sends its events without them."""
+    import pyarrow as pa
+
+    from loyalty_moengage.sync.chunk.payloads import user_elements
+
+    if packed.keys is None or not packed.keys.num_rows:
+        return packed
+    rejects = packed.rejects.copy()
+    for row in members.rejects.rows:
+        rejects.add(*row)
+    attrs: dict[str, str] = {}
+    if members.users is not None and members.users.num_rows:
+        attrs = dict(zip(members.users.column("customer_id").to_pylist(),
+                         user_elements(members.users, members.user_kinds).to_pylist()))
+    events = _packed_events(packed)
+    groups = _groups(events.column("customer_id").to_pylist())
+    elements = events.column("element").to_pylist()
+    batches, batch_of, alone = _pack_groups(groups, elements, attrs)
+    if alone:   # too big to share a body with their attributes: their events as the night packs them
+        rest = events.take(pa.array(alone))
+        more, keys, _ = _pack_events(rest, rejects)
+        if keys is not None:
+            for i, b in zip(alone, keys.column("batch").to_pylist()):
+                batch_of[i] = len(batches) + b
+        batches += more
+    keys = pa.table({"event_id": events.column("event_id"), "event_name": events.column("event_name"),
+                     "batch": pa.array(batch_of, pa.int64())})
+    return replace(packed, event_batches=batches, keys=keys, rejects=rejects)
+
+
+def _packed_events(packed: Packed) -> Any:
+    """The events the pack put in a body (an element over the limit alone is not), by customer."""
+    import pyarrow.compute as pc
+
+    events = packed.events.filter(pc.is_in(packed.events.column("event_id"), value_set=packed.keys.column("event_id")))
+    return events.take(pc.sort_indices(events, [("customer_id", "ascending"), ("event_id", "ascending")]))
+
+
+def _groups(customers: list[str]) -> list[tuple[str, list[int]]]:
+    groups: list[tuple[str, list[int]]] = []
+    for i, cid in enumerate(customers):
+        if groups and groups[-1][0] == cid:
+            groups[-1][1].append(i)
+        else:
+            groups.append((cid, [i]))
+    return groups
+
+
+def _pack_groups(groups: list[tuple[str, list[int]]], elements: list[str], attrs: dict[str, str]
+                 ) -> tuple[list[NewBatch], list[int], list[int]]:
+    """Bodies of whole customer groups; the batch of each event (-1: not packed), and the events
+    of groups too big for one body."""
+    import pyarrow as pa
+
+    from loyalty_moengage.moengage.packing import TRANSITION_MAX_BYTES, pack_spans
+    from loyalty_moengage.sync.outbox.receipts import RECEIPT_RESERVE
+
+    texts = [",".join(([attrs[cid]] if cid in attrs else []) + [elements[i] for i in idx]) for cid, idx in groups]
+    spans, oversize = pack_spans(pa.array(texts, pa.string()), max_bytes=TRANSITION_MAX_BYTES - RECEIPT_RESERVE)
+    batch_of = [-1] * len(elements)
+    batches = []
+    for k, span in enumerate(spans):
+        members = groups[span.start:span.stop]
+        users = sum(1 for cid, _ in members if cid in attrs)
+        events = sum(len(idx) for _, idx in members)
+        batches.append(NewBatch("events", span.body, users + events, users, events))
+        for _, idx in members:
+            for i in idx:
+                batch_of[i] = k
+    return batches, batch_of, [i for g, _ in oversize for i in groups[g][1]]

@@ -16,7 +16,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable
 
 from loyalty_moengage.sync.live.window import LiveWindow
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 LIVE_SLOT = -2
 #: What the live run sums over its pieces (one per night its window touches).
 SUMMED = ("rows_extracted", "events_extracted", "events_enqueued", "events_already_sent", "not_in_moengage",
-          "customer_lookups", "batches", "bytes")
+          "customer_lookups", "batches", "bytes", "attributes_beside")
 
 
 class LiveLagError(RuntimeError):
@@ -91,17 +91,26 @@ def _work(run: LiveRun, window: LiveWindow, hook: Any, lookup: Callable[[list[st
     pass; release and move the watermark; send."""
     from loyalty_moengage.sync.sinks.outbox_sink import LiveOutboxSink
 
-    sink = LiveOutboxSink(run.state_dsn)
+    attributes = run.program.live.attributes
+    if attributes:
+        from loyalty_moengage.sync.chunk.attributes import check_takes_customer_ids
+
+        check_takes_customer_ids()
+    sink = LiveOutboxSink(run.state_dsn, attributes=attributes)
     stats = _enqueue(run, window, lookup, sink, 1)
     confirmed = _confirm(run, sink.unconfirmed, lookup, hook)
     if confirmed:
         sink.unconfirmed.clear()
         again = _enqueue(run, window, lookup, sink, 2)
-        for k in ("events_enqueued", "batches", "bytes"):
+        for k in ("events_enqueued", "batches", "bytes", "attributes_beside"):
             stats[k] += again[k]
     stats.update(customers_confirmed=confirmed, events_left_for_later_customers=len(sink.unconfirmed))
+    if attributes and window.end > window.start:
+        stats.update(_pay_owed(run, window))
     stats.update(_release_and_advance(run, window))
+    stats.update(_settle(run, window, hook))
     stats.update(_send(run, window, hook))
+    stats["uncertain_live_batches"] = _in_doubt(run)
     stats.update(latency(sink.event_times, datetime.now(timezone.utc)))
     return stats
 
@@ -159,6 +168,32 @@ def _enqueue(run: LiveRun, window: LiveWindow, lookup: Callable[[list[str]], set
             "held_by_open_transaction": window.held_by.isoformat() if window.held_by else None}
 
 
+def _pay_owed(run: LiveRun, window: LiveWindow) -> dict[str, Any]:
+    """The attribute updates owed (outbox/owed.py) whose refresh has landed, as of this run's cut,
+    enqueued as users batches of this run with the debts deleted, in one transaction."""
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.sync.chunk.attributes import attributes_of
+    from loyalty_moengage.sync.chunk.pack import pack_users
+    from loyalty_moengage.sync.outbox import enqueue, owed
+
+    piece = window.nights(run.program.time_zone)[-1]
+    with connect(run.state_dsn) as conn:
+        customers = owed.due(conn, run.program.id)
+        if not customers:
+            conn.rollback()
+            return {"owed_attributes_sent": 0}
+        members = attributes_of(run.loyalty_dsn, piece, run.program.id, customers)
+        batches = pack_users(members) if members.users is not None else []
+        ids = enqueue.allocate_batch_ids(conn, len(batches))
+        enqueue.insert_batches(conn, program_id=run.program.id, night=piece.night, run_id=run.run_id,
+                               chunk_label="live: attributes owed", batch_ids=ids, batches=batches)
+        enqueue.insert_quarantine(conn, program_id=run.program.id, night=piece.night, run_id=run.run_id,
+                                  rows=members.rejects.rows)
+        owed.paid(conn, run.program.id, customers)
+        conn.commit()
+    return {"owed_attributes_sent": sum(b.users for b in batches)}
+
+
 def _release_and_advance(run: LiveRun, window: LiveWindow) -> dict[str, Any]:
     """The run's batches become sendable and the watermark moves, in one transaction: a run that
     dies before it leaves both as they were, and the next run reads the same rows again."""
@@ -174,6 +209,33 @@ def _release_and_advance(run: LiveRun, window: LiveWindow) -> dict[str, Any]:
         log.warning("the live watermark of %s moved under this run: it stays where the other run left it",
                     run.program.id)
     return {"batches_released": released, "watermark_moved": moved}
+
+
+def _settle(run: LiveRun, window: LiveWindow, hook: Any) -> dict[str, Any]:
+    """The live lane's own doubts (answers lost), read once, without waiting: a receipt seen is
+    ``sent``; one absent past the receipt wait while a later probe shows is ``pending`` again, and
+    this run's send sends it (without its attributes: outbox/owed.py). The rest wait for the next
+    run, a minute later, not for the night."""
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.sync.outbox.receipts import ReceiptSettings
+    from loyalty_moengage.sync.send.settle import settle
+
+    settings = ReceiptSettings.of(run.program, hook.config)
+    if settings is None:
+        return {}
+    with connect(run.state_dsn) as conn:
+        done = settle(conn, program_id=run.program.id, hook=hook, settings=settings, up_to_night=date.max,
+                      run_id=run.run_id, timeout=0, live_only=True)
+    return {"settled_by_receipt": done.by_receipt, "resent_after_absence": done.absent}
+
+
+def _in_doubt(run: LiveRun) -> int:
+    """Live batches whose answer was lost and not yet settled (after this run's sends)."""
+    from loyalty_moengage.db import connect
+
+    with connect(run.state_dsn) as conn:
+        return conn.execute("SELECT count(*) FROM moengage_sync.batches WHERE program_id = %s AND state = 'uncertain' "
+                            "AND starts_with(run_id, %s)", (run.program.id, LIVE_RUN_PREFIX)).fetchone()[0]
 
 
 def _send(run: LiveRun, window: LiveWindow, hook: Any) -> dict[str, Any]:
@@ -232,8 +294,8 @@ def live_share(state_dsn: str, program_ids: list[str], budget_share: float) -> f
 def live_lag_seconds(state_dsn: str, program_id: str) -> float:
     """Age of the oldest live event not sent yet: its batch's age when one waits, else how far the
     watermark trails the database's now (an open transaction holding it, or no live run for a
-    while). A batch in doubt (its answer lost) is not waiting: the night's settle reads its
-    receipt; ``uncertain_live_batches`` in the run's stats counts those."""
+    while). A batch in doubt (its answer lost) is not waiting: the next live runs read its
+    receipt (``_settle``); ``uncertain_live_batches`` in the run's stats counts those."""
     from loyalty_moengage.db import connect
 
     with connect(state_dsn) as conn:

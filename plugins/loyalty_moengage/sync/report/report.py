@@ -101,10 +101,14 @@ def late_rows_note(late: int, nights: list[str]) -> str:
 
 
 def night_sent(conn: Any, program_id: str, night: Any) -> tuple[int, int]:
-    """(events, member updates) of the night that MoEngage has, whichever run sent them."""
+    """(events, member updates) of the night that MoEngage has, whichever run sent them; the
+    updates are the night's refresh (the live lane's beside its events are counted by its runs)."""
+    from loyalty_moengage.sync.outbox.states import LIVE_RUN_PREFIX
+
     events, users = conn.execute(
-        "SELECT coalesce(sum(events), 0), coalesce(sum(users), 0) FROM moengage_sync.batches "
-        "WHERE program_id = %s AND night = %s AND state = 'sent'", (program_id, night)).fetchone()
+        "SELECT coalesce(sum(events), 0), coalesce(sum(users) FILTER (WHERE NOT starts_with(run_id, %s)), 0) "
+        "FROM moengage_sync.batches WHERE program_id = %s AND night = %s AND state = 'sent'",
+        (LIVE_RUN_PREFIX, program_id, night)).fetchone()
     return int(events), int(users)
 
 

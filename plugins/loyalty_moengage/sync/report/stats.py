@@ -45,6 +45,8 @@ def chunk_stats(job: ChunkJob, checked: Checked, packed: Packed, seconds: Counte
         "events_awaiting_presence": packed.awaiting.num_rows if packed.awaiting is not None else 0,
         "members_extracted": checked.members_extracted,
         "members_enqueued": sum(b.users for b in packed.user_batches),
+        # The live lane's attribute updates in the same request as their events (live.attributes).
+        "attributes_beside": sum(b.users for b in packed.event_batches),
         "quarantined": dict(packed.rejects.reasons),
         "batches": len(packed.batches),
         "event_requests": len(packed.event_batches),

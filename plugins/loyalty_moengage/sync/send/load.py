@@ -200,8 +200,13 @@ def _send_all(conn: Any, me: Slot, worker: Any = None) -> Exception | None:
 
 def _post_claimed(conn: Any, me: Slot, batch: ClaimedBatch) -> Exception | None:
     from loyalty_moengage.sync.outbox.delivery import ClaimLost, start_sending
+    from loyalty_moengage.sync.outbox.owed import drop_attributes
     from loyalty_moengage.sync.outbox.receipts import stamp
 
+    if batch.kind == "events" and batch.users and batch.lost_answers:
+        # A live batch with its members' attributes beside the events, going again after a lost
+        # answer: the events go, the attributes are owed (outbox/owed.py).
+        batch = drop_attributes(conn, batch, program_id=me.owner.program_id, claimed_by=me.owner.token)
     stamped = None
     if me.receipts is not None and batch.kind == "events":
         stamped = stamp(conn, program_id=me.owner.program_id, batch_id=batch.batch_id, attempt=batch.attempts,

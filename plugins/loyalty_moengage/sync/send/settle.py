@@ -64,23 +64,34 @@ class _Probe:
     seen: bool = False
 
 
-def requeue_users(conn: Any, program_id: str, up_to_night: date) -> int:
+#: Which batches a settle judges: every one of the program's, or (``live_only``) the live lane's.
+_WHICH = "AND (NOT %(live)s OR starts_with(run_id, %(prefix)s))"
+
+
+def requeue_users(conn: Any, program_id: str, up_to_night: date, *, live_only: bool = False) -> int:
     n = conn.execute(
         "UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, updated_at = now(), "
         "settled_by = 'resend', error = coalesce(error, '') || ' (sent again: attributes are last-write-wins)' "
-        "WHERE program_id = %s AND state = 'uncertain' AND kind = 'users' AND night <= %s AND body IS NOT NULL",
-        (program_id, up_to_night)).rowcount
+        "WHERE program_id = %(p)s AND state = 'uncertain' AND kind = 'users' AND night <= %(night)s "
+        "AND body IS NOT NULL " + _WHICH, _which(program_id, up_to_night, live_only)).rowcount
     conn.commit()
     return n
 
 
+def _which(program_id: str, up_to_night: date, live_only: bool) -> dict[str, Any]:
+    from loyalty_moengage.sync.outbox.states import LIVE_RUN_PREFIX
+
+    return {"p": program_id, "night": up_to_night, "live": live_only, "prefix": LIVE_RUN_PREFIX}
+
+
 def settle(conn: Any, *, program_id: str, hook: Any, settings: ReceiptSettings | None, up_to_night: date,
            run_id: str | None = None, timeout: float | None = None, sleep: Callable[[float], None] = time.sleep,
-           clock: Callable[[], float] = time.monotonic) -> Settled:
+           clock: Callable[[], float] = time.monotonic, live_only: bool = False) -> Settled:
     """Settle what the evidence allows within ``timeout`` seconds (default: the wait, a few
-    polls and a minute); returns what was settled and why the rest could not be."""
-    out = Settled(users_requeued=requeue_users(conn, program_id, up_to_night))
-    doubts = _doubts(conn, program_id, up_to_night)
+    polls and a minute); returns what was settled and why the rest could not be. ``live_only``:
+    the live lane's batches only (a live run settles its own doubts between the nights)."""
+    out = Settled(users_requeued=requeue_users(conn, program_id, up_to_night, live_only=live_only))
+    doubts = _doubts(conn, program_id, up_to_night, live_only)
     waiting = [d for d in doubts if d.token and d.carrier and d.posted_at]
     if settings is None and doubts:
         out.notes.append("receipts are off (programs file: receipts): uncertain events batches wait for a person")
@@ -95,17 +106,17 @@ def settle(conn: Any, *, program_id: str, hook: Any, settings: ReceiptSettings |
         _watch(conn, out, waiting, program_id=program_id, run_id=run_id, hook=hook, settings=settings, poll=poll,
                deadline=deadline, sleep=sleep, clock=clock)
     out.left = conn.execute(
-        "SELECT count(*) FROM moengage_sync.batches WHERE program_id = %s AND state = 'uncertain' AND night <= %s",
-        (program_id, up_to_night)).fetchone()[0]
+        "SELECT count(*) FROM moengage_sync.batches WHERE program_id = %(p)s AND state = 'uncertain' "
+        "AND night <= %(night)s " + _WHICH, _which(program_id, up_to_night, live_only)).fetchone()[0]
     conn.commit()
     return out
 
 
-def _doubts(conn: Any, program_id: str, up_to_night: date) -> list[_Doubt]:
+def _doubts(conn: Any, program_id: str, up_to_night: date, live_only: bool) -> list[_Doubt]:
     rows = conn.execute(
         "SELECT batch_id, night, receipt_carrier, receipt_token, posted_at FROM moengage_sync.batches "
-        "WHERE program_id = %s AND state = 'uncertain' AND kind = 'events' AND night <= %s ORDER BY batch_id",
-        (program_id, up_to_night)).fetchall()
+        "WHERE program_id = %(p)s AND state = 'uncertain' AND kind = 'events' AND night <= %(night)s "
+        + _WHICH + " ORDER BY batch_id", _which(program_id, up_to_night, live_only)).fetchall()
     conn.commit()
     return [_Doubt(*r) for r in rows]
 
@@ -115,7 +126,7 @@ def _watch(conn: Any, out: Settled, waiting: list[_Doubt], *, program_id: str, r
            clock: Callable[[], float]) -> None:
     """Read the receipts until each is seen, proven absent or the deadline passes."""
     attribute = settings.attribute
-    probe: _Probe | None = None
+    probe = _last_probe(conn, program_id, settings)
     while waiting:
         carriers = {d.carrier for d in waiting} | ({probe.carrier} if probe and not probe.seen else set())
         users = hook.read_users(sorted(c for c in carriers if c), [attribute])
@@ -140,7 +151,8 @@ def _watch(conn: Any, out: Settled, waiting: list[_Doubt], *, program_id: str, r
         waiting = still
         if not waiting:
             return
-        if probe is None or probe.posted_at <= max(d.posted_at for d in waiting if d.posted_at):
+        if probe is None or probe.posted_at <= max(d.posted_at for d in waiting if d.posted_at) \
+                or (not probe.seen and (db_now - probe.posted_at).total_seconds() > settings.wait_seconds):
             probe = _send_probe(conn, program_id=program_id, hook=hook, settings=settings)
             if probe is None:
                 out.notes.append("no customer could carry a probe receipt: absent receipts prove nothing, "
@@ -191,6 +203,16 @@ def _record(conn: Any, program_id: str, d: _Doubt, verdict: str, *, run_id: str 
     if moved:
         log.info("batch %d (night %s): settled by %s", d.batch_id, d.night, verdict)
     return moved == 1
+
+
+def _last_probe(conn: Any, program_id: str, settings: ReceiptSettings) -> _Probe | None:
+    """The newest probe any settle wrote to this workspace: evidence for every doubt posted before
+    it, so a settle that reads once a minute (the live lane's) concludes on an earlier one's probe."""
+    row = conn.execute(
+        "SELECT customer_id, token, used_at FROM moengage_sync.receipt_carriers WHERE workspace = %s "
+        "AND batch_id IS NULL ORDER BY used_at DESC LIMIT 1", (settings.workspace or f"program:{program_id}",)).fetchone()
+    conn.commit()
+    return _Probe(carrier=row[0], token=row[1], posted_at=row[2]) if row else None
 
 
 def _send_probe(conn: Any, *, program_id: str, hook: Any, settings: ReceiptSettings) -> _Probe | None:

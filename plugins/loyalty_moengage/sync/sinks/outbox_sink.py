@@ -120,6 +120,7 @@ class OutboxSink:
             # recorded is not recorded again; only a late bad row is new (never counted tonight).
             enqueue.insert_quarantine(conn, program_id=job.program_id, night=earlier, run_id=job.run_id,
                                       rows=rejects.rows)
+        self._also_enqueue(conn, job, packed)
         # Last, so its share locks are held briefly and taken after any wait on another run's keys.
         if enqueue.rely_on(conn, program_id=job.program_id, run_id=job.run_id, reliance=packed.reliance):
             raise Collision(f"{job.label}: another run withdrew events this chunk had left to it")
@@ -129,6 +130,9 @@ class OutboxSink:
                      key=job.label, stats=stats)
         conn.commit()
         return stats
+
+    def _also_enqueue(self, conn: Any, job: ChunkJob, packed: Packed) -> None:
+        """What a sink of this kind also writes in the chunk's transaction (nothing here)."""
 
     # -- after the chunks ----------------------------------------------------------------------
     def release(self, *, program: Any, window: Window, run_id: str, override: bool) -> dict[str, Any]:
@@ -205,10 +209,12 @@ class LiveOutboxSink(OutboxSink):
     sends their events. An absence found minutes after a member enrolled is never cached: the
     night, hours later, asks again."""
 
-    def __init__(self, state_dsn: str) -> None:
+    def __init__(self, state_dsn: str, *, attributes: bool = False) -> None:
         super().__init__(state_dsn)
+        self.attributes = attributes         # live.attributes: members' attributes beside their events
         self.event_times: list[str] = []     # current_time of each event enqueued, for the latency figures
         self.unconfirmed: set[str] = set()   # customers whose events were left for a later read
+        self._beside: set[str] = set()       # customers whose attributes the chunk being written carries
 
     def write(self, job: ChunkJob, checked: Checked, packed: Packed, seconds: Counter[str]) -> dict[str, Any]:
         import dataclasses
@@ -218,8 +224,35 @@ class LiveOutboxSink(OutboxSink):
         if packed.awaiting is not None and packed.awaiting.num_rows:
             self.unconfirmed |= set(packed.awaiting.column("customer_id").to_pylist())
             packed = dataclasses.replace(packed, awaiting=None)
+        self._beside = set()
+        if self.attributes and packed.keys is not None and packed.keys.num_rows:
+            packed = self._with_attributes(job, packed)
         stats = super().write(job, checked, packed, seconds)
         if packed.events is not None and packed.events.num_rows:
             found = pc.extract_regex(packed.events.column("element"), r'"current_time":"(?P<t>[^"]+)"')
             self.event_times += [t for t in pc.struct_field(found, [0]).to_pylist() if t]
         return stats
+
+    def _with_attributes(self, job: ChunkJob, packed: Packed) -> Packed:
+        """The touched members' attributes as of the read's cut, packed beside their events."""
+        import pyarrow.compute as pc
+
+        from loyalty_moengage.sync.chunk.attributes import attributes_of
+        from loyalty_moengage.sync.chunk.pack import with_attributes
+
+        sent = pc.is_in(packed.events.column("event_id"), value_set=packed.keys.column("event_id"))
+        customers = set(packed.events.filter(sent).column("customer_id").to_pylist())
+        members = attributes_of(job.loyalty_dsn, job.window, job.program_id, customers)
+        if members.users is not None:
+            self._beside = set(members.users.column("customer_id").to_pylist())
+        return with_attributes(packed, members)
+
+    def _also_enqueue(self, conn: Any, job: ChunkJob, packed: Packed) -> None:
+        """Members updated while the night before's refresh (older values) may still land after
+        them are owed a fresh update once it has (outbox/owed.py)."""
+        from datetime import timedelta
+
+        from loyalty_moengage.sync.outbox import owed
+
+        if self._beside and owed.at_risk(conn, job.program_id, job.window.night):
+            owed.owe(conn, job.program_id, self._beside, job.window.night - timedelta(days=1))

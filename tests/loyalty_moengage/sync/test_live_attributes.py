@@ -1,0 +1,212 @@
+"""The live lane's attribute updates beside its events (programs file ``live.attributes``).
+
+A push that says "you now have 1,250 points" needs the balance in MoEngage when the event's
+campaign runs: the member's attributes go in the same request as the event. MoEngage keeps the
+last write it applies, so a night's refresh (as of midnight) landing after a morning's live
+update, or a live batch sent again hours later, would put an older balance last: those members
+are owed a fresh update, paid by the first live run after the refresh has landed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import orjson
+import psycopg
+import pytest
+
+from loyalty_moengage.night import local_midnight
+from tests.loyalty_moengage.sync.sync_env import WORKSPACE, reports, run, sync_env
+from tests.loyalty_moengage.sync.test_live import EARN, KEEP, MIN, _earn, _earned, _live, _zone_after_midnight, tiny  # noqa: F401
+
+LIVE_ATTRS = "    live:\n      enabled: true\n      lookback_minutes: 5\n      attributes: true\n"
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _balance(dsn: str, member: int) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT sum(points) FROM loyalty.points_ledger WHERE member_id = %s", (member,)).fetchone()[0]
+
+
+def _points_in_moengage(sandbox, customer: str) -> int | None:
+    [user] = [u for u in sandbox.state.users(WORKSPACE).items() if u[0] == customer] or [(None, {})]
+    return user[1].get("points_available")
+
+
+def _owed(dsn: str) -> dict[str, str]:
+    with psycopg.connect(dsn) as conn:
+        return {c: str(n) for c, n in conn.execute(
+            "SELECT customer_id, after_night FROM moengage_sync.live_attributes_owed WHERE program_id = 'tiny'")}
+
+
+def _request_of(sandbox, points: int) -> dict:
+    """The sandbox's log entry of the request that carried the earn event of ``points``."""
+    [event] = [e for e in sandbox.state.events(WORKSPACE) if e["action"] == "loyalty_points_earned"
+               and e["attributes"].get("points") == points]
+    [entry] = [r for r in sandbox.state.requests(WORKSPACE) if r["request_id"] == event["request_id"]]
+    return entry
+
+
+# ---- packing ------------------------------------------------------------------------------------
+
+def test_each_customers_attributes_go_first_in_the_body_of_its_events():
+    import pyarrow as pa
+
+    from loyalty_moengage.sync.chunk.check import Checked, Rejects
+    from loyalty_moengage.sync.chunk.gate import Known
+    from loyalty_moengage.sync.chunk.pack import pack_chunk, with_attributes
+
+    # A's two events (~90 KB) fill a body; D's three (~120 KB) cannot share one with its attributes
+    pads = {"A": 45_000, "B": 10, "C": 10, "D": 40_000}
+    rows = [("e1", "A"), ("e2", "B"), ("e3", "A"), ("e4", "C"), ("e5", "D"), ("e6", "D"), ("e7", "D")]
+    events = pa.table({"event_id": [e for e, _ in rows], "event_name": ["loyalty_points_earned"] * len(rows),
+                       "customer_id": [c for _, c in rows],
+                       "element": [orjson.dumps({"type": "event", "customer_id": c, "actions": [{"action": "x",
+                                                 "attributes": {"id": e, "pad": "x" * pads[c]}}]}).decode()
+                                   for e, c in rows]})
+    checked = Checked(events=events, users=None, user_kinds={}, user_template="", rows_extracted=len(rows),
+                      members_extracted=0, rejects=Rejects())
+    packed = pack_chunk(checked, Known(already_enqueued=set(), present=None, lookups=0, send_users=False))
+    members = Checked(events=None, users=pa.table({"customer_id": ["A", "C", "D"], "points_available": ["1", "3", "4"]}),
+                      user_kinds={"customer_id": "text", "points_available": "int"},
+                      user_template="members/attributes.sql", rows_extracted=3, members_extracted=3, rejects=Rejects())
+    beside = with_attributes(packed, members)
+    bodies = [orjson.loads(b.body)["elements"] for b in beside.event_batches]
+    assert all(len(b.body) <= 100_000 - 2_000 for b in beside.event_batches) and len(bodies) >= 3
+    where: dict[str, set[int]] = {}
+    for k, elements in enumerate(bodies):
+        first: dict[str, str] = {}
+        for el in elements:
+            where.setdefault(el["customer_id"], set()).add(k)
+            first.setdefault(el["customer_id"], el["type"])
+        assert first.get("A", "customer") == "customer" and first.get("C", "customer") == "customer"
+        assert first.get("B", "event") == "event"                       # no attributes asked for B
+    assert len(where["A"]) == len(where["C"]) == 1                      # their elements share one body
+    sent_attrs = [el["customer_id"] for els in bodies for el in els if el["type"] == "customer"]
+    assert sorted(sent_attrs) == ["A", "C"]                             # D's events went without them
+    assert sum(b.users for b in beside.event_batches) == 2 and sum(b.events for b in beside.event_batches) == 7
+    keyed = dict(zip(beside.keys.column("event_id").to_pylist(), beside.keys.column("batch").to_pylist()))
+    assert sorted(keyed) == [e for e, _ in sorted(rows)]
+    for k, elements in enumerate(bodies):
+        for el in elements:
+            if el["type"] == "event":
+                assert keyed[el["actions"][0]["attributes"]["id"]] == k
+
+
+# ---- end to end against the sandbox ----------------------------------------------------------------
+
+def test_the_balance_goes_in_the_same_request_as_the_event_and_is_owed_until_the_refresh_lands(tiny, tmp_path):
+    tz = _zone_after_midnight()
+    today = datetime.now(ZoneInfo(tz)).date()
+    yesterday_late = f"'{(local_midnight(today, tz) - 3 * MIN).isoformat()}'"
+    with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE_ATTRS + KEEP) as sandbox:
+        with psycopg.connect(tiny) as conn:
+            # a window across midnight: 9302 is yesterday's (its batch is that night's), 9301 today's
+            conn.execute("INSERT INTO moengage_sync.live_watermark (program_id, read_to, run_id) "
+                         f"VALUES ('tiny', {yesterday_late}::timestamptz - interval '1 minute', 'seed')")
+            _earn(conn, 9302, 9302, at=yesterday_late)
+            _earn(conn, 9301, 9301, at="now() - interval '2 seconds'")
+        first = _live(tiny, "run-1")
+        assert first["events_sent"] == 2 and first["attributes_beside"] == 2, first
+        request = _request_of(sandbox, 9301)
+        assert request["events"] == 1 and request["users"] >= 1          # the member's attributes, one request
+        assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)
+        # yesterday's night has not run: its refresh (as of midnight, before 9301) may land after this update
+        assert _owed(tiny) == {"REL-0001": str(today - timedelta(days=1))}
+        assert _live(tiny, "run-2")["owed_attributes_sent"] == 0         # owed while that refresh may land
+
+        night = today - timedelta(days=1)
+        assert str(run("tiny", night, time_zone=tz).state) == "success"
+        assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1) - 9301   # the refresh put midnight's last
+        paid = _live(tiny, "run-3")
+        assert paid["owed_attributes_sent"] == 1 and _owed(tiny) == {}
+        assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)           # and the live lane mended it
+        assert _earned(sandbox) == Counter({9301: 1, 9302: 1})
+    [report] = [r for r in reports(tiny, "tiny") if r["night"] == night]
+    # the night's members_updated is its refresh, not also the live update beside 9302 (that night's batch)
+    assert report["members_updated"] == report["members_enqueued"] > 0 and report["events_sent_live"] == 1
+
+
+def test_a_resend_after_a_lost_answer_goes_without_the_attributes_and_owes_them(tiny, tmp_path):
+    """A rude MoEngage drops the connection before applying the live request. The next live runs
+    read its receipt: absent past the wait while a later probe shows, so it goes again. By then its
+    balance could be older than one sent since, so the events go alone and the member is owed a
+    fresh update, which the run after pays."""
+    import time
+
+    from loyalty_moengage.moengage.presence import record_answers
+
+    tz = _zone_after_midnight()
+    today = datetime.now(ZoneInfo(tz)).date()
+    with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE_ATTRS + KEEP) as sandbox:
+        with psycopg.connect(tiny) as conn:
+            _earn(conn, 9401, 9401, at="now() - interval '2 seconds'")
+        sandbox.set_faults(drop_rate=1.0, endpoints=("transition",), limit=1)
+        first = _live(tiny, "run-1")
+        sandbox.set_faults()
+        assert first["batches_uncertain"] == 1 and first["uncertain_live_batches"] == 1, first
+        assert _earned(sandbox) == Counter()
+        with psycopg.connect(tiny) as conn:   # the owed row the at-risk rule wrote is not what this test is about
+            conn.execute("DELETE FROM moengage_sync.live_attributes_owed")
+            record_answers(conn, "tiny", ["REL-0002"], {"REL-0002"})     # a second customer carries the probe
+        assert str(run("tiny", today - timedelta(days=1), time_zone=tz).state) == "success"
+        time.sleep(2.1)                                                   # receipt_wait_seconds: 2
+        probing = _live(tiny, "run-2")                                    # absent, and a probe written
+        assert probing["uncertain_live_batches"] == 1 and _earned(sandbox) == Counter(), probing
+        resent = _live(tiny, "run-3")                                     # the probe shows: not applied, sent again
+        assert resent["resent_after_absence"] == 1 and resent["uncertain_live_batches"] == 0, resent
+        assert _earned(sandbox) == Counter({9401: 1})                     # the events went, once
+        assert _request_of(sandbox, 9401)["users"] <= 1                   # at most a receipt: no attributes
+        with psycopg.connect(tiny) as conn:
+            users, body = conn.execute("SELECT users, body FROM moengage_sync.batches WHERE run_id = 'live:run-1' "
+                                       "AND kind = 'events'").fetchone()
+        assert users == 0 and b'"customer_id":"REL-0001","update_existing_only"' not in bytes(body)
+        assert _owed(tiny) == {"REL-0001": str(today - timedelta(days=1))}
+        assert _live(tiny, "run-4")["owed_attributes_sent"] == 1 and _owed(tiny) == {}
+        assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)
+
+
+# ---- the template's part --------------------------------------------------------------------------
+
+def _templates(tmp_path: Path, members_sql: str) -> Path:
+    sql = tmp_path / "sql"
+    shutil.copytree(ROOT / "include" / "sql", sql)
+    (sql / "members" / "attributes.sql").write_text(members_sql)
+    return sql
+
+
+def test_a_members_template_that_does_not_take_customer_ids_fails_naming_it(tiny, tmp_path, monkeypatch):
+    from loyalty_moengage.sync.chunk.contract import TemplateError
+
+    old = subprocess.run(["git", "show", "1bb196b:include/sql/members/attributes.sql"], cwd=ROOT,
+                         capture_output=True, text=True)
+    before = old.stdout if old.returncode == 0 else (ROOT / "include/sql/members/attributes.sql").read_text().replace(
+        "%(customer_ids)s::text[] IS NULL OR", "TRUE OR").replace("%(customer_ids)s", "NULL")
+    monkeypatch.setenv("LOYALTY_SQL_DIR", str(_templates(tmp_path, before)))
+    with sync_env(tmp_path, tiny, extra_program=LIVE_ATTRS + KEEP) as sandbox:
+        with psycopg.connect(tiny) as conn:
+            _earn(conn, 9501, 9501, at="now() - interval '2 seconds'")
+        with pytest.raises(TemplateError, match=r"'members/attributes.sql' does not use %\(customer_ids\)s"):
+            _live(tiny, "run-1")
+        assert _earned(sandbox) == Counter()                # nothing half-done: the run fails before it reads
+
+
+def test_a_members_template_that_names_customer_ids_but_ignores_them_fails_naming_it(tiny, tmp_path, monkeypatch):
+    from loyalty_moengage.night import Window
+    from loyalty_moengage.sync.chunk.attributes import attributes_of
+    from loyalty_moengage.sync.chunk.contract import TemplateError
+
+    sql = (ROOT / "include/sql/members/attributes.sql").read_text()
+    ignoring = sql.replace("%(customer_ids)s::text[] IS NULL OR", "%(customer_ids)s::text[] IS NULL OR TRUE OR")
+    monkeypatch.setenv("LOYALTY_SQL_DIR", str(_templates(tmp_path, ignoring)))
+    window = Window.of_night(datetime.now(ZoneInfo("UTC")).date(), "UTC")
+    with pytest.raises(TemplateError, match=r"returned 2 member\(s\) whose customer_id is not in %\(customer_ids\)s"):
+        attributes_of(tiny, window, "tiny", ["REL-0001"])
+    monkeypatch.delenv("LOYALTY_SQL_DIR")
+    checked = attributes_of(tiny, window, "tiny", ["REL-0001"])
+    assert checked.users.column("customer_id").to_pylist() == ["REL-0001"]
+    assert int(checked.users.column("points_available")[0].as_py()) == _balance(tiny, 1)
