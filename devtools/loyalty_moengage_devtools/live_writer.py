@@ -141,3 +141,31 @@ def received_points(events: list[dict[str, Any]]) -> dict[int, int]:
         if e.get("action") == "loyalty_points_earned" and isinstance(points, int) and points >= FIRST_POINTS:
             counts[points] = counts.get(points, 0) + 1
     return counts
+
+
+def stale_balances(dsn: str, program_id: str, users: dict[str, dict[str, Any]]) -> list[str]:
+    """Customers whose rows the writer wrote and whose ``points_available`` in MoEngage (``users``:
+    the sandbox's attributes by customer) is not their balance in the loyalty database now."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        want = dict(conn.execute(
+            "SELECT m.relation_reference, sum(l.points) FROM loyalty.points_ledger l JOIN loyalty.members m "
+            "USING (member_id) WHERE l.program_id = %s AND l.member_id IN (SELECT member_id FROM "
+            "loyalty.points_ledger WHERE program_id = %s AND entry_id >= %s) GROUP BY 1",
+            (program_id, program_id, ENTRY_BASE)).fetchall())
+    return sorted(c for c, points in want.items() if (users.get(c) or {}).get("points_available") != points)
+
+
+def live_attribute_counts(dsn: str, program_id: str) -> dict[str, int]:
+    """What the live runs sent of members' attributes, and the owed updates still unpaid."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        beside, owed_sent = conn.execute(
+            "SELECT coalesce(sum((stats->>'attributes_beside')::int), 0), "
+            "coalesce(sum((stats->>'owed_attributes_sent')::int), 0) FROM moengage_sync.task_stats "
+            "WHERE program_id = %s AND stage = 'live'", (program_id,)).fetchone()
+        left = conn.execute("SELECT count(*) FROM moengage_sync.live_attributes_owed WHERE program_id = %s",
+                            (program_id,)).fetchone()[0]
+    return {"attributes_beside": beside, "owed_attributes_sent": owed_sent, "owed_left": left}

@@ -1,7 +1,10 @@
 """The live lane under the real Airflow scheduler: live runs every minute while the platform
 writes (a steady rate, a burst in one transaction, a transaction held open across live runs),
 overlapping the scheduled night and the README's backfill of three nights. Every row the
-platform committed reaches MoEngage exactly once, and no two live runs overlap."""
+platform committed reaches MoEngage exactly once, no two live runs overlap, and every touched
+member's balance in MoEngage ends as the loyalty database's (``live.attributes``: sent beside the
+events; the scheduled night's refresh, as of midnight, lands after some of them and is mended by
+the owed updates)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ import pytest
 
 from loyalty_moengage_devtools.airflow_stack import airflow_stack
 from loyalty_moengage_devtools.drills import concurrent_backfill, program_env, scheduled_run, today_in
-from loyalty_moengage_devtools.live_writer import LiveWriter, Plan, received_points
+from loyalty_moengage_devtools.live_writer import (LiveWriter, Plan, live_attribute_counts, received_points,
+                                                   stale_balances)
 
 pytestmark = pytest.mark.scheduler
 
@@ -24,7 +28,7 @@ TZ = "Asia/Kolkata"
 def test_live_runs_beside_the_night_and_a_backfill_send_each_row_once(loyalty_db, pg_server, tmp_path):
     started = time.monotonic()
     today = today_in(TZ)
-    settings = {"live": {"enabled": True, "lookback_minutes": 2, "alert_lag_minutes": 30}}
+    settings = {"live": {"enabled": True, "lookback_minutes": 2, "alert_lag_minutes": 30, "attributes": True}}
     with program_env(loyalty_db, tmp_path, program_id=PROGRAM, time_zone=TZ, members=400, days=4, seed=11,
                      settings=settings, history_end=today - timedelta(days=1)) as env:
         live_dag = f"moengage_live_{PROGRAM}"
@@ -39,6 +43,8 @@ def test_live_runs_beside_the_night_and_a_backfill_send_each_row_once(loyalty_db
                 got = received_points(env.events())
                 return all(p in got for p in writer.committed)
             stack.wait_for(caught_up, timeout=300, what="every committed row received by MoEngage", interval=5)
+            stack.wait_for(lambda: not _stale_balances(env), timeout=240, interval=5,
+                           what="every touched member's balance in MoEngage equal to the loyalty database's")
             stack.wait_runs(live_dag, timeout=180)
             received_at = {p: t for p, t in _receive_times(env).items()}
             result = env.audit()
@@ -50,7 +56,8 @@ def test_live_runs_beside_the_night_and_a_backfill_send_each_row_once(loyalty_db
                         "live_states": sorted({str(t["state"]) for t in live}),
                         "latency_p50": latency[len(latency) // 2] if latency else None,
                         "latency_max": latency[-1] if latency else None,
-                        "backfill_runs": len(observed["runs"]), "audit": result.as_dict()}, default=str, indent=1)
+                        "backfill_runs": len(observed["runs"]), "audit": result.as_dict(),
+                        "live_attributes": _live_attribute_counts(env)}, default=str, indent=1)
     print(story)
     assert not writer.errors and writer.written == 150 * 5 + 500 + 3, story
     assert [p for p in writer.committed if got.get(p, 0) != 1] == [], f"rows lost or sent twice: {story}"
@@ -69,3 +76,13 @@ def _receive_times(env) -> dict[int, float]:
         if isinstance(points, int) and e.get("request_id") in at:
             out.setdefault(points, at[e["request_id"]])
     return out
+
+
+def _stale_balances(env) -> list[str]:
+    from loyalty_moengage_devtools.drills import WORKSPACE
+
+    return stale_balances(env.dsn, PROGRAM, env.sandbox.state.users(WORKSPACE))
+
+
+def _live_attribute_counts(env) -> dict[str, int]:
+    return live_attribute_counts(env.dsn, PROGRAM)
