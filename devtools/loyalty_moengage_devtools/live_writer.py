@@ -164,7 +164,7 @@ def live_attribute_counts(dsn: str, program_id: str) -> dict[str, int]:
     with psycopg.connect(dsn) as conn:
         beside, owed_sent = conn.execute(
             "SELECT coalesce(sum((stats->>'attributes_beside')::int), 0), "
-            "coalesce(sum((stats->>'owed_attributes_sent')::int), 0) FROM moengage_sync.task_stats "
+            "coalesce(sum((stats->>'owed_attributes_enqueued')::int), 0) FROM moengage_sync.task_stats "
             "WHERE program_id = %s AND stage = 'live'", (program_id,)).fetchone()
         left = conn.execute("SELECT count(*) FROM moengage_sync.live_attributes_owed WHERE program_id = %s",
                             (program_id,)).fetchone()[0]

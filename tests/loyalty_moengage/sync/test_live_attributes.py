@@ -9,7 +9,7 @@ are owed a fresh update, paid by the first live run after the refresh has landed
 from __future__ import annotations
 
 import shutil
-import subprocess
+import time
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,10 +37,13 @@ def _points_in_moengage(sandbox, customer: str) -> int | None:
     return user[1].get("points_available")
 
 
-def _owed(dsn: str) -> dict[str, str]:
+def _owed(dsn: str) -> set[str]:
     with psycopg.connect(dsn) as conn:
-        return {c: str(n) for c, n in conn.execute(
-            "SELECT customer_id, after_night FROM moengage_sync.live_attributes_owed WHERE program_id = 'tiny'")}
+        return {c for c, in conn.execute("SELECT customer_id FROM moengage_sync.live_attributes_owed "
+                                         "WHERE program_id = 'tiny'")}
+
+
+SETTLE = 2.1    # sync_env's receipt_wait_seconds (2): how long after its 200 a refresh may still be applied
 
 
 def _request_of(sandbox, points: int) -> dict:
@@ -83,9 +86,12 @@ def test_each_customers_attributes_go_first_in_the_body_of_its_events():
         for el in elements:
             where.setdefault(el["customer_id"], set()).add(k)
             first.setdefault(el["customer_id"], el["type"])
-        assert first.get("A", "customer") == "customer" and first.get("C", "customer") == "customer"
+        for customer in ("A", "C"):
+            if customer in first:
+                assert first[customer] == "customer", elements          # its attributes lead its events
         assert first.get("B", "event") == "event"                       # no attributes asked for B
     assert len(where["A"]) == len(where["C"]) == 1                      # their elements share one body
+    assert sum(1 for els in bodies for el in els if el["customer_id"] in ("A", "C") and el["type"] == "customer") == 2
     sent_attrs = [el["customer_id"] for els in bodies for el in els if el["type"] == "customer"]
     assert sorted(sent_attrs) == ["A", "C"]                             # D's events went without them
     assert sum(b.users for b in beside.event_batches) == 2 and sum(b.events for b in beside.event_batches) == 7
@@ -115,18 +121,27 @@ def test_the_balance_goes_in_the_same_request_as_the_event_and_is_owed_until_the
         request = _request_of(sandbox, 9301)
         assert request["events"] == 1 and request["users"] >= 1          # the member's attributes, one request
         assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)
-        # yesterday's night has not run: its refresh (as of midnight, before 9301) may land after this update
-        assert _owed(tiny) == {"REL-0001": str(today - timedelta(days=1))}
-        assert _live(tiny, "run-2")["owed_attributes_sent"] == 0         # owed while that refresh may land
+        assert _owed(tiny) == set()                                       # no refresh in flight: nothing owed
+        assert _live(tiny, "run-2")["owed_attributes_enqueued"] == 0
 
         night = today - timedelta(days=1)
         assert str(run("tiny", night, time_zone=tz).state) == "success"
-        assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1) - 9301   # the refresh put midnight's last
+        # the refresh (as of midnight, before 9301) was decided after 9301's live write: it owes REL-0001
+        assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1) - 9301
+        assert _owed(tiny) == {"REL-0001"}
+        time.sleep(SETTLE)
         paid = _live(tiny, "run-3")
-        assert paid["owed_attributes_sent"] == 1 and _owed(tiny) == {}
+        assert paid["owed_attributes_enqueued"] == 1 and _owed(tiny) == set(), paid
         assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)           # and the live lane mended it
         assert _earned(sandbox) == Counter({9301: 1, 9302: 1})
-    [report] = [r for r in reports(tiny, "tiny") if r["night"] == night]
+
+        # a rerun forcing the refresh sends midnight's balance again: owed again, mended again
+        assert str(run("tiny", night, time_zone=tz, conf={"force_attributes": True}).state) == "success"
+        assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1) - 9301 and _owed(tiny) == {"REL-0001"}
+        time.sleep(SETTLE)
+        assert _live(tiny, "run-4")["owed_attributes_enqueued"] == 1
+        assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)
+    report = [r for r in reports(tiny, "tiny") if r["night"] == night][0]     # the first run's
     # the night's members_updated is its refresh, not also the live update beside 9302 (that night's batch)
     assert report["members_updated"] == report["members_enqueued"] > 0 and report["events_sent_live"] == 1
 
@@ -136,8 +151,6 @@ def test_a_resend_after_a_lost_answer_goes_without_the_attributes_and_owes_them(
     read its receipt: absent past the wait while a later probe shows, so it goes again. By then its
     balance could be older than one sent since, so the events go alone and the member is owed a
     fresh update, which the run after pays."""
-    import time
-
     from loyalty_moengage.moengage.presence import record_answers
 
     tz = _zone_after_midnight()
@@ -150,23 +163,25 @@ def test_a_resend_after_a_lost_answer_goes_without_the_attributes_and_owes_them(
         sandbox.set_faults()
         assert first["batches_uncertain"] == 1 and first["uncertain_live_batches"] == 1, first
         assert _earned(sandbox) == Counter()
-        with psycopg.connect(tiny) as conn:   # the owed row the at-risk rule wrote is not what this test is about
-            conn.execute("DELETE FROM moengage_sync.live_attributes_owed")
-            record_answers(conn, "tiny", ["REL-0002"], {"REL-0002"})     # a second customer carries the probe
+        assert _owed(tiny) == {"REL-0001"}                                # in doubt: MoEngage may apply it late
         assert str(run("tiny", today - timedelta(days=1), time_zone=tz).state) == "success"
-        time.sleep(2.1)                                                   # receipt_wait_seconds: 2
+        with psycopg.connect(tiny) as conn:                               # a second customer carries the probe,
+            record_answers(conn, "tiny", ["REL-0002"], {"REL-0002"})     # confirmed after the night's own POSTs
+        time.sleep(SETTLE + 1)                                            # the wait: receipt_wait + read timeout
         probing = _live(tiny, "run-2")                                    # absent, and a probe written
-        assert probing["uncertain_live_batches"] == 1 and _earned(sandbox) == Counter(), probing
+        assert probing["uncertain_live_batches"] == 1 and _earned(sandbox) == Counter(), probing.get("settle_notes")
         resent = _live(tiny, "run-3")                                     # the probe shows: not applied, sent again
-        assert resent["resent_after_absence"] == 1 and resent["uncertain_live_batches"] == 0, resent
+        assert (resent["resent_after_absence"], resent["uncertain_live_batches"], resent.get("settle_notes")) \
+            == (1, 0, None), {k: resent.get(k) for k in ("settle_notes", "settle_error", "settled_by_receipt")}
         assert _earned(sandbox) == Counter({9401: 1})                     # the events went, once
-        assert _request_of(sandbox, 9401)["users"] <= 1                   # at most a receipt: no attributes
         with psycopg.connect(tiny) as conn:
-            users, body = conn.execute("SELECT users, body FROM moengage_sync.batches WHERE run_id = 'live:run-1' "
-                                       "AND kind = 'events'").fetchone()
+            users, body, carrier = conn.execute(
+                "SELECT users, body, receipt_carrier FROM moengage_sync.batches WHERE run_id = 'live:run-1' "
+                "AND kind = 'events'").fetchone()
         assert users == 0 and b'"customer_id":"REL-0001","update_existing_only"' not in bytes(body)
-        assert _owed(tiny) == {"REL-0001": str(today - timedelta(days=1))}
-        assert _live(tiny, "run-4")["owed_attributes_sent"] == 1 and _owed(tiny) == {}
+        assert _request_of(sandbox, 9401)["users"] == (1 if carrier else 0)   # its receipt, no attributes
+        assert _owed(tiny) == {"REL-0001"}                                # left out of the resend: owed
+        assert _live(tiny, "run-4")["owed_attributes_enqueued"] == 1 and _owed(tiny) == set()
         assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)
 
 
@@ -182,10 +197,10 @@ def _templates(tmp_path: Path, members_sql: str) -> Path:
 def test_a_members_template_that_does_not_take_customer_ids_fails_naming_it(tiny, tmp_path, monkeypatch):
     from loyalty_moengage.sync.chunk.contract import TemplateError
 
-    old = subprocess.run(["git", "show", "1bb196b:include/sql/members/attributes.sql"], cwd=ROOT,
-                         capture_output=True, text=True)
-    before = old.stdout if old.returncode == 0 else (ROOT / "include/sql/members/attributes.sql").read_text().replace(
-        "%(customer_ids)s::text[] IS NULL OR", "TRUE OR").replace("%(customer_ids)s", "NULL")
+    # the template as it was before the parameter: the same SQL without the customer filters
+    before = "\n".join(line for line in (ROOT / "include/sql/members/attributes.sql").read_text().splitlines()
+                       if "%(customer_ids)s" not in line or line.lstrip().startswith("--"))
+    assert "%(customer_ids)s" in before   # only in its comments, which do not count
     monkeypatch.setenv("LOYALTY_SQL_DIR", str(_templates(tmp_path, before)))
     with sync_env(tmp_path, tiny, extra_program=LIVE_ATTRS + KEEP) as sandbox:
         with psycopg.connect(tiny) as conn:
@@ -210,3 +225,65 @@ def test_a_members_template_that_names_customer_ids_but_ignores_them_fails_namin
     checked = attributes_of(tiny, window, "tiny", ["REL-0001"])
     assert checked.users.column("customer_id").to_pylist() == ["REL-0001"]
     assert int(checked.users.column("points_available")[0].as_py()) == _balance(tiny, 1)
+
+
+# ---- refreshes that are held, rerun or in doubt, and the order of writes -----------------------------
+
+def test_a_held_night_released_later_owes_the_live_written_members_again(tiny, tmp_path):
+    """The night's guard holds it (its refresh withdrawn); an operator releases it later with
+    skip_anomaly_guard, sending midnight's balance after the morning's live update: owed, mended."""
+    tz = _zone_after_midnight()
+    today = datetime.now(ZoneInfo(tz)).date()
+    with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE_ATTRS + KEEP + "    min_members: 100\n") as sandbox:
+        with psycopg.connect(tiny) as conn:
+            _earn(conn, 9601, 9601, at="now() - interval '2 seconds'")
+        assert _live(tiny, "run-1")["attributes_beside"] == 1
+        night = today - timedelta(days=1)
+        held = run("tiny", night, time_zone=tz)
+        assert [r["outcome"] for r in reports(tiny, "tiny")] == ["held"], held
+        assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)       # nothing overwrote it
+        time.sleep(SETTLE)
+        _live(tiny, "run-2")                                                         # pays what the decision owed
+        assert _owed(tiny) == set() and _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)
+        assert str(run("tiny", night, time_zone=tz, conf={"skip_anomaly_guard": True}).state) == "success"
+        assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1) - 9601  # midnight's, landed last
+        assert _owed(tiny) == {"REL-0001"}
+        time.sleep(SETTLE)
+        assert _live(tiny, "run-3")["owed_attributes_enqueued"] == 1
+        assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)
+
+
+def test_a_live_lane_sends_its_batches_in_the_order_it_wrote_them(tiny, tmp_path):
+    """An owed update (users batch) written before a newer events+attributes batch of the same
+    night goes first: the older snapshot never lands last."""
+    from loyalty_moengage.sync.outbox.delivery import Owner, claim
+
+    with sync_env(tmp_path, tiny, extra_program=LIVE_ATTRS + KEEP):
+        _live(tiny, "warm")
+        with psycopg.connect(tiny) as conn:
+            ids = [conn.execute(
+                "INSERT INTO moengage_sync.batches (program_id, night, run_id, chunk_label, kind, state, body, "
+                "body_bytes, element_count, users, events) VALUES ('tiny', '2026-11-21', %s, 'c', %s, 'pending', "
+                "'{}'::bytea, 2, 1, 1, %s) RETURNING batch_id", (run_id, kind, events)).fetchone()[0]
+                for run_id, kind, events in (("live:a", "users", 0), ("live:b", "events", 1))]
+            conn.commit()
+            owner = Owner(program_id="tiny", run_id="live:c", slot=-2, try_number=1)
+            claimed = claim(conn, owner, 10, up_to_night=datetime(2026, 11, 21).date(), live_only=True)
+        assert [b.batch_id for b in claimed] == ids            # by batch id, not events before users
+
+
+def test_receipts_that_cannot_be_read_do_not_stop_a_live_run_sending(tiny, tmp_path):
+    """A live batch in doubt and the Get User API refusing: the run says so and still sends."""
+    with sync_env(tmp_path, tiny, extra_program=LIVE_ATTRS + KEEP) as sandbox:
+        with psycopg.connect(tiny) as conn:
+            _earn(conn, 9701, 9701, at="now() - interval '2 seconds'")
+        sandbox.set_faults(drop_rate=1.0, endpoints=("transition",), limit=1)
+        assert _live(tiny, "run-1")["uncertain_live_batches"] == 1
+        sandbox.set_faults(error_rate=1.0, error_statuses=[400], endpoints=("export",))
+        with psycopg.connect(tiny) as conn:
+            _earn(conn, 9702, 9702, at="now() - interval '2 seconds'")
+        time.sleep(1.1)
+        second = _live(tiny, "run-2")
+        sandbox.set_faults()
+        assert "settle_error" in second and second["events_sent"] == 1, second
+        assert _earned(sandbox) == Counter({9702: 1})

@@ -96,7 +96,7 @@ def _work(run: LiveRun, window: LiveWindow, hook: Any, lookup: Callable[[list[st
         from loyalty_moengage.sync.chunk.attributes import check_takes_customer_ids
 
         check_takes_customer_ids()
-    sink = LiveOutboxSink(run.state_dsn, attributes=attributes)
+    sink = LiveOutboxSink(run.state_dsn, attributes=attributes, settle_seconds=float(run.program.receipt_wait_seconds))
     stats = _enqueue(run, window, lookup, sink, 1)
     confirmed = _confirm(run, sink.unconfirmed, lookup, hook)
     if confirmed:
@@ -107,6 +107,8 @@ def _work(run: LiveRun, window: LiveWindow, hook: Any, lookup: Callable[[list[st
     stats.update(customers_confirmed=confirmed, events_left_for_later_customers=len(sink.unconfirmed))
     if attributes and window.end > window.start:
         stats.update(_pay_owed(run, window))
+    if sink.attribute_errors:
+        stats["attribute_errors"] = sink.attribute_errors[:3]
     stats.update(_release_and_advance(run, window))
     stats.update(_settle(run, window, hook))
     stats.update(_send(run, window, hook))
@@ -176,22 +178,31 @@ def _pay_owed(run: LiveRun, window: LiveWindow) -> dict[str, Any]:
     from loyalty_moengage.sync.chunk.pack import pack_users
     from loyalty_moengage.sync.outbox import enqueue, owed
 
+    from loyalty_moengage.sync.chunk.contract import TemplateDataError
+
     piece = window.nights(run.program.time_zone)[-1]
     with connect(run.state_dsn) as conn:
-        customers = owed.due(conn, run.program.id)
+        customers = owed.due(conn, run.program.id, float(run.program.receipt_wait_seconds))
         if not customers:
             conn.rollback()
-            return {"owed_attributes_sent": 0}
-        members = attributes_of(run.loyalty_dsn, piece, run.program.id, customers)
+            return {"owed_attributes_enqueued": 0}
+        try:
+            members = attributes_of(run.loyalty_dsn, piece, run.program.id, customers)
+        except TemplateDataError as exc:   # bad data: the debts wait (the events are not held back)
+            conn.rollback()
+            return {"owed_attributes_enqueued": 0, "owed_attributes_error": str(exc)[:500]}
         batches = pack_users(members) if members.users is not None else []
+        found = members.users.column("customer_id").to_pylist() if members.users is not None else []
         ids = enqueue.allocate_batch_ids(conn, len(batches))
         enqueue.insert_batches(conn, program_id=run.program.id, night=piece.night, run_id=run.run_id,
                                chunk_label="live: attributes owed", batch_ids=ids, batches=batches)
         enqueue.insert_quarantine(conn, program_id=run.program.id, night=piece.night, run_id=run.run_id,
                                   rows=members.rejects.rows)
+        owed.written(conn, run.program.id, found, piece.night)
         owed.paid(conn, run.program.id, customers)
         conn.commit()
-    return {"owed_attributes_sent": sum(b.users for b in batches)}
+    return {"owed_attributes_enqueued": sum(b.users for b in batches),
+            "owed_members_without_row": len(set(customers) - set(found))}
 
 
 def _release_and_advance(run: LiveRun, window: LiveWindow) -> dict[str, Any]:
@@ -220,13 +231,20 @@ def _settle(run: LiveRun, window: LiveWindow, hook: Any) -> dict[str, Any]:
     from loyalty_moengage.sync.outbox.receipts import ReceiptSettings
     from loyalty_moengage.sync.send.settle import settle
 
+    from loyalty_moengage.moengage.errors import MoEngageError
+
     settings = ReceiptSettings.of(run.program, hook.config)
     if settings is None:
         return {}
-    with connect(run.state_dsn) as conn:
-        done = settle(conn, program_id=run.program.id, hook=hook, settings=settings, up_to_night=date.max,
-                      run_id=run.run_id, timeout=0, live_only=True)
-    return {"settled_by_receipt": done.by_receipt, "resent_after_absence": done.absent}
+    try:
+        with connect(run.state_dsn) as conn:
+            done = settle(conn, program_id=run.program.id, hook=hook, settings=settings, up_to_night=date.max,
+                          run_id=run.run_id, timeout=0, live_only=True)
+    except MoEngageError as exc:   # reading receipts failed: this run still sends; the next reads again
+        log.warning("live %s: receipts not read this run (%s)", run.program.id, exc)
+        return {"settle_error": str(exc)[:500]}
+    return {"settled_by_receipt": done.by_receipt, "resent_after_absence": done.absent,
+            **({"settle_notes": done.notes} if done.notes else {})}
 
 
 def _in_doubt(run: LiveRun) -> int:

@@ -116,6 +116,9 @@ def claim(conn: Any, owner: Owner, limit: int, *, up_to_night: date,
         "error = 'superseded by the attribute refresh of night ' || (SELECT night FROM w) "
         "WHERE b.program_id = %(p)s AND b.state = 'pending' AND b.night < (SELECT night FROM w) "
         "AND b.kind = 'users'", {"p": owner.program_id})
+    # A live run's batches go in the order they were written: an older attribute snapshot (a
+    # users batch paying an owed update) never after a newer one beside events.
+    order = "batch_id" if live_only else "night, kind, batch_id"
     rows = conn.execute(
         """
         UPDATE moengage_sync.batches b
@@ -126,7 +129,7 @@ def claim(conn: Any, owner: Owner, limit: int, *, up_to_night: date,
             SELECT batch_id FROM moengage_sync.batches
             WHERE program_id = %(program)s AND state = 'pending' AND night <= %(night)s
               AND (NOT %(live)s OR starts_with(run_id, %(prefix)s))
-            ORDER BY night, kind, batch_id
+            ORDER BY """ + order + """
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
         ) c
@@ -139,7 +142,7 @@ def claim(conn: Any, owner: Owner, limit: int, *, up_to_night: date,
     ).fetchall()
     conn.commit()
     batches = [ClaimedBatch(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
-    batches.sort(key=lambda b: (b.night, b.kind, b.batch_id))
+    batches.sort(key=(lambda b: b.batch_id) if live_only else (lambda b: (b.night, b.kind, b.batch_id)))
     return batches
 
 

@@ -1,17 +1,25 @@
-"""Attribute updates the live lane owes (``live.attributes``), kept so none goes stale for long.
+"""Attribute updates the live lane owes (``live.attributes``), so no balance is left older than
+the last write.
 
-MoEngage keeps the last attribute write it applies, whatever its age. Two writes can put an
-older snapshot last: a night's refresh (as of the night's end) that lands after a live update
-of the next morning, and a live batch sent again after its answer was lost (hours later, at the
-night's settle). So a live update sent while the previous night's refresh may still land, and
-the attribute elements a resend leaves out, are *owed*: the first live run after that refresh has
-landed sends those members' attributes as of then (``sync/live/run.py``).
+MoEngage keeps the last attribute write it applies, whatever its age. An older snapshot can land
+after a live update in three ways, and each leaves the member *owed* a fresh update:
+
+- **a night's refresh** (as of the night's end) decided after a live write of a later night: the
+  decision owes every member written live since (:func:`owe_after_refresh`, from the plan); one
+  already in flight when a live write goes out owes that write's members (:func:`in_flight`);
+- **a live write in doubt** (its answer lost: MoEngage may apply it late, after a newer one);
+- **a resend** of a live write after a lost answer: it goes without the attributes
+  (:func:`before_resend`).
+
+The first live run with no refresh in flight (none unsent, the deciding run reported, the last
+one sent ``settle_seconds`` ago) sends the owed members' attributes as of then
+(``sync/live/run.py``), and deletes the debts in the same transaction.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import date, timedelta
+from datetime import date
 from typing import Any, Iterable
 
 from loyalty_moengage.sync.outbox.states import LIVE_RUN_PREFIX
@@ -19,49 +27,64 @@ from loyalty_moengage.sync.outbox.states import LIVE_RUN_PREFIX
 #: A live run pays at most this many owed members (the rest wait for the next run).
 PAY_AT_MOST = 20_000
 
-
-#: The newest night whose attribute refresh can no longer land: a run of it reported and no
-#: night's users batch of that night or older is unsent.
-_LANDED = ("SELECT max(r.night) FROM moengage_sync.run_reports r WHERE r.program_id = %(p)s AND NOT EXISTS ("
-           "SELECT 1 FROM moengage_sync.batches b WHERE b.program_id = %(p)s AND b.kind = 'users' "
-           "AND b.night <= r.night AND NOT starts_with(b.run_id, %(live)s) "
-           "AND b.state IN ('staged', 'pending', 'claimed', 'sending', 'uncertain'))")
-
-
-def refresh_landed(conn: Any, program_id: str) -> date | None:
-    """The newest night whose refresh has landed (None: no night has reported yet)."""
-    return conn.execute(_LANDED, {"p": program_id, "live": LIVE_RUN_PREFIX}).fetchone()[0]
+#: A night's refresh may still land after a live write: one of its users batches is unsent, the
+#: run that decided the newest refresh has not reported since, or the last one was sent less than
+#: %(settle)s seconds ago (MoEngage may apply a write it answered later than one sent after it).
+_IN_FLIGHT = (
+    "SELECT EXISTS (SELECT 1 FROM moengage_sync.batches b WHERE b.program_id = %(p)s AND b.kind = 'users' "
+    "  AND NOT starts_with(b.run_id, %(live)s) AND (b.state IN ('staged', 'pending', 'claimed', 'sending', 'uncertain') "
+    "  OR (b.state = 'sent' AND b.sent_at > now() - make_interval(secs => %(settle)s)))) "
+    "OR EXISTS (SELECT 1 FROM moengage_sync.attribute_watermark w WHERE w.program_id = %(p)s AND NOT EXISTS ("
+    "  SELECT 1 FROM moengage_sync.run_reports r WHERE r.program_id = w.program_id AND r.run_id = w.run_id "
+    "  AND r.reported_at >= w.updated_at))")
 
 
-def at_risk(conn: Any, program_id: str, night: date) -> bool:
-    """Could a night's refresh still land after a live update of ``night`` (the refresh of the
-    night before has not landed)?"""
-    landed = refresh_landed(conn, program_id)
-    return landed is None or landed < night - timedelta(days=1)
+def in_flight(conn: Any, program_id: str, settle_seconds: float) -> bool:
+    """Could a night's refresh still land after a live write sent now?"""
+    return conn.execute(_IN_FLIGHT, {"p": program_id, "live": LIVE_RUN_PREFIX, "settle": settle_seconds}).fetchone()[0]
 
 
-def owe(conn: Any, program_id: str, customers: Iterable[str], after_night: date) -> int:
-    """Record members owed a live attribute update once the refresh of ``after_night`` has landed;
-    in the caller's transaction."""
+def written(conn: Any, program_id: str, customers: Iterable[str], night: date) -> None:
+    """Members whose attributes a live batch of ``night`` carries (caller's transaction)."""
+    rows = sorted(set(customers))
+    if rows:
+        conn.execute(
+            "INSERT INTO moengage_sync.live_attribute_writes (program_id, customer_id, night) "
+            "SELECT %s, c, %s FROM unnest(%s::text[]) AS c ON CONFLICT (program_id, customer_id) DO UPDATE "
+            "SET night = greatest(moengage_sync.live_attribute_writes.night, EXCLUDED.night)",
+            (program_id, night, rows))
+
+
+def owe_after_refresh(conn: Any, program_id: str, night: date) -> int:
+    """A refresh of ``night`` was decided (caller's transaction): every member written live in a
+    later night is owed; writes of that night or older can no longer be overwritten by an older one."""
+    n = conn.execute(
+        "INSERT INTO moengage_sync.live_attributes_owed (program_id, customer_id) SELECT program_id, customer_id "
+        "FROM moengage_sync.live_attribute_writes WHERE program_id = %s AND night > %s "
+        "ON CONFLICT (program_id, customer_id) DO NOTHING", (program_id, night)).rowcount
+    conn.execute("DELETE FROM moengage_sync.live_attribute_writes WHERE program_id = %s AND night <= %s",
+                 (program_id, night))
+    return n
+
+
+def owe(conn: Any, program_id: str, customers: Iterable[str]) -> int:
+    """Members owed a fresh update (caller's transaction)."""
     rows = sorted(set(customers))
     if not rows:
         return 0
     return conn.execute(
-        "INSERT INTO moengage_sync.live_attributes_owed (program_id, customer_id, after_night) "
-        "SELECT %s, c, %s FROM unnest(%s::text[]) AS c ON CONFLICT (program_id, customer_id) DO UPDATE "
-        "SET after_night = greatest(moengage_sync.live_attributes_owed.after_night, EXCLUDED.after_night)",
-        (program_id, after_night, rows)).rowcount
+        "INSERT INTO moengage_sync.live_attributes_owed (program_id, customer_id) SELECT %s, c "
+        "FROM unnest(%s::text[]) AS c ON CONFLICT (program_id, customer_id) DO NOTHING", (program_id, rows)).rowcount
 
 
-def due(conn: Any, program_id: str, limit: int = PAY_AT_MOST) -> list[str]:
-    """Owed members whose refresh has landed, oldest debt first (locked until the caller commits,
-    so two runs never pay the same debt)."""
-    landed = refresh_landed(conn, program_id)
-    if landed is None:
+def due(conn: Any, program_id: str, settle_seconds: float, limit: int = PAY_AT_MOST) -> list[str]:
+    """Owed members, oldest debt first, when no refresh is in flight (locked until the caller
+    commits, so two runs never pay the same debt)."""
+    if in_flight(conn, program_id, settle_seconds):
         return []
     return [r[0] for r in conn.execute(
-        "SELECT customer_id FROM moengage_sync.live_attributes_owed WHERE program_id = %s AND after_night <= %s "
-        "ORDER BY since, customer_id LIMIT %s FOR UPDATE SKIP LOCKED", (program_id, landed, limit))]
+        "SELECT customer_id FROM moengage_sync.live_attributes_owed WHERE program_id = %s "
+        "ORDER BY since, customer_id LIMIT %s FOR UPDATE SKIP LOCKED", (program_id, limit))]
 
 
 def paid(conn: Any, program_id: str, customers: list[str]) -> int:
@@ -70,28 +93,38 @@ def paid(conn: Any, program_id: str, customers: list[str]) -> int:
                         (program_id, customers)).rowcount
 
 
-def without_attributes(body: bytes) -> tuple[bytes, list[str]]:
-    """An events body with its attribute elements left out, and whose they were."""
+def split(body: bytes) -> tuple[bytes, list[str]]:
+    """A body without its attribute elements, and whose they were."""
     import orjson
 
     from loyalty_moengage.moengage.packing import BODY_PREFIX, BODY_SUFFIX
 
     elements = orjson.loads(body)["elements"]
     kept = [orjson.dumps(e) for e in elements if e.get("type") != "customer"]
-    owed = [e["customer_id"] for e in elements if e.get("type") == "customer"]
-    return BODY_PREFIX + b",".join(kept) + BODY_SUFFIX, owed
+    return BODY_PREFIX + b",".join(kept) + BODY_SUFFIX, [e["customer_id"] for e in elements if e.get("type") == "customer"]
 
 
-def drop_attributes(conn: Any, batch: Any, *, program_id: str, claimed_by: str) -> Any:
-    """A live batch that goes again after a lost answer goes without its members' attributes (a
-    snapshot that old could overwrite a newer one); they are owed instead. The row shows what is
-    sent; in one transaction, only while the claim is ``claimed_by``'s. Returns the batch to send."""
-    body, owed = without_attributes(batch.body)
-    changed = conn.execute(
-        "UPDATE moengage_sync.batches SET body = %s, body_bytes = %s, users = 0, element_count = events, "
-        "updated_at = now() WHERE batch_id = %s AND claimed_by = %s AND state = 'claimed'",
-        (body, len(body), batch.batch_id, claimed_by)).rowcount
+def before_resend(conn: Any, batch: Any, *, program_id: str, claimed_by: str) -> Any:
+    """A live write going again after a lost answer carries a snapshot that may be older than one
+    sent since: an events batch goes without its attribute elements (the row is rewritten, so it
+    says what went), a live users batch does not go at (``superseded``); their members are owed.
+    In one transaction, only while the claim is ``claimed_by``'s. Returns the batch to send, or None."""
+    if batch.kind == "events":
+        body, members = split(batch.body)
+        changed = conn.execute(
+            "UPDATE moengage_sync.batches SET body = %s, body_bytes = %s, users = 0, element_count = events, "
+            "updated_at = now() WHERE batch_id = %s AND claimed_by = %s AND state = 'claimed'",
+            (body, len(body), batch.batch_id, claimed_by)).rowcount
+        out = replace(batch, body=body, users=0) if changed else batch
+    else:
+        _, members = split(batch.body)
+        changed = conn.execute(
+            "UPDATE moengage_sync.batches SET state = 'superseded', claimed_by = NULL, updated_at = now(), "
+            "error = 'a live attribute update whose answer was lost: owed again as of now instead' "
+            "WHERE batch_id = %s AND claimed_by = %s AND state = 'claimed' AND starts_with(run_id, %s)",
+            (batch.batch_id, claimed_by, LIVE_RUN_PREFIX)).rowcount
+        out = None if changed else batch
     if changed:
-        owe(conn, program_id, owed, batch.night - timedelta(days=1))
+        owe(conn, program_id, members)
     conn.commit()
-    return replace(batch, body=body, users=0) if changed else batch
+    return out

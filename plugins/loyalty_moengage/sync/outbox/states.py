@@ -1,7 +1,8 @@
 """The outbox's batch states, named once (every transition: sql/010_sync_state.sql).
 
 ``staged`` -> ``pending`` -> ``claimed`` -> ``sending`` -> ``sent`` | ``rejected`` | ``uncertain``;
-``superseded`` for users batches a newer night's refresh replaced.
+``superseded`` for users batches a newer night's refresh (or, for a live one whose answer was
+lost, an owed update) replaced.
 """
 
 from __future__ import annotations

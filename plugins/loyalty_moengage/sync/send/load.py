@@ -200,13 +200,17 @@ def _send_all(conn: Any, me: Slot, worker: Any = None) -> Exception | None:
 
 def _post_claimed(conn: Any, me: Slot, batch: ClaimedBatch) -> Exception | None:
     from loyalty_moengage.sync.outbox.delivery import ClaimLost, start_sending
-    from loyalty_moengage.sync.outbox.owed import drop_attributes
+    from loyalty_moengage.sync.outbox.owed import before_resend
     from loyalty_moengage.sync.outbox.receipts import stamp
 
-    if batch.kind == "events" and batch.users and batch.lost_answers:
-        # A live batch with its members' attributes beside the events, going again after a lost
-        # answer: the events go, the attributes are owed (outbox/owed.py).
-        batch = drop_attributes(conn, batch, program_id=me.owner.program_id, claimed_by=me.owner.token)
+    if batch.users and batch.lost_answers:
+        # A live attribute write going again after a lost answer: its snapshot may be older than
+        # one sent since; the events go alone and the members are owed (outbox/owed.py).
+        resend = before_resend(conn, batch, program_id=me.owner.program_id, claimed_by=me.owner.token)
+        if resend is None:
+            me.stats["live_updates_owed_instead"] = me.stats.get("live_updates_owed_instead", 0) + 1
+            return None
+        batch = resend
     stamped = None
     if me.receipts is not None and batch.kind == "events":
         stamped = stamp(conn, program_id=me.owner.program_id, batch_id=batch.batch_id, attempt=batch.attempts,
@@ -313,6 +317,12 @@ def _lost_answer(conn: Any, me: Slot, batch: ClaimedBatch, exc: Exception, recor
         return exc if batch.lost_answers + 1 >= USERS_LOST_ANSWERS else None
     if record("uncertain", exc, lost=True):
         stats["batches_uncertain"] += 1
+        if batch.users:
+            # Live attributes in doubt: MoEngage may apply them after a newer write (outbox/owed.py).
+            from loyalty_moengage.sync.outbox.owed import owe, split
+
+            owe(conn, me.owner.program_id, split(batch.body)[1])
+            conn.commit()
         if me.uncertain_policy == "resend" and batch.attempts < RESEND_ATTEMPTS:
             # Visible, unlike a silent client retry: the report counts it as a possible duplicate.
             stats["requeued_uncertain"] += requeue_batch(conn, batch.batch_id, me.owner)

@@ -206,11 +206,13 @@ def _record(conn: Any, program_id: str, d: _Doubt, verdict: str, *, run_id: str 
 
 
 def _last_probe(conn: Any, program_id: str, settings: ReceiptSettings) -> _Probe | None:
-    """The newest probe any settle wrote to this workspace: evidence for every doubt posted before
-    it, so a settle that reads once a minute (the live lane's) concludes on an earlier one's probe."""
+    """The newest probe a settle of this program wrote to this workspace (its receipt attribute):
+    evidence for every doubt posted before it, so a settle that reads once a minute (the live
+    lane's) concludes on an earlier one's probe. One never seen is replaced after the wait."""
     row = conn.execute(
         "SELECT customer_id, token, used_at FROM moengage_sync.receipt_carriers WHERE workspace = %s "
-        "AND batch_id IS NULL ORDER BY used_at DESC LIMIT 1", (settings.workspace or f"program:{program_id}",)).fetchone()
+        "AND program_id = %s AND batch_id IS NULL ORDER BY used_at DESC LIMIT 1",
+        (settings.workspace or f"program:{program_id}", program_id)).fetchone()
     conn.commit()
     return _Probe(carrier=row[0], token=row[1], posted_at=row[2]) if row else None
 

@@ -209,12 +209,15 @@ class LiveOutboxSink(OutboxSink):
     sends their events. An absence found minutes after a member enrolled is never cached: the
     night, hours later, asks again."""
 
-    def __init__(self, state_dsn: str, *, attributes: bool = False) -> None:
+    def __init__(self, state_dsn: str, *, attributes: bool = False, settle_seconds: float = 900.0) -> None:
         super().__init__(state_dsn)
         self.attributes = attributes         # live.attributes: members' attributes beside their events
+        self.settle_seconds = settle_seconds  # how long after its 200 a refresh may still be applied
+        self.attribute_errors: list[str] = []  # members' rows the template could not read (their events went alone)
         self.event_times: list[str] = []     # current_time of each event enqueued, for the latency figures
         self.unconfirmed: set[str] = set()   # customers whose events were left for a later read
         self._beside: set[str] = set()       # customers whose attributes the chunk being written carries
+        self._unread: set[str] = set()       # customers whose attributes it could not read
 
     def write(self, job: ChunkJob, checked: Checked, packed: Packed, seconds: Counter[str]) -> dict[str, Any]:
         import dataclasses
@@ -224,7 +227,7 @@ class LiveOutboxSink(OutboxSink):
         if packed.awaiting is not None and packed.awaiting.num_rows:
             self.unconfirmed |= set(packed.awaiting.column("customer_id").to_pylist())
             packed = dataclasses.replace(packed, awaiting=None)
-        self._beside = set()
+        self._beside, self._unread = set(), set()
         if self.attributes and packed.keys is not None and packed.keys.num_rows:
             packed = self._with_attributes(job, packed)
         stats = super().write(job, checked, packed, seconds)
@@ -234,25 +237,35 @@ class LiveOutboxSink(OutboxSink):
         return stats
 
     def _with_attributes(self, job: ChunkJob, packed: Packed) -> Packed:
-        """The touched members' attributes as of the read's cut, packed beside their events."""
+        """The touched members' attributes as of the read's cut, packed beside their events. Rows
+        the template cannot compute (bad data) do not hold the events back: they go alone, and
+        the members are owed their update (paid when the data is mended)."""
         import pyarrow.compute as pc
 
         from loyalty_moengage.sync.chunk.attributes import attributes_of
+        from loyalty_moengage.sync.chunk.contract import TemplateDataError
         from loyalty_moengage.sync.chunk.pack import with_attributes
 
         sent = pc.is_in(packed.events.column("event_id"), value_set=packed.keys.column("event_id"))
         customers = set(packed.events.filter(sent).column("customer_id").to_pylist())
-        members = attributes_of(job.loyalty_dsn, job.window, job.program_id, customers)
+        try:
+            members = attributes_of(job.loyalty_dsn, job.window, job.program_id, customers)
+        except TemplateDataError as exc:
+            log.warning("%s: members' attributes not read, the events go without them: %s", job.label, exc)
+            self.attribute_errors.append(str(exc))
+            self._unread = customers
+            return packed
         if members.users is not None:
             self._beside = set(members.users.column("customer_id").to_pylist())
         return with_attributes(packed, members)
 
     def _also_enqueue(self, conn: Any, job: ChunkJob, packed: Packed) -> None:
-        """Members updated while the night before's refresh (older values) may still land after
-        them are owed a fresh update once it has (outbox/owed.py)."""
-        from datetime import timedelta
-
+        """The live attribute writes, recorded so a later refresh decision owes them; owed now if
+        a refresh may still land after them (outbox/owed.py)."""
         from loyalty_moengage.sync.outbox import owed
 
-        if self._beside and owed.at_risk(conn, job.program_id, job.window.night):
-            owed.owe(conn, job.program_id, self._beside, job.window.night - timedelta(days=1))
+        owed.owe(conn, job.program_id, self._unread)
+        if self._beside:
+            owed.written(conn, job.program_id, self._beside, job.window.night)
+            if owed.in_flight(conn, job.program_id, self.settle_seconds):
+                owed.owe(conn, job.program_id, self._beside)
