@@ -175,3 +175,24 @@ def test_a_failing_guard_keeps_what_a_concurrent_passing_guard_released(loyalty_
         assert guard.withdraw_night(conn, "p", NIGHT, "enqueuer") == 0  # run B's fails just after
         assert conn.execute("SELECT count(*) FROM moengage_sync.event_keys").fetchone()[0] == 1
     assert _states(loyalty_db) == {"pending": 1}
+
+
+def test_an_orphaned_live_batch_with_attributes_owes_its_members(loyalty_db):
+    """A worker died mid-POST of events with their members' attributes beside them: MoEngage may
+    apply that snapshot after a newer one, so its members are owed an update (outbox/owed.py)."""
+    body = (b'{"type":"transition","elements":[{"type":"customer","customer_id":"C-1","update_existing_only":true,'
+            b'"attributes":{"points_available":5}},{"type":"event","customer_id":"C-1","actions":[]}]}')
+    with psycopg.connect(loyalty_db) as conn:
+        ids = enqueue.allocate_batch_ids(conn, 2)
+        enqueue.insert_batches(conn, program_id="p", night=NIGHT, run_id="live:r", chunk_label="live",
+                              batch_ids=ids, batches=[enqueue.NewBatch("events", body, 2, 1, 1),
+                                                      enqueue.NewBatch("events", b'{"elements":[{}]}', 1, 0, 1)])
+        conn.execute("UPDATE moengage_sync.batches SET state = 'pending'")
+        dead = Owner(program_id="p", run_id="live:r", slot=-2)
+        for held in delivery.claim(conn, dead, 2, up_to_night=NIGHT, lease_seconds=60):
+            delivery.start_sending(conn, held.batch_id, dead)
+        conn.execute("UPDATE moengage_sync.batches SET lease_expires_at = now() - interval '1 second'")
+        conn.commit()
+        assert delivery.recover_orphans(conn, "p") == (2, 0)
+        owed = conn.execute("SELECT program_id, customer_id FROM moengage_sync.live_attributes_owed").fetchall()
+    assert owed == [("p", "C-1")]
