@@ -10,7 +10,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: install demo test test-ui docs sandbox api bench bench-api bench-live run db-stop constraints clean drills api-drills property compose-test
+.PHONY: install demo test test-ui docs sandbox api bench bench-api bench-live bench-live-share run db-stop constraints clean drills api-drills property compose-test
 
 $(STAMP): requirements.txt requirements-docs.txt constraints.txt pyproject.toml devtools/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,9 @@ bench-api: install
 # writes bench/results/live-latest.json/.md. ARGS="--dsn postgresql://... --minutes 10" to change.
 bench-live: install
 	$(PY) -m loyalty_moengage_devtools.bench.live $(ARGS)
+
+bench-live-share: install
+	$(PY) -m loyalty_moengage_devtools.bench.live_share $(ARGS)
 
 db-stop: install
 	$(PY) -m loyalty_moengage.cli db stop

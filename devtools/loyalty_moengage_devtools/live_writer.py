@@ -47,6 +47,7 @@ class LiveWriter:
         self._rng = random.Random(seed)
         self._members: list[int] = []
         self._threads: list[threading.Thread] = []
+        self._stopped = threading.Event()
 
     def start(self) -> "LiveWriter":
         import psycopg
@@ -63,6 +64,10 @@ class LiveWriter:
         for at, held in self.plan.holds:
             self._spawn(self._later, at, self.plan.rows_per_hold, held)
         return self
+
+    def stop(self) -> None:
+        """Ends the steady writing early (a plan's ``seconds`` is then an upper bound)."""
+        self._stopped.set()
 
     def join(self, timeout: float | None = None) -> None:
         for thread in self._threads:
@@ -105,7 +110,7 @@ class LiveWriter:
 
     def _steady(self) -> None:
         plan, started, owed = self.plan, time.monotonic(), 0.0
-        while (elapsed := time.monotonic() - started) < plan.seconds:
+        while (elapsed := time.monotonic() - started) < plan.seconds and not self._stopped.is_set():
             owed += plan.rate * plan.tick
             if owed >= 1:
                 n, owed = int(owed), owed - int(owed)

@@ -204,8 +204,9 @@ def _machine(dsn: str) -> dict[str, Any]:
 
 def _programs_file(path: Path, *, chunk_members: int | None, load_parallelism: int | None,
                    ids: tuple[str, ...] = (PROGRAM_ID,), pool_slots: int | None = None,
-                   verify_customers: bool = False) -> Path:
-    """The bench's programs file; several ids share one MoEngage connection (one workspace, one Pool)."""
+                   verify_customers: bool = False, live: bool = False) -> Path:
+    """The bench's programs file; several ids share one MoEngage connection (one workspace, one Pool).
+    ``live``: live mode on (its night then paces at the budget less the live lane's share)."""
     lines = ["programs:"]
     for program_id in ids:
         lines += [f"  - id: {program_id}", f"    name: Bench Loyalty {program_id}", f"    time_zone: {TIME_ZONE}",
@@ -217,6 +218,8 @@ def _programs_file(path: Path, *, chunk_members: int | None, load_parallelism: i
             lines.append(f"    load_parallelism: {load_parallelism}")
         if pool_slots:
             lines.append(f"    workspace_pool_slots: {pool_slots}")
+        if live:
+            lines += ["    live:", "      enabled: true"]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -114,20 +114,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="live.attributes: members' attributes beside their events (default on)")
     parser.add_argument("--out", type=Path, default=RESULTS / "live-latest.json")
     args = parser.parse_args(argv)
+    figures = on_server(args, run, "bench-live-pgdata")
+    write_report(args.out, figures, render(figures))
+    return 0 if figures["verdict"]["held"] else 1
+
+
+def on_server(args: argparse.Namespace, run: Any, data_dir: str) -> dict[str, Any]:
+    """``run(args)`` on ``args.dsn``, or on an embedded server of the benchmark's own (stopped after)."""
     from contextlib import ExitStack
 
     with ExitStack() as servers:
         if args.dsn is None:
             from loyalty_moengage.embedded import owned_server
 
-            args.dsn = servers.enter_context(owned_server("bench-live-pgdata"))
-        figures = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=1, default=str) + "\n")
-    args.out.with_suffix(".md").write_text(render(figures))
-    print(render(figures))
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
-    return 0 if figures["verdict"]["held"] else 1
+            args.dsn = servers.enter_context(owned_server(data_dir))
+        return run(args)
+
+
+def write_report(out: Path, figures: dict[str, Any], text: str) -> None:
+    """The figures as JSON beside their Markdown report, which is printed too."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=1, default=str) + "\n")
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,13 +54,15 @@ class Ticker:
 
 
 def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int], label: str,
-              lookups_per_minute: int | None = None, warm: bool = False) -> dict[str, Any]:
+              lookups_per_minute: int | None = None, warm: bool = False, live: Any = None) -> dict[str, Any]:
     """One paced run of ``len(members)`` programs at once on one workspace; returns its figures.
 
     ``lookups_per_minute``: the presence gate on (``verify_customers``), the sandbox's Get User
     API at that budget, a deterministic 5% of members unknown to it. ``warm``: the program and
     its presence cache as the previous run left them (its other state reset): a night whose
-    customers were looked up before."""
+    customers were looked up before. ``live``: live mode on, and ``live(sandbox)`` a context
+    manager for the live traffic that runs beside the night (``bench/live_share.py``); what it
+    yields is returned under ``live``."""
     import multiprocessing as mp
 
     from loyalty_moengage.cli import quiet_foreign_warnings
@@ -85,7 +88,7 @@ def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int
     slots = args.paced_pool_slots
     programs = bench._programs_file(work / f"programs-{label}.yaml", chunk_members=args.chunk_members,
                                     load_parallelism=args.load_parallelism, ids=ids, pool_slots=slots,
-                                    verify_customers=lookups_per_minute is not None)
+                                    verify_customers=lookups_per_minute is not None, live=live is not None)
     os.environ["LOYALTY_PROGRAMS_FILE"] = str(programs)
     os.environ["AIRFLOW_CONN_LOYALTY_DB"] = connection_json(dsn)
     from loyalty_moengage.config.programs import get_program
@@ -136,7 +139,7 @@ def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int
                 except BaseException as exc:  # noqa: BLE001 - re-raised below
                     errors.append(exc)
 
-            with bench._Sampler() as sampler, Ticker(describe):
+            with bench._Sampler() as sampler, Ticker(describe), (live(sandbox) if live else nullcontext()) as beside:
                 threads = [threading.Thread(target=one, args=(p,)) for p in ids]
                 for t in threads:
                     t.start()
@@ -169,6 +172,8 @@ def run_paced(args: Any, dsn: str, work: Path, night: date, *, members: list[int
         "peak_rss_mb_all_processes": round(sampler.peak_total_mb, 1),
         "sandbox_mode": "count_only, budget enforced in 60 s windows",
     })
+    if live:
+        out["live"] = beside
     return out
 
 
