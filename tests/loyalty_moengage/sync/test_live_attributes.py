@@ -126,7 +126,7 @@ def test_the_balance_goes_in_the_same_request_as_the_event_and_is_owed_until_the
 
         night = today - timedelta(days=1)
         assert str(run("tiny", night, time_zone=tz).state) == "success"
-        # the refresh (as of midnight, before 9301) was decided after 9301's live write: it owes REL-0001
+        # the refresh (as of midnight, before 9301) was enqueued after 9301's live write: it owes REL-0001
         assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1) - 9301
         assert _owed(tiny) == {"REL-0001"}
         time.sleep(SETTLE)
@@ -135,6 +135,9 @@ def test_the_balance_goes_in_the_same_request_as_the_event_and_is_owed_until_the
         assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)           # and the live lane mended it
         assert _earned(sandbox) == Counter({9301: 1, 9302: 1})
 
+        # a plain rerun finds the refresh enqueued already: it sends no attributes and owes nothing
+        assert str(run("tiny", night, time_zone=tz).state) == "success"
+        assert _owed(tiny) == set() and _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)
         # a rerun forcing the refresh sends midnight's balance again: owed again, mended again
         assert str(run("tiny", night, time_zone=tz, conf={"force_attributes": True}).state) == "success"
         assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1) - 9301 and _owed(tiny) == {"REL-0001"}

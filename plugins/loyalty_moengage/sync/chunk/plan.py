@@ -46,7 +46,7 @@ def decide_attribute_refresh(conn: Any, *, program_id: str, night: date, run_id:
     night already enqueued (an earlier or concurrent run) are skipped by the chunk pipeline
     (``gate.py``, ``enqueue.claim_attribute_chunk``); ``force`` forgets them so all are sent again.
     """
-    from loyalty_moengage.sync.outbox.owed import owe_after_refresh
+    from loyalty_moengage.sync.outbox.owed import forget_covered
 
     row = conn.execute(
         "SELECT night FROM moengage_sync.attribute_watermark WHERE program_id = %s" + (" FOR UPDATE" if apply else ""),
@@ -70,8 +70,8 @@ def decide_attribute_refresh(conn: Any, *, program_id: str, night: date, run_id:
     if force:
         conn.execute("DELETE FROM moengage_sync.attribute_chunks WHERE program_id = %s AND night = %s",
                      (program_id, night))
-    # Members the live lane updated after this night's end get this older refresh after it: owed.
-    owe_after_refresh(conn, program_id, night)
+    # Live writes of this night or older are older than this refresh (later ones: owed.owe_refreshed).
+    forget_covered(conn, program_id, night)
     conn.execute(
         "INSERT INTO moengage_sync.attribute_watermark (program_id, night, run_id) VALUES (%s, %s, %s) "
         "ON CONFLICT (program_id) DO UPDATE SET night = EXCLUDED.night, run_id = EXCLUDED.run_id, updated_at = now()",

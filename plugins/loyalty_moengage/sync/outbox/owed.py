@@ -4,9 +4,10 @@ the last write.
 MoEngage keeps the last attribute write it applies, whatever its age. An older snapshot can land
 after a live update in three ways, and each leaves the member *owed* a fresh update:
 
-- **a night's refresh** (as of the night's end) decided after a live write of a later night: the
-  decision owes every member written live since (:func:`owe_after_refresh`, from the plan); one
-  already in flight when a live write goes out owes that write's members (:func:`in_flight`);
+- **a night's refresh** (as of the night's end) enqueued after a live write of a later night: each
+  refresh chunk owes its members written live since (:func:`owe_refreshed`, in the chunk's
+  transaction); one already in flight when a live write goes out owes that write's members
+  (:func:`in_flight`);
 - **a live write in doubt** (its answer lost: MoEngage may apply it late, after a newer one);
 - **a resend** of a live write after a lost answer: it goes without the attributes
   (:func:`before_resend`).
@@ -55,16 +56,24 @@ def written(conn: Any, program_id: str, customers: Iterable[str], night: date) -
             (program_id, night, rows))
 
 
-def owe_after_refresh(conn: Any, program_id: str, night: date) -> int:
-    """A refresh of ``night`` was decided (caller's transaction): every member written live in a
-    later night is owed; writes of that night or older can no longer be overwritten by an older one."""
-    n = conn.execute(
-        "INSERT INTO moengage_sync.live_attributes_owed (program_id, customer_id) SELECT program_id, customer_id "
-        "FROM moengage_sync.live_attribute_writes WHERE program_id = %s AND night > %s "
-        "ON CONFLICT (program_id, customer_id) DO NOTHING", (program_id, night)).rowcount
+def forget_covered(conn: Any, program_id: str, night: date) -> None:
+    """A refresh of ``night`` was decided (caller's transaction): live writes of that night or
+    older can no longer be overwritten by an older snapshot."""
     conn.execute("DELETE FROM moengage_sync.live_attribute_writes WHERE program_id = %s AND night <= %s",
                  (program_id, night))
-    return n
+
+
+def owe_refreshed(conn: Any, program_id: str, night: date, customers: list[str]) -> int:
+    """A chunk of ``night``'s refresh is enqueued (caller's transaction): its members written live
+    in a later night get this older snapshot after theirs, and are owed. A rerun whose chunks
+    were enqueued before sends nothing and owes nothing."""
+    if not conn.execute("SELECT EXISTS (SELECT 1 FROM moengage_sync.live_attribute_writes WHERE program_id = %s "
+                        "AND night > %s)", (program_id, night)).fetchone()[0]:
+        return 0
+    return conn.execute(
+        "INSERT INTO moengage_sync.live_attributes_owed (program_id, customer_id) SELECT program_id, customer_id "
+        "FROM moengage_sync.live_attribute_writes WHERE program_id = %s AND night > %s AND customer_id = ANY(%s) "
+        "ON CONFLICT (program_id, customer_id) DO NOTHING", (program_id, night, customers)).rowcount
 
 
 def owe(conn: Any, program_id: str, customers: Iterable[str]) -> int:

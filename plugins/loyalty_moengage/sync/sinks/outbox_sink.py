@@ -103,6 +103,11 @@ class OutboxSink:
             if why_not:
                 log.info("attribute refresh of %s not enqueued: %s", job.label, why_not)
                 packed = packed.without_users(why_not)
+            elif checked.users is not None:
+                from loyalty_moengage.sync.outbox.owed import owe_refreshed
+
+                # Members the live lane updated after this night's end get this older snapshot after it.
+                owe_refreshed(conn, job.program_id, night, checked.users.column("customer_id").to_pylist())
         batches = packed.batches
         batch_ids = enqueue.allocate_batch_ids(conn, len(batches))
         enqueue.insert_batches(conn, program_id=job.program_id, night=night, run_id=job.run_id,
