@@ -317,11 +317,11 @@ ALTER TABLE moengage_sync.run_reports ADD COLUMN IF NOT EXISTS events_sent_live 
 
 -- Live attribute updates (live.attributes; sync/outbox/owed.py). MoEngage keeps the last attribute
 -- write it applies, however old. live_attribute_writes: the newest night each member had a live
--- attribute write in; a night's refresh (as of that night's end) decided for night N owes every
--- member written live in a later night. live_attributes_owed: members owed a fresh update (that
--- refresh, one in flight when a live write went out, a live write in doubt or left out of a
--- resend); the first live run once no refresh is in flight sends their attributes as of then,
--- and deletes the rows in the same transaction as it enqueues them.
+-- attribute write in; each chunk of night N's refresh owes its members written live in a later
+-- night. live_attributes_owed: members owed a fresh update (that refresh, one in flight when a
+-- live write went out, a live write in doubt or left out of a resend); the first live run once no
+-- refresh is in flight and not_before has passed sends their attributes as of then, and deletes
+-- the rows in the same transaction as it enqueues them.
 CREATE TABLE IF NOT EXISTS moengage_sync.live_attribute_writes (
     program_id   text NOT NULL,
     customer_id  text NOT NULL,
@@ -332,5 +332,7 @@ CREATE TABLE IF NOT EXISTS moengage_sync.live_attributes_owed (
     program_id   text NOT NULL,
     customer_id  text NOT NULL,
     since        timestamptz NOT NULL DEFAULT now(),
+    not_before   timestamptz NOT NULL DEFAULT now(),  -- a write in doubt may land until then
     PRIMARY KEY (program_id, customer_id)
 );
+ALTER TABLE moengage_sync.live_attributes_owed ADD COLUMN IF NOT EXISTS not_before timestamptz NOT NULL DEFAULT now();

@@ -190,7 +190,10 @@ def test_a_resend_after_a_lost_answer_goes_without_the_attributes_and_owes_them(
         assert users == 0 and b'"customer_id":"REL-0001","update_existing_only"' not in bytes(body)
         assert _request_of(sandbox, 9401)["users"] == (1 if carrier else 0)   # its receipt, no attributes
         assert _owed(tiny) == {"REL-0001"}                                # left out of the resend: owed
-        assert _live(tiny, "run-4")["owed_attributes_enqueued"] == 1 and _owed(tiny) == set()
+        # ... paid once the lost write could no longer land (the receipt wait), not before
+        assert _live(tiny, "run-4")["owed_attributes_enqueued"] == 0 and _owed(tiny) == {"REL-0001"}
+        time.sleep(SETTLE + 1)
+        assert _live(tiny, "run-5")["owed_attributes_enqueued"] == 1 and _owed(tiny) == set()
         assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)
 
 

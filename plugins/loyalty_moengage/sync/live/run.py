@@ -182,6 +182,7 @@ def _pay_owed(run: LiveRun, window: LiveWindow) -> dict[str, Any]:
 
     piece = window.nights(run.program.time_zone)[-1]
     with connect(run.state_dsn) as conn:
+        owed.hold_refresh_decision(conn, run.program.id)
         customers = owed.due(conn, run.program.id, float(run.program.receipt_wait_seconds))
         if not customers:
             conn.rollback()

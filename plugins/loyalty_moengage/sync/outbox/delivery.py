@@ -88,8 +88,10 @@ def recover_orphans(conn: Any, program_id: str, owner: Owner | None = None) -> t
     if any(body for body, in doubts):
         # Live attributes in doubt: MoEngage may apply them after a newer write (outbox/owed.py).
         from loyalty_moengage.sync.outbox.owed import owe, split
+        from loyalty_moengage.sync.outbox.receipts import ReceiptSettings
 
-        owe(conn, program_id, [c for body, in doubts if body for c in split(bytes(body))[1]])
+        owe(conn, program_id, [c for body, in doubts if body for c in split(bytes(body))[1]],
+            not_before_seconds=ReceiptSettings().wait_seconds)
     released = conn.execute(
         "UPDATE moengage_sync.batches SET state = 'pending', updated_at = now(), lease_expires_at = NULL, "
         "claimed_by = NULL, lost_answers = lost_answers + 1, settled_by = 'resend', error = 'its load attempt "

@@ -40,6 +40,11 @@ _IN_FLIGHT = (
     "  AND r.reported_at >= w.updated_at))")
 
 
+#: Owed again even while a payment holds the row: the insert waits for the payment's delete (a
+#: DO NOTHING would not wait, and the debt would be deleted with the payment of an older one).
+_AGAIN = "ON CONFLICT (program_id, customer_id) DO UPDATE SET not_before = greatest(o.not_before, EXCLUDED.not_before)"
+
+
 def in_flight(conn: Any, program_id: str, settle_seconds: float) -> bool:
     """Could a night's refresh still land after a live write sent now?"""
     return conn.execute(_IN_FLIGHT, {"p": program_id, "live": LIVE_RUN_PREFIX, "settle": settle_seconds}).fetchone()[0]
@@ -71,28 +76,36 @@ def owe_refreshed(conn: Any, program_id: str, night: date, customers: list[str])
                         "AND night > %s)", (program_id, night)).fetchone()[0]:
         return 0
     return conn.execute(
-        "INSERT INTO moengage_sync.live_attributes_owed (program_id, customer_id) SELECT program_id, customer_id "
+        "INSERT INTO moengage_sync.live_attributes_owed AS o (program_id, customer_id) SELECT program_id, customer_id "
         "FROM moengage_sync.live_attribute_writes WHERE program_id = %s AND night > %s AND customer_id = ANY(%s) "
-        "ON CONFLICT (program_id, customer_id) DO NOTHING", (program_id, night, customers)).rowcount
+        + _AGAIN, (program_id, night, customers)).rowcount
 
 
-def owe(conn: Any, program_id: str, customers: Iterable[str]) -> int:
-    """Members owed a fresh update (caller's transaction)."""
+def owe(conn: Any, program_id: str, customers: Iterable[str], *, not_before_seconds: float = 0.0) -> int:
+    """Members owed a fresh update (caller's transaction); ``not_before_seconds``: a write in
+    doubt may still land that long, and a payment sent before it could be overwritten by it."""
     rows = sorted(set(customers))
     if not rows:
         return 0
     return conn.execute(
-        "INSERT INTO moengage_sync.live_attributes_owed (program_id, customer_id) SELECT %s, c "
-        "FROM unnest(%s::text[]) AS c ON CONFLICT (program_id, customer_id) DO NOTHING", (program_id, rows)).rowcount
+        "INSERT INTO moengage_sync.live_attributes_owed AS o (program_id, customer_id, not_before) "
+        "SELECT %s, c, now() + make_interval(secs => %s) FROM unnest(%s::text[]) AS c " + _AGAIN,
+        (program_id, not_before_seconds, rows)).rowcount
+
+
+def hold_refresh_decision(conn: Any, program_id: str) -> None:
+    """Share-lock the program's refresh decision (caller's transaction): a decision cannot commit
+    between this transaction's look at what is in flight and its commit (plan.py takes it FOR UPDATE)."""
+    conn.execute("SELECT 1 FROM moengage_sync.attribute_watermark WHERE program_id = %s FOR SHARE", (program_id,))
 
 
 def due(conn: Any, program_id: str, settle_seconds: float, limit: int = PAY_AT_MOST) -> list[str]:
-    """Owed members, oldest debt first, when no refresh is in flight (locked until the caller
-    commits, so two runs never pay the same debt)."""
+    """Owed members, oldest debt first, when no refresh is in flight and no write in doubt of
+    theirs can still land (locked until the caller commits, so two runs never pay the same debt)."""
     if in_flight(conn, program_id, settle_seconds):
         return []
     return [r[0] for r in conn.execute(
-        "SELECT customer_id FROM moengage_sync.live_attributes_owed WHERE program_id = %s "
+        "SELECT customer_id FROM moengage_sync.live_attributes_owed WHERE program_id = %s AND not_before <= now() "
         "ORDER BY since, customer_id LIMIT %s FOR UPDATE SKIP LOCKED", (program_id, limit))]
 
 
@@ -113,7 +126,7 @@ def split(body: bytes) -> tuple[bytes, list[str]]:
     return BODY_PREFIX + b",".join(kept) + BODY_SUFFIX, [e["customer_id"] for e in elements if e.get("type") == "customer"]
 
 
-def before_resend(conn: Any, batch: Any, *, program_id: str, claimed_by: str) -> Any:
+def before_resend(conn: Any, batch: Any, *, program_id: str, claimed_by: str, not_before_seconds: float) -> Any:
     """A live write going again after a lost answer carries a snapshot that may be older than one
     sent since: an events batch goes without its attribute elements (the row is rewritten, so it
     says what went), a live users batch does not go at (``superseded``); their members are owed.
@@ -133,7 +146,7 @@ def before_resend(conn: Any, batch: Any, *, program_id: str, claimed_by: str) ->
             "WHERE batch_id = %s AND claimed_by = %s AND state = 'claimed' AND starts_with(run_id, %s)",
             (batch.batch_id, claimed_by, LIVE_RUN_PREFIX)).rowcount
         out = None if changed else batch
-    if changed:
-        owe(conn, program_id, members)
+    if changed:   # the lost write may still land: paid once it no longer can
+        owe(conn, program_id, members, not_before_seconds=not_before_seconds)
     conn.commit()
     return out

@@ -269,6 +269,7 @@ class LiveOutboxSink(OutboxSink):
         a refresh may still land after them (outbox/owed.py)."""
         from loyalty_moengage.sync.outbox import owed
 
+        owed.hold_refresh_decision(conn, job.program_id)
         owed.owe(conn, job.program_id, self._unread)
         if self._beside:
             owed.written(conn, job.program_id, self._beside, job.window.night)
