@@ -176,9 +176,8 @@ def _pay_owed(run: LiveRun, window: LiveWindow) -> dict[str, Any]:
     from loyalty_moengage.db import connect
     from loyalty_moengage.sync.chunk.attributes import attributes_of
     from loyalty_moengage.sync.chunk.pack import pack_users
-    from loyalty_moengage.sync.outbox import enqueue, owed
-
     from loyalty_moengage.sync.chunk.contract import TemplateDataError
+    from loyalty_moengage.sync.outbox import enqueue, owed
 
     piece = window.nights(run.program.time_zone)[-1]
     with connect(run.state_dsn) as conn:
@@ -230,9 +229,8 @@ def _settle(run: LiveRun, window: LiveWindow, hook: Any) -> dict[str, Any]:
     run, a minute later, not for the night."""
     from loyalty_moengage.db import connect
     from loyalty_moengage.sync.outbox.receipts import ReceiptSettings
-    from loyalty_moengage.sync.send.settle import settle
-
     from loyalty_moengage.moengage.errors import MoEngageError
+    from loyalty_moengage.sync.send.settle import settle
 
     settings = ReceiptSettings.of(run.program, hook.config)
     if settings is None:

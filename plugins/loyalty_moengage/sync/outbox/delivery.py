@@ -87,11 +87,9 @@ def recover_orphans(conn: Any, program_id: str, owner: Owner | None = None) -> t
     uncertain = len(doubts)
     if any(body for body, in doubts):
         # Live attributes in doubt: MoEngage may apply them after a newer write (outbox/owed.py).
-        from loyalty_moengage.sync.outbox.owed import owe, split
-        from loyalty_moengage.sync.outbox.receipts import ReceiptSettings
+        from loyalty_moengage.sync.outbox.owed import owe_in_doubt
 
-        owe(conn, program_id, [c for body, in doubts if body for c in split(bytes(body))[1]],
-            not_before_seconds=ReceiptSettings().wait_seconds)
+        owe_in_doubt(conn, program_id, [bytes(body) for body, in doubts if body])
     released = conn.execute(
         "UPDATE moengage_sync.batches SET state = 'pending', updated_at = now(), lease_expires_at = NULL, "
         "claimed_by = NULL, lost_answers = lost_answers + 1, settled_by = 'resend', error = 'its load attempt "

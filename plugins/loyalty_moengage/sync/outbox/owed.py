@@ -93,6 +93,16 @@ def owe(conn: Any, program_id: str, customers: Iterable[str], *, not_before_seco
         (program_id, not_before_seconds, rows)).rowcount
 
 
+def owe_in_doubt(conn: Any, program_id: str, bodies: Iterable[bytes], wait_seconds: float | None = None) -> int:
+    """The members whose attributes these bodies carry, sent with an answer lost: MoEngage may
+    still apply them, after a newer write, for the receipt wait (``wait_seconds``, default the
+    receipts' default); they are owed, paid once it has passed (caller's transaction)."""
+    from loyalty_moengage.sync.outbox.receipts import ReceiptSettings
+
+    wait = ReceiptSettings().wait_seconds if wait_seconds is None else wait_seconds
+    return owe(conn, program_id, [c for body in bodies for c in split(body)[1]], not_before_seconds=wait)
+
+
 def hold_refresh_decision(conn: Any, program_id: str) -> None:
     """Share-lock the program's refresh decision (caller's transaction): a decision cannot commit
     between this transaction's look at what is in flight and its commit (plan.py takes it FOR UPDATE)."""
@@ -126,27 +136,26 @@ def split(body: bytes) -> tuple[bytes, list[str]]:
     return BODY_PREFIX + b",".join(kept) + BODY_SUFFIX, [e["customer_id"] for e in elements if e.get("type") == "customer"]
 
 
-def before_resend(conn: Any, batch: Any, *, program_id: str, claimed_by: str, not_before_seconds: float) -> Any:
+def before_resend(conn: Any, batch: Any, *, program_id: str, claimed_by: str, wait_seconds: float | None) -> Any:
     """A live write going again after a lost answer carries a snapshot that may be older than one
     sent since: an events batch goes without its attribute elements (the row is rewritten, so it
     says what went), a live users batch does not go at (``superseded``); their members are owed.
     In one transaction, only while the claim is ``claimed_by``'s. Returns the batch to send, or None."""
     if batch.kind == "events":
-        body, members = split(batch.body)
+        body, _ = split(batch.body)
         changed = conn.execute(
             "UPDATE moengage_sync.batches SET body = %s, body_bytes = %s, users = 0, element_count = events, "
             "updated_at = now() WHERE batch_id = %s AND claimed_by = %s AND state = 'claimed'",
             (body, len(body), batch.batch_id, claimed_by)).rowcount
         out = replace(batch, body=body, users=0) if changed else batch
     else:
-        _, members = split(batch.body)
         changed = conn.execute(
             "UPDATE moengage_sync.batches SET state = 'superseded', claimed_by = NULL, updated_at = now(), "
             "error = 'a live attribute update whose answer was lost: owed again as of now instead' "
             "WHERE batch_id = %s AND claimed_by = %s AND state = 'claimed' AND starts_with(run_id, %s)",
             (batch.batch_id, claimed_by, LIVE_RUN_PREFIX)).rowcount
         out = None if changed else batch
-    if changed:   # the lost write may still land: paid once it no longer can
-        owe(conn, program_id, members, not_before_seconds=not_before_seconds)
+    if changed:
+        owe_in_doubt(conn, program_id, [batch.body], wait_seconds)
     conn.commit()
     return out

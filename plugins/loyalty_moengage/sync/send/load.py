@@ -207,7 +207,7 @@ def _post_claimed(conn: Any, me: Slot, batch: ClaimedBatch) -> Exception | None:
         # A live attribute write going again after a lost answer: its snapshot may be older than
         # one sent since; the events go alone and the members are owed (outbox/owed.py).
         resend = before_resend(conn, batch, program_id=me.owner.program_id, claimed_by=me.owner.token,
-                               not_before_seconds=_doubt_seconds(me))
+                               wait_seconds=me.receipts.wait_seconds if me.receipts else None)
         if resend is None:
             me.stats["live_updates_owed_instead"] = me.stats.get("live_updates_owed_instead", 0) + 1
             return None
@@ -320,9 +320,9 @@ def _lost_answer(conn: Any, me: Slot, batch: ClaimedBatch, exc: Exception, recor
         stats["batches_uncertain"] += 1
         if batch.users:
             # Live attributes in doubt: MoEngage may apply them after a newer write (outbox/owed.py).
-            from loyalty_moengage.sync.outbox.owed import owe, split
+            from loyalty_moengage.sync.outbox.owed import owe_in_doubt
 
-            owe(conn, me.owner.program_id, split(batch.body)[1], not_before_seconds=_doubt_seconds(me))
+            owe_in_doubt(conn, me.owner.program_id, [batch.body], me.receipts.wait_seconds if me.receipts else None)
             conn.commit()
         if me.uncertain_policy == "resend" and batch.attempts < RESEND_ATTEMPTS:
             # Visible, unlike a silent client retry: the report counts it as a possible duplicate.
@@ -383,10 +383,3 @@ def _finish_on_fresh_connection(me: Slot, batch: ClaimedBatch, state: str, stamp
             if time.monotonic() > deadline:
                 raise
             wait = min(wait * 2, 8.0)
-
-
-def _doubt_seconds(me: Slot) -> float:
-    """How long a write whose answer was lost may still land (the receipt wait)."""
-    from loyalty_moengage.sync.outbox.receipts import ReceiptSettings
-
-    return (me.receipts or ReceiptSettings()).wait_seconds

@@ -265,10 +265,12 @@ class LiveOutboxSink(OutboxSink):
         return with_attributes(packed, members)
 
     def _also_enqueue(self, conn: Any, job: ChunkJob, packed: Packed) -> None:
-        """The live attribute writes, recorded so a later refresh decision owes them; owed now if
-        a refresh may still land after them (outbox/owed.py)."""
+        """The live attribute writes, recorded so a later night's refresh chunks owe them; owed now
+        if a refresh may still land after them (outbox/owed.py)."""
         from loyalty_moengage.sync.outbox import owed
 
+        if not self.attributes:
+            return
         owed.hold_refresh_decision(conn, job.program_id)
         owed.owe(conn, job.program_id, self._unread)
         if self._beside:
