@@ -109,13 +109,26 @@ class LiveWriter:
             self.committed.update({r[3]: at for r in rows})
 
     def _steady(self) -> None:
-        plan, started, owed = self.plan, time.monotonic(), 0.0
-        while (elapsed := time.monotonic() - started) < plan.seconds and not self._stopped.is_set():
-            owed += plan.rate * plan.tick
-            if owed >= 1:
-                n, owed = int(owed), owed - int(owed)
-                self._commit(self._take(n))
-            time.sleep(max(0.0, plan.tick - (time.monotonic() - started - elapsed)))
+        """Commits ``rate * seconds`` rows in all: what is due is read from the clock, so a late wake
+        (a busy machine) commits the rows it missed at once instead of dropping them."""
+        plan, started, done = self.plan, time.monotonic(), 0
+        total = self.steady_rows
+        while done < total and not self._stopped.is_set():
+            elapsed = time.monotonic() - started
+            due = total if elapsed >= plan.seconds else min(total, int(plan.rate * elapsed))
+            if due > done:
+                self._commit(self._take(due - done))
+                done = due
+            time.sleep(plan.tick)
+
+    @property
+    def steady_rows(self) -> int:
+        return round(self.plan.rate * self.plan.seconds)
+
+    @property
+    def planned(self) -> int:
+        """Rows the whole plan commits when it is not stopped early."""
+        return self.steady_rows + sum(self.plan.bursts.values()) + self.plan.rows_per_hold * len(self.plan.holds)
 
     def _later(self, at: float, rows: int, hold: float) -> None:
         time.sleep(at)

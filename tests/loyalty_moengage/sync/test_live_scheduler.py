@@ -70,7 +70,7 @@ def test_live_runs_beside_the_night_and_a_backfill_send_each_row_once(loyalty_db
                         "backfill_runs": len(observed["runs"]), "audit": result.as_dict(),
                         "live_attributes": _live_attribute_counts(env)}, default=str, indent=1)
     print(story)
-    assert not writer.errors and writer.written == 150 * 5 + 500 + 3, story
+    assert not writer.errors and writer.written == writer.planned == 150 * 5 + 500 + 3, story
     assert [p for p in writer.committed if got.get(p, 0) != 1] == [], f"rows lost or sent twice: {story}"
     assert result.duplicated == 0 and result.lost == 0 and result.unexpected == 0, story
     assert len(live) >= 3 and {str(t["state"]) for t in live} <= {"success", "TaskInstanceState.SUCCESS"}, story
