@@ -318,12 +318,6 @@ def _lost_answer(conn: Any, me: Slot, batch: ClaimedBatch, exc: Exception, recor
         return exc if batch.lost_answers + 1 >= USERS_LOST_ANSWERS else None
     if record("uncertain", exc, lost=True):
         stats["batches_uncertain"] += 1
-        if batch.users:
-            # Live attributes in doubt: MoEngage may apply them after a newer write (outbox/owed.py).
-            from loyalty_moengage.sync.outbox.owed import owe_in_doubt
-
-            owe_in_doubt(conn, me.owner.program_id, [batch.body], me.receipts.wait_seconds if me.receipts else None)
-            conn.commit()
         if me.uncertain_policy == "resend" and batch.attempts < RESEND_ATTEMPTS:
             # Visible, unlike a silent client retry: the report counts it as a possible duplicate.
             stats["requeued_uncertain"] += requeue_batch(conn, batch.batch_id, me.owner)
@@ -337,13 +331,25 @@ def _finish_or_doubt(conn: Any, me: Slot, batch: ClaimedBatch, state: str, stamp
     from loyalty_moengage.sync.outbox.delivery import finish, keep_in_doubt
 
     if finish(conn, batch.batch_id, me.owner, state, **kw):
+        if state == "uncertain":
+            _owe_in_doubt(conn, me, batch)
         return True
     if batch.kind == "events" and state in ("sent", "uncertain") and keep_in_doubt(
             conn, batch.batch_id, me.owner, carrier=stamped.carrier if stamped else None,
             token=stamped.token if stamped else None, posted_at=None, outcome=state):
         log.warning("batch %d: MoEngage answered (%s) but the state no longer showed this POST: kept uncertain "
                     "with its receipt", batch.batch_id, state)
+        _owe_in_doubt(conn, me, batch)
     return False
+
+
+def _owe_in_doubt(conn: Any, me: Slot, batch: ClaimedBatch) -> None:
+    """Live attributes in doubt: MoEngage may apply them after a newer write, so their members are
+    owed (outbox/owed.py), in the transaction that records the doubt: no crash between the two."""
+    if batch.kind == "events" and batch.users:
+        from loyalty_moengage.sync.outbox.owed import owe_in_doubt
+
+        owe_in_doubt(conn, me.owner.program_id, [batch.body], me.receipts.wait_seconds if me.receipts else None)
 
 
 def _finish_durably(conn: Any, me: Slot, batch: ClaimedBatch, state: str, stamped: Any, **kw: Any) -> bool:
