@@ -197,6 +197,40 @@ def test_a_resend_after_a_lost_answer_goes_without_the_attributes_and_owes_them(
         assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)
 
 
+
+def test_an_answer_the_state_database_forgot_keeps_the_live_write_in_doubt_and_owes_its_members(tiny, tmp_path):
+    """A failover to a replica that had not seen the 'sending' mark: MoEngage answers, the row reads
+    'pending'. The batch is kept uncertain with its receipt (never posted again on the strength of a
+    state that forgot the POST), and its attributes, which MoEngage may apply late, are owed in the
+    same transaction."""
+    import threading
+
+    tz = _zone_after_midnight()
+    with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE_ATTRS + KEEP) as sandbox:
+        with psycopg.connect(tiny) as conn:
+            _earn(conn, 9451, 9451, at="now() - interval '2 seconds'")
+        sandbox.set_faults(script={1: "latency:1.5"}, script_endpoint="transition")
+
+        def promote_a_stale_replica() -> None:
+            with psycopg.connect(tiny, autocommit=True) as conn:
+                for _ in range(200):
+                    if conn.execute("UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, "
+                                    "lease_expires_at = NULL WHERE state = 'sending'").rowcount:
+                        return
+                    time.sleep(0.02)
+
+        replica = threading.Thread(target=promote_a_stale_replica)
+        replica.start()
+        first = _live(tiny, "run-1")
+        replica.join()
+        with psycopg.connect(tiny) as conn:
+            state, users = conn.execute("SELECT state, users FROM moengage_sync.batches WHERE run_id = 'live:run-1' "
+                                        "AND kind = 'events'").fetchone()
+        assert (state, users) == ("uncertain", 1) and first["uncertain_live_batches"] == 1, first
+        assert _earned(sandbox) == Counter({9451: 1})
+        assert _owed(tiny) == {"REL-0001"}
+
+
 # ---- the template's part --------------------------------------------------------------------------
 
 def _templates(tmp_path: Path, members_sql: str) -> Path:
@@ -237,6 +271,48 @@ def test_a_members_template_that_names_customer_ids_but_ignores_them_fails_namin
     checked = attributes_of(tiny, window, "tiny", ["REL-0001"])
     assert checked.users.column("customer_id").to_pylist() == ["REL-0001"]
     assert int(checked.users.column("points_available")[0].as_py()) == _balance(tiny, 1)
+
+
+
+def test_a_row_the_members_template_cannot_compute_holds_back_only_that_members_attributes(tiny, tmp_path, monkeypatch):
+    """Bad data on one member (here a division by zero on REL-0002's row) fails the members
+    template for the whole read. It is read again in halves: the other members' balances still go
+    beside their events and their debts are paid; the bad member's events go alone, its debt waits
+    (tried again later) and each run says which customer's row to mend."""
+    sql = (ROOT / "include/sql/members/attributes.sql").read_text()
+    broken = sql.replace("COALESCE(ledger.available, 0)                           AS points_available",
+                         "COALESCE(ledger.available, 0) / (CASE WHEN mem.relation_reference = 'REL-0002' "
+                         "THEN 0 ELSE 1 END) AS points_available")
+    assert broken != sql
+    monkeypatch.setenv("LOYALTY_SQL_DIR", str(_templates(tmp_path, broken)))
+    tz = _zone_after_midnight()
+    with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE_ATTRS + KEEP) as sandbox:
+        with psycopg.connect(tiny) as conn:
+            conn.execute(EARN.format(at="now() - interval '2 seconds'"), (9701, 1, 9701))
+            conn.execute(EARN.format(at="now() - interval '2 seconds'"), (9702, 2, 9702))
+        first = _live(tiny, "run-1")
+        assert first["events_sent"] == 2 and first["attributes_beside"] == 1, first
+        assert "REL-0002" in first["attribute_errors"][0] and "division by zero" in first["attribute_errors"][0]
+        assert _earned(sandbox) == Counter({9701: 1, 9702: 1})
+        assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)
+        assert _owed(tiny) == {"REL-0002"}
+        with psycopg.connect(tiny) as conn:      # both owed and due now (a refresh landed after them, say)
+            conn.execute("INSERT INTO moengage_sync.live_attributes_owed (program_id, customer_id) VALUES "
+                         "('tiny', 'REL-0001') ON CONFLICT DO NOTHING")
+            conn.execute("UPDATE moengage_sync.live_attributes_owed SET not_before = now() - interval '1 second'")
+        paying = _live(tiny, "run-2")
+        assert paying["owed_attributes_enqueued"] == 1 and paying["owed_attributes_failed"] == 1, paying
+        assert "REL-0002" in paying["owed_attributes_error"] and "REL-0001" not in paying["owed_attributes_error"]
+        with psycopg.connect(tiny) as conn:
+            [(customer, wait)] = conn.execute(
+                "SELECT customer_id, extract(epoch FROM not_before - now()) FROM moengage_sync.live_attributes_owed")
+        assert customer == "REL-0002" and 800 < wait <= 900     # waits, still owed, behind no other debt
+        monkeypatch.delenv("LOYALTY_SQL_DIR")                   # the row is mended (here: the template)
+        with psycopg.connect(tiny) as conn:
+            conn.execute("UPDATE moengage_sync.live_attributes_owed SET not_before = now() - interval '1 second'")
+        mended = _live(tiny, "run-3")
+        assert mended["owed_attributes_enqueued"] == 1 and "owed_attributes_failed" not in mended, mended
+        assert _owed(tiny) == set() and _points_in_moengage(sandbox, "REL-0002") == _balance(tiny, 2)
 
 
 # ---- refreshes that are held, rerun or in doubt, and the order of writes -----------------------------

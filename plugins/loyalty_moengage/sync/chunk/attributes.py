@@ -5,6 +5,7 @@ that says "you now have 1,250 points" finds the balance in MoEngage (programs fi
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any, Collection
 
 from loyalty_moengage.night import Window
@@ -13,6 +14,8 @@ from loyalty_moengage.sync.chunk.contract import TemplateError
 
 #: Every member id: the live lane names its members by customer id, not by a range.
 ALL_MEMBERS = (-(2 ** 63), 2 ** 63 - 1)
+#: A members template failing on rows is read again in halves to find them, up to this many.
+MOST_BAD = 16
 
 
 def members_template() -> Any:
@@ -40,15 +43,77 @@ def attributes_of(loyalty_dsn: str, window: Window, program_id: str, customers: 
     that returns a member it was not asked for ignores the parameter, and fails naming it."""
     from loyalty_moengage.db import connect
     from loyalty_moengage.sync.chunk.check import check_chunk
-    from loyalty_moengage.sync.chunk.extract import SESSION_SETTINGS, extract
+
+    check_takes_customer_ids()
+    with connect(loyalty_dsn) as conn:
+        return check_chunk([_extract(conn, window, program_id, members_template(), sorted(customers))], window)
+
+
+@dataclass(frozen=True)
+class Spared:
+    """Members' attributes read around the rows the template cannot compute."""
+
+    checked: Checked
+    failed: list[str]            # customers whose rows the template failed on (or not told apart)
+    error: str | None            # the first failure, naming those customers
+
+
+def attributes_sparing_bad_rows(loyalty_dsn: str, window: Window, program_id: str, customers: Collection[str],
+                                *, most_bad: int = MOST_BAD) -> Spared:
+    """:func:`attributes_of`, except that a template failing on some members' rows (bad data: a
+    ``TemplateDataError``) is read again in halves until those members are found, so one bad row
+    does not hold back the attributes of the others (each half is its own snapshot as of
+    ``window.end``). Past ``most_bad`` failed members the rest of a failing half is not told apart."""
+    import pyarrow as pa
+
+    from loyalty_moengage.db import connect
+    from loyalty_moengage.sync.chunk.check import check_chunk
+    from loyalty_moengage.sync.chunk.contract import TemplateDataError
 
     check_takes_customer_ids()
     template = members_template()
-    params = {**window.params(program_id, *ALL_MEMBERS), "customer_ids": sorted(customers)}
+    good: list[Any] = []
+    failed: list[str] = []
+    errors: list[str] = []
+
+    def read(conn: Any, ids: list[str]) -> None:
+        try:
+            good.append(_extract(conn, window, program_id, template, ids))
+        except TemplateDataError as exc:
+            if len(ids) == 1 or len(failed) >= most_bad:
+                failed.extend(ids)
+                errors.append(str(exc).split(". ")[0])
+                return
+            read(conn, ids[:len(ids) // 2])
+            read(conn, ids[len(ids) // 2:])
+
     with connect(loyalty_dsn) as conn:
+        read(conn, sorted(customers))
+    if good:
+        merged = replace(good[0], table=pa.concat_tables([g.table for g in good]),
+                         bytes_read=sum(g.bytes_read for g in good))
+        checked = check_chunk([merged], window)
+    else:
+        checked = check_chunk([], window)
+    error = None
+    if failed:
+        shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
+        error = (f"{errors[0]}; on the rows of customer(s) {shown}: a value there is one the template cannot "
+                 "compute with (an infinite or out-of-range date or number, say): fix the row or make the "
+                 "template tolerate it (e.g. isfinite())")
+    return Spared(checked, failed, error)
+
+
+def _extract(conn: Any, window: Window, program_id: str, template: Any, customers: list[str]) -> Any:
+    """One read of ``customers``' rows, in its own snapshot."""
+    from loyalty_moengage.sync.chunk.extract import SESSION_SETTINGS, extract
+
+    params = {**window.params(program_id, *ALL_MEMBERS), "customer_ids": customers}
+    try:
         conn.execute(SESSION_SETTINGS)
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         ex = extract(conn, template, params)
+    finally:
         conn.rollback()
     stray = set(ex.table.column("customer_id").to_pylist()) - set(customers)
     if stray:
@@ -56,4 +121,4 @@ def attributes_of(loyalty_dsn: str, window: Window, program_id: str, customers: 
             f"SQL template {template.name!r} returned {len(stray)} member(s) whose customer_id is not in "
             f"%(customer_ids)s: it names the parameter but does not filter "
             "by it. Filter the members it selects by it (see include/sql/members/attributes.sql).")
-    return check_chunk([ex], window)
+    return ex

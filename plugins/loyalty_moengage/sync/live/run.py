@@ -174,9 +174,8 @@ def _pay_owed(run: LiveRun, window: LiveWindow) -> dict[str, Any]:
     """The attribute updates owed (outbox/owed.py) whose refresh has landed, as of this run's cut,
     enqueued as users batches of this run with the debts deleted, in one transaction."""
     from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.chunk.attributes import attributes_of
+    from loyalty_moengage.sync.chunk.attributes import attributes_sparing_bad_rows
     from loyalty_moengage.sync.chunk.pack import pack_users
-    from loyalty_moengage.sync.chunk.contract import TemplateDataError
     from loyalty_moengage.sync.outbox import enqueue, owed
 
     piece = window.nights(run.program.time_zone)[-1]
@@ -186,11 +185,9 @@ def _pay_owed(run: LiveRun, window: LiveWindow) -> dict[str, Any]:
         if not customers:
             conn.rollback()
             return {"owed_attributes_enqueued": 0}
-        try:
-            members = attributes_of(run.loyalty_dsn, piece, run.program.id, customers)
-        except TemplateDataError as exc:   # bad data: the debts wait (the events are not held back)
-            conn.rollback()
-            return {"owed_attributes_enqueued": 0, "owed_attributes_error": str(exc)[:500]}
+        spared = attributes_sparing_bad_rows(run.loyalty_dsn, piece, run.program.id, customers)
+        members, failed = spared.checked, set(spared.failed)   # bad rows: their debts wait, the rest are paid
+        customers = [c for c in customers if c not in failed]
         batches = pack_users(members) if members.users is not None else []
         found = members.users.column("customer_id").to_pylist() if members.users is not None else []
         ids = enqueue.allocate_batch_ids(conn, len(batches))
@@ -200,9 +197,15 @@ def _pay_owed(run: LiveRun, window: LiveWindow) -> dict[str, Any]:
                                   rows=members.rejects.rows)
         owed.written(conn, run.program.id, found, piece.night)
         owed.paid(conn, run.program.id, customers)
+        owed.defer(conn, run.program.id, sorted(failed))
         conn.commit()
-    return {"owed_attributes_enqueued": sum(b.users for b in batches),
-            "owed_members_without_row": len(set(customers) - set(found))}
+    out = {"owed_attributes_enqueued": sum(b.users for b in batches),
+           "owed_members_without_row": len(set(customers) - set(found))}
+    if failed:
+        log.warning("owed attributes of %d member(s) not read (tried again in %d s): %s", len(failed),
+                    owed.BAD_ROW_RETRY_SECONDS, spared.error)
+        out.update(owed_attributes_failed=len(failed), owed_attributes_error=str(spared.error)[:500])
+    return out
 
 
 def _release_and_advance(run: LiveRun, window: LiveWindow) -> dict[str, Any]:

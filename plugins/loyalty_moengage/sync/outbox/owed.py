@@ -27,6 +27,9 @@ from loyalty_moengage.sync.outbox.states import LIVE_RUN_PREFIX
 
 #: A live run pays at most this many owed members (the rest wait for the next run).
 PAY_AT_MOST = 20_000
+#: A member whose row the members template cannot compute (bad data) is tried again this much later,
+#: so the debts behind it are paid meanwhile.
+BAD_ROW_RETRY_SECONDS = 900.0
 
 #: A night's refresh may still land after a live write: one of its users batches is unsent, the
 #: run that decided the newest refresh has not reported since, or the last one was sent less than
@@ -117,6 +120,13 @@ def due(conn: Any, program_id: str, settle_seconds: float, limit: int = PAY_AT_M
     return [r[0] for r in conn.execute(
         "SELECT customer_id FROM moengage_sync.live_attributes_owed WHERE program_id = %s AND not_before <= now() "
         "ORDER BY since, customer_id LIMIT %s FOR UPDATE SKIP LOCKED", (program_id, limit))]
+
+
+def defer(conn: Any, program_id: str, customers: list[str], seconds: float = BAD_ROW_RETRY_SECONDS) -> int:
+    """Debts that cannot be paid now (their rows fail the template) wait ``seconds``, still owed."""
+    return conn.execute(
+        "UPDATE moengage_sync.live_attributes_owed SET not_before = now() + make_interval(secs => %s) "
+        "WHERE program_id = %s AND customer_id = ANY(%s)", (seconds, program_id, customers)).rowcount
 
 
 def paid(conn: Any, program_id: str, customers: list[str]) -> int:

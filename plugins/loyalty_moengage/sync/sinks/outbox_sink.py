@@ -247,19 +247,18 @@ class LiveOutboxSink(OutboxSink):
         the members are owed their update (paid when the data is mended)."""
         import pyarrow.compute as pc
 
-        from loyalty_moengage.sync.chunk.attributes import attributes_of
-        from loyalty_moengage.sync.chunk.contract import TemplateDataError
+        from loyalty_moengage.sync.chunk.attributes import attributes_sparing_bad_rows
         from loyalty_moengage.sync.chunk.pack import with_attributes
 
         sent = pc.is_in(packed.events.column("event_id"), value_set=packed.keys.column("event_id"))
         customers = set(packed.events.filter(sent).column("customer_id").to_pylist())
-        try:
-            members = attributes_of(job.loyalty_dsn, job.window, job.program_id, customers)
-        except TemplateDataError as exc:
-            log.warning("%s: members' attributes not read, the events go without them: %s", job.label, exc)
-            self.attribute_errors.append(str(exc))
-            self._unread = customers
-            return packed
+        spared = attributes_sparing_bad_rows(job.loyalty_dsn, job.window, job.program_id, customers)
+        members = spared.checked
+        if spared.failed:
+            log.warning("%s: %d member(s)' attributes not read, their events go without them: %s", job.label,
+                        len(spared.failed), spared.error)
+            self.attribute_errors.append(str(spared.error))
+            self._unread = set(spared.failed)
         if members.users is not None:
             self._beside = set(members.users.column("customer_id").to_pylist())
         return with_attributes(packed, members)
@@ -272,7 +271,7 @@ class LiveOutboxSink(OutboxSink):
         if not self.attributes:
             return
         owed.hold_refresh_decision(conn, job.program_id)
-        owed.owe(conn, job.program_id, self._unread)
+        owed.owe(conn, job.program_id, self._unread, not_before_seconds=owed.BAD_ROW_RETRY_SECONDS)
         if self._beside:
             owed.written(conn, job.program_id, self._beside, job.window.night)
             if owed.in_flight(conn, job.program_id, self.settle_seconds):
