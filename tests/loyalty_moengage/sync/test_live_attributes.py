@@ -103,6 +103,41 @@ def test_each_customers_attributes_go_first_in_the_body_of_its_events():
                 assert keyed[el["actions"][0]["attributes"]["id"]] == k
 
 
+
+def test_a_live_write_left_unsent_until_a_newer_refresh_goes_without_its_attributes_and_owes(tiny, tmp_path):
+    """MoEngage fails for minutes around midnight: a live batch of yesterday (its balance read before
+    midnight's refresh was decided) is still pending when the night decides that refresh. Sent
+    after it, its older balance would land last: its events go alone and the member is owed."""
+    from loyalty_moengage.sync.send.load import LoadError
+
+    tz = _zone_after_midnight()
+    today = datetime.now(ZoneInfo(tz)).date()
+    yesterday_late = f"'{(local_midnight(today, tz) - 3 * MIN).isoformat()}'"
+    with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE_ATTRS + KEEP) as sandbox:
+        with psycopg.connect(tiny) as conn:
+            conn.execute("INSERT INTO moengage_sync.live_watermark (program_id, read_to, run_id) "
+                         f"VALUES ('tiny', {yesterday_late}::timestamptz - interval '1 minute', 'seed')")
+            _earn(conn, 9802, 9802, at=yesterday_late)
+        sandbox.set_faults(error_rate=1.0, error_statuses=(429,), endpoints=("transition",), retry_after=0.01)
+        with pytest.raises(LoadError, match="429"):                        # not applied: the batch stays pending
+            _live(tiny, "run-1")
+        sandbox.set_faults()
+        night = today - timedelta(days=1)
+        assert str(run("tiny", night, time_zone=tz).state) == "success"   # decides the refresh, sends the backlog
+        with psycopg.connect(tiny) as conn:
+            state, users, carrier = conn.execute(
+                "SELECT state, users, receipt_carrier FROM moengage_sync.batches WHERE run_id = 'live:run-1' "
+                "AND kind = 'events'").fetchone()
+        assert (state, users) == ("sent", 0)
+        assert _earned(sandbox) == Counter({9802: 1})
+        assert _request_of(sandbox, 9802)["users"] == (1 if carrier else 0)     # its receipt, no attributes
+        assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)      # midnight's refresh, landed last
+        assert _owed(tiny) == {"REL-0001"}
+        time.sleep(SETTLE)
+        assert _live(tiny, "run-2")["owed_attributes_enqueued"] == 1 and _owed(tiny) == set()
+        assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)
+
+
 # ---- end to end against the sandbox ----------------------------------------------------------------
 
 def test_the_balance_goes_in_the_same_request_as_the_event_and_is_owed_until_the_refresh_lands(tiny, tmp_path):

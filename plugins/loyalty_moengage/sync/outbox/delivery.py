@@ -40,6 +40,7 @@ class ClaimedBatch:
     events: int
     attempts: int
     lost_answers: int = 0
+    live: bool = False          # enqueued by a live run
 
 
 class ClaimLost(RuntimeError):
@@ -141,14 +142,15 @@ def claim(conn: Any, owner: Owner, limit: int, *, up_to_night: date,
             FOR UPDATE SKIP LOCKED
         ) c
         WHERE b.batch_id = c.batch_id
-        RETURNING b.batch_id, b.night, b.kind, b.body, b.users, b.events, b.attempts, b.lost_answers
+        RETURNING b.batch_id, b.night, b.kind, b.body, b.users, b.events, b.attempts, b.lost_answers,
+                  starts_with(b.run_id, %(prefix)s)
         """,
         {"owner": owner.token, "slot": owner.slot_key, "try": owner.try_number, "lease": lease_seconds,
          "program": owner.program_id, "limit": limit, "night": up_to_night, "live": live_only,
          "prefix": LIVE_RUN_PREFIX},
     ).fetchall()
     conn.commit()
-    batches = [ClaimedBatch(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+    batches = [ClaimedBatch(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows]
     batches.sort(key=(lambda b: b.batch_id) if live_only else (lambda b: (b.night, b.kind, b.batch_id)))
     return batches
 

@@ -9,7 +9,8 @@ after a live update in three ways, and each leaves the member *owed* a fresh upd
   transaction); one already in flight when a live write goes out owes that write's members
   (:func:`in_flight`);
 - **a live write in doubt** (its answer lost: MoEngage may apply it late, after a newer one);
-- **a resend** of a live write after a lost answer: it goes without the attributes
+- **a resend** of a live write after a lost answer, or a live write left unsent until a newer
+  refresh was decided (pending across midnight): it goes without the attributes
   (:func:`before_resend`).
 
 The first live run with no refresh in flight (none unsent, the deciding run reported, the last
@@ -146,11 +147,32 @@ def split(body: bytes) -> tuple[bytes, list[str]]:
     return BODY_PREFIX + b",".join(kept) + BODY_SUFFIX, [e["customer_id"] for e in elements if e.get("type") == "customer"]
 
 
-def before_resend(conn: Any, batch: Any, *, program_id: str, claimed_by: str, wait_seconds: float | None) -> Any:
-    """A live write going again after a lost answer carries a snapshot that may be older than one
-    sent since: an events batch goes without its attribute elements (the row is rewritten, so it
-    says what went), a live users batch does not go at (``superseded``); their members are owed.
-    In one transaction, only while the claim is ``claimed_by``'s. Returns the batch to send, or None."""
+def covered_by_refresh(conn: Any, program_id: str, night: date) -> bool:
+    """A refresh of ``night`` or a later one is decided: a live attribute write of ``night`` not
+    sent yet (left pending across midnight) is older than that refresh's snapshot."""
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM moengage_sync.attribute_watermark WHERE program_id = %s "
+                        "AND night >= %s)", (program_id, night)).fetchone()[0]
+
+
+def stale_attributes(conn: Any, batch: Any, program_id: str) -> str | None:
+    """Why a claimed batch's attributes may be older than a write sent since, or None: a live write
+    going again after a lost answer, or one left unsent until a newer refresh was decided."""
+    if not (batch.users and batch.live):
+        return None
+    if batch.lost_answers:
+        return "a live attribute update whose answer was lost"
+    if covered_by_refresh(conn, program_id, batch.night):
+        return "a live attribute update left unsent until a newer night's refresh was decided"
+    return None
+
+
+def before_resend(conn: Any, batch: Any, *, program_id: str, claimed_by: str, wait_seconds: float | None,
+                  why: str = "a live attribute update whose answer was lost") -> Any:
+    """A live write whose snapshot may be older than one sent since (``why``: :func:`stale_attributes`):
+    an events batch goes without its attribute elements (the row is rewritten, so it says what
+    went), a live users batch does not go at all (``superseded``); their members are owed, due
+    after ``wait_seconds``. In one transaction, only while the claim is ``claimed_by``'s. Returns
+    the batch to send, or None."""
     if batch.kind == "events":
         body, _ = split(batch.body)
         changed = conn.execute(
@@ -161,9 +183,8 @@ def before_resend(conn: Any, batch: Any, *, program_id: str, claimed_by: str, wa
     else:
         changed = conn.execute(
             "UPDATE moengage_sync.batches SET state = 'superseded', claimed_by = NULL, updated_at = now(), "
-            "error = 'a live attribute update whose answer was lost: owed again as of now instead' "
-            "WHERE batch_id = %s AND claimed_by = %s AND state = 'claimed' AND starts_with(run_id, %s)",
-            (batch.batch_id, claimed_by, LIVE_RUN_PREFIX)).rowcount
+            "error = %s WHERE batch_id = %s AND claimed_by = %s AND state = 'claimed' AND starts_with(run_id, %s)",
+            (f"{why}: owed again as of now instead", batch.batch_id, claimed_by, LIVE_RUN_PREFIX)).rowcount
         out = None if changed else batch
     if changed:
         owe_in_doubt(conn, program_id, [batch.body], wait_seconds)

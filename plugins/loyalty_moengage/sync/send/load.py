@@ -200,14 +200,16 @@ def _send_all(conn: Any, me: Slot, worker: Any = None) -> Exception | None:
 
 def _post_claimed(conn: Any, me: Slot, batch: ClaimedBatch) -> Exception | None:
     from loyalty_moengage.sync.outbox.delivery import ClaimLost, start_sending
-    from loyalty_moengage.sync.outbox.owed import before_resend
+    from loyalty_moengage.sync.outbox.owed import before_resend, stale_attributes
     from loyalty_moengage.sync.outbox.receipts import stamp
 
-    if batch.users and batch.lost_answers:
-        # A live attribute write going again after a lost answer: its snapshot may be older than
-        # one sent since; the events go alone and the members are owed (outbox/owed.py).
+    why = stale_attributes(conn, batch, me.owner.program_id)
+    if why:
+        # Its snapshot may be older than one sent since: the events go alone and the members are
+        # owed (outbox/owed.py); after a lost answer, once the lost write can no longer land.
+        wait = (me.receipts.wait_seconds if me.receipts else None) if batch.lost_answers else 0.0
         resend = before_resend(conn, batch, program_id=me.owner.program_id, claimed_by=me.owner.token,
-                               wait_seconds=me.receipts.wait_seconds if me.receipts else None)
+                               wait_seconds=wait, why=why)
         if resend is None:
             me.stats["live_updates_owed_instead"] = me.stats.get("live_updates_owed_instead", 0) + 1
             return None
