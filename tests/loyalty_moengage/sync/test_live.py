@@ -100,6 +100,12 @@ def _earn(conn, entry_id: int, points: int, at: str = "now()") -> None:
     conn.execute(EARN.format(at=at), (entry_id, 1, points))
 
 
+def _watermark_before(conn, at: str) -> None:
+    """A live watermark a minute before ``at`` (an SQL timestamp literal): the next window starts there."""
+    conn.execute("INSERT INTO moengage_sync.live_watermark (program_id, read_to, run_id) "
+                 f"VALUES ('tiny', {at}::timestamptz - interval '1 minute', 'seed')")
+
+
 def _live(dsn: str, airflow_run_id: str) -> dict:
     from loyalty_moengage.config.programs import get_program
     from loyalty_moengage.moengage.hook import MoEngageHook
@@ -123,8 +129,7 @@ def test_live_runs_send_within_the_run_catch_a_late_commit_and_the_night_sends_n
     with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE + KEEP) as sandbox:
         with psycopg.connect(tiny) as conn:
             # a watermark just before yesterday's end, so this run's window spans two nights
-            conn.execute("INSERT INTO moengage_sync.live_watermark (program_id, read_to, run_id) "
-                         f"VALUES ('tiny', {yesterday_late}::timestamptz - interval '1 minute', 'seed')")
+            _watermark_before(conn, yesterday_late)
             _earn(conn, 9001, 9001, at=yesterday_late)
             _earn(conn, 9002, 9002, at="now() - interval '2 seconds'")   # before this run's last (whole) second
         first = _live(tiny, "run-1")
@@ -227,8 +232,7 @@ def test_a_live_post_answered_502_after_it_was_applied_is_settled_by_the_night_n
     yesterday_late = f"'{(local_midnight(today, tz) - 3 * MIN).isoformat()}'"
     with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE + KEEP) as sandbox:
         with psycopg.connect(tiny) as conn:
-            conn.execute("INSERT INTO moengage_sync.live_watermark (program_id, read_to, run_id) "
-                         f"VALUES ('tiny', {yesterday_late}::timestamptz - interval '1 minute', 'seed')")
+            _watermark_before(conn, yesterday_late)
             _earn(conn, 9201, 9201, at=yesterday_late)
         sandbox.set_faults(drop_after_body_rate=1.0, endpoints=("transition",), limit=1)
         first = _live(tiny, "run-1")

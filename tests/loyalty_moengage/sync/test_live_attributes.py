@@ -21,7 +21,8 @@ import pytest
 
 from loyalty_moengage.night import local_midnight
 from tests.loyalty_moengage.sync.sync_env import WORKSPACE, reports, run, sync_env
-from tests.loyalty_moengage.sync.test_live import EARN, KEEP, MIN, _earn, _earned, _live, _zone_after_midnight, tiny  # noqa: F401
+from tests.loyalty_moengage.sync.test_live import (  # noqa: F401
+    EARN, KEEP, MIN, _earn, _earned, _live, _watermark_before, _zone_after_midnight, tiny)
 
 LIVE_ATTRS = "    live:\n      enabled: true\n      lookback_minutes: 5\n      attributes: true\n"
 ROOT = Path(__file__).resolve().parents[3]
@@ -115,8 +116,7 @@ def test_a_live_write_left_unsent_until_a_newer_refresh_goes_without_its_attribu
     yesterday_late = f"'{(local_midnight(today, tz) - 3 * MIN).isoformat()}'"
     with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE_ATTRS + KEEP) as sandbox:
         with psycopg.connect(tiny) as conn:
-            conn.execute("INSERT INTO moengage_sync.live_watermark (program_id, read_to, run_id) "
-                         f"VALUES ('tiny', {yesterday_late}::timestamptz - interval '1 minute', 'seed')")
+            _watermark_before(conn, yesterday_late)
             _earn(conn, 9802, 9802, at=yesterday_late)
         sandbox.set_faults(error_rate=1.0, error_statuses=(429,), endpoints=("transition",), retry_after=0.01)
         with pytest.raises(LoadError, match="429"):                        # not applied: the batch stays pending
@@ -147,8 +147,7 @@ def test_the_balance_goes_in_the_same_request_as_the_event_and_is_owed_until_the
     with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE_ATTRS + KEEP) as sandbox:
         with psycopg.connect(tiny) as conn:
             # a window across midnight: 9302 is yesterday's (its batch is that night's), 9301 today's
-            conn.execute("INSERT INTO moengage_sync.live_watermark (program_id, read_to, run_id) "
-                         f"VALUES ('tiny', {yesterday_late}::timestamptz - interval '1 minute', 'seed')")
+            _watermark_before(conn, yesterday_late)
             _earn(conn, 9302, 9302, at=yesterday_late)
             _earn(conn, 9301, 9301, at="now() - interval '2 seconds'")
         first = _live(tiny, "run-1")
