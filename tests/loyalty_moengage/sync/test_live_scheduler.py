@@ -18,6 +18,7 @@ from loyalty_moengage_devtools.airflow_stack import airflow_stack
 from loyalty_moengage_devtools.drills import concurrent_backfill, program_env, scheduled_run, today_in
 from loyalty_moengage_devtools.live_writer import (LiveWriter, Plan, live_attribute_counts, received_points,
                                                    stale_balances)
+from tests.loyalty_moengage.sync.test_assets import StatsdListener
 
 pytestmark = pytest.mark.scheduler
 
@@ -40,7 +41,11 @@ def test_live_runs_beside_the_night_and_a_backfill_send_each_row_once(loyalty_db
                      settings=settings, history_end=today - timedelta(days=1),
                      **({"visibility": 4.0} if moengage == "rude" else {})) as env:
         live_dag = f"moengage_live_{PROGRAM}"
-        with airflow_stack(pg_server, root=tmp_path / "airflow", keep_root=True, dag_ids=[env.dag_id, live_dag]) as stack:
+        statsd = StatsdListener()
+        metrics_env = {"AIRFLOW__METRICS__STATSD_ON": "True", "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+                       "AIRFLOW__METRICS__STATSD_PORT": str(statsd.port), "AIRFLOW__METRICS__STATSD_PREFIX": "airflow"}
+        with airflow_stack(pg_server, root=tmp_path / "airflow", keep_root=True, dag_ids=[env.dag_id, live_dag],
+                           env=metrics_env) as stack:
             if moengage == "rude":
                 env.sandbox.set_faults(**RUDE)
             writer = LiveWriter(env.dsn, PROGRAM, Plan(rate=5, seconds=150, bursts={45: 500}, holds=[(20, 80)])).start()
@@ -60,6 +65,8 @@ def test_live_runs_beside_the_night_and_a_backfill_send_each_row_once(loyalty_db
             received_at = {p: t for p, t in _receive_times(env).items()}
             result = env.audit()
             live = [t for t in stack.task_instances(live_dag) if t["task_id"] == "send_live"]
+            live_sums = _live_sums(env)
+    statsd.close()
     got = received_points(env.events())
     latency = sorted(received_at[p] - writer.committed[p] for p in writer.committed if p in received_at)
     story = json.dumps({"moengage": moengage, "seconds": round(time.monotonic() - started, 1), "written": writer.written,
@@ -76,6 +83,13 @@ def test_live_runs_beside_the_night_and_a_backfill_send_each_row_once(loyalty_db
     assert len(live) >= 3 and {str(t["state"]) for t in live} <= {"success", "TaskInstanceState.SUCCESS"}, story
     spans = sorted((t["start_date"], t["end_date"]) for t in live)
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), f"live runs overlapped: {spans}"
+    # Each live run's figures as Airflow metrics (docs/platform.md), as a StatsD server receives them.
+    metrics = statsd.values(f"airflow.loyalty_moengage.{PROGRAM}.")
+    counted = {name: sum(int(v.split("|")[0]) for v in metrics.get(name, [])) for name in
+               ("events_sent_live", "live_attributes_paid")}
+    assert counted == {"events_sent_live": live_sums["events_sent"], "live_attributes_paid": live_sums["paid"]}, metrics
+    assert live_sums["paid"] > 0 and len(metrics["live_lag_seconds"]) >= len(metrics["live_attributes_owed"]) >= 3
+    assert all(v.endswith("|g") for v in metrics["live_lag_seconds"] + metrics["live_attributes_owed"]), metrics
 
 
 def _receive_times(env) -> dict[int, float]:
@@ -93,6 +107,17 @@ def _stale_balances(env) -> list[str]:
     from loyalty_moengage_devtools.drills import WORKSPACE
 
     return stale_balances(env.dsn, PROGRAM, env.sandbox.state.users(WORKSPACE))
+
+
+def _live_sums(env) -> dict[str, int]:
+    """What the live runs recorded they sent, and paid of owed attribute updates."""
+    import psycopg
+
+    with psycopg.connect(env.dsn) as conn:
+        sent, paid = conn.execute(
+            "SELECT coalesce(sum((stats->>'events_sent')::int), 0), coalesce(sum((stats->>'owed_attributes_enqueued')"
+            "::int), 0) FROM moengage_sync.task_stats WHERE program_id = %s AND stage = 'live'", (PROGRAM,)).fetchone()
+    return {"events_sent": sent, "paid": paid}
 
 
 def _live_attribute_counts(env) -> dict[str, int]:

@@ -112,7 +112,7 @@ def _work(run: LiveRun, window: LiveWindow, hook: Any, lookup: Callable[[list[st
     stats.update(_release_and_advance(run, window))
     stats.update(_settle(run, window, hook))
     stats.update(_send(run, window, hook))
-    stats["uncertain_live_batches"] = _in_doubt(run)
+    stats.update(_in_doubt(run))
     stats.update(latency(sink.event_times, datetime.now(timezone.utc)))
     return stats
 
@@ -249,13 +249,20 @@ def _settle(run: LiveRun, window: LiveWindow, hook: Any) -> dict[str, Any]:
             **({"settle_notes": done.notes} if done.notes else {})}
 
 
-def _in_doubt(run: LiveRun) -> int:
-    """Live batches whose answer was lost and not yet settled (after this run's sends)."""
+def _in_doubt(run: LiveRun) -> dict[str, int]:
+    """Live batches whose answer was lost and not yet settled, and (``live.attributes``) the owed
+    attribute updates left, after this run's sends."""
     from loyalty_moengage.db import connect
 
     with connect(run.state_dsn) as conn:
-        return conn.execute("SELECT count(*) FROM moengage_sync.batches WHERE program_id = %s AND state = 'uncertain' "
-                            "AND starts_with(run_id, %s)", (run.program.id, LIVE_RUN_PREFIX)).fetchone()[0]
+        out = {"uncertain_live_batches": conn.execute(
+            "SELECT count(*) FROM moengage_sync.batches WHERE program_id = %s AND state = 'uncertain' "
+            "AND starts_with(run_id, %s)", (run.program.id, LIVE_RUN_PREFIX)).fetchone()[0]}
+        if run.program.live.attributes:
+            out["owed_attributes_left"] = conn.execute(
+                "SELECT count(*) FROM moengage_sync.live_attributes_owed WHERE program_id = %s",
+                (run.program.id,)).fetchone()[0]
+        return out
 
 
 def _send(run: LiveRun, window: LiveWindow, hook: Any) -> dict[str, Any]:

@@ -6,7 +6,9 @@ counters ``events_sent``, ``members_updated``, ``quarantined``, ``throttled`` (M
 ``customer_lookups``; gauges ``uncertain_batches``, ``night_seconds`` (the DAG run's start to
 its report) and ``night_floor_seconds`` (what MoEngage's budget allows for the night's users and
 events), so an alert can compare a night with its floor. Each live run (docs/live.md) emits the
-counter ``events_sent_live`` and the gauge ``live_lag_seconds``. docs/platform.md.
+counter ``events_sent_live`` and the gauge ``live_lag_seconds``; with ``live.attributes``, the
+counter ``live_attributes_paid`` (owed attribute updates enqueued) and the gauge
+``live_attributes_owed`` (debts left). docs/platform.md.
 """
 
 from __future__ import annotations
@@ -35,12 +37,16 @@ def night_figures(body: dict[str, Any], *, started: datetime | None, users_per_m
 
 
 #: The live lane's (sync/live/): emitted by each live run.
-LIVE_COUNTERS = ("events_sent_live",)
-LIVE_GAUGES = ("live_lag_seconds",)
+LIVE_COUNTERS = ("events_sent_live", "live_attributes_paid")
+LIVE_GAUGES = ("live_lag_seconds", "live_attributes_owed")
 
 
 def live_figures(stats: dict[str, Any]) -> dict[str, float]:
-    return {"events_sent_live": stats.get("events_sent", 0), "live_lag_seconds": stats.get("lag_seconds", 0.0)}
+    figures = {"events_sent_live": stats.get("events_sent", 0), "live_lag_seconds": stats.get("lag_seconds", 0.0),
+               "live_attributes_paid": stats.get("owed_attributes_enqueued", 0)}
+    if "owed_attributes_left" in stats:       # live.attributes on
+        figures["live_attributes_owed"] = stats["owed_attributes_left"]
+    return figures
 
 
 def emit(program_id: str, figures: dict[str, float], *, counters: tuple[str, ...] = COUNTERS,
