@@ -279,6 +279,9 @@ class AirflowStack:
     def unpause(self, dag_id: str) -> None:
         self.cli("dags", "unpause", dag_id)
 
+    def pause(self, dag_id: str) -> None:
+        self.cli("dags", "pause", dag_id)
+
     def trigger(self, dag_id: str, *, run_id: str | None = None, logical_date: datetime | str | None = None,
                 conf: dict[str, Any] | None = None) -> str:
         """``airflow dags trigger``; returns the run id (generated here when not given)."""

@@ -138,6 +138,42 @@ def test_a_live_write_left_unsent_until_a_newer_refresh_goes_without_its_attribu
         assert _points_in_moengage(sandbox, "REL-0001") == _balance(tiny, 1)
 
 
+
+def test_a_refresh_decided_while_a_live_write_waits_out_a_429_sends_it_without_its_attributes(tiny, tmp_path):
+    """The check is made again right before each HTTP request: a live write that waits out a 429
+    while a refresh covering it is decided goes without its attributes, and its member is owed."""
+    import threading
+
+    tz = _zone_after_midnight()
+    today = datetime.now(ZoneInfo(tz)).date()
+    with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE_ATTRS + KEEP) as sandbox:
+        with psycopg.connect(tiny) as conn:
+            _earn(conn, 9901, 9901, at="now() - interval '2 seconds'")
+        sandbox.set_faults(script={1: 429}, script_endpoint="transition", retry_after=1.0)
+        decided = []
+
+        def decide_a_refresh_meanwhile() -> None:      # once MoEngage answered the first request 429
+            with psycopg.connect(tiny, autocommit=True) as conn:
+                for _ in range(600):
+                    if sandbox.state.faults.seen["transition"]:
+                        conn.execute("INSERT INTO moengage_sync.attribute_watermark (program_id, night, run_id) "
+                                     "VALUES ('tiny', %s, 'a night meanwhile')", (today,))
+                        decided.append(True)
+                        return
+                    time.sleep(0.02)
+
+        meanwhile = threading.Thread(target=decide_a_refresh_meanwhile)
+        meanwhile.start()
+        first = _live(tiny, "run-1")
+        meanwhile.join()
+        assert decided and first["events_sent"] == 1, first
+        with psycopg.connect(tiny) as conn:
+            users, carrier = conn.execute("SELECT users, receipt_carrier FROM moengage_sync.batches "
+                                          "WHERE run_id = 'live:run-1' AND kind = 'events'").fetchone()
+        assert users == 0 and _request_of(sandbox, 9901)["users"] == (1 if carrier else 0)
+        assert _earned(sandbox) == Counter({9901: 1}) and _owed(tiny) == {"REL-0001"}
+
+
 # ---- end to end against the sandbox ----------------------------------------------------------------
 
 def test_the_balance_goes_in_the_same_request_as_the_event_and_is_owed_until_the_refresh_lands(tiny, tmp_path):
@@ -245,18 +281,23 @@ def test_an_answer_the_state_database_forgot_keeps_the_live_write_in_doubt_and_o
             _earn(conn, 9451, 9451, at="now() - interval '2 seconds'")
         sandbox.set_faults(script={1: "latency:1.5"}, script_endpoint="transition")
 
-        def promote_a_stale_replica() -> None:
+        flipped = []
+
+        def promote_a_stale_replica() -> None:      # once MoEngage holds the POST (1.5 s), not before
             with psycopg.connect(tiny, autocommit=True) as conn:
-                for _ in range(200):
-                    if conn.execute("UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, "
-                                    "lease_expires_at = NULL WHERE state = 'sending'").rowcount:
+                for _ in range(600):
+                    if sandbox.state.faults.seen["transition"] and conn.execute(
+                            "UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, "
+                            "lease_expires_at = NULL WHERE state = 'sending'").rowcount:
+                        flipped.append(True)
                         return
-                    time.sleep(0.02)
+                    time.sleep(0.025)
 
         replica = threading.Thread(target=promote_a_stale_replica)
         replica.start()
         first = _live(tiny, "run-1")
         replica.join()
+        assert flipped, "the batch was never seen being sent"
         with psycopg.connect(tiny) as conn:
             state, users = conn.execute("SELECT state, users FROM moengage_sync.batches WHERE run_id = 'live:run-1' "
                                         "AND kind = 'events'").fetchone()
@@ -347,6 +388,28 @@ def test_a_row_the_members_template_cannot_compute_holds_back_only_that_members_
         mended = _live(tiny, "run-3")
         assert mended["owed_attributes_enqueued"] == 1 and "owed_attributes_failed" not in mended, mended
         assert _owed(tiny) == set() and _points_in_moengage(sandbox, "REL-0002") == _balance(tiny, 2)
+
+
+
+def test_a_members_template_failing_on_every_row_costs_a_bounded_number_of_reads(tiny, tmp_path, monkeypatch):
+    """Bad data every member reads (not one member's row) fails every half: the search for the bad
+    rows stops after its read budget instead of reading each member alone, every minute."""
+    from loyalty_moengage.night import Window
+    from loyalty_moengage.sync.chunk import attributes
+
+    sql = (ROOT / "include/sql/members/attributes.sql").read_text()
+    broken = sql.replace("COALESCE(ledger.available, 0)                           AS points_available",
+                         "COALESCE(ledger.available, 0) / 0 AS points_available")
+    monkeypatch.setenv("LOYALTY_SQL_DIR", str(_templates(tmp_path, broken)))
+    reads = []
+    real = attributes._extract
+    monkeypatch.setattr(attributes, "_extract", lambda *a: reads.append(len(a[-1])) or real(*a))
+    window = Window.of_night(datetime.now(ZoneInfo("UTC")).date(), "UTC")
+    customers = [f"REL-{n:04d}" for n in range(1, 65)]
+    spared = attributes.attributes_sparing_bad_rows(tiny, window, "tiny", customers, most_reads=9)
+    assert len(reads) == 9 and reads[:2] == [64, 32]
+    assert sorted(spared.failed) == customers and spared.checked.users is None
+    assert "division by zero" in spared.error and "REL-0001" in spared.error and "54 more" in spared.error
 
 
 # ---- refreshes that are held, rerun or in doubt, and the order of writes -----------------------------

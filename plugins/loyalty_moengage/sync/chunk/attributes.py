@@ -14,8 +14,11 @@ from loyalty_moengage.sync.chunk.contract import TemplateError
 
 #: Every member id: the live lane names its members by customer id, not by a range.
 ALL_MEMBERS = (-(2 ** 63), 2 ** 63 - 1)
-#: A members template failing on rows is read again in halves to find them, up to this many.
+#: A members template failing on rows is read again in halves to find them, up to this many,
+#: in at most MOST_READS reads (a failure that is not in the rows, bad data in a table every member
+#: reads, fails them all: it must not cost a read per member each minute).
 MOST_BAD = 16
+MOST_READS = 40
 
 
 def members_template() -> Any:
@@ -59,11 +62,12 @@ class Spared:
 
 
 def attributes_sparing_bad_rows(loyalty_dsn: str, window: Window, program_id: str, customers: Collection[str],
-                                *, most_bad: int = MOST_BAD) -> Spared:
+                                *, most_bad: int = MOST_BAD, most_reads: int = MOST_READS) -> Spared:
     """:func:`attributes_of`, except that a template failing on some members' rows (bad data: a
     ``TemplateDataError``) is read again in halves until those members are found, so one bad row
     does not hold back the attributes of the others (each half is its own snapshot as of
-    ``window.end``). Past ``most_bad`` failed members the rest of a failing half is not told apart."""
+    ``window.end``). Past ``most_bad`` failed members, or ``most_reads`` reads, the rest is not told
+    apart: it fails with them."""
     import pyarrow as pa
 
     from loyalty_moengage.db import connect
@@ -75,8 +79,13 @@ def attributes_sparing_bad_rows(loyalty_dsn: str, window: Window, program_id: st
     good: list[Any] = []
     failed: list[str] = []
     errors: list[str] = []
+    reads = [0]
 
     def read(conn: Any, ids: list[str]) -> None:
+        if reads[0] >= most_reads:
+            failed.extend(ids)
+            return
+        reads[0] += 1
         try:
             good.append(_extract(conn, window, program_id, template, ids))
         except TemplateDataError as exc:

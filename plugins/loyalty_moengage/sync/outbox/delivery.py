@@ -245,15 +245,16 @@ def release(conn: Any, batch_ids: list[int], owner: Owner, *, error: str) -> int
 MAX_SILENCE_SECONDS = 900.0
 
 
-def release_unposted(conn: Any, batch_id: int, owner: Owner) -> int:
+def release_unposted(conn: Any, batch_id: int, owner: Owner,
+                     error: str = "not sent: the claim was lost while the request waited") -> int:
     """Our POST never left (only 429s or failed connects came before the claim was found gone):
     the batch goes back to pending if it is still ours, whether still 'sending' or already made
     'uncertain' by a recovery; if someone else holds it now, they settle it."""
     return conn.execute(
         "UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL, "
-        "updated_at = now(), error = 'not sent: the claim was lost while the request waited' "
+        "updated_at = now(), error = %s "
         "WHERE batch_id = %s AND claimed_by = %s AND state IN ('sending', 'uncertain')",
-        (batch_id, owner.token)).rowcount
+        (error, batch_id, owner.token)).rowcount
 
 
 class LeaseKeeper:

@@ -24,6 +24,7 @@ from dataclasses import replace
 from datetime import date
 from typing import Any, Iterable
 
+from loyalty_moengage.sync.outbox.delivery import ClaimLost
 from loyalty_moengage.sync.outbox.states import LIVE_RUN_PREFIX
 
 #: A live run pays at most this many owed members (the rest wait for the next run).
@@ -46,6 +47,7 @@ _IN_FLIGHT = (
 
 #: Owed again even while a payment holds the row: the insert waits for the payment's delete (a
 #: DO NOTHING would not wait, and the debt would be deleted with the payment of an older one).
+#: Every insert takes its rows in customer order, so two never wait on each other crosswise.
 _AGAIN = "ON CONFLICT (program_id, customer_id) DO UPDATE SET not_before = greatest(o.not_before, EXCLUDED.not_before)"
 
 
@@ -82,7 +84,7 @@ def owe_refreshed(conn: Any, program_id: str, night: date, customers: list[str])
     return conn.execute(
         "INSERT INTO moengage_sync.live_attributes_owed AS o (program_id, customer_id) SELECT program_id, customer_id "
         "FROM moengage_sync.live_attribute_writes WHERE program_id = %s AND night > %s AND customer_id = ANY(%s) "
-        + _AGAIN, (program_id, night, customers)).rowcount
+        "ORDER BY customer_id " + _AGAIN, (program_id, night, customers)).rowcount
 
 
 def owe(conn: Any, program_id: str, customers: Iterable[str], *, not_before_seconds: float = 0.0) -> int:
@@ -152,6 +154,17 @@ def covered_by_refresh(conn: Any, program_id: str, night: date) -> bool:
     sent yet (left pending across midnight) is older than that refresh's snapshot."""
     return conn.execute("SELECT EXISTS (SELECT 1 FROM moengage_sync.attribute_watermark WHERE program_id = %s "
                         "AND night >= %s)", (program_id, night)).fetchone()[0]
+
+
+class RefreshDecided(ClaimLost):
+    """A refresh covering a live attribute write was decided while its request waited (a 429, the
+    rate budget): nothing of it left; taken again, it goes without its attributes."""
+
+
+def check_not_covered(conn: Any, batch: Any, program_id: str) -> None:
+    """Right before each HTTP request of a live write with attributes (after any wait)."""
+    if batch.users and batch.live and covered_by_refresh(conn, program_id, batch.night):
+        raise RefreshDecided(f"batch {batch.batch_id}: a refresh covering its attributes was decided while it waited")
 
 
 def stale_attributes(conn: Any, batch: Any, program_id: str) -> str | None:

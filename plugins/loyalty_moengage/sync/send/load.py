@@ -235,10 +235,12 @@ def _before_post(conn: Any, me: Slot, batch: ClaimedBatch) -> Callable[[], None]
     """Run right before each HTTP request of this POST leaves: the slot is alive, the claim is
     still ours (else nothing is sent) and ``posted_at`` is when this request left."""
     from loyalty_moengage.sync.outbox.delivery import mark_attempt
+    from loyalty_moengage.sync.outbox.owed import check_not_covered
 
     def check() -> None:
         if me.keeper is not None:
             me.keeper.beat()
+        check_not_covered(conn, batch, me.owner.program_id)
         mark_attempt(conn, batch.batch_id, me.owner, lease_seconds=me.lease)
 
     return check
@@ -261,7 +263,7 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, stamped:
         MoEngageUncertainError,
         is_config_failure,
     )
-    from loyalty_moengage.sync.outbox.delivery import ClaimLost, release_unposted
+    from loyalty_moengage.sync.outbox.delivery import ClaimLost
 
     stats = me.stats
 
@@ -279,11 +281,7 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, stamped:
         result = me.hook.send_transition(body, users=batch.users + (1 if stamped else 0), events=batch.events,
                                          before_post=_before_post(conn, me, batch))
     except ClaimLost as exc:
-        conn.rollback()
-        release_unposted(conn, batch.batch_id, me.owner)
-        conn.commit()
-        stats["claims_lost"] += 1
-        return exc
+        return _not_posted(conn, me, batch, exc)
     except MoEngageUncertainError as exc:
         return _lost_answer(conn, me, batch, exc, record)
     except (MoEngageConfigError, MoEngagePermanentError) as exc:
@@ -304,6 +302,22 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, stamped:
             stats["users_sent"] += batch.users
             stats["events_sent"] += batch.events
     return None
+
+
+def _not_posted(conn: Any, me: Slot, batch: ClaimedBatch, exc: Exception) -> Exception | None:
+    """Nothing of this POST left: pending again if still ours. A lost claim stops the slot; a
+    refresh decided while a live write waited does not (taken again, it goes without its attributes)."""
+    from loyalty_moengage.sync.outbox.delivery import release_unposted
+    from loyalty_moengage.sync.outbox.owed import RefreshDecided
+
+    conn.rollback()
+    release_unposted(conn, batch.batch_id, me.owner, error=f"not sent: {exc}")
+    conn.commit()
+    if isinstance(exc, RefreshDecided):
+        me.stats["live_refreshed_while_waiting"] = me.stats.get("live_refreshed_while_waiting", 0) + 1
+        return None
+    me.stats["claims_lost"] += 1
+    return exc
 
 
 def _lost_answer(conn: Any, me: Slot, batch: ClaimedBatch, exc: Exception, record: Callable[..., bool]
