@@ -406,6 +406,10 @@ def test_a_members_template_failing_on_every_row_costs_a_bounded_number_of_reads
     monkeypatch.setattr(attributes, "_extract", lambda *a: reads.append(len(a[-1])) or real(*a))
     window = Window.of_night(datetime.now(ZoneInfo("UTC")).date(), "UTC")
     customers = [f"REL-{n:04d}" for n in range(1, 65)]
+    with psycopg.connect(tiny) as conn:
+        conn.execute("INSERT INTO loyalty.members (member_id, program_id, relation_reference, status, tier, "
+                     "enrolled_at, recorded_at) SELECT 100 + n, 'tiny', 'REL-' || lpad(n::text, 4, '0'), 'active', "
+                     "'Silver', now() - interval '1 day', now() - interval '1 day' FROM generate_series(3, 64) AS n")
     spared = attributes.attributes_sparing_bad_rows(tiny, window, "tiny", customers, most_reads=9)
     assert len(reads) == 9 and reads[:2] == [64, 32]
     assert sorted(spared.failed) == customers and spared.checked.users is None

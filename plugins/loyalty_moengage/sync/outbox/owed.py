@@ -24,7 +24,6 @@ from dataclasses import replace
 from datetime import date
 from typing import Any, Iterable
 
-from loyalty_moengage.sync.outbox.delivery import ClaimLost
 from loyalty_moengage.sync.outbox.states import LIVE_RUN_PREFIX
 
 #: A live run pays at most this many owed members (the rest wait for the next run).
@@ -156,7 +155,7 @@ def covered_by_refresh(conn: Any, program_id: str, night: date) -> bool:
                         "AND night >= %s)", (program_id, night)).fetchone()[0]
 
 
-class RefreshDecided(ClaimLost):
+class RefreshDecided(RuntimeError):
     """A refresh covering a live attribute write was decided while its request waited (a 429, the
     rate budget): nothing of it left; taken again, it goes without its attributes."""
 

@@ -264,6 +264,7 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, stamped:
         is_config_failure,
     )
     from loyalty_moengage.sync.outbox.delivery import ClaimLost
+    from loyalty_moengage.sync.outbox.owed import RefreshDecided
 
     stats = me.stats
 
@@ -280,7 +281,7 @@ def _send_one(conn: Any, me: Slot, batch: ClaimedBatch, *, body: bytes, stamped:
     try:
         result = me.hook.send_transition(body, users=batch.users + (1 if stamped else 0), events=batch.events,
                                          before_post=_before_post(conn, me, batch))
-    except ClaimLost as exc:
+    except (ClaimLost, RefreshDecided) as exc:
         return _not_posted(conn, me, batch, exc)
     except MoEngageUncertainError as exc:
         return _lost_answer(conn, me, batch, exc, record)
