@@ -100,6 +100,13 @@ def _earn(conn, entry_id: int, points: int, at: str = "now()") -> None:
     conn.execute(EARN.format(at=at), (entry_id, 1, points))
 
 
+def _across_midnight() -> tuple[str, date, str]:
+    """A zone just past its midnight, its today, and 3 minutes before that midnight (an SQL literal)."""
+    tz = _zone_after_midnight()
+    today = datetime.now(ZoneInfo(tz)).date()
+    return tz, today, f"'{(local_midnight(today, tz) - 3 * MIN).isoformat()}'"
+
+
 def _watermark_before(conn, at: str) -> None:
     """A live watermark a minute before ``at`` (an SQL timestamp literal): the next window starts there."""
     conn.execute("INSERT INTO moengage_sync.live_watermark (program_id, read_to, run_id) "
@@ -123,9 +130,7 @@ def _earned(sandbox) -> Counter:
 
 
 def test_live_runs_send_within_the_run_catch_a_late_commit_and_the_night_sends_none_again(tiny, tmp_path):
-    tz = _zone_after_midnight()
-    today = datetime.now(ZoneInfo(tz)).date()
-    yesterday_late = f"'{(local_midnight(today, tz) - 3 * MIN).isoformat()}'"
+    tz, today, yesterday_late = _across_midnight()
     with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE + KEEP) as sandbox:
         with psycopg.connect(tiny) as conn:
             # a watermark just before yesterday's end, so this run's window spans two nights
@@ -227,9 +232,7 @@ def test_a_live_run_never_releases_a_nights_staged_batch_and_paces_down_while_a_
 def test_a_live_post_answered_502_after_it_was_applied_is_settled_by_the_night_not_sent_again(tiny, tmp_path):
     """A rude MoEngage: the live run's request is applied, then its answer lost. The batch is in
     doubt (not counted in the lag); the night's settle reads its receipt, and nothing is sent twice."""
-    tz = _zone_after_midnight()
-    today = datetime.now(ZoneInfo(tz)).date()
-    yesterday_late = f"'{(local_midnight(today, tz) - 3 * MIN).isoformat()}'"
+    tz, today, yesterday_late = _across_midnight()
     with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE + KEEP) as sandbox:
         with psycopg.connect(tiny) as conn:
             _watermark_before(conn, yesterday_late)

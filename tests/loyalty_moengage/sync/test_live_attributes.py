@@ -9,6 +9,7 @@ are owed a fresh update, paid by the first live run after the refresh has landed
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections import Counter
 from datetime import datetime, timedelta
@@ -19,10 +20,9 @@ import orjson
 import psycopg
 import pytest
 
-from loyalty_moengage.night import local_midnight
 from tests.loyalty_moengage.sync.sync_env import WORKSPACE, reports, run, sync_env
 from tests.loyalty_moengage.sync.test_live import (  # noqa: F401
-    EARN, KEEP, MIN, _earn, _earned, _live, _watermark_before, _zone_after_midnight, tiny)
+    EARN, KEEP, _across_midnight, _earn, _earned, _live, _watermark_before, _zone_after_midnight, tiny)
 
 LIVE_ATTRS = "    live:\n      enabled: true\n      lookback_minutes: 5\n      attributes: true\n"
 ROOT = Path(__file__).resolve().parents[3]
@@ -45,6 +45,24 @@ def _owed(dsn: str) -> set[str]:
 
 
 SETTLE = 2.1    # sync_env's receipt_wait_seconds (2): how long after its 200 a refresh may still be applied
+
+
+def _once_moengage_has_the_request(sandbox, dsn: str, sql: str, params: tuple = ()) -> tuple[threading.Thread, list]:
+    """Runs ``sql`` from another connection once MoEngage has received the first bulk request and
+    while it holds or answers it (until the statement changes a row); the list is [True] if it ran."""
+    done: list[bool] = []
+
+    def meanwhile() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for _ in range(600):
+                if sandbox.state.faults.seen["transition"] and conn.execute(sql, params).rowcount:
+                    done.append(True)
+                    return
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=meanwhile)
+    thread.start()
+    return thread, done
 
 
 def _request_of(sandbox, points: int) -> dict:
@@ -111,9 +129,7 @@ def test_a_live_write_left_unsent_until_a_newer_refresh_goes_without_its_attribu
     after it, its older balance would land last: its events go alone and the member is owed."""
     from loyalty_moengage.sync.send.load import LoadError
 
-    tz = _zone_after_midnight()
-    today = datetime.now(ZoneInfo(tz)).date()
-    yesterday_late = f"'{(local_midnight(today, tz) - 3 * MIN).isoformat()}'"
+    tz, today, yesterday_late = _across_midnight()
     with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE_ATTRS + KEEP) as sandbox:
         with psycopg.connect(tiny) as conn:
             _watermark_before(conn, yesterday_late)
@@ -142,28 +158,16 @@ def test_a_live_write_left_unsent_until_a_newer_refresh_goes_without_its_attribu
 def test_a_refresh_decided_while_a_live_write_waits_out_a_429_sends_it_without_its_attributes(tiny, tmp_path):
     """The check is made again right before each HTTP request: a live write that waits out a 429
     while a refresh covering it is decided goes without its attributes, and its member is owed."""
-    import threading
-
     tz = _zone_after_midnight()
     today = datetime.now(ZoneInfo(tz)).date()
     with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE_ATTRS + KEEP) as sandbox:
         with psycopg.connect(tiny) as conn:
             _earn(conn, 9901, 9901, at="now() - interval '2 seconds'")
         sandbox.set_faults(script={1: 429}, script_endpoint="transition", retry_after=1.0)
-        decided = []
-
-        def decide_a_refresh_meanwhile() -> None:      # once MoEngage answered the first request 429
-            with psycopg.connect(tiny, autocommit=True) as conn:
-                for _ in range(600):
-                    if sandbox.state.faults.seen["transition"]:
-                        conn.execute("INSERT INTO moengage_sync.attribute_watermark (program_id, night, run_id) "
-                                     "VALUES ('tiny', %s, 'a night meanwhile')", (today,))
-                        decided.append(True)
-                        return
-                    time.sleep(0.02)
-
-        meanwhile = threading.Thread(target=decide_a_refresh_meanwhile)
-        meanwhile.start()
+        # a refresh decided once MoEngage answered the first request 429
+        meanwhile, decided = _once_moengage_has_the_request(
+            sandbox, tiny, "INSERT INTO moengage_sync.attribute_watermark (program_id, night, run_id) "
+            "VALUES ('tiny', %s, 'a night meanwhile')", (today,))
         first = _live(tiny, "run-1")
         meanwhile.join()
         assert decided and first["events_sent"] == 1, first
@@ -177,9 +181,7 @@ def test_a_refresh_decided_while_a_live_write_waits_out_a_429_sends_it_without_i
 # ---- end to end against the sandbox ----------------------------------------------------------------
 
 def test_the_balance_goes_in_the_same_request_as_the_event_and_is_owed_until_the_refresh_lands(tiny, tmp_path):
-    tz = _zone_after_midnight()
-    today = datetime.now(ZoneInfo(tz)).date()
-    yesterday_late = f"'{(local_midnight(today, tz) - 3 * MIN).isoformat()}'"
+    tz, today, yesterday_late = _across_midnight()
     with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE_ATTRS + KEEP) as sandbox:
         with psycopg.connect(tiny) as conn:
             # a window across midnight: 9302 is yesterday's (its batch is that night's), 9301 today's
@@ -273,28 +275,16 @@ def test_an_answer_the_state_database_forgot_keeps_the_live_write_in_doubt_and_o
     'pending'. The batch is kept uncertain with its receipt (never posted again on the strength of a
     state that forgot the POST), and its attributes, which MoEngage may apply late, are owed in the
     same transaction."""
-    import threading
-
     tz = _zone_after_midnight()
     with sync_env(tmp_path, tiny, time_zone=tz, extra_program=LIVE_ATTRS + KEEP) as sandbox:
         with psycopg.connect(tiny) as conn:
             _earn(conn, 9451, 9451, at="now() - interval '2 seconds'")
         sandbox.set_faults(script={1: "latency:1.5"}, script_endpoint="transition")
 
-        flipped = []
-
-        def promote_a_stale_replica() -> None:      # once MoEngage holds the POST (1.5 s), not before
-            with psycopg.connect(tiny, autocommit=True) as conn:
-                for _ in range(600):
-                    if sandbox.state.faults.seen["transition"] and conn.execute(
-                            "UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, "
-                            "lease_expires_at = NULL WHERE state = 'sending'").rowcount:
-                        flipped.append(True)
-                        return
-                    time.sleep(0.025)
-
-        replica = threading.Thread(target=promote_a_stale_replica)
-        replica.start()
+        # a stale replica promoted once MoEngage holds the POST (1.5 s), not before
+        replica, flipped = _once_moengage_has_the_request(
+            sandbox, tiny, "UPDATE moengage_sync.batches SET state = 'pending', claimed_by = NULL, "
+            "lease_expires_at = NULL WHERE state = 'sending'")
         first = _live(tiny, "run-1")
         replica.join()
         assert flipped, "the batch was never seen being sent"
@@ -333,7 +323,7 @@ def test_a_members_template_that_does_not_take_customer_ids_fails_naming_it(tiny
 
 def test_a_members_template_that_names_customer_ids_but_ignores_them_fails_naming_it(tiny, tmp_path, monkeypatch):
     from loyalty_moengage.night import Window
-    from loyalty_moengage.sync.chunk.attributes import attributes_of
+    from loyalty_moengage.sync.chunk.attributes import attributes_sparing_bad_rows
     from loyalty_moengage.sync.chunk.contract import TemplateError
 
     sql = (ROOT / "include/sql/members/attributes.sql").read_text()
@@ -341,9 +331,9 @@ def test_a_members_template_that_names_customer_ids_but_ignores_them_fails_namin
     monkeypatch.setenv("LOYALTY_SQL_DIR", str(_templates(tmp_path, ignoring)))
     window = Window.of_night(datetime.now(ZoneInfo("UTC")).date(), "UTC")
     with pytest.raises(TemplateError, match=r"returned 2 member\(s\) whose customer_id is not in %\(customer_ids\)s"):
-        attributes_of(tiny, window, "tiny", ["REL-0001"])
+        attributes_sparing_bad_rows(tiny, window, "tiny", ["REL-0001"])
     monkeypatch.delenv("LOYALTY_SQL_DIR")
-    checked = attributes_of(tiny, window, "tiny", ["REL-0001"])
+    checked = attributes_sparing_bad_rows(tiny, window, "tiny", ["REL-0001"]).checked
     assert checked.users.column("customer_id").to_pylist() == ["REL-0001"]
     assert int(checked.users.column("points_available")[0].as_py()) == _balance(tiny, 1)
 

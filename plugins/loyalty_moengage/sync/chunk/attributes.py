@@ -41,17 +41,6 @@ def check_takes_customer_ids() -> None:
             "or turn live.attributes off.")
 
 
-def attributes_of(loyalty_dsn: str, window: Window, program_id: str, customers: Collection[str]) -> Checked:
-    """The checked member rows of ``customers`` as of ``window.end`` (one snapshot); a template
-    that returns a member it was not asked for ignores the parameter, and fails naming it."""
-    from loyalty_moengage.db import connect
-    from loyalty_moengage.sync.chunk.check import check_chunk
-
-    check_takes_customer_ids()
-    with connect(loyalty_dsn) as conn:
-        return check_chunk([_extract(conn, window, program_id, members_template(), sorted(customers))], window)
-
-
 @dataclass(frozen=True)
 class Spared:
     """Members' attributes read around the rows the template cannot compute."""
@@ -63,11 +52,12 @@ class Spared:
 
 def attributes_sparing_bad_rows(loyalty_dsn: str, window: Window, program_id: str, customers: Collection[str],
                                 *, most_bad: int = MOST_BAD, most_reads: int = MOST_READS) -> Spared:
-    """:func:`attributes_of`, except that a template failing on some members' rows (bad data: a
-    ``TemplateDataError``) is read again in halves until those members are found, so one bad row
-    does not hold back the attributes of the others (each half is its own snapshot as of
-    ``window.end``). Past ``most_bad`` failed members, or ``most_reads`` reads, the rest is not told
-    apart: it fails with them."""
+    """The checked member rows of ``customers`` as of ``window.end``. A template failing on some
+    members' rows (bad data: a ``TemplateDataError``) is read again in halves until those members
+    are found, so one bad row does not hold back the attributes of the others (each half is its
+    own snapshot as of ``window.end``); past ``most_bad`` failed members, or ``most_reads`` reads,
+    the rest is not told apart: it fails with them. A template that returns a member it was not
+    asked for ignores the parameter, and fails naming it (``TemplateError``)."""
     import pyarrow as pa
 
     from loyalty_moengage.db import connect

@@ -160,20 +160,23 @@ class RefreshDecided(RuntimeError):
     rate budget): nothing of it left; taken again, it goes without its attributes."""
 
 
+def _covered(conn: Any, batch: Any, program_id: str) -> bool:
+    """A live write with attributes that a refresh decided since covers."""
+    return bool(batch.users and batch.live) and covered_by_refresh(conn, program_id, batch.night)
+
+
 def check_not_covered(conn: Any, batch: Any, program_id: str) -> None:
     """Right before each HTTP request of a live write with attributes (after any wait)."""
-    if batch.users and batch.live and covered_by_refresh(conn, program_id, batch.night):
+    if _covered(conn, batch, program_id):
         raise RefreshDecided(f"batch {batch.batch_id}: a refresh covering its attributes was decided while it waited")
 
 
 def stale_attributes(conn: Any, batch: Any, program_id: str) -> str | None:
     """Why a claimed batch's attributes may be older than a write sent since, or None: a live write
     going again after a lost answer, or one left unsent until a newer refresh was decided."""
-    if not (batch.users and batch.live):
-        return None
-    if batch.lost_answers:
+    if batch.users and batch.live and batch.lost_answers:
         return "a live attribute update whose answer was lost"
-    if covered_by_refresh(conn, program_id, batch.night):
+    if _covered(conn, batch, program_id):
         return "a live attribute update left unsent until a newer night's refresh was decided"
     return None
 
